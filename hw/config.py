@@ -1,0 +1,92 @@
+"""Accelerator configurations: one dataclass, a few named presets.
+
+Every size that the gateware, the host driver and the functional model must
+agree on lives here; derived quantities (accumulator width, word sizes) are
+computed, never restated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    name: str
+    lanes: int  # output rows computed in parallel
+    k_per_cycle: int  # (trit, int8) pairs each lane consumes per cycle
+    weight_depth: int  # weight memory words (lanes * k_per_cycle trits each)
+    act_depth: int  # activation memory words (k_per_cycle int8 each)
+    out_depth: int  # output memory words (lanes int32 each)
+    max_k: int  # largest number of columns a RUN accepts
+    max_payload: int = 1024  # largest frame payload, bytes
+    counter_bits: int = 48  # width of the hardware performance counters
+    clock_hz: int = 0  # board clock, 0 where unknown (simulation)
+
+    def __post_init__(self) -> None:
+        for field in ("lanes", "k_per_cycle", "weight_depth", "act_depth", "out_depth", "max_k"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"config {self.name!r}: {field} must be >= 1, got {getattr(self, field)}")
+        if (self.lanes * self.k_per_cycle) % 4:
+            raise ValueError(
+                f"config {self.name!r}: lanes * k_per_cycle = {self.lanes * self.k_per_cycle} "
+                "must be a multiple of 4 (four 2-bit trits per byte)")
+        if self.max_k > 0xFFFF:
+            raise ValueError(f"config {self.name!r}: max_k {self.max_k} exceeds the u16 'cols' field of RUN")
+        if self.max_k > self.act_depth * self.k_per_cycle:
+            raise ValueError(
+                f"config {self.name!r}: max_k {self.max_k} does not fit the activation memory "
+                f"({self.act_depth} words of {self.k_per_cycle})")
+        if self.acc_bits > 32:
+            raise ValueError(
+                f"config {self.name!r}: max_k {self.max_k} needs {self.acc_bits}-bit accumulators, "
+                "more than the 32 bits results have on the wire")
+        if self.max_payload < max(64, self.weight_word_bytes + 4, self.k_per_cycle + 4):
+            raise ValueError(f"config {self.name!r}: max_payload {self.max_payload} cannot hold one weight word")
+
+    @property
+    def acc_bits(self) -> int:
+        """Exact accumulator width: |acc| <= max_k * 128, plus a sign bit."""
+        return (self.max_k * 128).bit_length() + 1
+
+    @property
+    def weight_word_bits(self) -> int:
+        return self.lanes * self.k_per_cycle * 2
+
+    @property
+    def weight_word_bytes(self) -> int:
+        return self.weight_word_bits // 8
+
+    @property
+    def act_word_bytes(self) -> int:
+        return self.k_per_cycle
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.lanes * self.k_per_cycle
+
+    def with_(self, **changes) -> "CoreConfig":
+        return replace(self, **changes)
+
+
+PRESETS: dict[str, CoreConfig] = {
+    # Large, for simulation: holds a ~30M-trit model resident.
+    "sim": CoreConfig("sim", lanes=32, k_per_cycle=16, weight_depth=65536, act_depth=4096,
+                      out_depth=4096, max_k=16384, max_payload=4096),
+    # Small and quick to simulate: the second configuration every sim test runs on.
+    "tiny": CoreConfig("tiny", lanes=4, k_per_cycle=4, weight_depth=4096, act_depth=2048,
+                       out_depth=512, max_k=8192, max_payload=256),
+    # iCEBreaker (iCE40 UP5K): 32 trits/cycle = 64-bit weight words in the four SPRAMs.
+    "icebreaker": CoreConfig("icebreaker", lanes=4, k_per_cycle=8, weight_depth=16384, act_depth=512,
+                             out_depth=256, max_k=4096, max_payload=512, counter_bits=40,
+                             clock_hz=24_000_000),
+    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR.
+    "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
+                        out_depth=1024, max_k=8192, max_payload=1024, clock_hz=25_000_000),
+}
+
+
+def preset(name: str) -> CoreConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
