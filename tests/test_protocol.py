@@ -1,0 +1,188 @@
+"""The sans-IO codec: CRC, stuffing, framing, every receiver error path, records."""
+import random
+
+import pytest
+
+from sw import protocol as p
+from sw.protocol import SYNC, ESC, BadFrame, Cmd, ErrorCode, Frame, FrameDecoder
+
+
+def bitwise_crc16(data: bytes) -> int:
+    """Reference CRC-16/CCITT-FALSE, bit by bit, independent of binascii."""
+    crc = 0xFFFF
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def test_crc16_check_value_and_reference():
+    assert p.crc16(b"123456789") == 0x29B1
+    rng = random.Random(1)
+    for n in (0, 1, 2, 17, 300):
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert p.crc16(data) == bitwise_crc16(data)
+    assert p.crc16(b"6789", p.crc16(b"12345")) == 0x29B1
+
+
+def test_frame_layout_by_hand():
+    frame = p.encode_frame(Cmd.RUN, 9, b"\x01\x02")
+    crc = bitwise_crc16(bytes([4, 9, 2, 0, 1, 2]))
+    assert frame == bytes([SYNC, 4, 9, 2, 0, 1, 2, crc & 0xFF, crc >> 8])
+
+
+def test_stuffing_of_sync_and_esc():
+    frame = p.encode_frame(0x7E, 0x7D, bytes([0x7E, 0x7D, 0x5E, 0x5D]))
+    assert frame.count(SYNC) == 1 and frame[0] == SYNC
+    assert frame[1:5] == bytes([ESC, 0x5E, ESC, 0x5D])  # CMD 0x7E, SEQ 0x7D
+    assert bytes([ESC, 0x5E, ESC, 0x5D, 0x5E, 0x5D]) in frame  # payload
+    (event,) = FrameDecoder().feed(frame)
+    assert event == Frame(0x7E, 0x7D, bytes([0x7E, 0x7D, 0x5E, 0x5D]))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 1 << 20])
+def test_round_trip_random_frames_any_chunking(chunk):
+    rng = random.Random(chunk)
+    frames = []
+    for _ in range(60):
+        n = rng.choice([0, 1, 5, 64, 1000])
+        # bias toward SYNC/ESC so stuffing is exercised at every position
+        payload = bytes(rng.choice([SYNC, ESC, rng.randrange(256)]) for _ in range(n))
+        frames.append(Frame(rng.randrange(256), rng.randrange(256), payload))
+    stream = b"".join(p.encode_frame(f.cmd, f.seq, f.payload) for f in frames)
+    dec = FrameDecoder()
+    events = []
+    for i in range(0, len(stream), chunk):
+        events += dec.feed(stream[i:i + chunk])
+    assert events == frames
+    assert dec.dropped_bytes == 0 and dec.hunting
+
+
+def test_hunting_drops_and_counts_garbage_then_resyncs():
+    dec = FrameDecoder()
+    garbage = bytes([0x00, 0x7D, 0x42, 0xFF])
+    events = dec.feed(garbage + p.encode_frame(Cmd.INFO, 3) + garbage + p.encode_frame(Cmd.COUNTERS, 4))
+    assert events == [Frame(Cmd.INFO, 3, b""), Frame(Cmd.COUNTERS, 4, b"")]
+    assert dec.dropped_bytes == 2 * len(garbage)
+
+
+def test_bad_crc_then_next_frame_works():
+    good = bytearray(p.encode_frame(Cmd.RUN, 5, bytes(18)))
+    bad = bytearray(good)
+    bad[7] ^= 0x01  # a payload byte (not SYNC/ESC either way)
+    events = FrameDecoder().feed(bytes(bad) + bytes(good))
+    assert events == [BadFrame(ErrorCode.BAD_CRC, Cmd.RUN, 5), Frame(Cmd.RUN, 5, bytes(18))]
+
+
+@pytest.mark.parametrize("cut_after", range(0, 9))
+def test_sync_mid_frame_is_truncated_and_next_frame_works(cut_after):
+    good = p.encode_frame(Cmd.READ_OUT, 0x33, bytes([1, 0, 0, 0, 2, 0]))  # 13 bytes, no stuffing
+    assert len(good) == 13
+    cut = good[:1 + cut_after]
+    events = FrameDecoder().feed(cut + good)
+    cmd = Cmd.READ_OUT if cut_after >= 1 else 0
+    seq = 0x33 if cut_after >= 2 else 0
+    assert events == [BadFrame(ErrorCode.TRUNCATED, cmd, seq), Frame(Cmd.READ_OUT, 0x33, good[5:11])]
+
+
+def test_sync_after_esc_truncates():
+    events = FrameDecoder().feed(bytes([SYNC, 1, 2, ESC]) + p.encode_frame(Cmd.INFO, 1))
+    assert events == [BadFrame(ErrorCode.TRUNCATED, 1, 2), Frame(Cmd.INFO, 1, b"")]
+
+
+def test_bad_length_at_header_discards_rest_of_frame():
+    dec = FrameDecoder(max_payload=64)
+    too_long = p.encode_frame(Cmd.WRITE_WEIGHTS, 8, bytes(65))
+    ok = p.encode_frame(Cmd.WRITE_WEIGHTS, 9, bytes(64))
+    events = dec.feed(too_long[:5])  # the event comes as soon as LEN is in
+    assert events == [BadFrame(ErrorCode.BAD_LENGTH, Cmd.WRITE_WEIGHTS, 8)]
+    assert dec.feed(too_long[5:] + ok) == [Frame(Cmd.WRITE_WEIGHTS, 9, bytes(64))]
+    assert dec.dropped_bytes == len(too_long) - 5
+
+
+def test_escaped_length_bytes():
+    payload = bytes(0x7E)  # LEN_LO = 0x7E must be stuffed
+    (event,) = FrameDecoder().feed(p.encode_frame(Cmd.WRITE_ACT, 1, payload))
+    assert event == Frame(Cmd.WRITE_ACT, 1, payload)
+
+
+def test_random_garbage_never_crashes_and_decoder_recovers():
+    rng = random.Random(7)
+    dec = FrameDecoder(max_payload=256)
+    for _ in range(200):
+        dec.feed(bytes(rng.randrange(256) for _ in range(rng.randrange(50))))
+    # whatever state garbage left, SYNC + a good frame yields at most one cut frame and then the frame
+    events = dec.feed(p.encode_frame(Cmd.INFO, 77))
+    assert events[-1] == Frame(Cmd.INFO, 77, b"")
+    assert all(isinstance(e, BadFrame) for e in events[:-1]) and len(events) <= 2
+
+
+def test_encode_rejects_out_of_range_fields():
+    with pytest.raises(ValueError, match="CMD"):
+        p.encode_frame(256, 0)
+    with pytest.raises(ValueError, match="SEQ"):
+        p.encode_frame(1, -1)
+    with pytest.raises(ValueError, match="LEN"):
+        p.encode_frame(1, 0, bytes(0x10000))
+
+
+def test_error_frame_and_device_error():
+    bad = BadFrame(ErrorCode.BAD_CRC, Cmd.RUN, 12)
+    (event,) = FrameDecoder().feed(bad.error_frame())
+    assert event == Frame(Cmd.ERROR, 12, bytes([ErrorCode.BAD_CRC, Cmd.RUN]))
+    err = p.DeviceError(*p.unpack_error(event.payload), seq=event.seq)
+    assert err.code is ErrorCode.BAD_CRC and err.request == Cmd.RUN
+    assert "RUN" in str(err) and "BAD_CRC" in str(err)
+    assert "0x99" in str(p.DeviceError(0x99, 0x42))
+
+
+def test_response_codes():
+    assert [c.response for c in sorted(p.REQUESTS)] == [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87]
+    assert Cmd.ERROR == 0xFF and ErrorCode.TRUNCATED == 6
+
+
+def test_request_payload_builders():
+    assert p.run(1, 2, 3, 4, 5, 6) == bytes([1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 5, 0, 6, 0])
+    assert p.RunArgs.unpack(p.run(1, 2, 3, 4, 5, 6)) == p.RunArgs(1, 2, 3, 4, 5, 6)
+    assert p.read_out(0x01020304, 0x0506) == bytes([4, 3, 2, 1, 6, 5])
+    assert p.unpack_read_out_request(p.read_out(7, 9)) == (7, 9)
+    assert p.write_weights(0x100, b"\xAA\xBB") == bytes([0, 1, 0, 0, 0xAA, 0xBB])
+    assert p.unpack_addr(p.write_act(5, b"xyz")) == (5, b"xyz")
+    assert p.unpack_results(p.pack_results([-1, 2**31 - 1, -2**31]), 3) == (-1, 2**31 - 1, -2**31)
+    assert p.unpack_run_response(p.pack_run_response(123456)) == 123456
+    with pytest.raises(p.ProtocolError, match="READ_OUT response"):
+        p.unpack_results(bytes(8), 3)
+
+
+def test_capabilities_record():
+    from hw.config import PRESETS
+    cfg = PRESETS["sim"]
+    caps = p.Capabilities.from_config(cfg)
+    raw = caps.pack()
+    assert len(raw) == 28 and raw[0] == 1 and raw[1] == cfg.acc_bits
+    assert int.from_bytes(raw[2:4], "little") == cfg.lanes
+    assert int.from_bytes(raw[20:24], "little") == cfg.max_k
+    assert p.Capabilities.unpack(raw) == caps
+    assert caps.weight_word_bytes == cfg.weight_word_bytes
+    with pytest.raises(p.ProtocolError, match="INFO"):
+        p.Capabilities.unpack(raw[:-1])
+
+
+def test_counters_record():
+    c = p.Counters(cycles=2**40 + 1, busy_cycles=5, stall_cycles=6, frames_ok=7, frames_bad=8, dropped_bytes=9)
+    raw = c.pack()
+    assert len(raw) == 36 and int.from_bytes(raw[0:8], "little") == 2**40 + 1
+    assert int.from_bytes(raw[32:36], "little") == 9
+    assert p.Counters.unpack(raw) == c
+    assert c.as_dict()["busy_cycles"] == 5
+
+
+def test_request_length_rules():
+    from hw.config import PRESETS
+    caps = p.Capabilities.from_config(PRESETS["tiny"])  # 4-byte weight words, 4-byte act words
+    assert p.request_length_ok(Cmd.INFO, 0, caps) and not p.request_length_ok(Cmd.INFO, 1, caps)
+    assert p.request_length_ok(Cmd.RUN, 18, caps) and not p.request_length_ok(Cmd.RUN, 17, caps)
+    assert p.request_length_ok(Cmd.WRITE_WEIGHTS, 8, caps)
+    assert not p.request_length_ok(Cmd.WRITE_WEIGHTS, 4, caps)  # no word
+    assert not p.request_length_ok(Cmd.WRITE_ACT, 7, caps)  # partial word
