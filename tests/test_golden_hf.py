@@ -1,0 +1,71 @@
+"""golden vs the outside oracle: transformers' BitNetForCausalLM loaded from the same packed folder."""
+import pytest
+import torch
+
+import golden
+
+transformers = pytest.importorskip("transformers")
+
+SHAPES = {  # GQA on and off (and MQA), relu2 and silu, tied and untied
+    "gqa-relu2-tied": dict(),
+    "mha-silu-untied": dict(hidden_act="silu", num_key_value_heads=4, tie_word_embeddings=False),
+    "mqa-relu2-untied": dict(hidden_size=96, intermediate_size=160, num_attention_heads=2,
+                             num_key_value_heads=1, tie_word_embeddings=False),
+    "gqa-silu-3layers": dict(hidden_act="silu", num_hidden_layers=3, num_attention_heads=8,
+                             num_key_value_heads=2, intermediate_size=96, rope_theta=10000.0),
+}
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def pair(request, make_checkpoint):
+    path = make_checkpoint(seed=list(SHAPES).index(request.param), **SHAPES[request.param])
+    hf = transformers.BitNetForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                        attn_implementation="eager").eval()
+    return golden.load_model(path), hf
+
+
+def _ids(batch: int, length: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 300, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_hf_really_uses_packed_bitlinear(pair):
+    _, hf = pair
+    q_proj = hf.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == "BitLinear" and q_proj.weight.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("length", [1, 2, 17, 64])
+def test_logits_match_without_cache(pair, length):
+    model, hf = pair
+    ids = _ids(2, length, seed=length)
+    with torch.no_grad():
+        expected = hf(ids).logits
+        got = model(ids)
+    assert got.shape == expected.shape == (2, length, model.config.vocab_size)
+    assert (got - expected).abs().max().item() <= TOL
+
+
+def test_logits_match_with_kv_cache(pair):
+    """Prefill 5 tokens, decode one at a time, then a 4-token chunk: every step against HF's DynamicCache."""
+    model, hf = pair
+    ids = _ids(1, 40, seed=99)
+    cache = model.new_cache()
+    steps = [(0, 5), *[(t, t + 1) for t in range(5, 36)], (36, 40)]
+    past = None
+    with torch.no_grad():
+        for start, end in steps:
+            out = hf(ids[:, start:end], past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            got = model(ids[:, start:end], cache=cache)
+            assert (got - out.logits).abs().max().item() <= TOL, (start, end)
+    assert len(cache) == 40
+
+
+def test_greedy_generation_matches(pair):
+    model, hf = pair
+    prompt = _ids(1, 6, seed=7)
+    expected = hf.generate(prompt, max_new_tokens=24, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)[0, 6:].tolist()
+    got = golden.generate(model, prompt[0].tolist(), 24, greedy=True, eos_token_ids=set())
+    assert got == expected
