@@ -69,3 +69,33 @@ def test_greedy_generation_matches(pair):
                            pad_token_id=0)[0, 6:].tolist()
     got = golden.generate(model, prompt[0].tolist(), 24, greedy=True, eos_token_ids=set())
     assert got == expected
+
+
+def test_int8_activations_and_scales_match_hf_bitlinear(pair):
+    """Stricter than the logit tolerance: every BitLinear sees the same int8 codes and the same
+    activation scale bit for bit (a one-ulp change of s moves logits by only ~1e-5)."""
+    model, hf = pair
+    ids = _ids(2, 24, seed=5)
+    seen = {}
+
+    def record(module, args):
+        q, s = module.activation_quant(args[0])
+        seen.setdefault(module.hf_name, []).append((q.reshape(-1, q.shape[-1]), s.reshape(-1, 1)))
+
+    hooks = []
+    for name, module in hf.named_modules():
+        if type(module).__name__ == "BitLinear":
+            module.hf_name = name
+            hooks.append(module.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad(), golden.trace(model) as records:
+            hf(ids)
+            model(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(records) == 7 * model.config.num_hidden_layers == sum(len(v) for v in seen.values())
+    for rec in records:
+        q, s = seen[rec.name].pop(0)
+        assert torch.equal(rec.q, q), rec.name
+        assert torch.equal(rec.act_scale, s), rec.name
