@@ -1,0 +1,19 @@
+"""bitlane host driver: `sw.connect(url)` opens a device (model://, sim://, serial://)."""
+from __future__ import annotations
+
+__all__ = ["connect", "Accelerator", "BitlaneError", "DeviceError", "ProtocolError", "TransportError",
+           "DeviceTimeout"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `import sw.protocol` (used by the gateware) stays free of numpy and pyserial.
+    if name in ("connect", "Accelerator"):
+        from sw import runtime
+        return getattr(runtime, name)
+    if name in ("BitlaneError", "DeviceError", "ProtocolError"):
+        from sw import protocol
+        return getattr(protocol, name)
+    if name in ("TransportError", "DeviceTimeout"):
+        from sw import transport
+        return getattr(transport, name)
+    raise AttributeError(f"module 'sw' has no attribute {name!r}")

@@ -1,0 +1,163 @@
+"""Functional model of the bitlane device: protocol bytes in, protocol bytes out.
+
+Same memories, addressing, checks, error codes and counters as the gateware
+(docs/protocol.md), computed with numpy. It exists so the driver can be tested
+and benchmarked without a simulator, and so a preset can be "run" to project
+board performance.
+
+Cycle model (what `cycles`, `busy_cycles`, `stall_cycles` and the RUN
+response report). Exact cycle agreement with the gateware is not promised;
+the figures follow its structure:
+
+* a RUN streams one (weight word, activation word) pair per cycle through the
+  lanes: n_vectors * row_tiles * k_steps busy cycles;
+* every (vector, row tile) pass then drains the lane pipeline and writes its
+  accumulators to output memory: `PASS_OVERHEAD` stall cycles each, plus
+  `RUN_OVERHEAD` cycles to start and finish a run;
+* the command processor moves one byte per cycle, so each received and each
+  transmitted byte adds a cycle to `cycles` (not to busy or stall cycles).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sw import protocol as p
+from sw.packing import tiles, words_to_trits
+from sw.protocol import BadFrame, Cmd, ErrorCode, Frame
+
+PASS_OVERHEAD = 4
+RUN_OVERHEAD = 4
+
+
+class ModelDevice:
+    """One device instance; `process(rx_bytes) -> tx_bytes`."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.caps = p.Capabilities.from_config(config)
+        lanes, kpc = config.lanes, config.k_per_cycle
+        # Weights are kept decoded (one int8 trit per lane and column) so a RUN needs no unpacking.
+        self.weights = np.zeros((config.weight_depth, lanes * kpc), dtype=np.int8)
+        self.acts = np.zeros((config.act_depth, kpc), dtype=np.int8)
+        self.out = np.zeros((config.out_depth, lanes), dtype=np.int32)
+        # RUN operand cache: (w_base, row_tiles, k_steps) -> the stored matrix as float32, dropped
+        # when a write touches its words. float32 is exact here: every partial sum is an integer
+        # of magnitude <= max_k * 128 <= 2**21 < 2**24.
+        self._matrices: dict[tuple[int, int, int], np.ndarray] = {}
+        self.decoder = p.FrameDecoder(config.max_payload)
+        self._counter_mask = (1 << config.counter_bits) - 1
+        self._clear_counters()
+
+    def _clear_counters(self) -> None:
+        self.cycles = self.busy_cycles = self.stall_cycles = 0
+        self.frames_ok = self.frames_bad = 0
+        self.decoder.dropped_bytes = 0
+
+    def counters(self) -> p.Counters:
+        m, m32 = self._counter_mask, 0xFFFFFFFF
+        return p.Counters(self.cycles & m, self.busy_cycles & m, self.stall_cycles & m,
+                          self.frames_ok & m & m32, self.frames_bad & m & m32,
+                          self.decoder.dropped_bytes & m & m32)
+
+    def process(self, data: bytes) -> bytes:
+        """Receive bytes; return every response they complete, in order."""
+        self.cycles += len(data)
+        responses = []
+        for event in self.decoder.feed(data):
+            response = self._answer(event)
+            self.cycles += len(response)
+            responses.append(response)
+        return b"".join(responses)
+
+    def _answer(self, event: p.Event) -> bytes:
+        if isinstance(event, BadFrame):
+            self.frames_bad += 1
+            return event.error_frame()
+        error = self._check(event)
+        if error is not None:
+            self.frames_bad += 1
+            return p.encode_error(error, event.cmd, event.seq)
+        self.frames_ok += 1
+        return p.encode_frame(Cmd(event.cmd).response, event.seq, self._execute(Cmd(event.cmd), event.payload))
+
+    def _check(self, frame: Frame) -> ErrorCode | None:
+        """The checks after the CRC, in protocol order; None if the frame may run."""
+        cfg = self.config
+        if frame.cmd not in p.REQUESTS:
+            return ErrorCode.UNKNOWN_CMD
+        cmd, payload = Cmd(frame.cmd), frame.payload
+        if not p.request_length_ok(cmd, len(payload), self.caps):
+            return ErrorCode.BAD_LENGTH
+        if cmd in (Cmd.WRITE_WEIGHTS, Cmd.WRITE_ACT):
+            addr, data = p.unpack_addr(payload)
+            word = cfg.weight_word_bytes if cmd == Cmd.WRITE_WEIGHTS else cfg.act_word_bytes
+            depth = cfg.weight_depth if cmd == Cmd.WRITE_WEIGHTS else cfg.act_depth
+            if addr + len(data) // word > depth:
+                return ErrorCode.BAD_ADDRESS
+        elif cmd == Cmd.READ_OUT:
+            addr, count = p.unpack_read_out_request(payload)
+            if not 1 <= count <= self.caps.max_read_count:
+                return ErrorCode.BAD_ARGUMENT
+            if addr + count > cfg.out_depth * cfg.lanes:
+                return ErrorCode.BAD_ADDRESS
+        elif cmd == Cmd.RUN:
+            a = p.RunArgs.unpack(payload)
+            if a.rows == 0 or a.cols == 0 or a.n_vectors == 0 or a.cols > cfg.max_k:
+                return ErrorCode.BAD_ARGUMENT
+            rt, ks = tiles(a.rows, a.cols, cfg.lanes, cfg.k_per_cycle)
+            if (a.w_base + rt * ks > cfg.weight_depth or a.a_base + a.n_vectors * ks > cfg.act_depth
+                    or a.o_base + a.n_vectors * rt > cfg.out_depth):
+                return ErrorCode.BAD_ADDRESS
+        return None
+
+    def _execute(self, cmd: Cmd, payload: bytes) -> bytes:
+        cfg = self.config
+        if cmd == Cmd.INFO:
+            return self.caps.pack()
+        if cmd == Cmd.COUNTERS:
+            return self.counters().pack()
+        if cmd == Cmd.RESET:
+            self._clear_counters()
+            return b""
+        if cmd == Cmd.WRITE_WEIGHTS:
+            addr, data = p.unpack_addr(payload)
+            trits = words_to_trits(data, cfg.lanes * cfg.k_per_cycle)
+            self.weights[addr:addr + len(trits)] = trits
+            end = addr + len(trits)
+            for key in [k for k in self._matrices if k[0] < end and addr < k[0] + k[1] * k[2]]:
+                del self._matrices[key]
+            return b""
+        if cmd == Cmd.WRITE_ACT:
+            addr, data = p.unpack_addr(payload)
+            words = np.frombuffer(data, dtype=np.int8).reshape(-1, cfg.k_per_cycle)
+            self.acts[addr:addr + len(words)] = words
+            return b""
+        if cmd == Cmd.READ_OUT:
+            addr, count = p.unpack_read_out_request(payload)
+            return self.out.reshape(-1)[addr:addr + count].astype("<i4").tobytes()
+        assert cmd == Cmd.RUN
+        return p.pack_run_response(self._run(p.RunArgs.unpack(payload)))
+
+    def _run(self, a: p.RunArgs) -> int:
+        cfg = self.config
+        lanes, kpc = cfg.lanes, cfg.k_per_cycle
+        rt, ks = tiles(a.rows, a.cols, lanes, kpc)
+        w = self._matrices.get((a.w_base, rt, ks))
+        if w is None:
+            # [rt, ks, lanes, kpc] -> [rt * lanes, ks * kpc]: the padded R x C matrix as stored
+            w = (self.weights[a.w_base:a.w_base + rt * ks]
+                 .reshape(rt, ks, lanes, kpc).transpose(0, 2, 1, 3).reshape(rt * lanes, ks * kpc)
+                 .astype(np.float32))
+            self._matrices[(a.w_base, rt, ks)] = w
+        x = self.acts[a.a_base:a.a_base + a.n_vectors * ks].reshape(a.n_vectors, ks * kpc)
+        # The lanes see whole words: columns past `cols` take part with whatever the words hold
+        # (the host pads with zeros), rows past `rows` are forced to 0, as in the gateware.
+        acc = (w @ x.T.astype(np.float32)).T.astype(np.int32)
+        acc[:, a.rows:] = 0
+        self.out[a.o_base:a.o_base + a.n_vectors * rt] = acc.reshape(a.n_vectors * rt, lanes)
+        busy = a.n_vectors * rt * ks
+        stall = a.n_vectors * rt * PASS_OVERHEAD + RUN_OVERHEAD
+        self.busy_cycles += busy
+        self.stall_cycles += stall
+        self.cycles += busy + stall
+        return busy + stall

@@ -1,0 +1,191 @@
+"""Byte transports to a bitlane device. All of them carry the same protocol bytes.
+
+* `ModelTransport`: the in-process functional model (sw/model_device.py).
+* `SerialTransport`: pyserial, for a board's UART or any pyserial URL
+  (`socket://host:port`, `loop://`).
+* `SimTransport`: starts the Verilated simulated board (sw/sim/harness.cpp) as
+  a subprocess and talks to it through pyserial's `socket://127.0.0.1:PORT`.
+
+A transport only moves bytes; framing, sequence numbers and timeouts for
+answers belong to sw/runtime.py. `pipeline_depth` tells the runtime how many
+request frames may be in flight: links with buffering on the device side (TCP
+to the simulator, the in-process model) take many, a UART without flow control
+takes one at a time.
+"""
+from __future__ import annotations
+
+import select
+import subprocess
+import tempfile
+from pathlib import Path
+
+from sw.protocol import BitlaneError
+
+
+class TransportError(BitlaneError):
+    """The link to the device failed (cannot open, closed, process died)."""
+
+
+class DeviceTimeout(TransportError):
+    """The device did not answer in time."""
+
+
+class Transport:
+    """Interface: write bytes, read what has arrived, close."""
+
+    description = "transport"
+    pipeline_depth = 1
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read(self, timeout: float) -> bytes:
+        """Bytes that arrived, waiting up to `timeout` s for the first one; b"" on timeout."""
+        raise NotImplementedError
+
+    def check_alive(self) -> None:
+        """Raise TransportError if the other end is known to be gone."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ModelTransport(Transport):
+    """The functional model, answering in-process."""
+
+    pipeline_depth = 64
+
+    def __init__(self, config) -> None:
+        from sw.model_device import ModelDevice
+
+        self.device = ModelDevice(config)
+        self.description = f"model://{config.name}"
+        self._pending = bytearray()
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise TransportError(f"{self.description}: write after close")
+        self._pending += self.device.process(data)
+
+    def read(self, timeout: float) -> bytes:
+        data, self._pending = bytes(self._pending), bytearray()
+        return data
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class SerialTransport(Transport):
+    """pyserial: a UART device path or any pyserial URL."""
+
+    def __init__(self, url: str, baud: int = 3_000_000, pipeline_depth: int = 1, write_timeout: float = 30.0) -> None:
+        import serial
+
+        self.description = url if "://" in url else f"serial://{url}?baud={baud}"
+        self.pipeline_depth = pipeline_depth
+        try:
+            self.port = serial.serial_for_url(url, baudrate=baud, timeout=0, write_timeout=write_timeout)
+        except (serial.SerialException, ValueError, OSError) as e:
+            raise TransportError(f"cannot open {self.description}: {e}") from None
+        self._serial_exception = serial.SerialException
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.port.write(data)
+        except (self._serial_exception, OSError) as e:
+            raise TransportError(f"{self.description}: write failed: {e}") from None
+
+    def read(self, timeout: float) -> bytes:
+        try:
+            self.port.timeout = max(timeout, 0.0)
+            first = self.port.read(1)
+            if not first:
+                return b""
+            self.port.timeout = 0
+            waiting = self.port.in_waiting
+            return first + (self.port.read(waiting) if waiting else b"")
+        except (self._serial_exception, OSError) as e:
+            raise TransportError(f"{self.description}: read failed: {e}") from None
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class SimTransport(Transport):
+    """The Verilated board in a subprocess, over loopback TCP."""
+
+    pipeline_depth = 32
+    START_TIMEOUT = 30.0
+
+    def __init__(self, config, trace: Path | str | None = None) -> None:
+        from sw.sim.build import build_harness
+
+        self.description = f"sim://{config.name}"
+        exe = build_harness(config, trace=trace is not None)
+        cmd = [str(exe), "--port", "0", "--max-payload", str(config.max_payload)]
+        if trace is not None:
+            cmd += ["--trace", str(trace)]
+        self._stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr)
+        self._link: SerialTransport | None = None
+        try:
+            port = self._read_port()
+            self._link = SerialTransport(f"socket://127.0.0.1:{port}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_port(self) -> int:
+        ready, _, _ = select.select([self.process.stdout], [], [], self.START_TIMEOUT)
+        line = self.process.stdout.readline().decode(errors="replace") if ready else ""
+        if not line.startswith("bitlane-sim listening"):
+            self.check_alive()
+            raise TransportError(f"{self.description}: simulator did not start listening "
+                                 f"within {self.START_TIMEOUT:.0f} s (got {line!r})")
+        return int(line.split()[-1])
+
+    def stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()[-2000:].decode(errors="replace").strip()
+
+    def check_alive(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            tail = self.stderr_tail()
+            raise TransportError(f"{self.description}: simulator process {self.process.pid} exited with "
+                                 f"code {code}" + (f": {tail}" if tail else ""))
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._link.write(data)
+        except TransportError:
+            self.check_alive()
+            raise
+
+    def read(self, timeout: float) -> bytes:
+        try:
+            return self._link.read(timeout)
+        except TransportError:
+            self.check_alive()
+            raise
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+        if self.process.poll() is None:
+            try:  # closing the socket makes the harness exit by itself
+                self.process.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+        self._stderr.close()
+
