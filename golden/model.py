@@ -221,7 +221,7 @@ class KVCache:
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape [T, head_dim] (frequencies repeated for both halves, LLaMA "rotate_half" layout)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim))
     freqs = positions[:, None].float() * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
@@ -260,7 +260,7 @@ class Attention(nn.Module):
         scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim**-0.5  # [B, H, T, S]
         S = k.shape[2]
         if T > 1:  # causal: query i sits at position S - T + i and sees keys 0..S - T + i
-            visible = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
+            visible = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(diagonal=S - T)
             scores = scores.masked_fill(~visible, float("-inf"))
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v).transpose(1, 2).contiguous().reshape(B, T, -1)
@@ -339,7 +339,8 @@ class BitNetForCausalLM(nn.Module):
         and appends this call's keys and values to it."""
         B, T = input_ids.shape
         start = len(cache) if cache is not None else 0
-        cos, sin = rope_cos_sin(torch.arange(start, start + T), self.config.head_dim, self.config.rope_theta)
+        positions = torch.arange(start, start + T, device=input_ids.device)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
             x = layer(x, cos, sin, cache)

@@ -7,8 +7,13 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import golden  # noqa: E402
+
+# `pytest -n 2` on 2 cores: one intra-op thread per worker; more only oversubscribe the cores
+# (with a busy machine, 2 spinning OpenMP threads per worker made tiny forward passes 100x slower).
+torch.set_num_threads(1)
 
 # Small enough that a forward pass takes milliseconds; vocab >= 258 so the byte tokenizer fits.
 TINY_CONFIG = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

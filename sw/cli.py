@@ -1,0 +1,226 @@
+"""`bitlane`: generate text with a BitNet b1.58 checkpoint, inspect one, or make a random one.
+
+    bitlane make-model /tmp/tiny --hidden-size 128 --layers 2
+    bitlane info --model /tmp/tiny
+    bitlane generate --model /tmp/tiny --prompt "In the beginning" --max-new-tokens 32
+    bitlane generate --model /tmp/tiny --prompt-ids 1,2,3 --greedy --json
+    bitlane hw ...            (the hardware tools, hw/cli.py)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+import golden
+from sw.backends import BACKENDS
+
+DESCRIPTION = """\
+Run BitNet b1.58 language models (ternary weights, int8 activations).
+A model is a Hugging Face "bitnet" checkpoint folder: config.json, model.safetensors
+(or shards + model.safetensors.index.json), optionally tokenizer.json."""
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids, got {text!r}") from None
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bitlane", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="generate tokens from a prompt, streamed to stdout",
+                         description="Generate text (or token ids) from a prompt. Text streams to stdout as it "
+                                     "is produced; --json prints one JSON object at the end instead.")
+    gen.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder")
+    prompt = gen.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", metavar="TEXT", help="prompt text (needs tokenizer.json; BOS is prepended "
+                                                         "when the config has one and the tokenizer did not add it)")
+    prompt.add_argument("--prompt-ids", type=_ids, metavar="1,2,3", help="prompt as token ids (no tokenizer needed)")
+    gen.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="stop after N new tokens (32)")
+    gen.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    gen.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (1.0; 0 = greedy)")
+    gen.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
+    gen.add_argument("--top-p", type=float, metavar="P", help="sample among the most likely tokens holding mass P")
+    gen.add_argument("--seed", type=int, metavar="S", help="random seed: same seed, same tokens")
+    gen.add_argument("--backend", choices=sorted(BACKENDS), default="golden",
+                     help="where BitLinear products run (golden: exact CPU reference)")
+    gen.add_argument("--backend-opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                     help="option for the backend, repeatable")
+    gen.add_argument("--json", action="store_true",
+                     help="print one JSON object: prompt_ids, generated_ids, text (with a tokenizer), timing")
+
+    info = sub.add_parser("info", help="shape, parameter counts and memory of a checkpoint",
+                          description="Print a checkpoint's shape, its ternary and float parameter counts and "
+                                      "the memory they take with trits at 2 bits.")
+    info.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+
+    make = sub.add_parser("make-model", help="write a random-weight checkpoint of any shape",
+                          description="Write a random-weight BitNet checkpoint (packed Hugging Face format, "
+                                      "with a byte-level tokenizer.json when vocab-size >= 258) for tests and demos.")
+    make.add_argument("dir", metavar="DIR", help="output folder")
+    make.add_argument("--hidden-size", type=int, default=64, help="model width (64)")
+    make.add_argument("--layers", type=int, default=2, help="decoder layers (2)")
+    make.add_argument("--heads", type=int, help="attention heads (default: hidden-size / 32, at least 1)")
+    make.add_argument("--kv-heads", type=int, help="key/value heads, < heads for grouped-query attention (= heads)")
+    make.add_argument("--intermediate-size", type=int, help="MLP width (default: 8/3 hidden-size, multiple of 4)")
+    make.add_argument("--vocab-size", type=int, default=258, help="vocabulary (258 = bytes + <s> + </s>)")
+    make.add_argument("--act", choices=["relu2", "silu"], default="relu2",
+                      help="MLP activation: relu2 (as bitnet-b1.58-2B-4T) or silu (SwiGLU)")
+    make.add_argument("--tie", action="store_true", help="tie the LM head to the embeddings")
+    make.add_argument("--max-positions", type=int, default=2048, help="max_position_embeddings (2048)")
+    make.add_argument("--seed", type=int, default=0, help="random seed (0)")
+
+    sub.add_parser("hw", help="hardware tools (build, program, ...): see `bitlane hw --help`", add_help=False)
+    return parser
+
+
+def _load(path: str) -> golden.BitNetForCausalLM:
+    return golden.load_model(path, progress=sys.stderr.isatty())
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    model = _load(args.model)
+    tokenizer = golden.load_tokenizer(args.model)
+    if args.prompt is not None:
+        if tokenizer is None:
+            raise ValueError(f"{args.model} has no tokenizer.json: use --prompt-ids")
+        prompt_ids = tokenizer.encode(args.prompt).ids
+        bos = model.config.bos_token_id
+        if bos is not None and bos < model.config.vocab_size and prompt_ids[:1] != [bos]:
+            prompt_ids = [bos, *prompt_ids]
+    else:
+        prompt_ids = args.prompt_ids
+    load_s = time.perf_counter() - t0
+
+    def text_of(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    generated: list[int] = []
+    shown = ""
+    stamps: list[float] = []
+    start = time.perf_counter()
+    with BACKENDS[args.backend](model, **dict(args.backend_opt)):
+        for token in golden.generate_stream(model, prompt_ids, args.max_new_tokens, greedy=args.greedy,
+                                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                            seed=args.seed):
+            stamps.append(time.perf_counter())
+            generated.append(token)
+            if args.json:
+                continue
+            if tokenizer is None:
+                print(token, end=" ", flush=True)
+                continue
+            text = text_of(generated)
+            if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
+                print(text[len(shown):], end="", flush=True)
+                shown = text
+    decode_s = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
+    timing = {"load_s": round(load_s, 4),
+              "first_token_s": round(stamps[0] - start, 4) if stamps else None,
+              "total_s": round(time.perf_counter() - start, 4),
+              "decode_tokens_per_s": round((len(stamps) - 1) / decode_s, 3) if decode_s > 0 else None}
+    if args.json:
+        result = {"prompt_ids": prompt_ids, "generated_ids": generated, "backend": args.backend, "timing": timing}
+        if tokenizer is not None:
+            result["prompt"] = text_of(prompt_ids)
+            result["text"] = text_of(generated)
+        print(json.dumps(result))
+    else:
+        if tokenizer is not None and len(shown) < len(text_of(generated)):
+            print(text_of(generated)[len(shown):], end="")
+        print(flush=True)
+        rate = f", {timing['decode_tokens_per_s']} tokens/s" if timing["decode_tokens_per_s"] else ""
+        print(f"[{len(generated)} tokens, {timing['total_s']} s{rate}, backend {args.backend}]", file=sys.stderr)
+    return 0
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.2f} MiB"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    config = golden.load_config(args.model)
+    with torch.device("meta"):  # shapes only, no memory
+        counts = golden.BitNetForCausalLM(config).num_parameters()
+    ternary_bytes = counts["ternary"] * 2 / 8
+    info = {
+        "model": str(args.model),
+        "config": golden.config_to_dict(config),
+        "ternary_parameters": counts["ternary"],
+        "float_parameters": counts["float"],
+        "ternary_bytes_2bit": int(ternary_bytes),
+        "float_bytes_bf16": counts["float"] * 2,
+        "total_bytes_2bit_bf16": int(ternary_bytes) + counts["float"] * 2,
+        "tokenizer": golden.load_tokenizer(args.model) is not None,
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    c = config
+    print(f"model        {args.model}")
+    print(f"shape        {c.num_hidden_layers} layers, hidden {c.hidden_size}, intermediate {c.intermediate_size} "
+          f"({c.hidden_act}), heads {c.num_attention_heads} (kv {c.num_key_value_heads}, head_dim {c.head_dim}), "
+          f"vocab {c.vocab_size}, {'tied' if c.tie_word_embeddings else 'untied'} embeddings, "
+          f"max positions {c.max_position_embeddings}")
+    print(f"ternary      {counts['ternary']:,} weights = {_mib(ternary_bytes)} at 2 bits/trit")
+    print(f"float        {counts['float']:,} parameters (embeddings, norms, head, scales) = "
+          f"{_mib(counts['float'] * 2)} bf16, {_mib(counts['float'] * 4)} fp32")
+    print(f"total        {counts['ternary'] + counts['float']:,} parameters = "
+          f"{_mib(info['total_bytes_2bit_bf16'])} (2-bit trits + bf16 floats)")
+    print(f"tokenizer    {'tokenizer.json' if info['tokenizer'] else 'none (use --prompt-ids)'}")
+    return 0
+
+
+def cmd_make_model(args: argparse.Namespace) -> int:
+    heads = args.heads or max(1, args.hidden_size // 32)
+    intermediate = args.intermediate_size or -(-args.hidden_size * 8 // 3 // 4) * 4
+    config = golden.BitNetConfig(
+        vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=args.kv_heads or heads,
+        hidden_act=args.act, tie_word_embeddings=args.tie, max_position_embeddings=args.max_positions,
+        bos_token_id=None, eos_token_id=None)
+    path = golden.make_random_checkpoint(args.dir, config, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hw"]:
+        if importlib.util.find_spec("hw.cli") is None:
+            print("bitlane hw: the hardware tools (hw/cli.py) are not available", file=sys.stderr)
+            return 2
+        from hw.cli import main as hw_main
+        return hw_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # model text may hold anything; never die on encoding
+        sys.stdout.reconfigure(errors="replace")
+    command = {"generate": cmd_generate, "info": cmd_info, "make-model": cmd_make_model}[args.command]
+    try:
+        return command(args)
+    except (golden.CheckpointError, ValueError, OSError) as e:
+        print(f"bitlane {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

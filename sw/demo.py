@@ -1,0 +1,92 @@
+"""`make demo`: generate text with the bundled model, or with a small random model when none is bundled.
+
+The bundled model is the first folder under `models/` holding a config.json. Without one, a random
+byte-level model is made once into the user's cache folder (or a temporary folder), so the demo
+works on a fresh clone with no download. Runs on the golden backend until the accelerator's
+backends are registered in sw.backends.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import golden
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "In the beginning"
+RANDOM_CONFIG = golden.BitNetConfig(vocab_size=258, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                    tie_word_embeddings=False)
+
+
+def bundled_model() -> Path | None:
+    folders = sorted(p.parent for p in (REPO / "models").glob("*/config.json"))
+    return folders[0] if folders else None
+
+
+def random_model() -> Path:
+    """A random demo checkpoint, made once per cache folder (the same seed gives the same model)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitlane" / "demo-random-v2"
+    try:
+        golden.load_model(cache)
+        return cache
+    except golden.CheckpointError:
+        pass
+    try:
+        return golden.make_random_checkpoint(cache, RANDOM_CONFIG, seed=0)
+    except OSError:  # read-only home: a temporary folder does as well
+        return golden.make_random_checkpoint(tempfile.mkdtemp(prefix="bitlane-demo-"), RANDOM_CONFIG, seed=0)
+
+
+def printable(text: str) -> str:
+    """Random models emit arbitrary bytes; show control characters as '·' so the terminal survives."""
+    return "".join(c if c.isprintable() or c == "\n" else "·" for c in text)
+
+
+def main() -> int:
+    torch.set_num_threads(1)  # small matrices: extra threads cost more in synchronization than they gain
+    path = bundled_model()
+    model, eos = None, None
+    if path is not None:
+        try:
+            model = golden.load_model(path)
+        except golden.CheckpointError as e:
+            print(f"bundled model unusable ({e}); using a random model", file=sys.stderr)
+    if model is None:
+        path = random_model()
+        model = golden.load_model(path)
+        eos = set()  # a random model's end-of-text token means nothing: always show all 64 tokens
+        print(f"no model under models/: random-weight model at {path} (its text is noise)", file=sys.stderr)
+    tokenizer = golden.load_tokenizer(path)
+    config = model.config
+    print(f"model {path.name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+          f"vocab {config.vocab_size}; backend golden (exact CPU integer reference)\n", file=sys.stderr)
+
+    prompt_ids = tokenizer.encode(PROMPT).ids if tokenizer else [0]
+    if tokenizer and config.bos_token_id is not None and prompt_ids[:1] != [config.bos_token_id]:
+        prompt_ids = [config.bos_token_id, *prompt_ids]
+    print(PROMPT if tokenizer else prompt_ids, end="", flush=True)
+    generated: list[int] = []
+    shown = ""
+    start = time.perf_counter()
+    for token in golden.generate_stream(model, prompt_ids, 64, temperature=0.8, top_k=40, seed=0,
+                                       eos_token_ids=eos):
+        generated.append(token)
+        if tokenizer is None:
+            print(f" {token}", end="", flush=True)
+            continue
+        text = printable(tokenizer.decode(generated, skip_special_tokens=True))
+        print(text[len(shown):], end="", flush=True)
+        shown = text
+    seconds = time.perf_counter() - start
+    print(f"\n\n[{len(generated)} tokens in {seconds:.2f} s, {len(generated) / seconds:.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
