@@ -1,0 +1,70 @@
+"""The `bitlane` CLI (generate, info, make-model), run in-process."""
+import json
+
+import pytest
+
+import golden
+from sw import cli
+
+
+def test_make_model_info_and_generate_json(tmp_path, capsys):
+    path = tmp_path / "m"
+    assert cli.main(["make-model", str(path), "--hidden-size", "64", "--layers", "2", "--heads", "4",
+                     "--kv-heads", "2", "--act", "silu", "--tie", "--seed", "5"]) == 0
+    config = golden.load_config(path)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
+            config.hidden_act, config.tie_word_embeddings, config.vocab_size) == (64, 2, 4, 2, "silu", True, 258)
+    capsys.readouterr()
+
+    assert cli.main(["info", "--model", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    counts = golden.load_model(path).num_parameters()
+    # per layer: q, o 64x64; k, v 64x32; gate, up, down 64x172
+    assert info["ternary_parameters"] == counts["ternary"] == 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 172)
+    assert info["float_parameters"] == counts["float"] == 258 * 64 + 2 * (64 + 64 + 64 + 172) + 64 + 2 * 7
+    assert info["ternary_bytes_2bit"] == info["ternary_parameters"] // 4
+    assert cli.main(["info", "--model", str(path)]) == 0
+    assert "at 2 bits/trit" in capsys.readouterr().out
+
+    assert cli.main(["generate", "--model", str(path), "--prompt", "Hi", "--greedy", "--max-new-tokens", "6",
+                     "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["prompt_ids"] == [256, ord("H"), ord("i")]  # BOS prepended, bytes as ids
+    model = golden.load_model(path)
+    assert result["generated_ids"] == golden.generate(model, result["prompt_ids"], 6, greedy=True)
+    assert result["text"] == golden.load_tokenizer(path).decode(result["generated_ids"], skip_special_tokens=True)
+    assert set(result["timing"]) >= {"load_s", "first_token_s", "total_s"}
+
+
+def test_generate_streams_ids_without_tokenizer(make_checkpoint, capsys):
+    path = make_checkpoint(seed=12, tokenizer=False)
+    args = ["generate", "--model", str(path), "--prompt-ids", "1,2,3", "--max-new-tokens", "5",
+            "--temperature", "0.7", "--top-k", "10", "--top-p", "0.9", "--seed", "4"]
+    assert cli.main(args) == 0
+    streamed = [int(t) for t in capsys.readouterr().out.split()]
+    expected = golden.generate(golden.load_model(path), [1, 2, 3], 5, temperature=0.7, top_k=10, top_p=0.9, seed=4)
+    assert streamed == expected
+    assert cli.main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["generated_ids"] == expected and "text" not in result
+    assert cli.main(["generate", "--model", str(path), "--prompt", "x"]) == 1
+    assert "no tokenizer.json: use --prompt-ids" in capsys.readouterr().err
+
+
+def test_generate_streams_text(make_checkpoint, capsys):
+    path = make_checkpoint(seed=13, tokenizer=True)
+    assert cli.main(["generate", "--model", str(path), "--prompt", "ab", "--max-new-tokens", "8", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    model, tokenizer = golden.load_model(path), golden.load_tokenizer(path)
+    ids = golden.generate(model, [256, 97, 98], 8, seed=1)
+    assert out == tokenizer.decode(ids, skip_special_tokens=True) + "\n"
+
+
+def test_errors_are_one_line_messages(tmp_path, capsys):
+    assert cli.main(["generate", "--model", str(tmp_path), "--prompt-ids", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bitlane generate: error:") and "config.json: not found" in err
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--model", str(tmp_path), "--prompt-ids", "1,x"])
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--model", str(tmp_path), "--prompt-ids", "1", "--backend", "nope"])
