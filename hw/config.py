@@ -26,6 +26,11 @@ class CoreConfig:
         for field in ("lanes", "k_per_cycle", "weight_depth", "act_depth", "out_depth", "max_k"):
             if getattr(self, field) < 1:
                 raise ValueError(f"config {self.name!r}: {field} must be >= 1, got {getattr(self, field)}")
+        for field in ("lanes", "k_per_cycle"):
+            value = getattr(self, field)
+            if value & (value - 1):
+                raise ValueError(f"config {self.name!r}: {field} must be a power of two "
+                                 f"(tiles and k-steps are counted by shifting), got {value}")
         if (self.lanes * self.k_per_cycle) % 4:
             raise ValueError(
                 f"config {self.name!r}: lanes * k_per_cycle = {self.lanes * self.k_per_cycle} "

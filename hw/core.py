@@ -1,0 +1,145 @@
+"""The accelerator compute core: memories, sequencer and lane array behind one interface.
+
+Interface contract with the command processor (hw/cmdproc.py):
+
+- Weight / activation writes (`w_wr_*`, `a_wr_*`): one word per cycle while `w_wr_en` /
+  `a_wr_en`; only while not `busy` (the weight memory is single-ported so that it maps to
+  iCE40 SPRAM: a write takes the port for that cycle).
+- Output reads: `o_rd_data` is valid the cycle after `o_rd_addr`; lane l at bits
+  32*l .. 32*l+31, sign-extended from the `acc_bits`-wide accumulator.
+- `start`: one-cycle pulse while not `busy`, sampled together with `w_base`, `a_base`,
+  `o_base`, `rows`, `cols`, `n_vectors`, which must already be validated (all >= 1, cols <=
+  max_k, every range inside its memory; see docs/protocol.md RUN). `busy` rises the cycle
+  after `start`; `done` is a one-cycle pulse (in the last cycle of `busy`) when every result
+  of the run is in output memory and readable.
+- Counters: `busy_cycles` counts cycles in which the lanes consumed a (weight word,
+  activation word) pair; `stall_cycles` counts cycles inside a run (`busy`) in which they did
+  not. Both are `counter_bits` wide and cleared by `clear_counters`.
+
+Rows past R read 0 only because the host pads weight tiles with zero trits (protocol).
+"""
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.config import CoreConfig
+from hw.lane import LaneArray
+from hw.sequencer import Sequencer
+
+
+class TernaryCore(wiring.Component):
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        super().__init__({
+            "w_wr_addr": In(range(config.weight_depth)),
+            "w_wr_data": In(config.weight_word_bits),
+            "w_wr_en": In(1),
+            "a_wr_addr": In(range(config.act_depth)),
+            "a_wr_data": In(8 * config.k_per_cycle),
+            "a_wr_en": In(1),
+            "o_rd_addr": In(range(config.out_depth)),
+            "o_rd_data": Out(32 * config.lanes),
+            "start": In(1),
+            "w_base": In(32),
+            "a_base": In(32),
+            "o_base": In(32),
+            "rows": In(16),
+            "cols": In(16),
+            "n_vectors": In(16),
+            "busy": Out(1),
+            "done": Out(1),
+            "busy_cycles": Out(config.counter_bits),
+            "stall_cycles": Out(config.counter_bits),
+            "clear_counters": In(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self.config
+
+        m.submodules.seq = seq = Sequencer(cfg)
+        m.submodules.lanes = lanes = LaneArray(cfg)
+        m.submodules.weights = w_mem = Memory(shape=cfg.weight_word_bits, depth=cfg.weight_depth, init=[])
+        m.submodules.acts = a_mem = Memory(shape=8 * cfg.k_per_cycle, depth=cfg.act_depth, init=[])
+        m.submodules.outs = o_mem = Memory(shape=cfg.acc_bits * cfg.lanes, depth=cfg.out_depth, init=[])
+
+        m.d.comb += [
+            seq.start.eq(self.start & ~self.busy),
+            seq.w_base.eq(self.w_base),
+            seq.a_base.eq(self.a_base),
+            seq.o_base.eq(self.o_base),
+            seq.rows.eq(self.rows),
+            seq.cols.eq(self.cols),
+            seq.n_vectors.eq(self.n_vectors),
+        ]
+
+        # Weight memory: one address shared by the read and the write port (single-port RAM).
+        w_addr = Signal.like(self.w_wr_addr)
+        w_rd, w_wr = w_mem.read_port(), w_mem.write_port()
+        m.d.comb += [
+            w_addr.eq(Mux(self.w_wr_en, self.w_wr_addr, seq.w_addr)),
+            w_rd.addr.eq(w_addr),
+            w_wr.addr.eq(w_addr),
+            w_wr.data.eq(self.w_wr_data),
+            w_wr.en.eq(self.w_wr_en),
+        ]
+
+        a_rd, a_wr = a_mem.read_port(), a_mem.write_port()
+        m.d.comb += [
+            a_rd.addr.eq(seq.a_addr),
+            a_wr.addr.eq(self.a_wr_addr),
+            a_wr.data.eq(self.a_wr_data),
+            a_wr.en.eq(self.a_wr_en),
+        ]
+
+        # The memories answer one cycle after the sequencer's address.
+        mem_valid, mem_first = Signal(), Signal()
+        m.d.sync += [mem_valid.eq(seq.valid), mem_first.eq(seq.first)]
+        m.d.comb += [
+            lanes.valid.eq(mem_valid),
+            lanes.first.eq(mem_first),
+            lanes.weights.eq(w_rd.data),
+            lanes.acts.eq(a_rd.data),
+        ]
+
+        # `last` and the output address travel beside the lane pipeline; a tile's result is
+        # written the cycle its accumulators hold it, while the next tile is already adding.
+        last, o_addr = seq.last, seq.o_addr
+        for stage in range(1 + lanes.latency):
+            last_q, o_addr_q = Signal(name=f"last_s{stage}"), Signal.like(seq.o_addr, name=f"o_addr_s{stage}")
+            m.d.sync += [last_q.eq(last), o_addr_q.eq(o_addr)]
+            last, o_addr = last_q, o_addr_q
+        flight = Signal(lanes.latency)  # valid bits inside the lane pipeline
+        m.d.sync += flight.eq(Cat(mem_valid, flight[:-1]))
+
+        o_wr = o_mem.write_port()
+        m.d.comb += [
+            o_wr.addr.eq(o_addr),
+            o_wr.data.eq(lanes.sums),
+            o_wr.en.eq(lanes.sums_valid & last),
+        ]
+
+        o_rd = o_mem.read_port()
+        m.d.comb += o_rd.addr.eq(self.o_rd_addr)
+        for lane in range(cfg.lanes):
+            acc = o_rd.data[cfg.acc_bits * lane:cfg.acc_bits * (lane + 1)].as_signed()
+            m.d.comb += self.o_rd_data[32 * lane:32 * (lane + 1)].eq(acc)
+
+        # Run state: busy from the cycle after start until the last result is written.
+        pending = seq.issuing | mem_valid | flight.any()
+        with m.If(seq.start):
+            m.d.sync += self.busy.eq(1)
+        with m.Elif(self.busy & ~pending):
+            m.d.sync += self.busy.eq(0)
+        m.d.comb += self.done.eq(self.busy & ~pending)
+
+        with m.If(self.clear_counters):
+            m.d.sync += [self.busy_cycles.eq(0), self.stall_cycles.eq(0)]
+        with m.Elif(seq.valid):
+            m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
+        with m.Elif(self.busy):
+            m.d.sync += self.stall_cycles.eq(self.stall_cycles + 1)
+        return m

@@ -1,0 +1,114 @@
+"""The run sequencer: walks a (matrix-vector or small matrix-matrix) product word by word.
+
+For vector n, row tile rt and k-step ks it issues one (weight word, activation word) pair
+per cycle with exactly the addressing of docs/protocol.md:
+
+    weight word      w_base + rt * k_steps + ks
+    activation word  a_base + n * k_steps + ks
+    output word      o_base + n * row_tiles + rt   (written after the tile's last k-step)
+
+No multipliers: within one vector the weight addresses are consecutive, the activation
+address goes back to the vector's first word at each new tile, and the output address
+simply counts tiles. Tiles follow each other with no bubble.
+"""
+from __future__ import annotations
+
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.config import CoreConfig
+
+
+class Sequencer(wiring.Component):
+    """Issues one lane pair per cycle from `start` until the whole product is issued.
+
+    `start` (one-cycle pulse, ignored while `issuing`) samples the bases and the shape, which
+    the command processor has validated (rows, cols, n_vectors >= 1, cols <= max_k, ranges in
+    memory). While `valid` is set, `w_addr`/`a_addr` address the pair and `first`/`last` mark
+    a tile's first/last k-step; `o_addr` is the output word of the current tile.
+    """
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        super().__init__({
+            "start": In(1),
+            "w_base": In(32),
+            "a_base": In(32),
+            "o_base": In(32),
+            "rows": In(16),
+            "cols": In(16),
+            "n_vectors": In(16),
+            "issuing": Out(1),
+            "valid": Out(1),
+            "w_addr": Out(range(config.weight_depth)),
+            "a_addr": Out(range(config.act_depth)),
+            "o_addr": Out(range(config.out_depth)),
+            "first": Out(1),
+            "last": Out(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self.config
+        lane_shift = cfg.lanes.bit_length() - 1
+        k_shift = cfg.k_per_cycle.bit_length() - 1
+
+        k_steps = Signal(16)          # k-steps per tile
+        a_vector = Signal.like(self.a_addr)  # first activation word of the current vector
+        row_tiles_m1 = Signal(16)     # reload value of the tile counter
+        ks_left = Signal(16)          # k-steps left in this tile after the current one
+        rt_left = Signal(16)          # tiles left in this vector after the current one
+        n_left = Signal(16)           # vectors left after the current one
+        w_vector = Signal.like(self.w_addr)  # w_base, where every vector starts again
+
+        m.d.comb += [
+            self.valid.eq(self.issuing),
+            self.first.eq(self.issuing & (ks_left == k_steps - 1)),
+            self.last.eq(self.issuing & (ks_left == 0)),
+        ]
+
+        with m.If(~self.issuing):
+            with m.If(self.start):
+                k_steps_new = (self.cols + cfg.k_per_cycle - 1) >> k_shift
+                m.d.sync += [
+                    self.issuing.eq(1),
+                    k_steps.eq(k_steps_new),
+                    ks_left.eq(k_steps_new - 1),
+                    row_tiles_m1.eq(((self.rows + cfg.lanes - 1) >> lane_shift) - 1),
+                    rt_left.eq(((self.rows + cfg.lanes - 1) >> lane_shift) - 1),
+                    n_left.eq(self.n_vectors - 1),
+                    self.w_addr.eq(self.w_base),
+                    w_vector.eq(self.w_base),
+                    self.a_addr.eq(self.a_base),
+                    a_vector.eq(self.a_base),
+                    self.o_addr.eq(self.o_base),
+                ]
+        with m.Elif(ks_left != 0):  # inside a tile
+            m.d.sync += [
+                ks_left.eq(ks_left - 1),
+                self.w_addr.eq(self.w_addr + 1),
+                self.a_addr.eq(self.a_addr + 1),
+            ]
+        with m.Else():  # last k-step of a tile: the next tile starts right away
+            m.d.sync += [
+                ks_left.eq(k_steps - 1),
+                self.o_addr.eq(self.o_addr + 1),
+            ]
+            with m.If(rt_left != 0):  # next tile of the same vector
+                m.d.sync += [
+                    rt_left.eq(rt_left - 1),
+                    self.w_addr.eq(self.w_addr + 1),
+                    self.a_addr.eq(a_vector),
+                ]
+            with m.Elif(n_left != 0):  # first tile of the next vector
+                m.d.sync += [
+                    rt_left.eq(row_tiles_m1),
+                    n_left.eq(n_left - 1),
+                    self.w_addr.eq(w_vector),
+                    self.a_addr.eq(self.a_addr + 1),
+                    a_vector.eq(self.a_addr + 1),
+                ]
+            with m.Else():
+                m.d.sync += self.issuing.eq(0)
+        return m
