@@ -25,6 +25,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from hw import zero_init  # noqa: F401  (all-zero memory contents stay out of the netlist)
 from hw.config import CoreConfig
 from hw.lane import LaneArray
 from hw.sequencer import Sequencer
