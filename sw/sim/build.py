@@ -1,10 +1,13 @@
 """Build (once) the Verilated simulated board for a preset.
 
-The executable is cached under `build/sim/<key>/` in the repository, where the
-key hashes everything the binary depends on: the generated Verilog of
-`BitlaneTop(config)`, the preset, the harness source, the build flags and the
-Verilator version. A file lock makes concurrent builders (pytest -n 2) wait for
-one another instead of building twice.
+The executable is cached under `build/sim/<preset>-<key>/` in the repository,
+where the key hashes everything the binary depends on: the sources the Verilog
+of `BitlaneTop(config)` is generated from (every hw/*.py, sw/protocol.py which
+holds the protocol constants, the Amaranth version), the preset, the harness
+source, the build flags and the Verilator version. Hashing the sources rather
+than the generated Verilog lets a cached board start without elaborating the
+design again (which takes a minute for the larger presets). A file lock makes
+concurrent builders (pytest -n 2) wait for one another instead of building twice.
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ endmodule
 
 def top_module_name(verilog: str) -> str:
     """The module Amaranth marked as top (`(* top = 1 *)`)."""
-    m = re.search(r"\(\*\s*top\s*=\s*(?:32'd)?1\s*\*\)\s*module\s+\\?(\S+?)\s*\(", verilog)
+    m = re.search(r"\(\*\s*top\s*=\s*(?:32'd)?1\s*\*\)\s*(?:\(\*.*?\*\)\s*)*module\s+\\?(\S+?)\s*\(", verilog)
     if not m:
         raise SimBuildError("generated Verilog has no module marked (* top = 1 *)")
     return m.group(1)
@@ -76,16 +79,27 @@ def _verilator_version(env: dict[str, str]) -> str:
     return out.stdout.strip()
 
 
+def _design_sources() -> list[Path]:
+    return sorted((REPO_ROOT / "hw").glob("**/*.py")) + [REPO_ROOT / "sw" / "protocol.py"]
+
+
+def build_key(config, flags: list[str], env: dict[str, str]) -> str:
+    import amaranth
+
+    digest = hashlib.sha256()
+    for path in _design_sources():
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for part in (repr(config), amaranth.__version__, HARNESS_SOURCE.read_text(), " ".join(flags), CXX_OPT,
+                 _verilator_version(env)):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def build_harness(config, trace: bool = False, cache_dir: Path | None = None, quiet: bool = True) -> Path:
     """Path of the simulated-board executable for `config`, building it if needed."""
-    from hw.verilog import top_verilog
-
-    verilog = top_verilog(config)
     env = verilator_env()
     flags = VERILATOR_FLAGS + (["--trace-fst"] if trace else [])
-    key_material = "\n".join([verilog, repr(config), HARNESS_SOURCE.read_text(), " ".join(flags), CXX_OPT,
-                              _verilator_version(env)])
-    key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
+    key = build_key(config, flags, env)
     out_dir = (cache_dir or DEFAULT_CACHE) / f"{config.name}-{key}"
     exe = out_dir / EXECUTABLE
     if exe.exists():
@@ -95,6 +109,9 @@ def build_harness(config, trace: bool = False, cache_dir: Path | None = None, qu
         fcntl.flock(lock, fcntl.LOCK_EX)
         if exe.exists():  # built by whoever held the lock before us
             return exe
+        from hw.verilog import top_verilog
+
+        verilog = top_verilog(config)
         work = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()

@@ -190,7 +190,7 @@ int main(int argc, char** argv) {
   std::vector<uint8_t> rx, tx;  // bytes from the host not yet taken / bytes for the host not yet sent
   size_t rx_head = 0;
   rx.reserve(RX_BUFFER_LIMIT);
-  FrameCounter requests(uint32_t(max_payload)), responses(0xFFFF);
+  FrameCounter requests{uint32_t(max_payload)}, responses{0xFFFF};
   uint64_t next_service = 0;
   bool flush_now = false;
   uint8_t chunk[65536];
