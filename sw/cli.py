@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt-ids", type=_ids, metavar="1,2,3", help="prompt as token ids (no tokenizer needed)")
     gen.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="stop after N new tokens (32)")
     gen.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    gen.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (1.0; 0 = greedy)")
+    gen.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                     help="sampling temperature (1.0; 0 = greedy)")
     gen.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
     gen.add_argument("--top-p", type=float, metavar="P", help="sample among the most likely tokens holding mass P")
     gen.add_argument("--seed", type=int, metavar="S", help="random seed: same seed, same tokens")
