@@ -84,7 +84,8 @@ def main() -> int:
         print(text[len(shown):], end="", flush=True)
         shown = text
     seconds = time.perf_counter() - start
-    print(f"\n\n[{len(generated)} tokens in {seconds:.2f} s, {len(generated) / seconds:.1f} tokens/s]", file=sys.stderr)
+    print(flush=True)
+    print(f"\n[{len(generated)} tokens in {seconds:.2f} s, {len(generated) / seconds:.1f} tokens/s]", file=sys.stderr)
     return 0
 
 

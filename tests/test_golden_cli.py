@@ -1,4 +1,5 @@
 """The `bitlane` CLI (generate, info, make-model), run in-process."""
+import dataclasses
 import json
 
 import pytest
@@ -68,3 +69,14 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
         cli.main(["generate", "--model", str(tmp_path), "--prompt-ids", "1,x"])
     with pytest.raises(SystemExit):
         cli.main(["generate", "--model", str(tmp_path), "--prompt-ids", "1", "--backend", "nope"])
+
+
+def test_demo_runs_on_a_fresh_clone(tmp_path, monkeypatch, capsys):
+    from sw import demo
+
+    monkeypatch.setattr(demo, "bundled_model", lambda: None)  # as on a clone without models/
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert demo.main() == 0
+    assert capsys.readouterr().out.startswith(demo.PROMPT)
+    made = golden.load_model(tmp_path / "bitlane" / "demo-random-v2").config
+    assert made == dataclasses.replace(demo.RANDOM_CONFIG, bos_token_id=256, eos_token_id=257)  # byte tokenizer's
