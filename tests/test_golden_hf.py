@@ -108,3 +108,29 @@ def test_hf_default_sdpa_attention_within_tolerance(make_checkpoint):
     ids = _ids(2, 64, seed=3)
     with torch.no_grad():
         assert (golden.load_model(path)(ids) - hf(ids).logits).abs().max().item() <= TOL
+
+
+def test_bf16_checkpoint_with_legacy_config_like_microsoft(make_checkpoint, tmp_path):
+    """bitnet-b1.58-2B-4T stores floats and weight_scale in bf16 and rope_theta at the top level."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = make_checkpoint(seed=21, **SHAPES["mha-silu-untied"], rope_theta=10000.0)
+    shutil.copytree(src, tmp_path / "m")
+    path = tmp_path / "m"
+    tensors = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v)
+               for k, v in load_file(path / "model.safetensors").items()}
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    del config["rope_parameters"], config["dtype"]
+    config.update(torch_dtype="bfloat16", use_cache=True, initializer_range=0.02, attention_dropout=0.0)
+    (path / "config.json").write_text(json.dumps(config))
+    model = golden.load_model(path)
+    assert model.config.rope_theta == 10000.0
+    hf = transformers.BitNetForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                        attn_implementation="eager").eval()
+    ids = _ids(1, 32, seed=8)
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max().item() <= TOL
