@@ -10,12 +10,13 @@ response report). Exact cycle agreement with the gateware is not promised;
 the figures follow its structure:
 
 * a RUN streams one (weight word, activation word) pair per cycle through the
-  lanes: n_vectors * row_tiles * k_steps busy cycles;
-* every (vector, row tile) pass then drains the lane pipeline and writes its
-  accumulators to output memory: `PASS_OVERHEAD` stall cycles each, plus
-  `RUN_OVERHEAD` cycles to start and finish a run;
-* the command processor moves one byte per cycle, so each received and each
-  transmitted byte adds a cycle to `cycles` (not to busy or stall cycles).
+  lanes, tiles back to back: n_vectors * row_tiles * k_steps busy cycles
+  (exactly the gateware's busy_cycles);
+* plus `RUN_OVERHEAD` stall cycles per run to fill and drain the lane pipeline
+  (6, measured on the gateware with sim://tiny: RUN cycles = busy + 6);
+* the command processor moves about one byte per cycle, so each received and
+  each transmitted byte adds a cycle to `cycles`; the gateware's `cycles`
+  also counts the cycles it waits for the host, which a model cannot know.
 """
 from __future__ import annotations
 
@@ -25,8 +26,7 @@ from sw import protocol as p
 from sw.packing import tiles, words_to_trits
 from sw.protocol import BadFrame, Cmd, ErrorCode, Frame
 
-PASS_OVERHEAD = 4
-RUN_OVERHEAD = 4
+RUN_OVERHEAD = 6
 
 
 class ModelDevice:
@@ -150,13 +150,12 @@ class ModelDevice:
                  .astype(np.float32))
             self._matrices[(a.w_base, rt, ks)] = w
         x = self.acts[a.a_base:a.a_base + a.n_vectors * ks].reshape(a.n_vectors, ks * kpc)
-        # The lanes see whole words: columns past `cols` take part with whatever the words hold
-        # (the host pads with zeros), rows past `rows` are forced to 0, as in the gateware.
+        # The lanes see whole words, as in the gateware: padding rows and columns take part with
+        # whatever the words hold, so results past R are 0 because the host pads with zero trits.
         acc = (w @ x.T.astype(np.float32)).T.astype(np.int32)
-        acc[:, a.rows:] = 0
         self.out[a.o_base:a.o_base + a.n_vectors * rt] = acc.reshape(a.n_vectors * rt, lanes)
         busy = a.n_vectors * rt * ks
-        stall = a.n_vectors * rt * PASS_OVERHEAD + RUN_OVERHEAD
+        stall = RUN_OVERHEAD
         self.busy_cycles += busy
         self.stall_cycles += stall
         self.cycles += busy + stall

@@ -73,6 +73,11 @@ class Cmd(IntEnum):
 REQUESTS = frozenset(c for c in Cmd if c is not Cmd.ERROR)
 
 
+def cmd_name(cmd: int) -> str:
+    """'RUN' for a known code, '0x42' otherwise."""
+    return Cmd(cmd).name if cmd in Cmd._value2member_map_ else f"0x{cmd:02X}"
+
+
 class ErrorCode(IntEnum):
     BAD_CRC = 0x01
     UNKNOWN_CMD = 0x02
@@ -117,7 +122,7 @@ class DeviceError(BitlaneError):
         self.code = _error_code(code)
         self.request = request
         self.seq = seq
-        name = Cmd(request).name if request in Cmd._value2member_map_ else f"0x{request:02X}"
+        name = cmd_name(request)
         code_name = self.code.name if isinstance(self.code, ErrorCode) else f"0x{code:02X}"
         msg = f"device rejected {name} (seq {seq}): {code_name}"
         super().__init__(f"{msg}: {detail}" if detail else msg)

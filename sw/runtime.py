@@ -244,9 +244,9 @@ class Accelerator:
                 self._send(frames)
             seq, cmd, payload = in_flight[0]
             self._last_wait = self._wait_s(cmd, payload)
-            event = self._next_event(time.monotonic() + self._last_wait, f"{cmd.name} (seq {seq})")
+            event = self._next_event(time.monotonic() + self._last_wait, f"{p.cmd_name(cmd)} (seq {seq})")
             in_flight.popleft()
-            what = f"the response to {cmd.name} (seq {seq})"
+            what = f"the response to {p.cmd_name(cmd)} (seq {seq})"
             if isinstance(event, BadFrame):
                 self._desynced = True
                 raise ProtocolError(f"{self.transport.description}: corrupted frame ({event.code.name}) "
@@ -261,7 +261,7 @@ class Accelerator:
                 code, request = p.unpack_error(event.payload)
                 error = error or p.DeviceError(code, request, seq)
                 results.append(b"")
-            elif event.cmd != cmd.response:
+            elif event.cmd != cmd | p.RESPONSE_FLAG:
                 self._desynced = True
                 raise ProtocolError(f"{self.transport.description}: got cmd 0x{event.cmd:02X} as {what}")
             else:
@@ -353,9 +353,9 @@ class Accelerator:
                     self._resident_end += piece.n_words
         self._pack_pieces(layer, t)
         if layer.resident:
-            self.transact(self._write_requests(Cmd.WRITE_WEIGHTS, piece.w_base, piece.words,
-                                               self.caps.weight_word_bytes)
-                          for chunk in layer.chunks for piece in chunk)
+            self.transact(request for chunk in layer.chunks for piece in chunk
+                          for request in self._write_requests(Cmd.WRITE_WEIGHTS, piece.w_base, piece.words,
+                                                              self.caps.weight_word_bytes))
             for piece in (piece for chunk in layer.chunks for piece in chunk):
                 piece.words = b""  # on the device now
         self.layers[name] = layer
@@ -458,3 +458,47 @@ class Accelerator:
         if acc.size and (acc.max() > 2**31 - 1 or acc.min() < -2**31):
             raise BitlaneError(f"{layer.name}: accumulator exceeds int32 (K = {layer.cols})")
         return acc.astype(np.int32)
+
+
+@dataclass
+class GoldenComparison:
+    """Outcome of `compare_with_golden`."""
+
+    golden_ids: list[int]
+    device_ids: list[int]
+    calls: int  # BitLinear calls compared
+    mismatches: list[str]  # one line per call whose int32 accumulators differ
+
+    @property
+    def identical(self) -> bool:
+        return self.golden_ids == self.device_ids and not self.mismatches and self.calls > 0
+
+
+def compare_with_golden(model, acc: Accelerator, prompt_ids: list[int], max_new_tokens: int = 32) -> GoldenComparison:
+    """Greedy-generate on golden's own integer path and on `acc`; compare every BitLinear call.
+
+    Every call's int32 accumulator from the device must equal golden's exactly (its inputs then
+    match too, since they are computed from the previous accumulators), and so must the tokens.
+    """
+    import torch
+
+    import golden
+
+    runs = []
+    for fn in (None, acc.int_matmul):
+        model.set_int_matmul(fn)
+        try:
+            with golden.trace(model) as records:
+                ids = golden.generate(model, prompt_ids, max_new_tokens, greedy=True, eos_token_ids=set())
+        finally:
+            model.set_int_matmul(None)
+        runs.append((ids, records))
+    (ref_ids, ref), (dev_ids, dev) = runs
+    mismatches = []
+    for i, (r, d) in enumerate(zip(ref, dev)):
+        if r.name != d.name or not torch.equal(r.q, d.q) or not torch.equal(r.acc, d.acc):
+            diff = (r.acc.long() - d.acc.long()).abs().max().item() if r.acc.shape == d.acc.shape else "shape"
+            mismatches.append(f"call {i} {r.name} / {d.name}: max |acc difference| {diff}")
+    if len(ref) != len(dev):
+        mismatches.append(f"golden made {len(ref)} BitLinear calls, the device run {len(dev)}")
+    return GoldenComparison(ref_ids, dev_ids, min(len(ref), len(dev)), mismatches)
