@@ -30,6 +30,7 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILE = "tokenizer.json"
 TRITS_PER_BYTE = 4
+NULLABLE_TOKEN_IDS = ("bos_token_id", "eos_token_id")
 
 
 class CheckpointError(Exception):
@@ -78,7 +79,8 @@ def config_from_dict(raw: dict, source: str = CONFIG_FILE) -> BitNetConfig:
         raise fail(f"hidden_act {raw['hidden_act']!r} is not supported (expected one of {ACTIVATIONS})")
 
     fields = {f.name for f in dataclasses.fields(BitNetConfig)}
-    kwargs = {k: v for k, v in raw.items() if k in fields and v is not None}
+    # null means "no such token" for bos/eos (as in transformers), not "use the 2B-4T default id"
+    kwargs = {k: v for k, v in raw.items() if k in fields and (v is not None or k in NULLABLE_TOKEN_IDS)}
     if "rope_theta" in rope and "rope_theta" not in kwargs:
         kwargs["rope_theta"] = rope["rope_theta"]
     required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
