@@ -36,6 +36,7 @@ def test_shape_and_trit_count(shipped):
     config = json.loads((path / "config.json").read_text())
     assert (config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]) == SHAPES[name]
     assert tokenizer.get_vocab_size() == config["vocab_size"] == 4096
+    assert model.config.bos_token_id is None and model.config.eos_token_id == tokenizer.token_to_id("<|endoftext|>")
     per_layer = 4 * hidden * hidden + 3 * hidden * intermediate
     assert model.num_parameters()["ternary"] == layers * per_layer
     for _, layer in model.bitlinear_layers():
