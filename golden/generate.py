@@ -5,7 +5,42 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from .model import BitNetForCausalLM
+from .model import BitNetConfig, BitNetForCausalLM
+
+
+def encode_prompt(tokenizer, config: BitNetConfig, text: str) -> list[int]:
+    """Token ids of `text`, with the config's BOS in front unless the tokenizer already put it there."""
+    ids = tokenizer.encode(text).ids
+    bos = config.bos_token_id
+    if bos is not None and 0 <= bos < config.vocab_size and ids[:1] != [bos]:
+        ids = [bos, *ids]
+    return ids
+
+
+class TextStreamer:
+    """Turns generated ids, pushed one at a time, into the text each one completes.
+
+    Decodes the whole continuation every time (tokenizers may merge across tokens) and holds back
+    text that ends in a partial UTF-8 character until the next token completes it.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return "" if text.endswith("\ufffd") else self._advance(text)
+
+    def flush(self) -> str:
+        """Whatever is still held back (a partial character stays as U+FFFD)."""
+        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def _advance(self, text: str) -> str:
+        new, self.shown = text[len(self.shown):], text
+        return new
 
 
 def sample_next(logits: torch.Tensor, *, greedy: bool = False, temperature: float = 1.0,

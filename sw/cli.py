@@ -104,19 +104,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         if tokenizer is None:
             raise ValueError(f"{args.model} has no tokenizer.json: use --prompt-ids")
-        prompt_ids = tokenizer.encode(args.prompt).ids
-        bos = model.config.bos_token_id
-        if bos is not None and bos < model.config.vocab_size and prompt_ids[:1] != [bos]:
-            prompt_ids = [bos, *prompt_ids]
+        prompt_ids = golden.encode_prompt(tokenizer, model.config, args.prompt)
     else:
         prompt_ids = args.prompt_ids
     load_s = time.perf_counter() - t0
 
-    def text_of(ids: list[int]) -> str:
-        return tokenizer.decode(ids, skip_special_tokens=True)
-
+    streamer = golden.TextStreamer(tokenizer) if tokenizer is not None else None
     generated: list[int] = []
-    shown = ""
     stamps: list[float] = []
     start = time.perf_counter()
     with BACKENDS[args.backend](model, **dict(args.backend_opt)):
@@ -125,15 +119,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                             seed=args.seed):
             stamps.append(time.perf_counter())
             generated.append(token)
-            if args.json:
-                continue
-            if tokenizer is None:
-                print(token, end=" ", flush=True)
-                continue
-            text = text_of(generated)
-            if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
-                print(text[len(shown):], end="", flush=True)
-                shown = text
+            if not args.json:
+                print(streamer.push(token) if streamer else f"{token} ", end="", flush=True)
     decode_s = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
     timing = {"load_s": round(load_s, 4),
               "first_token_s": round(stamps[0] - start, 4) if stamps else None,
@@ -142,13 +129,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         result = {"prompt_ids": prompt_ids, "generated_ids": generated, "backend": args.backend, "timing": timing}
         if tokenizer is not None:
-            result["prompt"] = text_of(prompt_ids)
-            result["text"] = text_of(generated)
+            result["prompt"] = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+            result["text"] = tokenizer.decode(generated, skip_special_tokens=True)
         print(json.dumps(result))
     else:
-        if tokenizer is not None and len(shown) < len(text_of(generated)):
-            print(text_of(generated)[len(shown):], end="")
-        print(flush=True)
+        print(streamer.flush() if streamer else "", flush=True)
         rate = f", {timing['decode_tokens_per_s']} tokens/s" if timing["decode_tokens_per_s"] else ""
         print(f"[{len(generated)} tokens, {timing['total_s']} s{rate}, backend {args.backend}]", file=sys.stderr)
     return 0

@@ -67,25 +67,20 @@ def main() -> int:
     print(f"model {path.name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"vocab {config.vocab_size}; backend golden (exact CPU integer reference)\n", file=sys.stderr)
 
-    prompt_ids = tokenizer.encode(PROMPT).ids if tokenizer else [0]
-    if tokenizer and config.bos_token_id is not None and prompt_ids[:1] != [config.bos_token_id]:
-        prompt_ids = [config.bos_token_id, *prompt_ids]
+    prompt_ids = golden.encode_prompt(tokenizer, config, PROMPT) if tokenizer else [0]
     print(PROMPT if tokenizer else prompt_ids, end="", flush=True)
-    generated: list[int] = []
-    shown = ""
+    streamer = golden.TextStreamer(tokenizer) if tokenizer else None
+    count = 0
     start = time.perf_counter()
     for token in golden.generate_stream(model, prompt_ids, 64, temperature=0.8, top_k=40, seed=0,
-                                       eos_token_ids=eos):
-        generated.append(token)
-        if tokenizer is None:
-            print(f" {token}", end="", flush=True)
-            continue
-        text = printable(tokenizer.decode(generated, skip_special_tokens=True))
-        print(text[len(shown):], end="", flush=True)
-        shown = text
+                                        eos_token_ids=eos):
+        count += 1
+        print(printable(streamer.push(token)) if streamer else f" {token}", end="", flush=True)
+    if streamer:
+        print(printable(streamer.flush()), end="")
     seconds = time.perf_counter() - start
     print(flush=True)
-    print(f"\n[{len(generated)} tokens in {seconds:.2f} s, {len(generated) / seconds:.1f} tokens/s]", file=sys.stderr)
+    print(f"\n[{count} tokens in {seconds:.2f} s, {count / seconds:.1f} tokens/s]", file=sys.stderr)
     return 0
 
 

@@ -143,6 +143,12 @@ def test_config_that_disagrees(make_checkpoint, tmp_path, changes, message):
         golden.load_model(path)
 
 
+def test_null_token_ids_stay_none(make_checkpoint, tmp_path):
+    path = _edit_config(make_checkpoint(seed=7), tmp_path / "nobos", bos_token_id=None, eos_token_id=[5, 6])
+    config = golden.load_model(path).config
+    assert config.bos_token_id is None and config.eos_token_ids == {5, 6}
+
+
 def test_missing_files(make_checkpoint, tmp_path):
     with pytest.raises(golden.CheckpointError, match="config.json: not found"):
         golden.load_model(tmp_path)

@@ -72,3 +72,17 @@ def test_rejects_bad_prompts(model):
         golden.generate(model, [], 5)
     with pytest.raises(ValueError, match="0..299"):
         golden.generate(model, [300], 5)
+
+
+def test_text_streamer_holds_back_partial_utf8_and_prompt_gets_bos():
+    tokenizer = golden.byte_level_tokenizer()
+    streamer = golden.TextStreamer(tokenizer)
+    pieces = [streamer.push(t) for t in "aé€".encode()]  # 1 + 2 + 3 bytes
+    assert pieces == ["a", "", "é", "", "", "€"]
+    streamer.push(0xE2)  # a lone lead byte stays held back until flush
+    assert streamer.flush() == "\ufffd"
+    config = golden.BitNetConfig(vocab_size=258, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                 num_attention_heads=1, num_key_value_heads=1, bos_token_id=256)
+    assert golden.encode_prompt(tokenizer, config, "Hi") == [256, 72, 105]
+    no_bos = golden.BitNetConfig(**{**config.__dict__, "bos_token_id": None})
+    assert golden.encode_prompt(tokenizer, no_bos, "Hi") == [72, 105]
