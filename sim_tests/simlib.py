@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import os
 import re
+import sys
 from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
@@ -106,8 +107,8 @@ def run(test_module: str, build_dir: Path, toplevel: str, *, env: Mapping[str, o
     results = test_dir / "results.xml"
     results.unlink(missing_ok=True)
     extra_env = {key: str(value) for key, value in env.items()}
-    extra_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p)
+    if str(REPO_ROOT) not in sys.path:  # the runner hands our sys.path to the simulator's Python
+        sys.path.insert(0, str(REPO_ROOT))
     runner = get_runner("verilator")
     try:
         runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", build_dir=build_dir,
