@@ -44,7 +44,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from .checkpoint import config_to_dict, save_model
-from .data import EOS_TOKEN, load_tokens
+from .data import EOS_TOKEN, CorpusError, load_tokens
 from .generate import generate
 from .model import BitNetConfig, BitNetForCausalLM
 
@@ -194,8 +194,12 @@ def train(cfg: TrainConfig) -> dict:
     meta_file = data / "meta.json"
     if not meta_file.is_file():
         raise TrainError(f"{meta_file} not found: run `python -m golden.data --out {data}` first")
-    meta = json.loads(meta_file.read_text())
-    tokenizer = Tokenizer.from_file(str(data / "tokenizer.json"))
+    try:
+        meta = json.loads(meta_file.read_text())
+        tokenizer = Tokenizer.from_file(str(data / "tokenizer.json"))
+    except Exception as e:  # json and tokenizers raise their own types for unreadable files
+        raise TrainError(f"{data}: cannot read meta.json / tokenizer.json ({e}); "
+                         f"rerun `python -m golden.data --out {data}`") from None
     train_tokens, val_tokens = load_tokens(data, "train"), load_tokens(data, "val")
     if tokenizer.get_vocab_size() != meta["vocab_size"]:
         raise TrainError(f"{data / 'tokenizer.json'} has {tokenizer.get_vocab_size()} tokens, "
@@ -287,26 +291,41 @@ def train(cfg: TrainConfig) -> dict:
     return result
 
 
+HELP = {
+    "data": "folder written by `python -m golden.data`",
+    "out": "run folder (log.jsonl, state.pt, result.json, the exported model); an existing state.pt is resumed",
+    "linear": "BitLinear (ternary QAT) or nn.Linear (float baseline)",
+    "steps": "optimizer steps (the schedules are laid out over them)",
+    "lr": "peak learning rate",
+    "weight_decay": "peak weight decay (stage 1 only for bitlinear)",
+    "time_limit": "stop cleanly after this many seconds of training, saving state.pt; 0 = no limit",
+    "bf16": "bf16 autocast for the float baseline on CUDA",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m golden.train", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
+        text = f"{HELP[field.name]} (default: {default})" if field.name in HELP else f"default: {default}"
         if field.name == "linear":
-            parser.add_argument(flag, choices=["bitlinear", "float"], default=default,
-                                help="BitLinear (ternary QAT) or nn.Linear (float baseline)")
+            parser.add_argument(flag, choices=["bitlinear", "float"], default=default, help=text)
         elif isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            parser.add_argument(flag, type=type(default), default=default, help=f"default: {default}")
+            parser.add_argument(flag, type=type(default), default=default, help=text)
     return TrainConfig(**vars(parser.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    result = train(parse_args(argv))
+    try:
+        result = train(parse_args(argv))
+    except (TrainError, CorpusError) as e:
+        raise SystemExit(f"golden.train: {e}") from None
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
 
 

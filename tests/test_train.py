@@ -88,3 +88,21 @@ def test_schedules():
     assert schedule(baseline, 0) == (pytest.approx(0.01), 0.1)
     assert schedule(baseline, 99) == (pytest.approx(1.0), 0.1)
     assert schedule(baseline, 1000)[0] == pytest.approx(0.1)
+
+
+def test_bible_output_parsing_and_chapter_split():
+    """golden.data on `bible -f`-style output (the real corpus needs apt, so this is made up)."""
+    from golden.data import CorpusError, parse_verses, split_by_chapter
+
+    lines = [f"{book}{chapter}:{verse} Verse {verse} of {book} {chapter}."
+             for book in ("Ge", "1Ki") for chapter in range(1, 21) for verse in range(1, 4)]
+    verses = parse_verses("\n".join(lines) + "\n", expected=120)
+    assert (verses[60].book, verses[60].chapter, verses[60].verse) == ("1Ki", 1, 1)
+    train_lines, val_lines = split_by_chapter(verses)
+    # chapters 0..39 overall; indices 10 and 30 (Ge 11 and 1Ki 11) are validation
+    assert val_lines == [f"Verse {v} of {b} 11." for b in ("Ge", "1Ki") for v in (1, 2, 3)]
+    assert len(train_lines) == 114 and not set(train_lines) & set(val_lines)
+    with pytest.raises(CorpusError, match="expected 31102"):
+        parse_verses("\n".join(lines))
+    with pytest.raises(CorpusError, match="line 2 is not"):
+        parse_verses("Ge1:1 In the beginning\nnot a verse\n", expected=2)
