@@ -1,0 +1,268 @@
+"""Board top levels: iCEBreaker (iCE40 UP5K) and ULX3S (ECP5-85F).
+
+Each board is the same three parts:
+
+    oscillator pin -> PLL -> `sync` clock, reset held until lock (+ a power-on delay)
+    UART pins      -> UartStreamBridge -> BitlaneTop (command processor + core)
+    LEDs           <- heartbeat (clock running, out of reset) and UART error indicator
+
+`BoardLogic` is everything inside the `sync` domain, with the serial pins and
+LEDs as plain ports: the UART-level board simulation (sw/sim/uart_harness.cpp)
+and the gate-level check Verilate exactly this, with the PLL bypassed.
+`BoardTop` wraps it with the board's pins, PLL and reset for amaranth-boards.
+"""
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from amaranth.build import Platform
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.wiring import In, Out
+
+from .config import CoreConfig, preset
+from .top import BitlaneTop
+from .uart import UartStreamBridge, baud_divisor
+
+__all__ = ["BoardError", "Board", "BOARDS", "board", "BoardLogic", "BoardTop", "ice40_pll", "ecp5_pll"]
+
+
+class BoardError(ValueError):
+    """An unknown board, or a clock the board's PLL cannot make."""
+
+
+# ---------------------------------------------------------------- PLL settings
+
+@dataclass(frozen=True)
+class Ice40Pll:
+    """SB_PLL40 in SIMPLE feedback: f_out = f_in * (DIVF + 1) / ((DIVR + 1) * 2**DIVQ)."""
+    divr: int
+    divf: int
+    divq: int
+    filter_range: int
+    out_hz: float
+
+
+def ice40_pll(in_hz: int, out_hz: int) -> Ice40Pll:
+    """Exact SB_PLL40 settings for `out_hz` (iCE40 sysCLOCK PLL limits), or BoardError."""
+    for divr in range(16):
+        pfd = in_hz / (divr + 1)
+        if not 10e6 <= pfd <= 133e6:
+            continue
+        for divq in range(1, 7):
+            for divf in range(128):
+                vco = pfd * (divf + 1)
+                if 533e6 <= vco <= 1066e6 and vco / 2 ** divq == out_hz:
+                    # Loop filter by PFD frequency, as in the iCE40 PLL usage guide (and icepll).
+                    filter_range = next(i for i, top in enumerate((17e6, 26e6, 44e6, 66e6, 101e6), 1)
+                                        if pfd < top) if pfd < 101e6 else 6
+                    return Ice40Pll(divr, divf, divq, filter_range, out_hz)
+    raise BoardError(f"iCE40 PLL cannot make exactly {out_hz / 1e6:g} MHz from {in_hz / 1e6:g} MHz")
+
+
+@dataclass(frozen=True)
+class Ecp5Pll:
+    """EHXPLLL, CLKOP fed back: f_out = f_in * CLKFB_DIV / CLKI_DIV, VCO = f_out * CLKOP_DIV."""
+    clki_div: int
+    clkfb_div: int
+    clkop_div: int
+    out_hz: float
+
+
+def ecp5_pll(in_hz: int, out_hz: int) -> Ecp5Pll:
+    """Exact EHXPLLL settings for `out_hz` (ECP5 sysCLOCK limits), VCO nearest 600 MHz."""
+    candidates = []
+    for clki_div in range(1, 129):
+        if not 3.125e6 <= in_hz / clki_div <= 400e6:
+            continue
+        for clkfb_div in range(1, 81):
+            if in_hz * clkfb_div / clki_div != out_hz:
+                continue
+            for clkop_div in range(1, 129):
+                vco = out_hz * clkop_div
+                if 400e6 <= vco <= 800e6:
+                    candidates.append((abs(vco - 600e6), Ecp5Pll(clki_div, clkfb_div, clkop_div, out_hz)))
+    if not candidates:
+        raise BoardError(f"ECP5 PLL cannot make exactly {out_hz / 1e6:g} MHz from {in_hz / 1e6:g} MHz")
+    return min(candidates, key=lambda c: c[0])[1]
+
+
+# ---------------------------------------------------------------- boards
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    family: str  # "ice40" or "ecp5": selects the PLL primitive
+    make_platform: Callable[[], Platform]
+    core: CoreConfig  # clock_hz is the PLL output, the `sync` clock
+    osc_hz: int
+    baud: int
+    max_baud: int  # what the board's USB-UART bridge can do
+    reset_button: str  # resource name; pressed = 1 (amaranth-boards inverts active-low pins)
+    programmer: str  # command that loads a bitstream over USB
+    install_hint: str
+
+    @property
+    def divisor(self) -> int:
+        return baud_divisor(self.core.clock_hz, self.baud)
+
+    def with_baud(self, baud: int) -> "Board":
+        if baud > self.max_baud:
+            raise BoardError(f"{self.name}: baud {baud} is above what its USB-UART bridge "
+                             f"allows ({self.max_baud})")
+        changed = replace(self, baud=baud)
+        changed.divisor  # noqa: B018 - raises UartConfigError for a rate the clock cannot make
+        return changed
+
+
+def _icebreaker() -> Platform:
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+    return ICEBreakerPlatform()
+
+
+def _ulx3s() -> Platform:
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    class ULX3SBuildOnly(ULX3S_85F_Platform):
+        # amaranth-boards lists the programmer as required even to build; we program separately.
+        @property
+        def required_tools(self) -> list[str]:
+            return [tool for tool in super().required_tools if tool != "openFPGALoader"]
+
+    return ULX3SBuildOnly()
+
+
+BOARDS: dict[str, Board] = {
+    # FT2232H: up to 12 Mbaud, which needs >= 48 MHz here (4 cycles per bit).
+    "icebreaker": Board(
+        "icebreaker", "ice40", _icebreaker, preset("icebreaker").with_(clock_hz=18_000_000), osc_hz=12_000_000,
+        baud=3_000_000, max_baud=12_000_000, reset_button="button",
+        programmer="iceprog",
+        install_hint="iceprog comes with icestorm (Debian/Ubuntu: apt install fpga-icestorm); "
+                     "openFPGALoader -b ice40_generic also works"),
+    # FT231X: up to 3 Mbaud.
+    "ulx3s": Board(
+        "ulx3s", "ecp5", _ulx3s, preset("ulx3s").with_(clock_hz=45_000_000), osc_hz=25_000_000,
+        baud=3_000_000, max_baud=3_000_000, reset_button="button_pwr",
+        programmer="openFPGALoader",
+        install_hint="openFPGALoader: apt install openfpgaloader, or build it from "
+                     "https://github.com/trabucayre/openFPGALoader"),
+}
+
+
+def board(name: str) -> Board:
+    try:
+        return BOARDS[name]
+    except KeyError:
+        raise BoardError(f"unknown board {name!r}; choose one of {', '.join(BOARDS)}") from None
+
+
+# ---------------------------------------------------------------- gateware
+
+class BoardLogic(wiring.Component):
+    """UART + bitlane top + status LEDs: everything a board runs in its `sync` domain."""
+
+    uart_rx: In(1, init=1)
+    uart_tx: Out(1, init=1)
+    led_heartbeat: Out(1)  # blinks about twice a second while clocked and out of reset
+    led_error: Out(1)  # lit once a framing error or an rx overrun was seen, until reset
+
+    def __init__(self, core: CoreConfig, divisor: int) -> None:
+        self.core = core
+        self.divisor = divisor
+        super().__init__()
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.uart = uart = UartStreamBridge()
+        m.submodules.top = top = BitlaneTop(self.core)
+        m.d.comb += [
+            uart.divisor.eq(self.divisor),
+            uart.rx_pin.eq(self.uart_rx),
+            self.uart_tx.eq(uart.tx_pin),
+            self.led_error.eq((uart.framing_errors != 0) | (uart.overruns != 0)),
+        ]
+        wiring.connect(m, uart.rx, top.rx)
+        wiring.connect(m, top.tx, uart.tx)
+
+        half_period = max(self.core.clock_hz // 4, 2)
+        blink = Signal(range(half_period))
+        with m.If(blink == half_period - 1):
+            m.d.sync += [blink.eq(0), self.led_heartbeat.eq(~self.led_heartbeat)]
+        with m.Else():
+            m.d.sync += blink.eq(blink + 1)
+        return m
+
+
+# iCE40 block RAMs read as zeroes for ~3 us after configuration (amaranth's own
+# iCE40 reset logic waits for the same reason); hold reset this long after lock.
+POWER_ON_RESET_S = 10e-6
+
+
+class BoardTop(Elaboratable):
+    """The board's pins around `BoardLogic`: oscillator, PLL, reset button, UART, two LEDs."""
+
+    def __init__(self, spec: Board) -> None:
+        self.spec = spec
+
+    def elaborate(self, platform) -> Module:
+        spec = self.spec
+        m = Module()
+        pll_clk = Signal()
+        locked = Signal()
+        if spec.family == "ice40":
+            pll = ice40_pll(spec.osc_hz, spec.core.clock_hz)
+            # The oscillator pin feeds the PLL pad directly (no input buffer in between).
+            osc = platform.request(platform.default_clk, dir="-")
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD",
+                p_FEEDBACK_PATH="SIMPLE",
+                p_DIVR=pll.divr, p_DIVF=pll.divf, p_DIVQ=pll.divq, p_FILTER_RANGE=pll.filter_range,
+                i_PACKAGEPIN=osc.io, i_RESETB=1, i_BYPASS=0,
+                o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked)
+        elif spec.family == "ecp5":
+            pll = ecp5_pll(spec.osc_hz, spec.core.clock_hz)
+            osc = platform.request(platform.default_clk)
+            m.submodules.pll = Instance(
+                "EHXPLLL",
+                a_FREQUENCY_PIN_CLKI=str(spec.osc_hz / 1e6),
+                a_FREQUENCY_PIN_CLKOP=str(spec.core.clock_hz / 1e6),
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8",
+                a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
+                p_CLKI_DIV=pll.clki_div, p_CLKFB_DIV=pll.clkfb_div,
+                p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=pll.clkop_div,
+                p_CLKOP_CPHASE=pll.clkop_div // 2 - 1, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+                i_CLKI=osc.i, i_CLKFB=pll_clk, i_RST=0, i_STDBY=0,
+                i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+                i_PLLWAKESYNC=0, i_ENCLKOP=0,
+                o_CLKOP=pll_clk, o_LOCK=locked)
+        else:
+            raise BoardError(f"{spec.name}: no PLL for family {spec.family!r}")
+        # No clock constraint on pll_clk: nextpnr derives the PLL output's from the oscillator's.
+
+        # Reset: until the PLL locks, a power-on delay after that, or while the button is held.
+        m.domains.por = ClockDomain("por", reset_less=True, local=True)
+        m.domains.sync = ClockDomain("sync")
+        m.d.comb += [ClockSignal("por").eq(pll_clk), ClockSignal("sync").eq(pll_clk)]
+        por_cycles = int(POWER_ON_RESET_S * spec.core.clock_hz)
+        por_timer = Signal(range(por_cycles + 1))
+        with m.If(~locked):
+            m.d.por += por_timer.eq(0)
+        with m.Elif(por_timer != por_cycles):
+            m.d.por += por_timer.eq(por_timer + 1)
+        button = platform.request(spec.reset_button, 0)
+        m.submodules.reset_sync = ResetSynchronizer(
+            (por_timer != por_cycles) | button.i, domain="sync")
+
+        m.submodules.logic = logic = BoardLogic(spec.core, spec.divisor)
+        uart = platform.request("uart", 0)
+        m.d.comb += [
+            logic.uart_rx.eq(uart.rx.i),
+            uart.tx.o.eq(logic.uart_tx),
+            platform.request("led", 0).o.eq(logic.led_heartbeat),
+            platform.request("led", 1).o.eq(logic.led_error),
+        ]
+        return m

@@ -1,0 +1,152 @@
+"""UART-level board simulation: a board's whole logic, talked to through its serial pins.
+
+`BoardLogic` (hw/boards.py: UART with FIFOs, command processor, core, LEDs;
+the PLL bypassed) is Verilated into sw/sim/uart_harness.cpp, which drives and
+samples the two serial pins bit by bit at the board's divisor and bridges them
+to a loopback TCP port. The host then uses the `serial` transport with a
+pyserial `socket://` URL, exactly as it would use a real board's /dev/ttyUSB:
+
+    python -m sw.sim.uart_sim --board icebreaker
+    # -> serial://socket://127.0.0.1:PORT
+    bitlane generate ... --backend serial --backend-opt port=socket://127.0.0.1:PORT
+
+or, in Python, `with UartSimBoard("icebreaker") as sim: sw.runtime.connect(sim.url)`.
+
+Builds are cached in build/sim/uart-<board>-<key>/ like the byte-level sim's
+(sw/sim/build.py, whose source hashing and Verilator environment this reuses).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from sw.sim.build import DEFAULT_CACHE, SimBuildError, build_key, verilator_env
+
+HARNESS_SOURCE = Path(__file__).with_name("uart_harness.cpp")
+TOPLEVEL = "bitlane_board"
+EXECUTABLE = "bitlane_uart_sim"
+VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert",
+                   "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", TOPLEVEL, "--prefix", "Vbitlane_board"]
+CXX_OPT = "-O2"
+START_TIMEOUT = 30.0
+
+
+def build_uart_board(board_name: str, divisor: int | None = None, cache_dir: Path | None = None) -> Path:
+    """Path of the UART-level simulator of `board_name`, building it on first use."""
+    from hw.boards import board
+
+    spec = board(board_name)
+    divisor = spec.divisor if divisor is None else divisor
+    env = verilator_env()
+    digest = hashlib.sha256("\0".join([
+        build_key(spec.core, VERILATOR_FLAGS, env), HARNESS_SOURCE.read_text(), spec.name, str(divisor),
+    ]).encode()).hexdigest()[:16]
+    out_dir = (cache_dir or DEFAULT_CACHE) / f"uart-{spec.name}-d{divisor}-{digest}"
+    exe = out_dir / EXECUTABLE
+    if exe.exists():
+        return exe
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f"{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if exe.exists():
+            return exe
+        from amaranth.back import verilog
+
+        from hw.boards import BoardLogic
+
+        work = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        (work / "board.v").write_text(
+            verilog.convert(BoardLogic(spec.core, divisor), name=TOPLEVEL, emit_src=False))
+        env["CXXFLAGS"] = env.get("CXXFLAGS", "") + " -std=c++20"
+        cmd = ["verilator", "--cc", "--exe", "--build", *VERILATOR_FLAGS, "-Mdir", str(work / "obj"),
+               "-o", EXECUTABLE, "-CFLAGS", CXX_OPT,
+               "-MAKEFLAGS", f"OPT_FAST={CXX_OPT} OPT_SLOW=-O1 CFG_CXXFLAGS_PCH_I=-include -j2",
+               "board.v", str(HARNESS_SOURCE)]
+        result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SimBuildError(f"verilator failed building the {spec.name} UART-level board "
+                                f"(exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        (work / "obj" / EXECUTABLE).rename(work / EXECUTABLE)
+        shutil.rmtree(work / "obj")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        work.rename(out_dir)
+    return exe
+
+
+class UartSimBoard:
+    """A running UART-level simulator; `url` is what `sw.runtime.connect` takes."""
+
+    def __init__(self, board_name: str, divisor: int | None = None) -> None:
+        from hw.boards import board
+
+        spec = board(board_name)
+        self.divisor = spec.divisor if divisor is None else divisor
+        exe = build_uart_board(board_name, self.divisor)
+        self._stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [str(exe), "--port", "0", "--divisor", str(self.divisor), "--max-payload", str(spec.core.max_payload)],
+            stdout=subprocess.PIPE, stderr=self._stderr)
+        try:
+            ready, _, _ = select.select([self.process.stdout], [], [], START_TIMEOUT)
+            line = self.process.stdout.readline().decode(errors="replace") if ready else ""
+            if not line.startswith("bitlane-sim listening"):
+                raise SimBuildError(f"{board_name} UART-level simulator did not start listening "
+                                    f"within {START_TIMEOUT:.0f} s (got {line!r}): {self.stderr_tail()}")
+        except BaseException:
+            self.close()
+            raise
+        self.port = int(line.split()[-1])
+        self.url = f"serial://socket://127.0.0.1:{self.port}"
+
+    def stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()[-2000:].decode(errors="replace").strip()
+
+    def close(self) -> None:
+        """Wait for the simulator to exit (it does when its client disconnects), else stop it."""
+        if self.process.poll() is None:
+            try:
+                self.process.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+        self._stderr.close()
+
+    def __enter__(self) -> "UartSimBoard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hw.boards import BOARDS
+
+    parser = argparse.ArgumentParser(prog="python -m sw.sim.uart_sim",
+                                     description="serve a UART-level simulated board on a TCP port")
+    parser.add_argument("--board", required=True, choices=sorted(BOARDS))
+    parser.add_argument("--divisor", type=int, help="clock cycles per bit (default: the board's)")
+    args = parser.parse_args(argv)
+    sim = UartSimBoard(args.board, args.divisor)
+    print(sim.url, flush=True)
+    try:
+        sim.process.wait()
+    except KeyboardInterrupt:
+        sim.process.terminate()
+    print(sim.stderr_tail(), file=sys.stderr)
+    sim.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
