@@ -1,4 +1,5 @@
-"""BitlaneTop through the wire protocol: products of random shapes, bit-exact vs numpy int64.
+"""BitlaneTop through the wire protocol: products of random shapes, bit-exact vs numpy int64,
+and one BitLinear layer of a golden checkpoint, bit-exact vs golden's int32 accumulators.
 
 Everything goes through `rx` / `tx` as a host would send it (sw/protocol.py encodes and
 decodes), with random gaps on rx and random backpressure on tx.
@@ -6,6 +7,7 @@ decodes), with random gaps on rx and random backpressure on tx.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import cocotb
 import numpy as np
@@ -66,7 +68,40 @@ async def long_k(dut) -> None:
     await check(link, 3, link.cfg.max_k)
 
 
+@cocotb.test()
+async def golden_bitlinear(dut) -> None:
+    """One BitLinear call of a golden model (written by the pytest side): same int32 accumulators."""
+    layer = np.load(os.environ["BITLANE_GOLDEN"])
+    link = await connect(dut, 5)
+    got = await link.product(layer["trits"], layer["q"])
+    want = layer["acc"].astype(np.int64)
+    bad = np.argwhere(got != want)
+    assert not len(bad), (f"golden {layer['name']}: {len(bad)} of {want.size} accumulators differ, first at "
+                          f"(token, row) {tuple(bad[0])}: got {got[tuple(bad[0])]}, golden {want[tuple(bad[0])]}")
+    dut._log.info(f"golden {layer['name']} {layer['trits'].shape} x {len(layer['q'])} tokens: bit-exact")
+
+
+@pytest.fixture(scope="module")
+def golden_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """q, trits and acc of the MLP down projection of a random golden checkpoint, as .npz."""
+    import torch
+
+    import golden
+    folder = tmp_path_factory.mktemp("golden")
+    shape = dict(vocab_size=64, hidden_size=40, intermediate_size=88, num_hidden_layers=1, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=32, bos_token_id=None, eos_token_id=None)
+    model = golden.load_model(golden.make_random_checkpoint(folder / "checkpoint", shape, seed=7))
+    ids = torch.randint(0, shape["vocab_size"], (1, 6), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad(), golden.trace(model) as records:
+        model(ids)
+    record = next(r for r in records if r.name.endswith("down_proj"))
+    path = folder / "layer.npz"
+    np.savez(path, name=record.name, q=record.q.numpy(), trits=record.trits.numpy(), acc=record.acc.numpy())
+    return path
+
+
 @pytest.mark.parametrize("config", ["tiny", "mid"])
-def test_top(config: str) -> None:
+def test_top(config: str, golden_layer: Path) -> None:
     build = simlib.build(BitlaneTop(CONFIGS[config]), TOPLEVEL)
-    simlib.run("sim_tests.test_top", build, TOPLEVEL, env={"BITLANE_CONFIG": config}, name=f"test_top-{config}")
+    simlib.run("sim_tests.test_top", build, TOPLEVEL, name=f"test_top-{config}",
+               env={"BITLANE_CONFIG": config, "BITLANE_GOLDEN": golden_layer})
