@@ -7,6 +7,7 @@ picks one; options arrive as keyword strings. Register a new backend by adding i
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
@@ -23,4 +24,37 @@ def golden_backend(model: BitNetForCausalLM, **options: str) -> AbstractContextM
     return nullcontext()
 
 
-BACKENDS: dict[str, Backend] = {"golden": golden_backend}
+def _device_backend(scheme: str, default_preset: str) -> Backend:
+    """A backend on a bitlane device: the functional model, the simulated board, or a real board."""
+
+    def factory(model: BitNetForCausalLM, **options: str) -> AbstractContextManager:
+        from sw.runtime import DeviceSession, connect
+
+        options = dict(options)
+        timeout = float(options.pop("timeout", 10.0))
+        url = options.pop("url", None)
+        if url is None and scheme == "serial":
+            port = options.pop("port", "/dev/ttyUSB1")
+            url = f"serial://{port}?baud={options.pop('baud', 3_000_000)}&window={options.pop('window', 1)}"
+        elif url is None:
+            url = f"{scheme}://{options.pop('preset', default_preset)}"
+            if "trace" in options:
+                url += f"?trace={options.pop('trace')}"
+        if options:
+            raise ValueError(f"backend {scheme!r}: unknown options {sorted(options)} "
+                             "(model/sim: preset, trace (sim), url, timeout; serial: port, baud, window, url, timeout)")
+        return DeviceSession(model, connect(url, timeout=timeout), progress=True, report=sys.stderr,
+                             project=scheme in ("sim", "model"))
+
+    factory.__doc__ = {"model": "the pure-Python functional model of the accelerator",
+                       "sim": "the Verilated gateware (C++ harness over TCP), built on first use",
+                       "serial": "a board on a serial port"}[scheme]
+    return factory
+
+
+BACKENDS: dict[str, Backend] = {
+    "golden": golden_backend,
+    "model": _device_backend("model", "sim"),
+    "sim": _device_backend("sim", "sim"),
+    "serial": _device_backend("serial", "icebreaker"),
+}

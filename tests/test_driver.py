@@ -201,3 +201,24 @@ def test_generation_matches_golden_bit_for_bit(make_checkpoint, preset_name, ove
     # 5-token prompt as one batch, then one call per new token, for every BitLinear
     n_layers = len(list(model.bitlinear_layers()))
     assert result.calls == n_layers * 32
+
+
+def test_cli_generate_on_model_backend_matches_golden(make_checkpoint, capsys):
+    import json
+    import re
+
+    from sw.cli import main
+
+    path = str(make_checkpoint(seed=3))
+    ids = {}
+    common = ["generate", "--model", path, "--prompt-ids", "256,65,66", "--max-new-tokens", "8", "--greedy", "--json"]
+    for backend, options in (("golden", []), ("model", ["--backend-opt", "preset=tiny"])):
+        assert main([*common, "--backend", backend, *options]) == 0
+        out, err = capsys.readouterr()
+        ids[backend] = json.loads(out)["generated_ids"]
+    assert ids["model"] == ids["golden"] and len(ids["golden"]) == 8
+    assert re.search(r"model://tiny: \d+/14 layers resident", err)
+    assert "tokens/s" in err and "link bytes/token" in err and "projected icebreaker" in err
+    assert main(["generate", "--model", path, "--prompt-ids", "1", "--backend", "model",
+                 "--backend-opt", "colour=blue"]) == 1
+    assert "unknown options ['colour']" in capsys.readouterr().err
