@@ -63,9 +63,16 @@ class TernaryCore(wiring.Component):
 
         m.submodules.seq = seq = Sequencer(cfg)
         m.submodules.lanes = lanes = LaneArray(cfg)
-        m.submodules.weights = w_mem = Memory(shape=cfg.weight_word_bits, depth=cfg.weight_depth, init=[])
-        m.submodules.acts = a_mem = Memory(shape=8 * cfg.k_per_cycle, depth=cfg.act_depth, init=[])
-        m.submodules.outs = o_mem = Memory(shape=cfg.acc_bits * cfg.lanes, depth=cfg.out_depth, init=[])
+        # No port ever reads a word in the cycle another port writes it (writes happen only
+        # between runs, output reads only after `done`), so Yosys need not add collision
+        # bypass logic around the block RAMs.
+        ram_attrs = {"no_rw_check": 1}
+        m.submodules.weights = w_mem = Memory(shape=cfg.weight_word_bits, depth=cfg.weight_depth, init=[],
+                                              attrs=ram_attrs)
+        m.submodules.acts = a_mem = Memory(shape=8 * cfg.k_per_cycle, depth=cfg.act_depth, init=[],
+                                           attrs=ram_attrs)
+        m.submodules.outs = o_mem = Memory(shape=cfg.acc_bits * cfg.lanes, depth=cfg.out_depth, init=[],
+                                           attrs=ram_attrs)
 
         m.d.comb += [
             seq.start.eq(self.start & ~self.busy),
@@ -138,10 +145,12 @@ class TernaryCore(wiring.Component):
             m.d.sync += self.busy.eq(0)
         m.d.comb += self.done.eq(self.busy & ~pending)
 
+        # Increment as carry-in, clear as synchronous reset: one LUT per counter bit.
         with m.If(self.clear_counters):
             m.d.sync += [self.busy_cycles.eq(0), self.stall_cycles.eq(0)]
-        with m.Elif(seq.valid):
-            m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
-        with m.Elif(self.busy):
-            m.d.sync += self.stall_cycles.eq(self.stall_cycles + 1)
+        with m.Else():
+            m.d.sync += [
+                self.busy_cycles.eq(self.busy_cycles + seq.valid),
+                self.stall_cycles.eq(self.stall_cycles + (self.busy & ~seq.valid)),
+            ]
         return m

