@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import reduce
 from pathlib import Path
 
 from amaranth import Cat, Module, Signal
@@ -102,7 +101,7 @@ class PinHarness(wiring.Component):
         chain = Signal(sum(len(p) for p in inputs))
         m.d.sync += chain.eq(Cat(self.sin, chain[:-1]))
         m.d.comb += Cat(*inputs).eq(chain)
-        m.d.sync += self.sout.eq(reduce(lambda a, b: a ^ b, Cat(*outputs)))
+        m.d.sync += self.sout.eq(Cat(*outputs).xor())
         return m
 
 
