@@ -13,7 +13,7 @@ simply counts tiles. Tiles follow each other with no bubble.
 """
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -50,59 +50,63 @@ class Sequencer(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         cfg = self.config
-        lane_shift = cfg.lanes.bit_length() - 1
-        k_shift = cfg.k_per_cycle.bit_length() - 1
+        k, lanes = cfg.k_per_cycle, cfg.lanes
 
-        max_k_steps = -(-cfg.max_k // cfg.k_per_cycle)
-        ks_m1 = Signal(range(max_k_steps))      # k-steps per tile, minus one
-        ks_left = Signal(range(max_k_steps))    # k-steps left in this tile after the current one
-        rt_m1 = Signal(range(cfg.out_depth))    # tiles per vector, minus one
-        rt_left = Signal(range(cfg.out_depth))  # tiles left in this vector after the current one
-        n_left = Signal(range(cfg.out_depth))   # vectors left after the current one
-        a_vector = Signal.like(self.a_addr)     # first activation word of the current vector
-        w_vector = Signal.like(self.w_addr)     # w_base, where every vector starts again
+        cols = Signal(range(cfg.max_k + 1))                  # the RUN's cols
+        cols_left = Signal.like(cols)                        # columns of this tile from this step on
+        rows = Signal(range(cfg.out_depth * lanes + 1))      # the RUN's rows
+        rows_left = Signal.like(rows)                        # rows of this vector from this tile on
+        n_left = Signal(range(cfg.out_depth + 1))            # vectors from this one on
+        a_vector = Signal.like(self.a_addr)                  # first activation word of this vector
+        w_vector = Signal.like(self.w_addr)                  # w_base, where every vector starts again
 
+        def at_most(count: Signal, step: int) -> Value:
+            """count <= step, for 1 <= count and step a power of two."""
+            shift = step.bit_length() - 1
+            high, low = count[shift:], count[:shift]
+            return (high == 0) | ((high == 1) & (low == 0))
+
+        last_step, last_tile, last_vector = at_most(cols_left, k), at_most(rows_left, lanes), n_left == 1
         m.d.comb += [
             self.valid.eq(self.issuing),
-            self.last.eq(self.issuing & (ks_left == 0)),
+            self.last.eq(self.issuing & last_step),
         ]
 
         with m.If(~self.issuing):
             with m.If(self.start):
-                # ceil(x / 2**s) - 1 == (x - 1) >> s for x >= 1
                 m.d.sync += [
                     self.issuing.eq(1),
-                    ks_m1.eq((self.cols - 1) >> k_shift),
-                    ks_left.eq((self.cols - 1) >> k_shift),
-                    rt_m1.eq((self.rows - 1) >> lane_shift),
-                    rt_left.eq((self.rows - 1) >> lane_shift),
-                    n_left.eq(self.n_vectors - 1),
+                    cols.eq(self.cols),
+                    cols_left.eq(self.cols),
+                    rows.eq(self.rows),
+                    rows_left.eq(self.rows),
+                    n_left.eq(self.n_vectors),
                     self.w_addr.eq(self.w_base),
                     w_vector.eq(self.w_base),
                     self.a_addr.eq(self.a_base),
                     a_vector.eq(self.a_base),
                     self.o_addr.eq(self.o_base),
                 ]
-        with m.Elif(ks_left != 0):  # inside a tile
+        with m.Elif(~last_step):  # inside a tile
             m.d.sync += [
-                ks_left.eq(ks_left - 1),
+                cols_left.eq(cols_left - k),
                 self.w_addr.eq(self.w_addr + 1),
                 self.a_addr.eq(self.a_addr + 1),
             ]
         with m.Else():  # last k-step of a tile: the next tile starts right away
             m.d.sync += [
-                ks_left.eq(ks_m1),
+                cols_left.eq(cols),
                 self.o_addr.eq(self.o_addr + 1),
             ]
-            with m.If(rt_left != 0):  # next tile of the same vector
+            with m.If(~last_tile):  # next tile of the same vector
                 m.d.sync += [
-                    rt_left.eq(rt_left - 1),
+                    rows_left.eq(rows_left - lanes),
                     self.w_addr.eq(self.w_addr + 1),
                     self.a_addr.eq(a_vector),
                 ]
-            with m.Elif(n_left != 0):  # first tile of the next vector
+            with m.Elif(~last_vector):  # first tile of the next vector
                 m.d.sync += [
-                    rt_left.eq(rt_m1),
+                    rows_left.eq(rows),
                     n_left.eq(n_left - 1),
                     self.w_addr.eq(w_vector),
                     self.a_addr.eq(self.a_addr + 1),
