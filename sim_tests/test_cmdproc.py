@@ -112,7 +112,7 @@ async def differential_vs_model(dut) -> None:
     cfg, rng = link.cfg, link.rng
     model = ModelDevice(cfg)
     model_rx = p.FrameDecoder()
-    steps = int(os.environ.get("BITLANE_STEPS", "300"))
+    steps = int(os.environ.get("BITLANE_STEPS", "500"))
     kinds: dict[str, int] = {}
     for step in range(steps + 1):
         seq = step & 0xFF
