@@ -7,6 +7,7 @@ picks one; options arrive as keyword strings. Register a new backend by adding i
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -40,6 +41,9 @@ def _device_backend(scheme: str, default_preset: str) -> Backend:
             url = f"{scheme}://{options.pop('preset', default_preset)}"
             if "trace" in options:
                 url += f"?trace={options.pop('trace')}"
+        if scheme == "sim":  # the simulator process needs a core of its own; torch takes the rest
+            import torch
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         if options:
             raise ValueError(f"backend {scheme!r}: unknown options {sorted(options)} "
                              "(model/sim: preset, trace (sim), url, timeout; serial: port, baud, window, url, timeout)")

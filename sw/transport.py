@@ -15,6 +15,7 @@ takes one at a time.
 from __future__ import annotations
 
 import select
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -139,6 +140,9 @@ class SimTransport(Transport):
         try:
             port = self._read_port()
             self._link = SerialTransport(f"socket://127.0.0.1:{port}")
+            # Requests are small writes that each wait for an answer: without TCP_NODELAY, Nagle's
+            # algorithm holds them back until the previous segment is acknowledged (tens of ms).
+            self._link.port._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
             self.close()
             raise
