@@ -4,6 +4,8 @@
     bitlane info --model /tmp/tiny
     bitlane generate --model /tmp/tiny --prompt "In the beginning" --max-new-tokens 32
     bitlane generate --model /tmp/tiny --prompt-ids 1,2,3 --greedy --json
+    bitlane generate --model /tmp/tiny --prompt "In the beginning" --backend sim --backend-opt preset=sim
+    bitlane bench [driver golden ...]
     bitlane hw ...            (the hardware tools, hw/cli.py)
 """
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -61,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, metavar="P", help="sample among the most likely tokens holding mass P")
     gen.add_argument("--seed", type=int, metavar="S", help="random seed: same seed, same tokens")
     gen.add_argument("--backend", choices=sorted(BACKENDS), default="golden",
-                     help="where BitLinear products run (golden: exact CPU reference)")
+                     help="where BitLinear products run (golden: exact CPU reference; model: functional model "
+                          "of the accelerator; sim: Verilated gateware; serial: a board)")
     gen.add_argument("--backend-opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
                      help="option for the backend, repeatable")
     gen.add_argument("--json", action="store_true",
@@ -88,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--tie", action="store_true", help="tie the LM head to the embeddings")
     make.add_argument("--max-positions", type=int, default=2048, help="max_position_embeddings (2048)")
     make.add_argument("--seed", type=int, default=0, help="random seed (0)")
+
+    bench = sub.add_parser("bench", help="run the benchmark scripts of bench/ (all, or the named ones)",
+                           description="Run bench/NAME_bench.py for each NAME (default: every script there), "
+                                       "each printing its figures.")
+    bench.add_argument("names", nargs="*", metavar="NAME", help="e.g. driver golden (default: all)")
 
     sub.add_parser("hw", help="hardware tools (build, program, ...): see `bitlane hw --help`", add_help=False)
     return parser
@@ -189,6 +199,19 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    available = {p.name.removesuffix("_bench.py"): p for p in sorted(bench_dir.glob("*_bench.py"))}
+    unknown = [name for name in args.names if name not in available]
+    if unknown:
+        raise ValueError(f"no benchmark {', '.join(unknown)} in {bench_dir}; choose from {', '.join(available)}")
+    status = 0
+    for name in args.names or available:
+        print(f"== bench/{available[name].name}", flush=True)
+        status |= subprocess.run([sys.executable, str(available[name])]).returncode
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hw"]:
@@ -200,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):  # model text may hold anything; never die on encoding
         sys.stdout.reconfigure(errors="replace")
-    command = {"generate": cmd_generate, "info": cmd_info, "make-model": cmd_make_model}[args.command]
+    command = {"generate": cmd_generate, "info": cmd_info, "make-model": cmd_make_model,
+               "bench": cmd_bench}[args.command]
     try:
         return command(args)
     except (golden.CheckpointError, ValueError, OSError) as e:
