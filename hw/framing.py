@@ -66,7 +66,12 @@ class Unstuffer(wiring.Component):
 
 class Stuffer(wiring.Component):
     """Symbols to wire bytes: a frame-start mark becomes SYNC, a data byte equal
-    to SYNC or ESC becomes `ESC, b ^ ESC_XOR`, any other byte goes as is."""
+    to SYNC or ESC becomes `ESC, b ^ ESC_XOR`, any other byte goes as is.
+
+    The output is registered and `i.ready` depends only on `o.ready` and state,
+    never on the data, so the response path (memory read, byte select, escape
+    check) ends at this register instead of running on into the handshakes.
+    """
 
     i: In(stream.Signature(TxSymbol))
     o: Out(stream.Signature(8))
@@ -74,19 +79,20 @@ class Stuffer(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         byte = self.i.payload.data
-        escaping = Signal()  # ESC has gone out, the XORed byte goes next
-        needs_escape = ~self.i.payload.sync & ((byte == SYNC) | (byte == ESC))
-        m.d.comb += self.o.valid.eq(self.i.valid)
-        with m.If(self.i.payload.sync):
-            m.d.comb += [self.o.payload.eq(SYNC), self.i.ready.eq(self.o.ready)]
-        with m.Elif(needs_escape & ~escaping):
-            m.d.comb += self.o.payload.eq(ESC)
-            with m.If(self.o.valid & self.o.ready):
-                m.d.sync += escaping.eq(1)
-        with m.Else():
-            m.d.comb += [self.o.payload.eq(Mux(escaping, byte ^ ESC_XOR, byte)), self.i.ready.eq(self.o.ready)]
-            with m.If(self.o.valid & self.o.ready):
-                m.d.sync += escaping.eq(0)
+        stuffed = Signal()  # an ESC is out (or going out); `stuffed_byte` must follow it
+        stuffed_byte = Signal(8)
+        can_load = ~self.o.valid | self.o.ready
+        m.d.comb += self.i.ready.eq(can_load & ~stuffed)
+        with m.If(can_load):
+            m.d.sync += self.o.valid.eq(stuffed | self.i.valid)
+            with m.If(stuffed):
+                m.d.sync += [self.o.payload.eq(stuffed_byte), stuffed.eq(0)]
+            with m.Elif(self.i.payload.sync):
+                m.d.sync += self.o.payload.eq(SYNC)
+            with m.Elif((byte == SYNC) | (byte == ESC)):
+                m.d.sync += [self.o.payload.eq(ESC), stuffed.eq(self.i.valid), stuffed_byte.eq(byte ^ ESC_XOR)]
+            with m.Else():
+                m.d.sync += self.o.payload.eq(byte)
         return m
 
 
