@@ -182,3 +182,12 @@ def test_killed_simulator_is_reported():
         acc.info()
     assert time.monotonic() - start < 3
     acc.close()
+
+
+def test_waveform_trace(tmp_path):
+    with sw.connect(f"sim://tiny?trace={tmp_path / 'run.fst'}") as acc:
+        assert acc.matvec(np.ones((4, 4), dtype=np.int8), np.arange(4, dtype=np.int8)).tolist() == [6] * 4
+        path = acc.transport.trace_path
+    assert path.suffix in (".fst", ".vcd") and path.stat().st_size > 1000
+    if path.suffix == ".vcd":
+        assert " rx_data [7:0] $end" in path.read_text(errors="replace")

@@ -127,13 +127,15 @@ class SimTransport(Transport):
     START_TIMEOUT = 30.0
 
     def __init__(self, config, trace: Path | str | None = None) -> None:
-        from sw.sim.build import build_harness
+        from sw.sim.build import build_harness, trace_format
 
         self.description = f"sim://{config.name}"
         exe = build_harness(config, trace=trace is not None)
         cmd = [str(exe), "--port", "0", "--max-payload", str(config.max_payload)]
-        if trace is not None:
-            cmd += ["--trace", str(trace)]
+        self.trace_path = None
+        if trace is not None:  # FST where Verilator can write it, else VCD: the suffix says which
+            self.trace_path = Path(trace).with_suffix(f".{trace_format()}")
+            cmd += ["--trace", str(self.trace_path)]
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr)
         self._link: SerialTransport | None = None

@@ -74,6 +74,12 @@ def top_module_name(verilog: str) -> str:
     return m.group(1)
 
 
+def trace_format() -> str:
+    """'fst' where Verilator's FST writer can be compiled (it needs the lz4 and zlib headers,
+    Debian: liblz4-dev zlib1g-dev), else 'vcd'."""
+    return "fst" if all(Path(f"/usr/include/{h}").exists() for h in ("lz4.h", "zlib.h")) else "vcd"
+
+
 def _verilator_version(env: dict[str, str]) -> str:
     out = subprocess.run(["verilator", "--version"], env=env, capture_output=True, text=True, check=True)
     return out.stdout.strip()
@@ -98,7 +104,7 @@ def build_key(config, flags: list[str], env: dict[str, str]) -> str:
 def build_harness(config, trace: bool = False, cache_dir: Path | None = None, quiet: bool = True) -> Path:
     """Path of the simulated-board executable for `config`, building it if needed."""
     env = verilator_env()
-    flags = VERILATOR_FLAGS + (["--trace-fst"] if trace else [])
+    flags = VERILATOR_FLAGS + ([f"--trace-{trace_format()}"] if trace else [])
     key = build_key(config, flags, env)
     out_dir = (cache_dir or DEFAULT_CACHE) / f"{config.name}-{key}"
     exe = out_dir / EXECUTABLE

@@ -1,7 +1,7 @@
 // bitlane simulated board: the Verilated BitlaneTop with its rx/tx byte streams
 // bridged to one TCP client on 127.0.0.1.
 //
-//   harness --port P --max-payload N [--trace out.fst]
+//   harness --port P --max-payload N [--trace out.fst|out.vcd]
 //
 // Prints "bitlane-sim listening 127.0.0.1 PORT" once the socket listens (P = 0
 // picks a free port), serves one client, and exits when that client closes the
@@ -36,8 +36,12 @@
 
 #include "Vbitlane_sim.h"
 #include "verilated.h"
-#if VM_TRACE
+#if VM_TRACE_FST
 #include "verilated_fst_c.h"
+using TraceFile = VerilatedFstC;
+#elif VM_TRACE
+#include "verilated_vcd_c.h"
+using TraceFile = VerilatedVcdC;
 #endif
 
 namespace {
@@ -106,7 +110,7 @@ class FrameCounter {
 }
 
 void usage() {
-  std::fprintf(stderr, "usage: harness --port P --max-payload N [--trace out.fst]\n");
+  std::fprintf(stderr, "usage: harness --port P --max-payload N [--trace FILE]\n");
   std::exit(2);
 }
 
@@ -153,10 +157,10 @@ int main(int argc, char** argv) {
   auto context = std::make_unique<VerilatedContext>();
   auto top = std::make_unique<Vbitlane_sim>(context.get());
 #if VM_TRACE
-  std::unique_ptr<VerilatedFstC> trace;
+  std::unique_ptr<TraceFile> trace;
   if (trace_path) {
     context->traceEverOn(true);
-    trace = std::make_unique<VerilatedFstC>();
+    trace = std::make_unique<TraceFile>();
     top->trace(trace.get(), 99);
     trace->open(trace_path);
   }
