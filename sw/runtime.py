@@ -608,13 +608,15 @@ class DeviceSession:
 
 
 def format_summary(s: dict[str, object]) -> str:
+    """DeviceSession.summary() as the lines `bitlane generate` prints."""
     lines = [f"[{s['device']}: {s['resident_layers']}/{s['layers']} layers resident in device memory]"]
     if "decode_tokens" in s:
-        lines.append(f"[decode: {s['decode_tokens_per_s']:.2f} tokens/s, {s['cycles_per_token']:,.0f} device cycles/token "
-                     f"({s['run_cycles_per_token']:,.0f} in RUNs), lane utilization {s['lane_utilization']:.1%}, "
-                     f"{s['link_bytes_per_token']:,.0f} link bytes/token, link efficiency {s['link_efficiency']:.1%}]")
+        lines.append(f"[decode: {s['decode_tokens_per_s']:.2f} tokens/s, "
+                     f"{s['cycles_per_token']:,.0f} device cycles/token ({s['run_cycles_per_token']:,.0f} in RUNs), "
+                     f"lane utilization {s['lane_utilization']:.1%}, {s['link_bytes_per_token']:,.0f} link bytes/token, "
+                     f"link efficiency {s['link_efficiency']:.1%}]")
     for board, p_ in s.get("projected", {}).items():
         lines.append(f"[projected {board}: {p_['tokens_per_s']:.2f} tokens/s = {p_['run_cycles']:,} RUN cycles at "
-                     f"{p_['clock_hz'] / 1e6:g} MHz + {p_['wire_bytes']:,} bytes at {UART_BAUD / 1e6:g} Mbaud per token; "
-                     f"{p_['resident_layers']}/{p_['layers']} layers resident]")
+                     f"{p_['clock_hz'] / 1e6:g} MHz + {p_['wire_bytes']:,} bytes at {UART_BAUD / 1e6:g} Mbaud "
+                     f"per token; {p_['resident_layers']}/{p_['layers']} layers resident]")
     return "\n".join(lines)

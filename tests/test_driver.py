@@ -11,7 +11,7 @@ from hw.config import CoreConfig, preset
 from sw import protocol as p
 from sw.packing import PackingError, pack_weights
 from sw.protocol import Cmd, ErrorCode
-from sw.model_device import run_overhead
+from sw.model_device import ModelDevice, run_overhead
 from sw.runtime import Accelerator, compare_with_golden
 from sw.transport import DeviceTimeout, FaultyTransport, ModelTransport, TransportError
 
@@ -222,3 +222,33 @@ def test_cli_generate_on_model_backend_matches_golden(make_checkpoint, capsys):
     assert main(["generate", "--model", path, "--prompt-ids", "1", "--backend", "model",
                  "--backend-opt", "colour=blue"]) == 1
     assert "unknown options ['colour']" in capsys.readouterr().err
+
+
+def test_serial_transport_over_a_pseudo_terminal():
+    """The serial:// path end to end through pyserial and a tty, the functional model on the far side."""
+    import os
+    import threading
+
+    controller, terminal = os.openpty()
+    device = ModelDevice(preset("tiny"))
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                data = os.read(controller, 1 << 16)
+            except OSError:
+                return
+            os.write(controller, device.process(data))
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with sw.connect(f"serial://{os.ttyname(terminal)}?baud=3000000", timeout=5) as acc:
+            rng = np.random.default_rng(8)
+            t, Q = random_operands(rng, 30, 70, 2)
+            np.testing.assert_array_equal(acc.matmul(t, Q), reference(t, Q))
+            assert acc.counters()["frames_ok"] > 3
+    finally:
+        stop.set()
+        os.close(terminal)
+        os.close(controller)
