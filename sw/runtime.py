@@ -24,6 +24,7 @@ either, `reset()` resynchronizes the link and the call can be retried.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -122,6 +123,7 @@ class Layer:
     cols: int
     resident: bool
     chunks: list[list[Piece]] = field(default_factory=list)  # per column chunk, its row pieces
+    source: weakref.ref | None = None  # the array the weights came from, to notice when a caller changes it
 
 
 def plan_pieces(rows: int, cols: int, caps: p.Capabilities, region_words: int) -> list[list[Piece]]:
@@ -303,6 +305,12 @@ class Accelerator:
 
     # ------------------------------------------------------------ weights
 
+    def unload(self) -> None:
+        """Forget every placed layer: the whole weight memory is free for new ones."""
+        self.layers.clear()
+        self._resident_end = 0
+        self.reserve_words = self.caps.weight_depth // 4
+
     @property
     def free_words(self) -> int:
         return self.caps.weight_depth - self._resident_end
@@ -354,6 +362,10 @@ class Accelerator:
                 for piece in (piece for chunk in layer.chunks for piece in chunk):
                     piece.w_base = self._resident_end
                     self._resident_end += piece.n_words
+        try:
+            layer.source = weakref.ref(trits)
+        except TypeError:  # e.g. a list: nothing to recognize it by later
+            layer.source = None
         self._pack_pieces(layer, t)
         if layer.resident:
             self.transact(request for chunk in layer.chunks for piece in chunk
@@ -408,10 +420,11 @@ class Accelerator:
         """golden's integer seam: (name, trits int8 [out, in], q int8 [N, in]) -> torch int32 [N, out].
 
         A layer is loaded on its first call (unless `load_model` placed it already) and reused
-        by name afterwards: load_weights again if a layer's weights change."""
+        while the caller passes the same weight tensor; a different tensor is loaded again."""
         import torch
 
-        if name not in self.layers:
+        layer = self.layers.get(name)
+        if layer is None or layer.source is None or layer.source() is not trits:
             self.load_weights(name, trits)
         return torch.from_numpy(self.matmul_loaded(name, q.detach().cpu().numpy()))
 

@@ -252,3 +252,17 @@ def test_serial_transport_over_a_pseudo_terminal():
         stop.set()
         os.close(terminal)
         os.close(controller)
+
+
+def test_int_matmul_notices_new_weights_under_a_known_name():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    q = torch.from_numpy(rng.integers(-128, 128, (2, 24), dtype=np.int8))
+    first, second = (torch.from_numpy(rng.integers(-1, 2, (8, 24), dtype=np.int8)) for _ in range(2))
+    with Accelerator(ModelTransport(CRAMPED)) as acc:
+        for trits in (first, first, second):
+            expected = q.long() @ trits.long().T
+            assert torch.equal(acc.int_matmul("layer", trits, q), expected.to(torch.int32))
+        assert len(acc.layers) == 1
+        acc.unload()
+        assert acc.layers == {} and acc.free_words == CRAMPED.weight_depth
