@@ -14,7 +14,8 @@ Interface contract with the command processor (hw/cmdproc.py):
   of the run is in output memory and readable.
 - Counters: `busy_cycles` counts cycles in which the lanes consumed a (weight word,
   activation word) pair; `stall_cycles` counts cycles inside a run (`busy`) in which they did
-  not. Both are `counter_bits` wide and cleared by `clear_counters`.
+  not. Both are `counter_bits` wide and cleared by `clear_counters`; they count one cycle
+  late (a run's last cycle shows the cycle after `done`).
 
 Rows past R read 0 only because the host pads weight tiles with zero trits (protocol).
 """
@@ -145,12 +146,17 @@ class TernaryCore(wiring.Component):
             m.d.sync += self.busy.eq(0)
         m.d.comb += self.done.eq(self.busy & ~pending)
 
-        # Increment as carry-in, clear as synchronous reset: one LUT per counter bit.
+        # Increment as carry-in, clear as synchronous reset: one LUT per counter bit. The
+        # increments are registered first, so the counters' long carry chains start at a
+        # flip-flop; they count one cycle late.
+        lanes_fed, lanes_starved = Signal(), Signal()
         with m.If(self.clear_counters):
-            m.d.sync += [self.busy_cycles.eq(0), self.stall_cycles.eq(0)]
+            m.d.sync += [self.busy_cycles.eq(0), self.stall_cycles.eq(0), lanes_fed.eq(0), lanes_starved.eq(0)]
         with m.Else():
             m.d.sync += [
-                self.busy_cycles.eq(self.busy_cycles + seq.valid),
-                self.stall_cycles.eq(self.stall_cycles + (self.busy & ~seq.valid)),
+                lanes_fed.eq(seq.valid),
+                lanes_starved.eq(self.busy & ~seq.valid),
+                self.busy_cycles.eq(self.busy_cycles + lanes_fed),
+                self.stall_cycles.eq(self.stall_cycles + lanes_starved),
             ]
         return m

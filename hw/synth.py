@@ -87,7 +87,7 @@ class SynthReport:
 
 
 class PinHarness(wiring.Component):
-    """The core behind two pins: inputs shifted in serially, outputs XOR-folded to one FF."""
+    """The core behind two pins: inputs shifted in serially, outputs XOR-folded to one pin."""
 
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
@@ -101,7 +101,15 @@ class PinHarness(wiring.Component):
         chain = Signal(sum(len(p) for p in inputs))
         m.d.sync += chain.eq(Cat(self.sin, chain[:-1]))
         m.d.comb += Cat(*inputs).eq(chain)
-        m.d.sync += self.sout.eq(Cat(*outputs).xor())
+        # Registered, then folded 16 bits at a time per pipeline stage, so that the harness
+        # never holds the critical path.
+        bits = Signal(sum(len(p) for p in outputs))
+        m.d.sync += bits.eq(Cat(*outputs))
+        while len(bits) > 1:
+            folded = Signal(-(-len(bits) // 16))
+            m.d.sync += folded.eq(Cat(bits[i:i + 16].xor() for i in range(0, len(bits), 16)))
+            bits = folded
+        m.d.sync += self.sout.eq(bits)
         return m
 
 

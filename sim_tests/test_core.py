@@ -76,6 +76,7 @@ class CoreDriver:
         assert dut.done.value == 1 and dut.busy.value == 1, "done must be high in the last busy cycle"
         await FallingEdge(dut.clk)
         assert dut.done.value == 0 and dut.busy.value == 0, "done is not a one-cycle pulse ending the run"
+        await FallingEdge(dut.clk)  # the counters count one cycle late
         cycles = round((t_done - t_start) / PERIOD_NS) + 1
         return (cycles, int(dut.busy_cycles.value) - busy0, int(dut.stall_cycles.value) - stall0)
 
