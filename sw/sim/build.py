@@ -1,6 +1,6 @@
 """Build (once) the Verilated simulated board for a preset.
 
-The executable is cached under `build/sim/<preset>-<key>/` in the repository,
+The executable is cached under `build/sim/transport/<preset>-<key>/` in the repository,
 where the key hashes everything the binary depends on: the sources the Verilog
 of `BitlaneTop(config)` is generated from (every hw/*.py, sw/protocol.py which
 holds the protocol constants, the Amaranth version), the preset, the harness
@@ -21,7 +21,7 @@ from pathlib import Path
 
 HARNESS_SOURCE = Path(__file__).with_name("harness.cpp")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CACHE = REPO_ROOT / "build" / "sim"
+DEFAULT_CACHE = REPO_ROOT / "build" / "sim" / "transport"
 EXECUTABLE = "bitlane_sim"
 
 VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert",
@@ -106,7 +106,8 @@ def build_harness(config, trace: bool = False, cache_dir: Path | None = None, qu
     env = verilator_env()
     flags = VERILATOR_FLAGS + ([f"--trace-{trace_format()}"] if trace else [])
     key = build_key(config, flags, env)
-    out_dir = (cache_dir or DEFAULT_CACHE) / f"{config.name}-{key}"
+    variant = f"{config.name}-trace" if trace else config.name
+    out_dir = (cache_dir or DEFAULT_CACHE) / f"{variant}-{key}"
     exe = out_dir / EXECUTABLE
     if exe.exists():
         return exe
@@ -140,4 +141,8 @@ def build_harness(config, trace: bool = False, cache_dir: Path | None = None, qu
         shutil.rmtree(work / "obj")
         shutil.rmtree(out_dir, ignore_errors=True)
         work.rename(out_dir)
+    for stale in out_dir.parent.glob(f"{variant}-????????????????"):  # builds of older sources
+        if stale != out_dir and (stale / EXECUTABLE).exists():
+            shutil.rmtree(stale, ignore_errors=True)
+            stale.with_name(stale.name + ".lock").unlink(missing_ok=True)
     return exe
