@@ -1,6 +1,6 @@
 """The command processor: wire protocol bytes in, compute core driven, responses out.
 
-    rx -> Unstuffer -> FrameReceiver -> [checks, execution] -> FrameSender -> Stuffer -> tx
+    rx -> Unstuffer -> FrameReceiver -> [checks, execution] -> StreamRegister -> FrameSender -> Stuffer -> tx
 
 Every frame gets exactly one response. A frame changes state (memories,
 counters other than the error counters) only after every check of
@@ -27,7 +27,7 @@ from sw.protocol import (ADDR_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES, ERROR_P
                          RUN_RESPONSE_BYTES, Capabilities, Cmd, Counters, ErrorCode, RunArgs)
 
 from .config import CoreConfig
-from .framing import FrameReceiver, FrameSender, Stuffer, Unstuffer
+from .framing import BodyByte, FrameReceiver, FrameSender, StreamRegister, Stuffer, Unstuffer
 
 RunRequest = data.StructLayout({"w_base": 32, "a_base": 32, "o_base": 32, "rows": 16, "cols": 16, "n_vectors": 16})
 ReadOutRequest = data.StructLayout({"addr": 32, "count": 16})
@@ -96,15 +96,17 @@ class CommandProcessor(wiring.Component):
 
         m.submodules.unstuffer = unstuffer = Unstuffer()
         m.submodules.receiver = receiver = FrameReceiver(cfg.max_payload)
+        m.submodules.body_register = body_register = StreamRegister(BodyByte)  # response bytes come from wide muxes
         m.submodules.sender = sender = FrameSender()
         m.submodules.stuffer = stuffer = Stuffer()
         wiring.connect(m, wiring.flipped(self.rx), unstuffer.i)
         wiring.connect(m, unstuffer.o, receiver.i)
+        wiring.connect(m, body_register.o, sender.i)
         wiring.connect(m, sender.o, stuffer.i)
         wiring.connect(m, stuffer.o, wiring.flipped(self.tx))
 
         frame = receiver.frame.payload
-        body = sender.i
+        body = body_register.i
         run = data.View(RunRequest, receiver.args[:RunRequest.size])
         read = data.View(ReadOutRequest, receiver.args[:ReadOutRequest.size])
         write_addr = receiver.args[:8 * ADDR_BYTES]

@@ -1,7 +1,7 @@
 """Framing of the wire protocol (docs/protocol.md) on byte streams.
 
     rx bytes -> Unstuffer -> FrameReceiver -> (header + staged payload)
-    (response body bytes) -> FrameSender -> Stuffer -> tx bytes
+    (response body bytes) -> StreamRegister -> FrameSender -> Stuffer -> tx bytes
 
 Between the stuffing layer and the frame layer travel *symbols*: either a
 frame-start mark (the unstuffed view of SYNC) or one unstuffed byte. Every
@@ -61,6 +61,21 @@ class Unstuffer(wiring.Component):
                          self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready)]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += escaped.eq(0)
+        return m
+
+
+class StreamRegister(wiring.Component):
+    """One register stage on a stream, so that the logic producing the payload
+    and the logic consuming it are separate timing paths (ready passes through)."""
+
+    def __init__(self, shape) -> None:
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.i.ready):
+            m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
         return m
 
 
