@@ -48,7 +48,9 @@ def connect(url: str, timeout: float = 10.0) -> "Accelerator":
     * `model://PRESET`: the functional model of a preset (hw/config.py)
     * `sim://PRESET[?trace=out.fst]`: the Verilated gateware of a preset, built on first use
     * `serial://DEVICE?baud=3000000[&window=1]`: a board on a serial port,
-      e.g. `serial:///dev/ttyUSB1?baud=3000000`
+      e.g. `serial:///dev/ttyUSB1?baud=3000000`; DEVICE may be any pyserial URL, e.g.
+      `serial://socket://127.0.0.1:PORT` for the UART-level board simulator (sw/sim/uart_sim.py).
+      `window` is how many request frames may be in flight (1: the UART has no flow control).
     """
     from hw.config import preset
 
