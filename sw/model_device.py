@@ -6,8 +6,9 @@ and benchmarked without a simulator, and so a preset can be "run" to project
 board performance.
 
 Cycle model (what `cycles`, `busy_cycles`, `stall_cycles` and the RUN
-response report). Exact cycle agreement with the gateware is not promised;
-the figures follow its structure:
+response report). RUN cycles, busy and stall cycles follow the gateware's
+structure and equal its counts (sim_tests/test_sim_transport.py checks);
+`cycles` is an estimate:
 
 * a RUN streams one (weight word, activation word) pair per cycle through the
   lanes, tiles back to back: n_vectors * row_tiles * k_steps busy cycles
@@ -29,7 +30,6 @@ from sw.packing import tiles, words_to_trits
 from sw.protocol import BadFrame, Cmd, ErrorCode, Frame
 
 
-
 def run_overhead(config) -> int:
     """Stall cycles of one RUN: pipeline fill and drain."""
     tree_levels = max(1, (config.k_per_cycle - 1).bit_length())
@@ -49,7 +49,7 @@ class ModelDevice:
         self.out = np.zeros((config.out_depth, lanes), dtype=np.int32)
         # RUN operand cache: (w_base, row_tiles, k_steps) -> the stored matrix as float32, dropped
         # when a write touches its words. float32 is exact here: every partial sum is an integer
-        # of magnitude <= max_k * 128 <= 2**21 < 2**24.
+        # of magnitude <= cols * 128 <= 65535 * 128 < 2**24.
         self._matrices: dict[tuple[int, int, int], np.ndarray] = {}
         self.decoder = p.FrameDecoder(config.max_payload)
         self._counter_mask = (1 << config.counter_bits) - 1
