@@ -31,6 +31,8 @@ from hw.config import CoreConfig
 from hw.lane import LaneArray
 from hw.sequencer import Sequencer
 
+FETCH_STAGES = 2  # cycles from the sequencer's address to the lanes' input registers
+
 
 class TernaryCore(wiring.Component):
     def __init__(self, config: CoreConfig) -> None:
@@ -105,25 +107,35 @@ class TernaryCore(wiring.Component):
             a_wr.en.eq(self.a_wr_en),
         ]
 
-        # The memories answer one cycle after the sequencer's address.
-        mem_valid, mem_last = Signal(), Signal()
-        m.d.sync += [mem_valid.eq(seq.valid), mem_last.eq(seq.last)]
+        # The memories answer one cycle after the sequencer's address; their words are
+        # registered once more before the lanes (FETCH_STAGES cycles in all), because on a
+        # wide core the block RAMs spread over the whole chip and the route from a RAM to its
+        # lanes would otherwise add to the RAM's slow clock-to-output in one cycle.
+        valid, last = seq.valid, seq.last
+        for stage in range(FETCH_STAGES):
+            valid_q, last_q = Signal(name=f"fetch_valid{stage}"), Signal(name=f"fetch_last{stage}")
+            m.d.sync += [valid_q.eq(valid), last_q.eq(last)]
+            valid, last = valid_q, last_q
+        weights = Signal.like(w_rd.data, reset_less=True)
+        acts = Signal.like(a_rd.data, reset_less=True)
+        m.d.sync += [weights.eq(w_rd.data), acts.eq(a_rd.data)]
         m.d.comb += [
-            lanes.valid.eq(mem_valid),
-            lanes.last.eq(mem_last),
-            lanes.weights.eq(w_rd.data),
-            lanes.acts.eq(a_rd.data),
+            lanes.valid.eq(valid),
+            lanes.last.eq(last),
+            lanes.weights.eq(weights),
+            lanes.acts.eq(acts),
         ]
 
-        # The output address travels beside the lane pipeline; a tile's result is written the
+        # The output address travels beside the pipeline; a tile's result is written the
         # cycle the lanes form it, while the next tile's first pairs are already in the tree.
         o_addr = seq.o_addr
-        for stage in range(1 + lanes.latency):
+        for stage in range(FETCH_STAGES + lanes.latency):
             o_addr_q = Signal.like(seq.o_addr, name=f"o_addr_s{stage}")
             m.d.sync += o_addr_q.eq(o_addr)
             o_addr = o_addr_q
-        flight = Signal(lanes.latency)  # valid bits inside the lane pipeline
-        m.d.sync += flight.eq(Cat(mem_valid, flight[:-1]))
+        # valid bits of every pair issued and not yet through the lanes
+        in_flight = Signal(FETCH_STAGES + lanes.latency)
+        m.d.sync += in_flight.eq(Cat(seq.valid, in_flight[:-1]))
 
         o_wr = o_mem.write_port()
         m.d.comb += [
@@ -139,7 +151,7 @@ class TernaryCore(wiring.Component):
             m.d.comb += self.o_rd_data[32 * lane:32 * (lane + 1)].eq(acc)
 
         # Run state: busy from the cycle after start until the last result is written.
-        pending = seq.issuing | mem_valid | flight.any()
+        pending = seq.issuing | in_flight.any()
         with m.If(seq.start):
             m.d.sync += self.busy.eq(1)
         with m.Elif(self.busy & ~pending):
