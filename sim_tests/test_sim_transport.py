@@ -11,7 +11,7 @@ import golden
 import sw
 from hw.config import preset
 from sw import protocol as p
-from sw.model_device import ModelDevice
+from sw.model_device import ModelDevice, run_overhead
 from sw.protocol import Cmd
 from sw.runtime import Accelerator, compare_with_golden
 from sw.transport import DeviceTimeout, FaultyTransport, SimTransport, TransportError
@@ -128,8 +128,7 @@ def test_run_cycles_match_the_model(tiny):
 @pytest.mark.parametrize("shape", list(GOLDEN_SHAPES))
 def test_generation_matches_golden_on_tiny(tiny, checkpoints, shape):
     model = golden.load_model(checkpoints[shape])
-    tiny.layers.clear()  # a fresh placement per model
-    tiny._resident_end = 0
+    tiny.unload()  # a fresh placement per model
     tiny.load_model(model)
     result = compare_with_golden(model, tiny, PROMPT, max_new_tokens=32)
     assert result.mismatches == []
@@ -142,7 +141,9 @@ def test_generation_matches_golden_on_sim_preset(checkpoints):
         acc.load_model(model)
         assert all(layer.resident for layer in acc.layers.values())
         result = compare_with_golden(model, acc, PROMPT, max_new_tokens=32)
+        one_word = p.unpack_run_response(acc.request(Cmd.RUN, p.run(0, 0, 0, 1, 1, 1)))
     assert result.mismatches == [] and result.device_ids == result.golden_ids
+    assert one_word == 1 + run_overhead(preset("sim"))  # the model's cycle count on the wide preset too
 
 
 def test_corrupted_answer_then_reset_and_retry():

@@ -14,14 +14,16 @@ structure and equal its counts (sim_tests/test_sim_transport.py checks);
   lanes, tiles back to back: n_vectors * row_tiles * k_steps busy cycles
   (exactly the gateware's busy_cycles);
 * plus `run_overhead(config)` stall cycles per run to fill and drain the
-  pipeline: the memory read, the select-mux stage, one stage per adder-tree
-  level (log2 k_per_cycle), and one to finish (hw/core.py, hw/lane.py; the
-  sim tests compare these counts with the gateware's);
+  pipeline: the memory read and register stages, the select-mux stage, one
+  stage per adder-tree level (log2 k_per_cycle), and one to finish, with the
+  stage counts read from hw/core.py and hw/lane.py;
 * the command processor moves about one byte per cycle, so each received and
   each transmitted byte adds a cycle to `cycles`; the gateware's `cycles`
   also counts the cycles it waits for the host, which a model cannot know.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -30,10 +32,15 @@ from sw.packing import tiles, words_to_trits
 from sw.protocol import BadFrame, Cmd, ErrorCode, Frame
 
 
+@functools.lru_cache(maxsize=None)
 def run_overhead(config) -> int:
-    """Stall cycles of one RUN: pipeline fill and drain."""
-    tree_levels = max(1, (config.k_per_cycle - 1).bit_length())
-    return 3 + tree_levels
+    """Stall cycles of one RUN: the gateware's pipeline depth, taken from the gateware itself
+    (hw/core.py FETCH_STAGES memory and register stages, hw/lane.py LaneArray latency: select
+    muxes and adder-tree levels), plus the cycle in which the run ends."""
+    from hw.core import FETCH_STAGES
+    from hw.lane import LaneArray
+
+    return FETCH_STAGES + LaneArray(config).latency + 1
 
 
 class ModelDevice:
