@@ -23,6 +23,7 @@ import torch
 
 import golden
 from sw.backends import BACKENDS
+from sw.protocol import BitlaneError
 
 DESCRIPTION = """\
 Run BitNet b1.58 language models (ternary weights, int8 activations).
@@ -227,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "bench": cmd_bench}[args.command]
     try:
         return command(args)
-    except (golden.CheckpointError, ValueError, OSError) as e:
+    except (golden.CheckpointError, BitlaneError, ValueError, OSError) as e:
         print(f"bitlane {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -266,3 +266,13 @@ def test_int_matmul_notices_new_weights_under_a_known_name():
         assert len(acc.layers) == 1
         acc.unload()
         assert acc.layers == {} and acc.free_words == CRAMPED.weight_depth
+
+
+def test_cli_reports_a_missing_serial_port_in_one_line(make_checkpoint, capsys):
+    from sw.cli import main
+
+    path = str(make_checkpoint(seed=3))
+    assert main(["generate", "--model", path, "--prompt-ids", "1", "--backend", "serial",
+                 "--backend-opt", "port=/dev/ttyDOESNOTEXIST"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bitlane generate: error: cannot open serial:///dev/ttyDOESNOTEXIST") and "\n" not in err
