@@ -25,7 +25,7 @@ def golden_backend(model: BitNetForCausalLM, **options: str) -> AbstractContextM
     return nullcontext()
 
 
-def _device_backend(scheme: str, default_preset: str) -> Backend:
+def _device_backend(scheme: str) -> Backend:
     """A backend on a bitlane device: the functional model, the simulated board, or a real board."""
 
     def factory(model: BitNetForCausalLM, **options: str) -> AbstractContextManager:
@@ -38,8 +38,8 @@ def _device_backend(scheme: str, default_preset: str) -> Backend:
             port = options.pop("port", "/dev/ttyUSB1")
             url = f"serial://{port}?baud={options.pop('baud', 3_000_000)}&window={options.pop('window', 1)}"
         elif url is None:
-            url = f"{scheme}://{options.pop('preset', default_preset)}"
-            if "trace" in options:
+            url = f"{scheme}://{options.pop('preset', 'sim')}"
+            if scheme == "sim" and "trace" in options:
                 url += f"?trace={options.pop('trace')}"
         if scheme == "sim":  # the simulator process needs a core of its own; torch takes the rest
             import torch
@@ -58,7 +58,7 @@ def _device_backend(scheme: str, default_preset: str) -> Backend:
 
 BACKENDS: dict[str, Backend] = {
     "golden": golden_backend,
-    "model": _device_backend("model", "sim"),
-    "sim": _device_backend("sim", "sim"),
-    "serial": _device_backend("serial", "icebreaker"),
+    "model": _device_backend("model"),
+    "sim": _device_backend("sim"),
+    "serial": _device_backend("serial"),
 }
