@@ -100,6 +100,7 @@ class Board:
     baud: int
     max_baud: int  # what the board's USB-UART bridge can do
     reset_button: str  # resource name; pressed = 1 (amaranth-boards inverts active-low pins)
+    synth_opts: str  # options of yosys synth_<family>, for the bitstream and the gate-level netlist
     programmer: str  # command that loads a bitstream over USB
     install_hint: str
 
@@ -138,14 +139,16 @@ BOARDS: dict[str, Board] = {
     "icebreaker": Board(
         "icebreaker", "ice40", _icebreaker, preset("icebreaker").with_(clock_hz=18_000_000), osc_hz=12_000_000,
         baud=3_000_000, max_baud=12_000_000, reset_button="button",
-        programmer="iceprog",
+        # Map the single-port weight memory to the four SPRAMs and the command
+        # processor's range-check multipliers to MAC16 DSPs (in LUTs they overflow the UP5K).
+        synth_opts="-spram -dsp", programmer="iceprog",
         install_hint="iceprog comes with icestorm (Debian/Ubuntu: apt install fpga-icestorm); "
                      "openFPGALoader -b ice40_generic also works"),
     # FT231X: up to 3 Mbaud.
     "ulx3s": Board(
-        "ulx3s", "ecp5", _ulx3s, preset("ulx3s").with_(clock_hz=45_000_000), osc_hz=25_000_000,
+        "ulx3s", "ecp5", _ulx3s, preset("ulx3s").with_(clock_hz=30_000_000), osc_hz=25_000_000,
         baud=3_000_000, max_baud=3_000_000, reset_button="button_pwr",
-        programmer="openFPGALoader",
+        synth_opts="", programmer="openFPGALoader",
         install_hint="openFPGALoader: apt install openfpgaloader, or build it from "
                      "https://github.com/trabucayre/openFPGALoader"),
 }

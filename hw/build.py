@@ -128,11 +128,7 @@ def build_board(spec: Board, build_dir: Path, *, seed: int = 1, verbose: bool = 
     platform = spec.make_platform()
     # Timing failures are reported, not fatal, so that the report says by how much.
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed)]
-    overrides = {"nextpnr_opts": nextpnr_opts}
-    if spec.family == "ice40":
-        # Let yosys map large single-port memories (the weight memory) to the UP5K's SPRAMs
-        # and multipliers (the command processor's range checks) to its MAC16 DSPs.
-        overrides["synth_opts"] = "-spram -dsp"
+    overrides = {"nextpnr_opts": nextpnr_opts, "synth_opts": spec.synth_opts}
     if spec.family == "ecp5":
         # amaranth-boards' ULX3S adds --compress; keep it.
         overrides["ecppack_opts"] = "--compress"
