@@ -40,7 +40,9 @@ def run_overhead(config) -> int:
     from hw.core import FETCH_STAGES
     from hw.lane import LaneArray
 
-    return FETCH_STAGES + LaneArray(config).latency + 1
+    lanes = LaneArray(config)
+    lanes._MustUse__silence = True  # built only to read its latency, never elaborated
+    return FETCH_STAGES + lanes.latency + 1
 
 
 class ModelDevice:
