@@ -31,7 +31,7 @@ from hw.config import CoreConfig
 from hw.lane import LaneArray
 from hw.sequencer import Sequencer
 
-FETCH_STAGES = 2  # cycles from the sequencer's address to the lanes' input registers
+FETCH_STAGES = 3  # cycles from the sequencer's address to the lanes' input registers
 
 
 class TernaryCore(wiring.Component):
@@ -87,30 +87,42 @@ class TernaryCore(wiring.Component):
             seq.n_vectors.eq(self.n_vectors),
         ]
 
-        # Weight memory: one address shared by the read and the write port (single-port RAM).
-        w_addr = Signal.like(self.w_wr_addr)
+        # Fetch pipeline (FETCH_STAGES cycles from the sequencer's address to the lanes' input
+        # registers): addresses are registered at the memories, the memories answer a cycle
+        # later, and their words are registered once more before the lanes. On a wide core the
+        # block RAMs spread over the whole chip, so both the address fan-out to every RAM and
+        # the route from a RAM to its lanes get a cycle of their own instead of adding to the
+        # RAM's slow clock-to-output.
+        #
+        # Weight memory: one address shared by the read and the write port (single-port RAM,
+        # so that it maps to iCE40 SPRAM); writes pass through the same address register.
+        w_addr = Signal.like(self.w_wr_addr, reset_less=True)
+        w_wr_data = Signal.like(self.w_wr_data, reset_less=True)
+        w_wr_en = Signal()
+        m.d.sync += [
+            w_addr.eq(Mux(self.w_wr_en, self.w_wr_addr, seq.w_addr)),
+            w_wr_data.eq(self.w_wr_data),
+            w_wr_en.eq(self.w_wr_en),
+        ]
         w_rd, w_wr = w_mem.read_port(), w_mem.write_port()
         m.d.comb += [
-            w_addr.eq(Mux(self.w_wr_en, self.w_wr_addr, seq.w_addr)),
             w_rd.addr.eq(w_addr),
-            w_rd.en.eq(~self.w_wr_en),  # no read during a write: matches SPRAM "no change" reads
+            w_rd.en.eq(~w_wr_en),  # no read during a write: matches SPRAM "no change" reads
             w_wr.addr.eq(w_addr),
-            w_wr.data.eq(self.w_wr_data),
-            w_wr.en.eq(self.w_wr_en),
+            w_wr.data.eq(w_wr_data),
+            w_wr.en.eq(w_wr_en),
         ]
 
+        a_addr = Signal.like(seq.a_addr, reset_less=True)
+        m.d.sync += a_addr.eq(seq.a_addr)
         a_rd, a_wr = a_mem.read_port(), a_mem.write_port()
         m.d.comb += [
-            a_rd.addr.eq(seq.a_addr),
+            a_rd.addr.eq(a_addr),
             a_wr.addr.eq(self.a_wr_addr),
             a_wr.data.eq(self.a_wr_data),
             a_wr.en.eq(self.a_wr_en),
         ]
 
-        # The memories answer one cycle after the sequencer's address; their words are
-        # registered once more before the lanes (FETCH_STAGES cycles in all), because on a
-        # wide core the block RAMs spread over the whole chip and the route from a RAM to its
-        # lanes would otherwise add to the RAM's slow clock-to-output in one cycle.
         valid, last = seq.valid, seq.last
         for stage in range(FETCH_STAGES):
             valid_q, last_q = Signal(name=f"fetch_valid{stage}"), Signal(name=f"fetch_last{stage}")
