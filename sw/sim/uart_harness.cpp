@@ -2,7 +2,7 @@
 // command processor, core, LEDs; the PLL bypassed) with its serial pins bridged
 // to one TCP client on 127.0.0.1, bit by bit at `divisor` clock cycles per bit.
 //
-//   uart_harness --port P --divisor D [--max-payload N]
+//   uart_harness --port P --divisor D [--max-payload N] [--trace out.vcd]
 //
 // Prints "bitlane-sim listening 127.0.0.1 PORT" once the socket listens (P = 0
 // picks a free port), serves one client, exits when it disconnects or the
@@ -41,6 +41,9 @@
 
 #include "Vbitlane_board.h"
 #include "verilated.h"
+#if VM_TRACE
+#include "verilated_vcd_c.h"
+#endif
 
 namespace {
 
@@ -176,7 +179,7 @@ class LineReceiver {
 }
 
 [[noreturn]] void usage() {
-  std::fprintf(stderr, "usage: uart_harness --port P --divisor D [--max-payload N]\n");
+  std::fprintf(stderr, "usage: uart_harness --port P --divisor D [--max-payload N] [--trace out.vcd]\n");
   std::exit(2);
 }
 
@@ -211,12 +214,14 @@ int main(int argc, char** argv) {
 
   int port = -1;
   long divisor = -1, max_payload = 0xFFFF;
+  const char* trace_path = nullptr;
   for (int i = 1; i < argc; i += 2) {
     if (i + 1 >= argc) usage();
     std::string arg = argv[i];
     if (arg == "--port") port = std::atoi(argv[i + 1]);
     else if (arg == "--divisor") divisor = std::atol(argv[i + 1]);
     else if (arg == "--max-payload") max_payload = std::atol(argv[i + 1]);
+    else if (arg == "--trace") trace_path = argv[i + 1];
     else usage();
   }
   if (port < 0 || divisor < 4) usage();
@@ -225,12 +230,32 @@ int main(int argc, char** argv) {
 
   auto context = std::make_unique<VerilatedContext>();
   auto board = std::make_unique<Vbitlane_board>(context.get());
+#if VM_TRACE
+  std::unique_ptr<VerilatedVcdC> trace;
+  if (trace_path) {
+    context->traceEverOn(true);
+    trace = std::make_unique<VerilatedVcdC>();
+    board->trace(trace.get(), 99);
+    trace->open(trace_path);
+  }
+#else
+  if (trace_path) {
+    std::fprintf(stderr, "bitlane-uart-sim: built without tracing (--trace needs a Verilator --trace build)\n");
+    return 2;
+  }
+#endif
   uint64_t cycle = 0;
   auto step = [&]() {
     board->clk = 0;
     board->eval();
+#if VM_TRACE
+    if (trace) trace->dump(2 * cycle);
+#endif
     board->clk = 1;
     board->eval();
+#if VM_TRACE
+    if (trace) trace->dump(2 * cycle + 1);
+#endif
     ++cycle;
   };
   board->uart_rx = 1;
@@ -291,6 +316,9 @@ int main(int argc, char** argv) {
   }
 
 done:
+#if VM_TRACE
+  if (trace) trace->close();
+#endif
   board->final();
   std::fprintf(stderr, "bitlane-uart-sim: %llu cycles, %llu framing errors on uart_tx\n",
                static_cast<unsigned long long>(cycle),
