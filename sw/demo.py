@@ -2,11 +2,13 @@
 
 The bundled model is the first folder under `models/` holding a config.json. Without one, a random
 byte-level model is made once into the user's cache folder (or a temporary folder), so the demo
-works on a fresh clone with no download. Runs on the golden backend until the accelerator's
-backends are registered in sw.backends.
+works on a fresh clone with no download. Every BitLinear product runs on the simulated
+accelerator (the Verilated gateware of the `sim` preset, built on first use) unless
+`--backend` says otherwise.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 import golden
+from sw.backends import BACKENDS
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "In the beginning"
@@ -48,7 +51,12 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == "\n" else "·" for c in text)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sw.demo", description=__doc__)
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="sim",
+                        help="where the BitLinear products run (default: sim, the Verilated accelerator)")
+    parser.add_argument("--preset", default="sim", help="accelerator preset for the model/sim backends (default: sim)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small matrices: extra threads cost more in synchronization than they gain
     path = bundled_model()
     model, eos = None, None
@@ -65,9 +73,16 @@ def main() -> int:
     tokenizer = golden.load_tokenizer(path)
     config = model.config
     print(f"model {path.name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-          f"vocab {config.vocab_size}; backend golden (exact CPU integer reference)\n", file=sys.stderr)
+          f"vocab {config.vocab_size}; backend {args.backend}", file=sys.stderr)
+    options = {"preset": args.preset} if args.backend in ("sim", "model") else {}
+    with BACKENDS[args.backend](model, **options):
+        generate(model, tokenizer, eos)
+    return 0
 
-    prompt_ids = golden.encode_prompt(tokenizer, config, PROMPT) if tokenizer else [0]
+
+def generate(model: golden.BitNetForCausalLM, tokenizer, eos: set[int] | None) -> None:
+    """Sample 64 tokens after PROMPT (seeded), streaming the text as it comes."""
+    prompt_ids = golden.encode_prompt(tokenizer, model.config, PROMPT) if tokenizer else [0]
     print(PROMPT if tokenizer else prompt_ids, end="", flush=True)
     streamer = golden.TextStreamer(tokenizer) if tokenizer else None
     count = 0
@@ -81,7 +96,6 @@ def main() -> int:
     seconds = time.perf_counter() - start
     print(flush=True)
     print(f"\n[{count} tokens in {seconds:.2f} s, {count / seconds:.1f} tokens/s]", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_demo_runs_on_a_fresh_clone(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(demo, "bundled_model", lambda: None)  # as on a clone without models/
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert demo.main() == 0
+    assert demo.main(["--backend", "golden"]) == 0
     assert capsys.readouterr().out.startswith(demo.PROMPT)
     made = golden.load_model(tmp_path / "bitlane" / "demo-random-v2").config
     assert made == dataclasses.replace(demo.RANDOM_CONFIG, bos_token_id=256, eos_token_id=257)  # byte tokenizer's
