@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="generate tokens from a prompt, streamed to stdout",
-                         description="Generate text (or token ids) from a prompt. Text streams to stdout as it "
-                                     "is produced; --json prints one JSON object at the end instead.")
+                         description="Generate text (or token ids) from a prompt. The prompt, then the continuation, "
+                                     "stream to stdout as they are produced (without a tokenizer: the new "
+                                     "token ids); timing and a device backend's report go to stderr. --json "
+                                     "prints one JSON object at the end instead.")
     gen.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder")
     prompt = gen.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", metavar="TEXT", help="prompt text (needs tokenizer.json; BOS is prepended "
@@ -125,13 +127,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     stamps: list[float] = []
     start = time.perf_counter()
     with BACKENDS[args.backend](model, **dict(args.backend_opt)):
-        for token in golden.generate_stream(model, prompt_ids, args.max_new_tokens, greedy=args.greedy,
-                                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                            seed=args.seed):
-            stamps.append(time.perf_counter())
-            generated.append(token)
+        if streamer is not None and not args.json:  # the continuation reads on from the prompt
+            print(tokenizer.decode(prompt_ids, skip_special_tokens=True), end="", flush=True)
+        try:
+            for token in golden.generate_stream(model, prompt_ids, args.max_new_tokens, greedy=args.greedy,
+                                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                                seed=args.seed):
+                stamps.append(time.perf_counter())
+                generated.append(token)
+                if not args.json:
+                    print(streamer.push(token) if streamer else f"{token} ", end="", flush=True)
+        finally:  # end the streamed line before the backend's report or an error goes to the terminal
             if not args.json:
-                print(streamer.push(token) if streamer else f"{token} ", end="", flush=True)
+                print(streamer.flush() if streamer else "", flush=True)
     decode_s = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
     timing = {"load_s": round(load_s, 4),
               "first_token_s": round(stamps[0] - start, 4) if stamps else None,
@@ -144,7 +152,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
             result["text"] = tokenizer.decode(generated, skip_special_tokens=True)
         print(json.dumps(result))
     else:
-        print(streamer.flush() if streamer else "", flush=True)
         rate = f", {timing['decode_tokens_per_s']} tokens/s" if timing["decode_tokens_per_s"] else ""
         print(f"[{len(generated)} tokens, {timing['total_s']} s{rate}, backend {args.backend}]", file=sys.stderr)
     return 0

@@ -276,3 +276,21 @@ def test_cli_reports_a_missing_serial_port_in_one_line(make_checkpoint, capsys):
                  "--backend-opt", "port=/dev/ttyDOESNOTEXIST"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("bitlane generate: error: cannot open serial:///dev/ttyDOESNOTEXIST") and "\n" not in err
+
+
+def test_cli_device_report_starts_on_its_own_line(make_checkpoint, monkeypatch):
+    """On a terminal stdout and stderr share one screen: the streamed ids end their line before the report."""
+    import io
+
+    from sw.cli import main
+
+    path = make_checkpoint(seed=3, tokenizer=False)
+    screen = io.StringIO()
+    monkeypatch.setattr("sys.stdout", screen)
+    monkeypatch.setattr("sys.stderr", screen)
+    assert main(["generate", "--model", str(path), "--prompt-ids", "1,2", "--max-new-tokens", "4", "--greedy",
+                 "--backend", "model", "--backend-opt", "preset=tiny"]) == 0
+    lines = screen.getvalue().splitlines()
+    report = next(i for i, line in enumerate(lines) if line.startswith("[model://tiny: "))
+    expected = golden.generate(golden.load_model(path), [1, 2], 4, greedy=True)
+    assert lines[report - 1].split() == [str(t) for t in expected]

@@ -58,7 +58,7 @@ def test_generate_streams_text(make_checkpoint, capsys):
     out = capsys.readouterr().out
     model, tokenizer = golden.load_model(path), golden.load_tokenizer(path)
     ids = golden.generate(model, [256, 97, 98], 8, seed=1)
-    assert out == tokenizer.decode(ids, skip_special_tokens=True) + "\n"
+    assert out == "ab" + tokenizer.decode(ids, skip_special_tokens=True) + "\n"  # the prompt, then its continuation
 
 
 def test_errors_are_one_line_messages(tmp_path, capsys):
