@@ -16,6 +16,9 @@ from golden import BitNetForCausalLM
 
 Backend = Callable[..., AbstractContextManager]
 
+OPTIONS_HELP = ("model, sim: preset=NAME (sim), trace=FILE.fst (sim only), url=URL, timeout=SECONDS (10); "
+                "serial: port=DEVICE (/dev/ttyUSB1), baud=N (3000000), window=N (1), url=URL, timeout=SECONDS")
+
 
 def golden_backend(model: BitNetForCausalLM, **options: str) -> AbstractContextManager:
     """The golden model's own exact CPU integer product."""
@@ -32,7 +35,12 @@ def _device_backend(scheme: str) -> Backend:
         from sw.runtime import DeviceSession, connect
 
         options = dict(options)
-        timeout = float(options.pop("timeout", 10.0))
+        timeout_text = options.pop("timeout", "10")
+        try:
+            timeout = float(timeout_text)
+        except ValueError:
+            raise ValueError(f"backend {scheme!r}: timeout={timeout_text!r}, expected seconds, "
+                             "e.g. timeout=30") from None
         url = options.pop("url", None)
         if url is None and scheme == "serial":
             port = options.pop("port", "/dev/ttyUSB1")
@@ -45,10 +53,9 @@ def _device_backend(scheme: str) -> Backend:
             import torch
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         if options:
-            raise ValueError(f"backend {scheme!r}: unknown options {sorted(options)} "
-                             "(model/sim: preset, trace (sim), url, timeout; serial: port, baud, window, url, timeout)")
-        return DeviceSession(model, connect(url, timeout=timeout), progress=True, report=sys.stderr,
-                             project=scheme in ("sim", "model"))
+            raise ValueError(f"backend {scheme!r}: unknown options {sorted(options)} ({OPTIONS_HELP})")
+        return DeviceSession(model, connect(url, timeout=timeout), progress=sys.stderr.isatty(),  # no bar in logs
+                             report=sys.stderr, project=scheme in ("sim", "model"))
 
     factory.__doc__ = {"model": "the pure-Python functional model of the accelerator",
                        "sim": "the Verilated gateware (C++ harness over TCP), built on first use",

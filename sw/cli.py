@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import golden
-from sw.backends import BACKENDS
+from sw.backends import BACKENDS, OPTIONS_HELP
 from sw.protocol import BitlaneError
 
 DESCRIPTION = """\
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where BitLinear products run (golden: exact CPU reference; model: functional model "
                           "of the accelerator; sim: Verilated gateware; serial: a board)")
     gen.add_argument("--backend-opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                     help="option for the backend, repeatable")
+                     help=f"option for a device backend, repeatable: {OPTIONS_HELP}")
     gen.add_argument("--json", action="store_true",
                      help="print one JSON object: prompt_ids, generated_ids, text (with a tokenizer), timing")
 

@@ -64,8 +64,8 @@ def connect(url: str, timeout: float = 10.0) -> "Accelerator":
         device = parts.netloc + parts.path
         if not device:
             raise ValueError(f"{url!r}: no serial device, expected e.g. serial:///dev/ttyUSB1?baud=3000000")
-        transport = SerialTransport(device, baud=int(query.get("baud", 3_000_000)),
-                                    pipeline_depth=int(query.get("window", 1)))
+        transport = SerialTransport(device, baud=_positive_int(url, query, "baud", 3_000_000),
+                                    pipeline_depth=_positive_int(url, query, "window", 1))
     else:
         raise ValueError(f"{url!r}: unknown device URL scheme {parts.scheme!r}; use model://, sim:// or serial://")
     try:
@@ -73,6 +73,15 @@ def connect(url: str, timeout: float = 10.0) -> "Accelerator":
     except BaseException:
         transport.close()
         raise
+
+
+def _positive_int(url: str, query: dict[str, str], key: str, default: int) -> int:
+    text = query.get(key)
+    if text is None:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{url!r}: {key}={text!r}, expected a whole number >= 1")
+    return int(text)
 
 
 @dataclass

@@ -183,6 +183,9 @@ def test_connect_urls_and_missing_serial_port():
         sw.connect("model://nosuchboard")
     with pytest.raises(ValueError, match="unknown device URL scheme"):
         sw.connect("ftp://tiny")
+    for query, what in (("baud=fast", "baud='fast'"), ("baud=9600&window=0", "window='0'")):
+        with pytest.raises(ValueError, match=f"{what}, expected a whole number >= 1"):
+            sw.connect(f"serial:///dev/ttyDOESNOTEXIST?{query}")
 
 
 @pytest.mark.parametrize("preset_name,overrides", [
@@ -222,6 +225,10 @@ def test_cli_generate_on_model_backend_matches_golden(make_checkpoint, capsys):
     assert main(["generate", "--model", path, "--prompt-ids", "1", "--backend", "model",
                  "--backend-opt", "colour=blue"]) == 1
     assert "unknown options ['colour']" in capsys.readouterr().err
+    assert main(["generate", "--model", path, "--prompt-ids", "1", "--backend", "model",
+                 "--backend-opt", "timeout=soon"]) == 1
+    assert capsys.readouterr().err == "bitlane generate: error: backend 'model': timeout='soon', expected seconds, " \
+                                      "e.g. timeout=30\n"
 
 
 def test_serial_transport_over_a_pseudo_terminal():
