@@ -72,15 +72,27 @@ def generate_stream(model: BitNetForCausalLM, prompt_ids: Sequence[int], max_new
     Stops after `max_new_tokens`, after an end-of-sequence token (which is yielded; default: the
     config's eos_token_id), or when the sequence reaches max_position_embeddings.
     `use_cache=False` recomputes the whole sequence each step (the reference for the KV cache).
+    Bad arguments raise ValueError here, before the first token is asked for.
     """
     if not prompt_ids:
         raise ValueError("generate needs at least one prompt token")
     vocab = model.config.vocab_size
     if any(not 0 <= t < vocab for t in prompt_ids):
         raise ValueError(f"prompt ids must lie in 0..{vocab - 1}")
+    for name, value, ok, expected in (("max_new_tokens", max_new_tokens, max_new_tokens >= 0, ">= 0"),
+                                      ("temperature", temperature, temperature >= 0, ">= 0 (0: greedy)"),
+                                      ("top_k", top_k, top_k is None or top_k >= 1, ">= 1"),
+                                      ("top_p", top_p, top_p is None or 0 < top_p <= 1, "in (0, 1]")):
+        if not ok:
+            raise ValueError(f"{name} = {value}: expected {expected}")
     eos = model.config.eos_token_ids if eos_token_ids is None else eos_token_ids
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    sequence = list(prompt_ids)
+    return _stream(model, list(prompt_ids), max_new_tokens, eos, use_cache,
+                   dict(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
+                        generator=torch.Generator().manual_seed(seed) if seed is not None else None))
+
+
+def _stream(model: BitNetForCausalLM, sequence: list[int], max_new_tokens: int, eos: set[int], use_cache: bool,
+            sampling: dict) -> Iterator[int]:
     cache = model.new_cache() if use_cache else None
     pending = sequence  # tokens the model has not seen yet
     with torch.inference_mode():
@@ -88,8 +100,7 @@ def generate_stream(model: BitNetForCausalLM, prompt_ids: Sequence[int], max_new
             if len(sequence) >= model.config.max_position_embeddings:
                 return
             logits = model(torch.tensor([pending if use_cache else sequence]), cache=cache)[0, -1]
-            token = sample_next(logits, greedy=greedy, temperature=temperature, top_k=top_k,
-                                top_p=top_p, generator=generator)
+            token = sample_next(logits, **sampling)
             sequence.append(token)
             pending = [token]
             yield token

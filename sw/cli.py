@@ -126,13 +126,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generated: list[int] = []
     stamps: list[float] = []
     start = time.perf_counter()
+    tokens = golden.generate_stream(model, prompt_ids, args.max_new_tokens, greedy=args.greedy,  # checks arguments
+                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     with BACKENDS[args.backend](model, **dict(args.backend_opt)):
         if streamer is not None and not args.json:  # the continuation reads on from the prompt
             print(tokenizer.decode(prompt_ids, skip_special_tokens=True), end="", flush=True)
         try:
-            for token in golden.generate_stream(model, prompt_ids, args.max_new_tokens, greedy=args.greedy,
-                                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                                seed=args.seed):
+            for token in tokens:
                 stamps.append(time.perf_counter())
                 generated.append(token)
                 if not args.json:

@@ -67,6 +67,11 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
     assert err.startswith("bitlane generate: error:") and "config.json: not found" in err
     with pytest.raises(SystemExit):
         cli.main(["generate", "--model", str(tmp_path), "--prompt-ids", "1,x"])
+    path = tmp_path / "m"
+    assert cli.main(["make-model", str(path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["generate", "--model", str(path), "--prompt", "x", "--top-k", "0"]) == 1
+    assert capsys.readouterr() == ("", "bitlane generate: error: top_k = 0: expected >= 1\n")  # not a word of text
     with pytest.raises(SystemExit):
         cli.main(["generate", "--model", str(tmp_path), "--prompt-ids", "1", "--backend", "nope"])
 

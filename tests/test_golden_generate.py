@@ -86,3 +86,17 @@ def test_text_streamer_holds_back_partial_utf8_and_prompt_gets_bos():
     assert golden.encode_prompt(tokenizer, config, "Hi") == [256, 72, 105]
     no_bos = golden.BitNetConfig(**{**config.__dict__, "bos_token_id": None})
     assert golden.encode_prompt(tokenizer, no_bos, "Hi") == [72, 105]
+
+
+@pytest.mark.parametrize("prompt,options,message", [
+    ([], {}, "at least one prompt token"),
+    ([1, 300], {}, r"prompt ids must lie in 0\.\.299"),
+    ([1], dict(max_new_tokens=-1), r"max_new_tokens = -1: expected >= 0"),
+    ([1], dict(temperature=-0.5), r"temperature = -0.5: expected >= 0"),
+    ([1], dict(top_k=0), r"top_k = 0: expected >= 1"),
+    ([1], dict(top_p=0.0), r"top_p = 0.0: expected in \(0, 1\]"),
+    ([1], dict(top_p=1.5), r"top_p = 1.5: expected in \(0, 1\]"),
+])
+def test_bad_arguments_are_refused_before_the_first_token(model, prompt, options, message):
+    with pytest.raises(ValueError, match=message):
+        golden.generate_stream(model, prompt, **options)  # raises on the call, not on the first next()
