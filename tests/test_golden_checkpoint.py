@@ -134,6 +134,8 @@ def test_truncated_safetensors(make_checkpoint, tmp_path):
     (dict(hidden_act="gelu"), r"config.json: hidden_act 'gelu' is not supported"),
     (dict(model_type="llama"), "config.json: model_type is 'llama'"),
     (dict(vocab_size=None), r"config.json: missing required keys \['vocab_size'\]"),
+    (dict(hidden_size="64"), r"config.json: hidden_size must be an integer >= 1, got '64'"),
+    (dict(num_hidden_layers=0), r"config.json: num_hidden_layers must be an integer >= 1, got 0"),
     (dict(num_key_value_heads=3), "config.json: num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
     (dict(quantization_config={"quant_method": "bitnet", "linear_class": "autobitlinear"}), "autobitlinear"),
 ])
