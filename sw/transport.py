@@ -169,19 +169,26 @@ class SimTransport(Transport):
             raise TransportError(f"{self.description}: simulator process {self.process.pid} exited with "
                                  f"code {code}" + (f": {tail}" if tail else ""))
 
+    def _link_failed(self, error: TransportError) -> TransportError:
+        """The error to raise when the socket fails: the simulator's exit, if that is the cause."""
+        try:  # a dying process closes its socket before it can be reaped: give it a moment to finish exiting
+            self.process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self.check_alive()
+        return TransportError(f"{self.description}: {error}")
+
     def write(self, data: bytes) -> None:
         try:
             self._link.write(data)
-        except TransportError:
-            self.check_alive()
-            raise
+        except TransportError as e:
+            raise self._link_failed(e) from None
 
     def read(self, timeout: float) -> bytes:
         try:
             return self._link.read(timeout)
-        except TransportError:
-            self.check_alive()
-            raise
+        except TransportError as e:
+            raise self._link_failed(e) from None
 
     def close(self) -> None:
         if self._link is not None:
