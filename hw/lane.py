@@ -27,7 +27,8 @@ from amaranth.lib.wiring import In, Out
 from hw.config import CoreConfig
 
 # 2-bit trit codes of docs/protocol.md: 0b00 = 0, 0b01 = +1, 0b11 = -1, 0b10 reserved (reads as 0).
-# So bit 0 says "nonzero" and bit 1 (only together with bit 0) says "negative".
+# So bit 0 says "nonzero" and bit 1 is the sign, which does not matter where bit 0 is clear:
+# the reserved code reads as 0 with no extra logic.
 
 
 class LaneArray(wiring.Component):
@@ -122,7 +123,7 @@ class LaneArray(wiring.Component):
                 terms, carries = next_terms, delayed
             assert len(terms) == 1 and len(carries) == 1, "k_per_cycle must be a power of two"
 
-            # Accumulator: the last negation bit is its carry-in.
+            # Accumulator: the last pending +1 is its carry-in.
             acc = Signal(signed(cfg.acc_bits), name=f"l{lane}_acc")
             total = Signal(signed(cfg.acc_bits), name=f"l{lane}_total")
             m.d.comb += total.eq(acc + terms[0] + carries[0])
