@@ -1,0 +1,64 @@
+"""Board tops: PLL settings against the vendor-flow tools, and (opt-in) the full bitstream builds.
+
+The bitstream builds run the whole open flow (yosys, nextpnr, icepack/ecppack) and take
+from half a minute (iCEBreaker) to about 10 minutes (ULX3S) on a 2-core machine, so they
+run only with BITLANE_HW_BUILD=1 (`make hw-build`, or the CI job that sets it).
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from hw.boards import BOARDS, BoardError, board, ecp5_pll, ice40_pll
+from hw.build import build_board, yowasp_environment
+from hw.uart import UartConfigError, baud_divisor
+
+
+def tool(name: str) -> str:
+    bin_dir = os.path.dirname(yowasp_environment()["YOSYS"])
+    return os.path.join(bin_dir, name)
+
+
+@pytest.mark.parametrize("out_mhz", [18, 24, 36, 48])
+def test_ice40_pll_matches_icepll(out_mhz: int) -> None:
+    text = subprocess.run([tool("yowasp-icepll"), "-i", "12", "-o", str(out_mhz)],
+                          capture_output=True, text=True, check=True).stdout
+    want = {k: int(v) for k, v in re.findall(r"^(DIVR|DIVF|DIVQ|FILTER_RANGE):\s+(\d+)", text, re.M)}
+    got = ice40_pll(12_000_000, out_mhz * 1_000_000)
+    assert (got.divr, got.divf, got.divq, got.filter_range) == (
+        want["DIVR"], want["DIVF"], want["DIVQ"], want["FILTER_RANGE"])
+
+
+@pytest.mark.parametrize("out_mhz", [30, 45, 50])
+def test_ecp5_pll_matches_ecppll(out_mhz: int, tmp_path) -> None:
+    text = subprocess.run([tool("yowasp-ecppll"), "-i", "25", "-o", str(out_mhz), "-f", "pll.v"],
+                          capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    want = [int(re.search(rf"{label}:\s+(\d+)", text).group(1))
+            for label in ("Refclk divisor", "Feedback divisor", "clkout0 divisor")]
+    got = ecp5_pll(25_000_000, out_mhz * 1_000_000)
+    assert [got.clki_div, got.clkfb_div, got.clkop_div] == want
+
+
+def test_impossible_clocks_and_bauds_are_refused() -> None:
+    with pytest.raises(BoardError, match="cannot make exactly"):
+        ecp5_pll(25_000_000, 48_000_000)
+    with pytest.raises(UartConfigError, match="2.0% off"):
+        baud_divisor(50_000_000, 3_000_000)
+    with pytest.raises(UartConfigError, match="at least 4"):
+        baud_divisor(18_000_000, 12_000_000)
+    with pytest.raises(BoardError, match="USB-UART bridge"):
+        board("ulx3s").with_baud(12_000_000)
+    with pytest.raises(BoardError, match="unknown board"):
+        board("de0nano")
+
+
+@pytest.mark.skipif(os.environ.get("BITLANE_HW_BUILD") != "1", reason="set BITLANE_HW_BUILD=1 (minutes per board)")
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_bitstream_builds_and_meets_timing(name: str, tmp_path) -> None:
+    report = build_board(board(name), tmp_path)
+    assert report.bitstream.is_file() and report.bitstream.stat().st_size > 0
+    assert report.timing_met, report.markdown()
+    assert report.utilization and all(used <= available for used, available in report.utilization.values())
