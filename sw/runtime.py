@@ -535,9 +535,10 @@ UART_BAUD = 3_000_000
 UART_BITS_PER_BYTE = 10  # 8N1
 
 
-def project_step(layers: list[tuple[str, object]], calls: list[tuple[str, np.ndarray]], config,
+def project_step(layers: list[tuple[str, object]], calls: list[tuple[str, object]], config,
                  baud: int = UART_BAUD) -> dict[str, float]:
-    """Replay one forward pass's BitLinear calls on the functional model of `config`.
+    """Replay one forward pass's BitLinear calls, (name, int8 activations [N, in] as array or tensor),
+    on the functional model of `config`.
 
     Returns the device cycles its RUNs take, the bytes on the link, and the time this costs a
     board at `config.clock_hz` behind a UART at `baud` (8N1): RUN cycles / clock + link bits /
@@ -570,7 +571,7 @@ class DeviceSession:
         self.model, self.acc, self.progress, self.report, self.project = model, acc, progress, report, project
         self.first_layer = next(name for name, _ in model.bitlinear_layers())
         self.forwards = 0
-        self.step_calls: list[tuple[str, np.ndarray]] = []
+        self.step_calls: list[tuple[str, object]] = []  # (layer name, int8 activations) of the latest pass
         self._decode_start: tuple[float, dict[str, int], LinkStats] | None = None
         self._last_end = 0.0
 
@@ -589,8 +590,7 @@ class DeviceSession:
             if self.forwards == 2:  # decoding starts: counters from here on
                 self._decode_start = (time.perf_counter(), self.acc.counters(), self.acc.stats.snapshot())
             self.step_calls = []
-        q_np = q.detach().cpu().numpy()
-        self.step_calls.append((name, q_np))
+        self.step_calls.append((name, q))  # the tensor itself: converted only if a projection replays it
         out = self.acc.int_matmul(name, trits, q)
         self._last_end = time.perf_counter()
         return out
