@@ -171,12 +171,15 @@ int main(int argc, char** argv) {
   }
 #endif
   uint64_t cycle = 0;
-  auto step = [&]() {
+  // One clock cycle; `sample` runs between the falling and the rising edge, where the handshake
+  // signals of this cycle are settled.
+  auto step = [&](auto&& sample) {
     top->clk = 0;
     top->eval();
 #if VM_TRACE
     if (trace) trace->dump(2 * cycle);
 #endif
+    sample();
     top->clk = 1;
     top->eval();
 #if VM_TRACE
@@ -188,7 +191,7 @@ int main(int argc, char** argv) {
   top->rx_valid = 0;
   top->tx_ready = 1;
   top->rst = 1;
-  for (int i = 0; i < 4; ++i) step();
+  for (int i = 0; i < 4; ++i) step([] {});
   top->rst = 0;
 
   std::vector<uint8_t> rx, tx;  // bytes from the host not yet taken / bytes for the host not yet sent
@@ -246,20 +249,13 @@ int main(int argc, char** argv) {
     bool have_rx = rx_head < rx.size();
     top->rx_valid = have_rx;
     if (have_rx) top->rx_data = rx[rx_head];
-    top->clk = 0;
-    top->eval();
-#if VM_TRACE
-    if (trace) trace->dump(2 * cycle);
-#endif
-    bool rx_fire = have_rx && top->rx_ready;
-    bool tx_fire = top->tx_valid;  // tx_ready is always 1: the harness buffers all output
-    uint8_t tx_byte = top->tx_data;
-    top->clk = 1;
-    top->eval();
-#if VM_TRACE
-    if (trace) trace->dump(2 * cycle + 1);
-#endif
-    ++cycle;
+    bool rx_fire, tx_fire;
+    uint8_t tx_byte;
+    step([&] {
+      rx_fire = have_rx && top->rx_ready;
+      tx_fire = top->tx_valid;  // tx_ready is always 1: the harness buffers all output
+      tx_byte = top->tx_data;
+    });
     if (rx_fire) requests.consume(rx[rx_head++]);
     if (tx_fire) {
       tx.push_back(tx_byte);
