@@ -16,7 +16,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -106,6 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_stream(tokens: Iterable[int], tokenizer, prompt_ids: list[int],
+                 show: Callable[[str], str] = str) -> Iterator[int]:
+    """Pass `tokens` through while printing them to stdout: the prompt, then the text each token
+    completes (without a tokenizer: the new ids). The line is ended however the stream ends, so a
+    device report or an error that follows on stderr starts on a line of its own."""
+    streamer = golden.TextStreamer(tokenizer) if tokenizer is not None else None
+    if streamer is not None:  # the continuation reads on from the prompt
+        print(show(tokenizer.decode(prompt_ids, skip_special_tokens=True)), end="", flush=True)
+    try:
+        for token in tokens:
+            print(show(streamer.push(token)) if streamer else f"{token} ", end="", flush=True)
+            yield token
+    finally:
+        print(show(streamer.flush()) if streamer else "", flush=True)
+
+
 def _load(path: str) -> golden.BitNetForCausalLM:
     return golden.load_model(path, progress=sys.stderr.isatty())
 
@@ -122,24 +138,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_ids = args.prompt_ids
     load_s = time.perf_counter() - t0
 
-    streamer = golden.TextStreamer(tokenizer) if tokenizer is not None else None
     generated: list[int] = []
     stamps: list[float] = []
     start = time.perf_counter()
     tokens = golden.generate_stream(model, prompt_ids, args.max_new_tokens, greedy=args.greedy,  # checks arguments
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     with BACKENDS[args.backend](model, **dict(args.backend_opt)):
-        if streamer is not None and not args.json:  # the continuation reads on from the prompt
-            print(tokenizer.decode(prompt_ids, skip_special_tokens=True), end="", flush=True)
-        try:
-            for token in tokens:
-                stamps.append(time.perf_counter())
-                generated.append(token)
-                if not args.json:
-                    print(streamer.push(token) if streamer else f"{token} ", end="", flush=True)
-        finally:  # end the streamed line before the backend's report or an error goes to the terminal
-            if not args.json:
-                print(streamer.flush() if streamer else "", flush=True)
+        for token in tokens if args.json else print_stream(tokens, tokenizer, prompt_ids):
+            stamps.append(time.perf_counter())
+            generated.append(token)
     decode_s = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
     timing = {"load_s": round(load_s, 4),
               "first_token_s": round(stamps[0] - start, 4) if stamps else None,

@@ -19,6 +19,7 @@ import torch
 
 import golden
 from sw.backends import BACKENDS
+from sw.cli import print_stream
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "In the beginning"
@@ -83,18 +84,10 @@ def main(argv: list[str] | None = None) -> int:
 def generate(model: golden.BitNetForCausalLM, tokenizer, eos: set[int] | None) -> None:
     """Sample 64 tokens after PROMPT (seeded), streaming the text as it comes."""
     prompt_ids = golden.encode_prompt(tokenizer, model.config, PROMPT) if tokenizer else [0]
-    print(PROMPT if tokenizer else prompt_ids, end="", flush=True)
-    streamer = golden.TextStreamer(tokenizer) if tokenizer else None
-    count = 0
     start = time.perf_counter()
-    for token in golden.generate_stream(model, prompt_ids, 64, temperature=0.8, top_k=40, seed=0,
-                                        eos_token_ids=eos):
-        count += 1
-        print(printable(streamer.push(token)) if streamer else f" {token}", end="", flush=True)
-    if streamer:
-        print(printable(streamer.flush()), end="")
+    tokens = golden.generate_stream(model, prompt_ids, 64, temperature=0.8, top_k=40, seed=0, eos_token_ids=eos)
+    count = sum(1 for _ in print_stream(tokens, tokenizer, prompt_ids, show=printable))
     seconds = time.perf_counter() - start
-    print(flush=True)
     print(f"\n[{count} tokens in {seconds:.2f} s, {count / seconds:.1f} tokens/s]", file=sys.stderr)
 
 
