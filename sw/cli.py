@@ -30,6 +30,16 @@ Run BitNet b1.58 language models (ternary weights, int8 activations).
 A model is a Hugging Face "bitnet" checkpoint folder: config.json, model.safetensors
 (or shards + model.safetensors.index.json), optionally tokenizer.json."""
 
+EXAMPLES = """\
+examples:
+  bitlane info --model models/bitnet-kjv-h128
+  bitlane generate --model models/bitnet-kjv-h128 --prompt "In the beginning" --top-k 40 --seed 0
+  bitlane generate --model models/bitnet-kjv-h128 --prompt "In the beginning" --backend sim
+  bitlane generate --model DIR --prompt-ids 1,2,3 --greedy --json
+  bitlane make-model /tmp/tiny --hidden-size 128 --layers 2
+
+Run `bitlane COMMAND --help` for a command's options."""
+
 
 def _ids(text: str) -> list[int]:
     try:
@@ -46,7 +56,7 @@ def _option(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitlane", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="bitlane", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -85,3 +85,13 @@ def test_demo_runs_on_a_fresh_clone(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.startswith(demo.PROMPT)
     made = golden.load_model(tmp_path / "bitlane" / "demo-random-v2").config
     assert made == dataclasses.replace(demo.RANDOM_CONFIG, bos_token_id=256, eos_token_id=257)  # byte tokenizer's
+
+
+@pytest.mark.parametrize("command", [[], ["generate"], ["info"], ["make-model"], ["bench"]])
+def test_every_help_text_renders(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*command, "--help"])  # argparse formats help lazily: a stray % would only fail here
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith(f"usage: bitlane {' '.join(command)}".rstrip())
+    if not command:
+        assert "examples:" in out and "bitlane COMMAND --help" in out
