@@ -208,9 +208,7 @@ def load_model(path: str | Path, progress: bool = False) -> BitNetForCausalLM:
         if f"{name}.weight" not in tensors:
             raise CheckpointError(f"{path}: tensor {name}.weight missing")
         _load_bitlinear(module, name, tensors)
-    float_params = [n for n, _ in model.named_parameters() if not isinstance(
-        model.get_submodule(n.rsplit(".", 1)[0]), BitLinear)]
-    for name in float_params:  # the tied lm_head appears once, as model.embed_tokens.weight
+    for name in [name for name, _ in model.float_parameters()]:  # a tied lm_head: once, as the embedding
         if name not in tensors:
             raise CheckpointError(f"{path}: tensor {name} missing")
         file, t = tensors.pop(name)
@@ -250,9 +248,8 @@ def _state_tensors(model: BitNetForCausalLM) -> dict[str, torch.Tensor]:
     for name, module in model.bitlinear_layers():
         tensors[f"{name}.weight"] = pack_trits(module.trits)
         tensors[f"{name}.weight_scale"] = module.weight_scale.detach().float().reshape(1).clone()
-    for name, p in model.named_parameters():
-        if not isinstance(model.get_submodule(name.rsplit(".", 1)[0]), BitLinear):
-            tensors[name] = p.detach().float().contiguous().clone()
+    for name, p in model.float_parameters():
+        tensors[name] = p.detach().float().contiguous().clone()
     return tensors
 
 

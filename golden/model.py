@@ -366,9 +366,14 @@ class BitNetForCausalLM(nn.Module):
         for _, module in self.bitlinear_layers():
             module.freeze()
 
+    def float_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(qualified name, parameter) of the float parameters: embeddings, norms, an untied head; not
+        the BitLinear weights (latent while training). A tied head appears once, as the embedding."""
+        latent = {id(m.weight) for _, m in self.bitlinear_layers()}
+        return ((name, p) for name, p in self.named_parameters() if id(p) not in latent)
+
     def num_parameters(self) -> dict[Literal["ternary", "float"], int]:
         """Ternary weights, and float parameters (embeddings, norms, untied head, one scale per BitLinear)."""
         layers = [m for _, m in self.bitlinear_layers()]
-        latent = {id(m.weight) for m in layers}
-        floats = sum(p.numel() for p in self.parameters() if id(p) not in latent)
+        floats = sum(p.numel() for _, p in self.float_parameters())
         return {"ternary": sum(m.in_features * m.out_features for m in layers), "float": floats + len(layers)}
