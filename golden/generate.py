@@ -79,6 +79,9 @@ def generate_stream(model: BitNetForCausalLM, prompt_ids: Sequence[int], max_new
     vocab = model.config.vocab_size
     if any(not 0 <= t < vocab for t in prompt_ids):
         raise ValueError(f"prompt ids must lie in 0..{vocab - 1}")
+    if max_new_tokens > 0 and len(prompt_ids) >= model.config.max_position_embeddings:
+        raise ValueError(f"a prompt of {len(prompt_ids)} tokens leaves no room for new ones: the model's "
+                         f"context (max_position_embeddings) is {model.config.max_position_embeddings}")
     for name, value, ok, expected in (("max_new_tokens", max_new_tokens, max_new_tokens >= 0, ">= 0"),
                                       ("temperature", temperature, temperature >= 0, ">= 0 (0: greedy)"),
                                       ("top_k", top_k, top_k is None or top_k >= 1, ">= 1"),
