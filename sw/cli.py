@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -252,9 +253,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                "bench": cmd_bench}[args.command]
     try:
         return command(args)
+    except BrokenPipeError:  # stdout closed early, e.g. piped into head: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and no second error at exit
+        return 1
     except (golden.CheckpointError, BitlaneError, ValueError, OSError) as e:
         print(f"bitlane {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the device is closed on the way out; no traceback
+        print(f"bitlane {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -95,3 +95,29 @@ def test_every_help_text_renders(command, capsys):
     assert exit_.value.code == 0 and out.startswith(f"usage: bitlane {' '.join(command)}".rstrip())
     if not command:
         assert "examples:" in out and "bitlane COMMAND --help" in out
+
+
+def test_interrupt_and_closed_pipe_end_quietly(make_checkpoint):
+    """Ctrl-C mid-generation and `bitlane generate ... | head` give no traceback (real processes)."""
+    import signal
+    import subprocess
+    import sys
+
+    path = make_checkpoint(seed=21, tokenizer=False, max_position_embeddings=100_000)  # no EOS: runs until stopped
+    command = [sys.executable, "-m", "sw.cli", "generate", "--model", str(path), "--prompt-ids", "1",
+               "--max-new-tokens", "99999"]
+    interrupted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    piped = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert interrupted.stdout.read(1)  # generating
+        interrupted.send_signal(signal.SIGINT)
+        assert piped.stdout.read(1)
+        piped.stdout.close()  # as `head -c 1` does
+        assert interrupted.wait(timeout=60) == 130
+        assert interrupted.stderr.read().decode() == "bitlane generate: interrupted\n"
+        assert piped.wait(timeout=60) == 1
+        assert piped.stderr.read() == b""
+    finally:
+        for process in (interrupted, piped):
+            process.kill()
+            process.wait()
