@@ -74,11 +74,14 @@ def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level:
         work.mkdir()
         (work / "board.v").write_text(
             verilog.convert(BoardLogic(spec.core, divisor), name=TOPLEVEL, emit_src=False))
-        sources = ["board.v"]
+        sources, flags = ["board.v"], VERILATOR_FLAGS
         if gate_level:
             sources = ["netlist.v", str(synthesize_netlist(spec.family, spec.synth_opts, work))]
+            # Verilator's optimizations of the flat cell-model netlist gave a board that never
+            # answered; with every signal kept public (as cocotb builds have it) it matches the RTL.
+            flags = flags + ["--public-flat-rw"]
         env["CXXFLAGS"] = env.get("CXXFLAGS", "") + " -std=c++20"
-        cmd = ["verilator", "--cc", "--exe", "--build", *VERILATOR_FLAGS, "-Mdir", str(work / "obj"),
+        cmd = ["verilator", "--cc", "--exe", "--build", *flags, "-Mdir", str(work / "obj"),
                "-o", EXECUTABLE, "-CFLAGS", CXX_OPT,
                "-MAKEFLAGS", f"OPT_FAST={CXX_OPT} OPT_SLOW=-O1 CFG_CXXFLAGS_PCH_I=-include -j2",
                *sources, str(HARNESS_SOURCE)]
