@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TORCHDYNAMO_DISABLE := 1
 
-.PHONY: demo test test-fast sim-test setup clean
+.PHONY: demo test test-fast sim-test hw-check setup clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ test-fast: $(STAMP)
 
 sim-test: $(STAMP)
 	$(BIN)/python -m pytest sim_tests
+
+# The slow hardware job (10-35 min on 2 cores): both bitstreams built with the open
+# toolchain and checked for timing, and the iCEBreaker gate-level netlist simulated
+# against the RTL.  Kept out of `make test` to hold the suite near 10 minutes.
+hw-check: $(STAMP)
+	BITLANE_HW_BUILD=1 $(BIN)/python -m pytest -v sim_tests/test_board_build.py sim_tests/test_gatelevel.py
 
 clean:
 	rm -rf $(VENV) build sim_build .pytest_cache

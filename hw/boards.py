@@ -137,7 +137,7 @@ def _ulx3s() -> Platform:
 BOARDS: dict[str, Board] = {
     # FT2232H: up to 12 Mbaud, which needs >= 48 MHz here (4 cycles per bit).
     "icebreaker": Board(
-        "icebreaker", "ice40", _icebreaker, preset("icebreaker").with_(clock_hz=18_000_000), osc_hz=12_000_000,
+        "icebreaker", "ice40", _icebreaker, preset("icebreaker"), osc_hz=12_000_000,
         baud=3_000_000, max_baud=12_000_000, reset_button="button",
         # Map the single-port weight memory to the four SPRAMs and the command
         # processor's range-check multipliers to MAC16 DSPs (in LUTs they overflow the UP5K).
@@ -146,7 +146,7 @@ BOARDS: dict[str, Board] = {
                      "openFPGALoader -b ice40_generic also works"),
     # FT231X: up to 3 Mbaud.
     "ulx3s": Board(
-        "ulx3s", "ecp5", _ulx3s, preset("ulx3s").with_(clock_hz=30_000_000), osc_hz=25_000_000,
+        "ulx3s", "ecp5", _ulx3s, preset("ulx3s"), osc_hz=25_000_000,
         baud=3_000_000, max_baud=3_000_000, reset_button="button_pwr",
         synth_opts="", programmer="openFPGALoader",
         install_hint="openFPGALoader: apt install openfpgaloader, or build it from "

@@ -20,7 +20,7 @@ class CoreConfig:
     max_k: int  # largest number of columns a RUN accepts
     max_payload: int = 1024  # largest frame payload, bytes
     counter_bits: int = 48  # width of the hardware performance counters
-    clock_hz: int = 0  # board clock, 0 where unknown (simulation)
+    clock_hz: int = 0  # the board's PLL clock that hw/boards.py builds for; 0 where unknown (simulation)
 
     def __post_init__(self) -> None:
         for field in ("lanes", "k_per_cycle", "weight_depth", "act_depth", "out_depth", "max_k"):
@@ -83,10 +83,10 @@ PRESETS: dict[str, CoreConfig] = {
     # iCEBreaker (iCE40 UP5K): 32 trits/cycle = 64-bit weight words in the four SPRAMs.
     "icebreaker": CoreConfig("icebreaker", lanes=4, k_per_cycle=8, weight_depth=16384, act_depth=512,
                              out_depth=256, max_k=4096, max_payload=512, counter_bits=40,
-                             clock_hz=24_000_000),
+                             clock_hz=18_000_000),
     # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR.
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
-                        out_depth=1024, max_k=8192, max_payload=1024, clock_hz=25_000_000),
+                        out_depth=1024, max_k=8192, max_payload=1024, clock_hz=30_000_000),
 }
 
 
