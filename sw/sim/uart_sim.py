@@ -18,20 +18,17 @@ Builds are cached in build/sim/uart-<board>-<key>/ like the byte-level sim's
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import select
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from sw.sim.build import DEFAULT_CACHE, SimBuildError, build_key, verilator_env
+from sw.sim.build import DEFAULT_CACHE, SimBuildError, build_key, verilate, verilator_env
 
 HARNESS_SOURCE = Path(__file__).with_name("uart_harness.cpp")
 TOPLEVEL = "bitlane_board"
-EXECUTABLE = "bitlane_uart_sim"
 VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert",
                    "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", TOPLEVEL, "--prefix", "Vbitlane_board"]
 CXX_OPT = "-O2"
@@ -57,46 +54,25 @@ def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level:
     ]).encode()).hexdigest()[:16]
     kind = "gates" if gate_level else "rtl"
     out_dir = (cache_dir or DEFAULT_CACHE) / f"uart-{spec.name}-{kind}-d{divisor}-{digest}"
-    exe = out_dir / EXECUTABLE
-    if exe.exists():
-        return exe
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f"{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if exe.exists():
-            return exe
+
+    def write_sources(work: Path) -> list[str]:
         from amaranth.back import verilog
 
         from hw.boards import BoardLogic
 
-        work = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
         (work / "board.v").write_text(
             verilog.convert(BoardLogic(spec.core, divisor), name=TOPLEVEL, emit_src=False))
-        sources, flags = ["board.v"], VERILATOR_FLAGS
         if gate_level:
-            sources = ["netlist.v", str(synthesize_netlist(spec.family, spec.synth_opts, work))]
-            # Verilator's optimizations of the flat cell-model netlist gave a board that never
-            # answered; with every signal kept public (as cocotb builds have it) it matches the RTL.
-            flags = flags + ["--public-flat-rw"]
-        # The netlist is tens of thousands of cell instances and runs only a short command
-        # sequence: compile it with -O1, which takes a fraction of -O2's time.
-        cxx_opt = "-O1" if gate_level else CXX_OPT
-        env["CXXFLAGS"] = env.get("CXXFLAGS", "") + " -std=c++20"
-        cmd = ["verilator", "--cc", "--exe", "--build", *flags, "-Mdir", str(work / "obj"),
-               "-o", EXECUTABLE, "-CFLAGS", cxx_opt,
-               "-MAKEFLAGS", f"OPT_FAST={cxx_opt} OPT_SLOW=-O1 CFG_CXXFLAGS_PCH_I=-include -j2",
-               *sources, str(HARNESS_SOURCE)]
-        result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SimBuildError(f"verilator failed building the {spec.name} UART-level board ({kind}) "
-                                f"(exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        (work / "obj" / EXECUTABLE).rename(work / EXECUTABLE)
-        shutil.rmtree(work / "obj")
-        shutil.rmtree(out_dir, ignore_errors=True)
-        work.rename(out_dir)
-    return exe
+            return ["netlist.v", str(synthesize_netlist(spec.family, spec.synth_opts, work)), str(HARNESS_SOURCE)]
+        return ["board.v", str(HARNESS_SOURCE)]
+
+    # Verilator's optimizations of the flat cell-model netlist gave a board that never answered;
+    # with every signal kept public (as cocotb builds have it) it matches the RTL. The netlist is
+    # tens of thousands of cell instances and runs only a short command sequence: compile it with
+    # -O1, which takes a fraction of -O2's time.
+    flags = VERILATOR_FLAGS + (["--public-flat-rw"] if gate_level else [])
+    return verilate(out_dir, write_sources, flags, f"the {spec.name} UART-level board ({kind})",
+                    cxx_opt="-O1" if gate_level else CXX_OPT)
 
 
 def synthesize_netlist(family: str, synth_opts: str, work: Path) -> Path:
