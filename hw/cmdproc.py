@@ -27,6 +27,7 @@ from sw.protocol import (ADDR_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES, ERROR_P
                          RUN_RESPONSE_BYTES, Capabilities, Cmd, Counters, ErrorCode, RunArgs)
 
 from .config import CoreConfig
+from .core import core_signature
 from .framing import BodyByte, FrameReceiver, FrameSender, StreamRegister, Stuffer, Unstuffer
 
 RunRequest = data.StructLayout({"w_base": 32, "a_base": 32, "o_base": 32, "rows": 16, "cols": 16, "n_vectors": 16})
@@ -41,32 +42,6 @@ assert RunRequest.size == 8 * RUN_REQUEST_BYTES and tuple(RunRequest.members) ==
 assert ReadOutRequest.size == 8 * READ_OUT_REQUEST_BYTES
 assert CountersRecord.size == 8 * COUNTERS_BYTES and tuple(CountersRecord.members) == tuple(Counters.__dataclass_fields__)
 assert ErrorRecord.size == 8 * ERROR_PAYLOAD_BYTES
-
-
-def core_signature(config: CoreConfig) -> wiring.Signature:
-    """The compute core's ports as the command processor sees them (hw.core.TernaryCore, flipped)."""
-    return wiring.Signature({
-        "w_wr_addr": Out(range(config.weight_depth)),
-        "w_wr_data": Out(config.weight_word_bits),
-        "w_wr_en": Out(1),
-        "a_wr_addr": Out(range(config.act_depth)),
-        "a_wr_data": Out(8 * config.k_per_cycle),
-        "a_wr_en": Out(1),
-        "o_rd_addr": Out(range(config.out_depth)),
-        "o_rd_data": In(32 * config.lanes),
-        "start": Out(1),
-        "w_base": Out(32),
-        "a_base": Out(32),
-        "o_base": Out(32),
-        "rows": Out(16),
-        "cols": Out(16),
-        "n_vectors": Out(16),
-        "busy": In(1),
-        "done": In(1),
-        "busy_cycles": In(config.counter_bits),
-        "stall_cycles": In(config.counter_bits),
-        "clear_counters": Out(1),
-    })
 
 
 def ceil_div(value, divisor: int):
@@ -86,7 +61,7 @@ class CommandProcessor(wiring.Component):
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
-            "core": Out(core_signature(config)),
+            "core": Out(core_signature(config).flip()),
         })
 
     def elaborate(self, platform) -> Module:

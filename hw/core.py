@@ -34,31 +34,36 @@ from hw.sequencer import Sequencer
 FETCH_STAGES = 3  # cycles from the sequencer's address to the lanes' input registers
 
 
+def core_signature(config: CoreConfig) -> wiring.Signature:
+    """The compute core's ports (the command processor drives the flipped signature)."""
+    return wiring.Signature({
+        "w_wr_addr": In(range(config.weight_depth)),
+        "w_wr_data": In(config.weight_word_bits),
+        "w_wr_en": In(1),
+        "a_wr_addr": In(range(config.act_depth)),
+        "a_wr_data": In(8 * config.k_per_cycle),
+        "a_wr_en": In(1),
+        "o_rd_addr": In(range(config.out_depth)),
+        "o_rd_data": Out(32 * config.lanes),
+        "start": In(1),
+        "w_base": In(32),
+        "a_base": In(32),
+        "o_base": In(32),
+        "rows": In(16),
+        "cols": In(16),
+        "n_vectors": In(16),
+        "busy": Out(1),
+        "done": Out(1),
+        "busy_cycles": Out(config.counter_bits),
+        "stall_cycles": Out(config.counter_bits),
+        "clear_counters": In(1),
+    })
+
+
 class TernaryCore(wiring.Component):
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
-        super().__init__({
-            "w_wr_addr": In(range(config.weight_depth)),
-            "w_wr_data": In(config.weight_word_bits),
-            "w_wr_en": In(1),
-            "a_wr_addr": In(range(config.act_depth)),
-            "a_wr_data": In(8 * config.k_per_cycle),
-            "a_wr_en": In(1),
-            "o_rd_addr": In(range(config.out_depth)),
-            "o_rd_data": Out(32 * config.lanes),
-            "start": In(1),
-            "w_base": In(32),
-            "a_base": In(32),
-            "o_base": In(32),
-            "rows": In(16),
-            "cols": In(16),
-            "n_vectors": In(16),
-            "busy": Out(1),
-            "done": Out(1),
-            "busy_cycles": Out(config.counter_bits),
-            "stall_cycles": Out(config.counter_bits),
-            "clear_counters": In(1),
-        })
+        super().__init__(core_signature(config))
 
     def elaborate(self, platform) -> Module:
         m = Module()
