@@ -25,9 +25,9 @@ def _cocotb_entry():
     """The cocotb test (defined only inside the simulator, where cocotb is importable)."""
     import cocotb
 
+    from bitlane.contract.packing import pack_activations, pack_weights, tiles
     from sim_tests.coresim import CONFIGS, random_acts, random_trits
     from sim_tests.toplink import HostLink
-    from bitlane.contract.packing import pack_activations, pack_weights, tiles
 
     @cocotb.test()
     async def measure(dut) -> None:

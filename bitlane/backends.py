@@ -12,12 +12,14 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
+from bitlane.contract.config import DEFAULT_BAUD
 from bitlane.golden import BitNetForCausalLM
 
 Backend = Callable[..., AbstractContextManager]
 
 OPTIONS_HELP = ("model, sim: preset=NAME (sim), trace=FILE.fst (sim only), url=URL, timeout=SECONDS (10); "
-                "serial: port=DEVICE (/dev/ttyUSB1), baud=N (3000000), window=N (1), url=URL, timeout=SECONDS")
+                f"serial: port=DEVICE (/dev/ttyUSB1), baud=N ({DEFAULT_BAUD}), window=N (1), url=URL, "
+                "timeout=SECONDS")
 
 
 def golden_backend(model: BitNetForCausalLM, **options: str) -> AbstractContextManager:
@@ -32,7 +34,8 @@ def _device_backend(scheme: str) -> Backend:
     """A backend on a bitlane device: the functional model, the simulated board, or a real board."""
 
     def factory(model: BitNetForCausalLM, **options: str) -> AbstractContextManager:
-        from bitlane.sw.runtime import DeviceSession, connect
+        from bitlane.devices import connect
+        from bitlane.sw.session import DeviceSession
 
         options = dict(options)
         timeout_text = options.pop("timeout", "10")
@@ -44,7 +47,7 @@ def _device_backend(scheme: str) -> Backend:
         url = options.pop("url", None)
         if url is None and scheme == "serial":
             port = options.pop("port", "/dev/ttyUSB1")
-            url = f"serial://{port}?baud={options.pop('baud', 3_000_000)}&window={options.pop('window', 1)}"
+            url = f"serial://{port}?baud={options.pop('baud', DEFAULT_BAUD)}&window={options.pop('window', 1)}"
         elif url is None:
             url = f"{scheme}://{options.pop('preset', 'sim')}"
             if scheme == "sim" and "trace" in options:

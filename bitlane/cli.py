@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -241,9 +240,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hw"]:
-        if importlib.util.find_spec("hw.cli") is None:
-            print("bitlane hw: the hardware tools (hw/cli.py) are not available", file=sys.stderr)
-            return 2
         from bitlane.hw.cli import main as hw_main
         return hw_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -8,11 +8,29 @@ compared bit for bit with the accelerator.
     with golden.trace(model) as records: model(input_ids)  # int8 q, trits, int32 acc per call
     model.set_int_matmul(fn)                               # route every integer product through fn
 """
-from .checkpoint import (CheckpointError, config_from_dict, config_to_dict, load_config, load_model,
-                         load_tokenizer, pack_trits, save_model, unpack_codes)
+from .checkpoint import (
+                         CheckpointError,
+                         config_from_dict,
+                         config_to_dict,
+                         load_config,
+                         load_model,
+                         load_tokenizer,
+                         pack_trits,
+                         save_model,
+                         unpack_codes,
+)
 from .generate import TextStreamer, encode_prompt, generate, generate_stream, sample_next
-from .model import (BitLinear, BitLinearRecord, BitNetConfig, BitNetForCausalLM, IntMatmul, KVCache,
-                    default_int_matmul, quantize_activations, quantize_weights)
+from .model import (
+                         BitLinear,
+                         BitLinearRecord,
+                         BitNetConfig,
+                         BitNetForCausalLM,
+                         IntMatmul,
+                         KVCache,
+                         default_int_matmul,
+                         quantize_activations,
+                         quantize_weights,
+)
 from .random_model import byte_level_tokenizer, make_random_checkpoint
 from .trace import trace
 

@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bitlane.contract.config import PRESETS, preset
+
 from .verilog import TOP_NAME, top_verilog
 
 # Subcommands whose own parser lives elsewhere: name -> (module, whether its main() wants the name too)
 DELEGATED = {
-    "synth": ("hw.synth", False, "synthesize, place and route the compute core: resources and fmax per preset"),
-    "build": ("hw.build", True, "build a board's bitstream (synthesis, place and route, report)"),
-    "program": ("hw.build", True, "load a built bitstream into a connected board"),
+    "synth": (".synth", False, "synthesize, place and route the compute core: resources and fmax per preset"),
+    "build": (".build", True, "build a board's bitstream (synthesis, place and route, report)"),
+    "program": (".build", True, "load a built bitstream into a connected board"),
 }
 
 
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         module, wants_name, _ = DELEGATED[argv[0]]
         try:
-            tool = importlib.import_module(module)
+            tool = importlib.import_module(module, __package__)
         except ImportError as exc:
             print(f"bitlane hw {argv[0]}: not available ({exc})", file=sys.stderr)
             return 1

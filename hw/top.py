@@ -14,8 +14,9 @@ from amaranth import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .cmdproc import CommandProcessor
 from bitlane.contract.config import CoreConfig
+
+from .cmdproc import CommandProcessor
 from .core import TernaryCore
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from amaranth.back import verilog
 
 from bitlane.contract.config import CoreConfig
+
 from .top import BitlaneTop
 
 TOP_NAME = "bitlane_top"

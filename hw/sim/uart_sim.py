@@ -10,7 +10,7 @@ pyserial `socket://` URL, exactly as it would use a real board's /dev/ttyUSB:
     # -> serial://socket://127.0.0.1:PORT
     bitlane generate ... --backend serial --backend-opt port=socket://127.0.0.1:PORT
 
-or, in Python, `with UartSimBoard("icebreaker") as sim: sw.runtime.connect(sim.url)`.
+or, in Python, `with UartSimBoard("icebreaker") as sim: bitlane.connect(sim.url)`.
 
 Builds are cached in build/sim/uart-<board>-<key>/ like the byte-level sim's
 (hw/sim/build.py, whose source hashing and Verilator environment this reuses).
@@ -18,14 +18,14 @@ Builds are cached in build/sim/uart-<board>-<key>/ like the byte-level sim's
 from __future__ import annotations
 
 import argparse
-import hashlib
 import select
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bitlane.hw.sim.build import DEFAULT_CACHE, SimBuildError, build_key, verilate, verilator_env
+from .build import DEFAULT_CACHE, SimBuildError, build_key, verilate
+from .verilator import content_key, verilator_env
 
 HARNESS_SOURCE = Path(__file__).with_name("uart_harness.cpp")
 TOPLEVEL = "bitlane_board"
@@ -48,10 +48,8 @@ def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level:
     spec = board(board_name)
     divisor = spec.divisor if divisor is None else divisor
     env = verilator_env()
-    digest = hashlib.sha256("\0".join([
-        build_key(spec.core, VERILATOR_FLAGS, env), HARNESS_SOURCE.read_text(), repr(spec), str(divisor),
-        str(gate_level),
-    ]).encode()).hexdigest()[:16]
+    digest = content_key(build_key(spec.core, VERILATOR_FLAGS, env), HARNESS_SOURCE.read_text(), repr(spec),
+                         str(divisor), str(gate_level))
     kind = "gates" if gate_level else "rtl"
     out_dir = (cache_dir or DEFAULT_CACHE) / f"uart-{spec.name}-{kind}-d{divisor}-{digest}"
 
@@ -95,7 +93,7 @@ def synthesize_netlist(family: str, synth_opts: str, work: Path) -> Path:
 
 
 class UartSimBoard:
-    """A running UART-level simulator; `url` is what `sw.runtime.connect` takes."""
+    """A running UART-level simulator; `url` is what `bitlane.connect` takes."""
 
     def __init__(self, board_name: str, divisor: int | None = None, *, gate_level: bool = False) -> None:
         from bitlane.hw.boards import board
