@@ -214,6 +214,7 @@ class Traffic:
         self.ref: dict[int, int] = {}
         self.cycle = 0
         self.read_cycles: list[int] = []  # the cycle of every r_data transfer
+        self.write_cycles: list[int] = []  # ... and of every w_data transfer
 
     def expect(self, addr: int) -> int:
         return self.ref.get(addr, self.model.word(*split(addr)))
@@ -251,6 +252,7 @@ class Traffic:
                 self._accept(*self.requests.popleft())
             if dut.w_data__valid.value and dut.w_data__ready.value:
                 self.to_write.popleft()
+                self.write_cycles.append(self.cycle)
             if dut.r_data__valid.value and dut.r_data__ready.value:
                 got = int(dut.r_data__payload.value)
                 assert self.expected, f"r_data gave {got:#06x} with no read outstanding"
@@ -267,23 +269,32 @@ class Traffic:
 
 
 async def start(dut, *, seed: int = 1, **traffic) -> Traffic:
-    """Clock, reset, the model on the pins from the first edge in reset (the SDRAM's power-up:
+    """Start the clock, then `restart`."""
+    Clock(dut.clk, 1e9 / clock_hz(), unit="ns").start()
+    return await restart(dut, seed=seed, **traffic)
+
+
+async def restart(dut, *, seed: int = 1, previous: Traffic | None = None, **traffic) -> Traffic:
+    """Reset, a fresh model on the pins from the first edge in reset (the SDRAM's power-up:
     it counts the controller's reset as part of tINIT, as on a board), wait for init."""
-    period_ns = 1e9 / clock_hz()
-    Clock(dut.clk, period_ns, unit="ns").start()
+    await FallingEdge(dut.clk)
+    if previous is not None:
+        previous.monitor.cancel()
     dut.req__valid.value = 0
     dut.w_data__valid.value = 0
     dut.r_data__ready.value = 0
     dut.rst.value = 1
     await RisingEdge(dut.clk)  # the pins are NOP from here
     model = SdramModel(clock_hz(), seed=seed)
-    cocotb.start_soon(attach(dut, model))
-    await Timer(3 * period_ns, unit="ns")
+    monitor = cocotb.start_soon(attach(dut, model))
+    await Timer(3e9 / clock_hz(), unit="ns")
     await FallingEdge(dut.clk)
     dut.rst.value = 0
     while not dut.init_done.value:
         await FallingEdge(dut.clk)
-    return Traffic(dut, model, random.Random(seed), **traffic)
+    t = Traffic(dut, model, random.Random(seed), **traffic)
+    t.monitor = monitor
+    return t
 
 
 def refreshes_expected(t: Traffic) -> int:
