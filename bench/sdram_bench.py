@@ -1,8 +1,9 @@
 """SDRAM controller bandwidth in simulation, refresh on, against the checking SDRAM model.
 
-    .venv/bin/python bench/sdram_bench.py [--clocks-mhz 50 100]
+    .venv/bin/python bench/sdram_bench.py
 
-The Verilated `SdramController` (hw/sdram.py) runs with the timing-checking model of
+The Verilated `SdramController` (hw/sdram.py), at the two ULX3S operating points of
+docs/sdram.md (50 MHz with read_delay 0, 100 MHz with read_delay 1), runs with the timing-checking model of
 sim_tests/sdram_model.py on its pins (any protocol or timing violation aborts the bench)
 and the consumer always ready. Each pattern's figure is words moved / cycles from its
 first word to its last, i.e. the fraction of the SDRAM's peak of 2 bytes x clock; the
@@ -69,25 +70,23 @@ if os.environ.get("COCOTB_TEST_MODULES"):  # imported by cocotb inside the simul
 def main(argv: list[str] | None = None) -> int:
     from hw.sdram import SdramController
     from sim_tests import simlib
-    from sim_tests.test_sdram import COUNT_BITS
+    from sim_tests.test_sdram import CONFIGS, COUNT_BITS
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clocks-mhz", nargs="+", type=int, default=[50, 100])
-    args = parser.parse_args(argv)
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     print(f"{'clock':>7} {'pattern':<17} {'words':>7} {'cycles':>7} {'of peak':>8} {'MB/s':>6} {'refreshes':>9}")
-    for mhz in args.clocks_mhz:
-        hz = mhz * 1_000_000
-        controller = SdramController(hz, count_bits=COUNT_BITS)
+    for hz, delay in CONFIGS:
+        mhz = hz / 1e6
+        controller = SdramController(hz, count_bits=COUNT_BITS, read_delay=delay)
         build = simlib.build(controller, "sdram")
         out = build / f"bench-{hz}.json"
-        simlib.run("bench.sdram_bench", build, "sdram", env={"BITLANE_SDRAM_HZ": hz, "BENCH_OUT": out},
-                   name=f"bench-{hz}")
+        simlib.run("bench.sdram_bench", build, "sdram", name=f"bench-{hz}",
+                   env={"BITLANE_SDRAM_HZ": hz, "BITLANE_SDRAM_READ_DELAY": delay, "BENCH_OUT": out})
         c = controller.cycles
         for r in json.loads(out.read_text()):
             share = r["words"] / r["cycles"]
-            print(f"{mhz:>4} MHz {r['name']:<17} {r['words']:>7} {r['cycles']:>7} {100 * share:>7.2f}% "
+            print(f"{mhz:>4.0f} MHz {r['name']:<17} {r['words']:>7} {r['cycles']:>7} {100 * share:>7.2f}% "
                   f"{share * 2 * mhz:>6.1f} {r['refreshes']:>9}")
-        print(f"{'':>7} (CL {c.cl}, tRCD/tRP/tRAS/tRC/tRFC/tWR = {c.rcd}/{c.rp}/{c.ras}/{c.rc}/{c.rfc}/{c.wr} "
+        print(f"{'':>7} (CL {c.cl}, read_delay {delay}, tRCD/tRP/tRAS/tRC/tRFC/tWR = {c.rcd}/{c.rp}/{c.ras}/{c.rc}/{c.rfc}/{c.wr} "
               f"cycles, refresh every {controller.refresh_period} cycles, tREFI {c.refi})")
     return 0
 

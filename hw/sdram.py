@@ -32,12 +32,16 @@ docs/sdram.md for the phase on the ULX3S):
 - The pin outputs are registers: a command decided in one cycle is on the pins from the
   next edge for exactly one cycle; NOP (cs_n low, ras_n = cas_n = we_n = 1) otherwise.
 - A WRITE drives its word on dq (with `dq_oe`) in the same cycle as the command.
-- The word of a READ registered at edge k is captured from `dq_i` at edge k + CL.
+- The word of a READ registered at edge k is captured from `dq_i` at edge
+  k + CL + `read_delay` (`read_delay` absorbs the board's clock-to-data round trip:
+  docs/sdram.md works out which value goes with which clock and SDRAM clock phase).
+  A WRITE follows a READ by at least CL + `read_delay` + 1 cycles, so that the read
+  word has left dq before the controller drives it.
 - A request is accepted (`req.valid & req.ready`) only while the controller is idle;
   the first column command follows at least 1 cycle later (2 when a row must be opened,
   plus tRCD; plus tRP when another row of that bank is open).
-- Read words reach `r_data` CL + 2 cycles after their READ (plus the FIFO's
-  latency); `r_data` may be stalled at will: READs are issued only while the FIFO has
+- Read words reach `r_data` CL + `read_delay` + 2 cycles after their READ (plus the
+  FIFO's latency); `r_data` may be stalled at will: READs are issued only while the FIFO has
   room for every word in flight.
 """
 from __future__ import annotations
@@ -196,6 +200,8 @@ class SdramController(wiring.Component):
         The part's datasheet timings (ns) and organisation.
     count_bits:
         Width of a request's `count`: a request moves up to 2**count_bits words.
+    read_delay:
+        Extra cycles from a READ's data slot to the edge that captures it (0 or more).
     fifo_depth:
         Read data FIFO; must cover the READ-to-`r_data` latency for full-rate streams.
 
@@ -215,15 +221,21 @@ class SdramController(wiring.Component):
     """
 
     def __init__(self, clock_hz: int, *, timing: SdramTiming = SdramTiming(),
-                 geometry: SdramGeometry = SdramGeometry(), count_bits: int = 16, fifo_depth: int = 16) -> None:
+                 geometry: SdramGeometry = SdramGeometry(), count_bits: int = 16, read_delay: int = 0,
+                 fifo_depth: int = 16) -> None:
         self.timing = timing
         self.geometry = geometry
         self.cycles = timing.cycles(clock_hz)
         if geometry.data_width % 8:
             raise SdramError(f"data width {geometry.data_width} is not whole bytes")
-        if fifo_depth < self.cycles.cl + 4:
-            raise SdramError(f"a {fifo_depth}-word read FIFO cannot hold the {self.cycles.cl + 4} words "
-                             f"in flight at CAS latency {self.cycles.cl}")
+        if read_delay < 0:
+            raise SdramError(f"read_delay {read_delay} is negative")
+        # Credits return a cycle after the FIFO's output is taken, which is CL + read_delay
+        # + 4 cycles after the READ: a shallower FIFO would throttle a full-rate stream.
+        self.read_latency = self.cycles.cl + read_delay
+        if fifo_depth < self.read_latency + 4:
+            raise SdramError(f"a {fifo_depth}-word read FIFO cannot hold the {self.read_latency + 4} words "
+                             f"in flight at CAS latency {self.cycles.cl} + read_delay {read_delay}")
         self.fifo_depth = fifo_depth
         super().__init__({
             "req": In(stream.Signature(request_layout(geometry, count_bits))),
@@ -273,17 +285,17 @@ class SdramController(wiring.Component):
         ras_left = countdown(c.ras)  # last ACTIVATE -> PRECHARGE
         rc_left = countdown(c.rc)  # last ACTIVATE -> ACTIVATE / REFRESH (also covers tRRD)
         wr_left = countdown(c.wr)  # last WRITE -> PRECHARGE
-        turn_left = countdown(c.cl)  # last READ -> WRITE: its data must have left the bus
+        turn_left = countdown(self.read_latency)  # last READ -> WRITE: its word has left dq
         refresh_left = countdown(self.refresh_period)
         refresh_due = Signal()
         m.d.comb += refresh_due.eq(refresh_left == 0)
 
         # ------------------------------------------------ read data path
-        # A READ registered at edge k has its word on dq at edge k + CL; `in_flight` marks
-        # it through those CL cycles, then the captured word and its valid go to the FIFO.
+        # A READ registered at edge k has its word captured at edge k + CL + read_delay;
+        # `in_flight` marks it through those cycles, then the word and its valid go to the FIFO.
         m.submodules.fifo = rfifo = fifo.SyncFIFOBuffered(width=g.data_width, depth=self.fifo_depth)
         issue_read = Signal()
-        in_flight = Signal(c.cl)
+        in_flight = Signal(self.read_latency)
         dq_captured = Signal(g.data_width)
         captured_valid = Signal()
         m.d.sync += [
@@ -380,7 +392,7 @@ class SdramController(wiring.Component):
                     with m.Else():
                         issue(Command.READ, bank=bank, a=col)
                         m.d.comb += issue_read.eq(1)
-                        m.d.sync += turn_left.eq(c.cl)
+                        m.d.sync += turn_left.eq(self.read_latency)
                     m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 0):
                         m.d.sync += active.eq(0)

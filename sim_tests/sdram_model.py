@@ -36,6 +36,7 @@ latency reads garbage.
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from hw.sdram import Command, SdramGeometry, SdramTiming
@@ -286,17 +287,21 @@ class SdramModel:
         return self._rng.getrandbits(self.geometry.data_width)
 
 
-async def attach(dut, model: SdramModel, prefix: str = "pins__") -> None:
+async def attach(dut, model: SdramModel, prefix: str = "pins__", read_delay: int = 0) -> None:
     """Run `model` on a Verilated controller's pins: at every falling edge of `dut.clk` (the
-    SDRAM clock's rising edge), sample the command and write data and drive `dq_i`."""
+    SDRAM clock's rising edge), sample the command and write data and drive `dq_i`, with
+    read words reaching `dq_i` `read_delay` cycles late (the board's round trip, which the
+    controller's own `read_delay` must match)."""
     from cocotb.triggers import FallingEdge
 
     pins = {name: getattr(dut, prefix + name) for name in
             ("cke", "cs_n", "ras_n", "cas_n", "we_n", "ba", "a", "dqm", "dq_oe", "dq_o")}
     dq_i = getattr(dut, prefix + "dq_i")
+    late: deque[int | None] = deque([None] * read_delay)
     while True:
         await FallingEdge(dut.clk)
         values = {name: int(signal.value) for name, signal in pins.items()}
         values["dq"] = values.pop("dq_o")
-        word = model.edge(**values)
+        late.append(model.edge(**values))
+        word = late.popleft()
         dq_i.value = model.random_word() if word is None else word

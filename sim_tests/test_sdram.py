@@ -27,11 +27,16 @@ from sim_tests.sdram_model import SdramModel, SdramViolation, attach
 
 GEOMETRY = SdramGeometry()
 COUNT_BITS = 16
-CLOCKS_HZ = (50_000_000, 100_000_000)
+# (clock, read_delay): the two ULX3S operating points of docs/sdram.md.
+CONFIGS = ((50_000_000, 0), (100_000_000, 1))
 
 
 def clock_hz() -> int:
     return int(os.environ["BITLANE_SDRAM_HZ"])
+
+
+def read_delay() -> int:
+    return int(os.environ["BITLANE_SDRAM_READ_DELAY"])
 
 
 def split(addr: int) -> tuple[int, int, int]:
@@ -286,7 +291,7 @@ async def restart(dut, *, seed: int = 1, previous: Traffic | None = None, **traf
     dut.rst.value = 1
     await RisingEdge(dut.clk)  # the pins are NOP from here
     model = SdramModel(clock_hz(), seed=seed)
-    monitor = cocotb.start_soon(attach(dut, model))
+    monitor = cocotb.start_soon(attach(dut, model, read_delay=read_delay()))
     await Timer(3e9 / clock_hz(), unit="ns")
     await FallingEdge(dut.clk)
     dut.rst.value = 0
@@ -371,7 +376,8 @@ async def back_to_back_bursts(dut) -> None:
     dut._log.info(f"{len(cycles)} words in {span} cycles ({len(cycles) / span:.1%}), gaps {gaps}")
 
 
-@pytest.mark.parametrize("hz", CLOCKS_HZ)
-def test_sdram_controller(hz: int) -> None:
-    build_dir = simlib.build(SdramController(hz, count_bits=COUNT_BITS), "sdram")
-    simlib.run("sim_tests.test_sdram", build_dir, "sdram", env={"BITLANE_SDRAM_HZ": hz}, name=f"sdram-{hz}")
+@pytest.mark.parametrize("hz, delay", CONFIGS)
+def test_sdram_controller(hz: int, delay: int) -> None:
+    build_dir = simlib.build(SdramController(hz, count_bits=COUNT_BITS, read_delay=delay), "sdram")
+    simlib.run("sim_tests.test_sdram", build_dir, "sdram", name=f"sdram-{hz}-{delay}",
+               env={"BITLANE_SDRAM_HZ": hz, "BITLANE_SDRAM_READ_DELAY": delay})
