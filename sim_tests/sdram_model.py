@@ -27,11 +27,13 @@ of the controller's own conversion to cycles.
 Read data is returned by `edge` for the clock period it is on the bus: the word of a READ
 at edge e with CAS latency CL is driven from edge e + CL - 1 to edge e + CL (the SDRAM's
 output is valid tAC after the first of these edges and held tOH after the second). In a
-cocotb test the model runs at the controller's falling clock edges, which is where the
-SDRAM clock rises on the ULX3S (inverted clock, docs/sdram.md), and the controller
-captures the word at the rising edge in between, CL cycles after its READ. Outside read
-data the model drives random words, so a controller that samples at the wrong CAS
-latency reads garbage.
+cocotb test the model runs at the controller's falling clock edges (an SDRAM clock half a
+cycle behind the controller's: commands and write data sampled mid-cycle) and the
+controller captures the word at the rising edge in between, CL cycles after its READ;
+`attach` can delay read words by whole cycles to stand for the board's round trip, which
+the controller's `read_delay` must then match (docs/sdram.md). Outside read data the
+model drives random words, so a controller that samples at the wrong CAS latency or
+read delay reads garbage.
 """
 from __future__ import annotations
 
