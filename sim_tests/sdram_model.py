@@ -37,13 +37,19 @@ read delay reads garbage.
 """
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import hashlib
+import os
 import random
+import subprocess
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hw.sdram import Command, SdramGeometry, SdramTiming
 
-__all__ = ["SdramViolation", "SdramModel", "attach"]
+__all__ = ["SdramViolation", "SdramModel", "attach", "CppSdramModel"]
 
 # Mode register fields: A2:0 burst length code, A3 burst type, A6:4 CAS latency,
 # A8:7 operating mode (0 = standard), A9 write burst mode (1 = single-location writes).
@@ -307,3 +313,78 @@ async def attach(dut, model: SdramModel, prefix: str = "pins__", read_delay: int
         late.append(model.edge(**values))
         word = late.popleft()
         dq_i.value = model.random_word() if word is None else word
+
+
+# ---------------------------------------------------------------- the C++ twin
+
+CPP_DIR = Path(__file__).resolve().parent.parent / "sw" / "sim"
+CPP_SOURCES = (CPP_DIR / "sdram_model.h", CPP_DIR / "sdram_model_capi.cpp")
+
+
+class _Timing(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_double) for name in ("rcd", "rp", "ras", "ras_max", "rc", "rrd", "rfc", "wr")] + [
+        ("wr_min_ck", ctypes.c_int), ("mrd_ck", ctypes.c_int), ("refi", ctypes.c_double), ("init", ctypes.c_double),
+        ("init_refreshes", ctypes.c_int), ("tck_min", ctypes.c_double * 8)]
+
+
+class _Geometry(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in ("data_width", "bank_bits", "row_bits", "col_bits", "all_banks_bit")]
+
+
+class _Pins(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in ("cke", "cs_n", "ras_n", "cas_n", "we_n", "ba", "a", "dqm", "dq_oe", "dq")]
+
+
+def cpp_library() -> ctypes.CDLL:
+    """sw/sim/sdram_model.h behind its C entry points, compiled once per source version."""
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in CPP_SOURCES)).hexdigest()[:16]
+    out_dir = Path(__file__).resolve().parent.parent / "sim_build"
+    out_dir.mkdir(exist_ok=True)
+    library = out_dir / f"sdram_model-{key}.so"
+    with open(out_dir / f"sdram_model-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not library.exists():
+            tmp = library.with_suffix(".tmp")
+            subprocess.run([os.environ.get("CXX", "g++"), "-std=c++17", "-O2", "-Wall", "-Werror", "-shared", "-fPIC",
+                            "-o", str(tmp), str(CPP_SOURCES[1])], check=True)
+            tmp.rename(library)
+    lib = ctypes.CDLL(str(library))
+    lib.sdram_model_new.restype = ctypes.c_void_p
+    lib.sdram_model_new.argtypes = [ctypes.c_double, ctypes.POINTER(_Timing), ctypes.POINTER(_Geometry)]
+    lib.sdram_model_free.argtypes = [ctypes.c_void_p]
+    lib.sdram_model_edge.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Pins)]
+    lib.sdram_model_error.restype = ctypes.c_char_p
+    lib.sdram_model_error.argtypes = [ctypes.c_void_p]
+    lib.sdram_model_stored.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    return lib
+
+
+class CppSdramModel:
+    """The C++ model with `SdramModel`'s `edge` and `word`, for testing the two alike."""
+
+    def __init__(self, clock_hz: int, timing: SdramTiming = SdramTiming(),
+                 geometry: SdramGeometry = SdramGeometry()) -> None:
+        self.timing, self.geometry = timing, geometry
+        self._lib = cpp_library()
+        tck = [0.0] * 8
+        for cl, t_ck in timing.t_ck_min_ns:
+            tck[cl] = t_ck
+        t = _Timing(timing.t_rcd_ns, timing.t_rp_ns, timing.t_ras_ns, timing.t_ras_max_ns, timing.t_rc_ns,
+                    timing.t_rrd_ns, timing.t_rfc_ns, timing.t_wr_ns, timing.t_wr_min_ck, timing.t_mrd_ck,
+                    timing.t_refi_ns, timing.t_init_ns, timing.init_refreshes, (ctypes.c_double * 8)(*tck))
+        g = _Geometry(geometry.data_width, geometry.bank_bits, geometry.row_bits, geometry.col_bits,
+                      geometry.all_banks_bit)
+        self._handle = self._lib.sdram_model_new(clock_hz, ctypes.byref(t), ctypes.byref(g))
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.sdram_model_free(self._handle)
+
+    def edge(self, **pins: int) -> int | None:
+        result = self._lib.sdram_model_edge(self._handle, ctypes.byref(_Pins(**pins)))
+        if result == -2:
+            raise SdramViolation(self._lib.sdram_model_error(self._handle).decode())
+        return None if result == -1 else result
+
+    def word(self, bank: int, row: int, col: int) -> int:
+        return self._lib.sdram_model_stored(self._handle, bank, row, col)

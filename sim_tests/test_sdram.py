@@ -11,6 +11,7 @@ Two kinds of test live here:
 """
 from __future__ import annotations
 
+import collections
 import os
 import random
 from collections import deque
@@ -23,7 +24,7 @@ from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, Timer
 
 from hw.sdram import Command, SdramController, SdramGeometry, SdramTiming
 from sim_tests import simlib
-from sim_tests.sdram_model import SdramModel, SdramViolation, attach
+from sim_tests.sdram_model import CppSdramModel, SdramModel, SdramViolation, attach
 
 GEOMETRY = SdramGeometry()
 COUNT_BITS = 16
@@ -48,11 +49,14 @@ def split(addr: int) -> tuple[int, int, int]:
 
 # ================================================================ the model alone
 
-class Feeder:
-    """Drives commands straight into a model, one edge each, NOPs in between."""
+MODELS = {"py": SdramModel, "cpp": CppSdramModel}
 
-    def __init__(self, clock: int = 100_000_000, timing: SdramTiming = SdramTiming()) -> None:
-        self.model = SdramModel(clock, timing)
+
+class Feeder:
+    """Drives commands straight into a model (Python or C++), one edge each, NOPs in between."""
+
+    def __init__(self, clock: int = 100_000_000, timing: SdramTiming = SdramTiming(), kind: str = "py") -> None:
+        self.model = MODELS[kind](clock, timing)
         self.c = timing.cycles(clock)
         self.out: list[int | None] = []
 
@@ -86,10 +90,15 @@ class Feeder:
         return self
 
 
-def test_model_legal_sequence() -> None:
+@pytest.fixture(params=list(MODELS))
+def kind(request) -> str:
+    return request.param
+
+
+def test_model_legal_sequence(kind: str) -> None:
     """Writes and reads in two banks at legal spacing: data comes back CL - 1 edges after the
     READ (driven until the next edge), nothing is driven otherwise."""
-    f = Feeder().init()
+    f = Feeder(kind=kind).init()
     c = f.c
     f.after(1, Command.ACTIVATE, ba=1, a=77)
     f.after(c.rrd, Command.ACTIVATE, ba=2, a=5)
@@ -107,7 +116,7 @@ def test_model_legal_sequence() -> None:
     f.after(c.rcd, Command.READ, ba=1, a=3)
     f.nops(c.cl - 1)
     assert f.out[-1] == 0xBEEF
-    assert f.model.mem == {(1, 77, 3): 0xBEEF, (2, 5, 4): 0x1234}
+    assert (f.model.word(1, 77, 3), f.model.word(2, 5, 4)) == (0xBEEF, 0x1234)
 
 
 def _open(f: Feeder, ba: int = 0, row: int = 1) -> Feeder:
@@ -165,9 +174,9 @@ VIOLATIONS: dict[str, tuple[Callable[[Feeder], object], str]] = {
 
 
 @pytest.mark.parametrize("name", list(VIOLATIONS))
-def test_model_catches(name: str) -> None:
+def test_model_catches(name: str, kind: str) -> None:
     plant, message = VIOLATIONS[name]
-    f = Feeder()
+    f = Feeder(kind=kind)
     if not name.startswith(("early_", "refresh_first", "activate_before_init", "mode_too_few")):
         # Everything after init: the last init step was MODE; the last REFRESH was tRFC before it.
         f.init()
@@ -175,32 +184,90 @@ def test_model_catches(name: str) -> None:
         plant(f)
 
 
-def test_model_catches_trc() -> None:
+def test_model_catches_trc(kind: str) -> None:
     """tRC is implied by tRAS + tRP for this part; a part with a longer tRC must be checked."""
     timing = SdramTiming(t_rc_ns=120.0)
-    f = Feeder(timing=timing).init()
+    f = Feeder(timing=timing, kind=kind).init()
     _open(f)
     f.after(f.c.ras, Command.PRECHARGE)
     with pytest.raises(SdramViolation, match="tRC"):
         f.after(f.c.rp, Command.ACTIVATE)
 
 
-def test_model_catches_wrong_cas_latency_and_truncation() -> None:
+def test_model_catches_wrong_cas_latency_and_truncation(kind: str) -> None:
     """CAS latency 2 above 100 MHz is refused; a PRECHARGE inside a BL-8 read burst is caught."""
-    f = Feeder(clock=125_000_000)
+    f = Feeder(clock=125_000_000, kind=kind)
     with pytest.raises(SdramViolation, match="CAS latency 2 needs"):
         f.init(mode=2 << 4)
-    f = Feeder().init(mode=(2 << 4) | 3)  # BL 8
+    f = Feeder(kind=kind).init(mode=(2 << 4) | 3)  # BL 8
     with pytest.raises(SdramViolation, match="truncates the read burst"):
         _truncated_read(f)
 
 
-def test_model_catches_tras_max() -> None:
+def test_model_catches_tras_max(kind: str) -> None:
     timing = SdramTiming(t_ras_max_ns=2_000.0)
-    f = Feeder(timing=timing).init()
+    f = Feeder(timing=timing, kind=kind).init()
     _open(f)
     with pytest.raises(SdramViolation, match="tRAS max"):
         f.nops(300)
+
+
+def test_models_agree() -> None:
+    """The C++ model against the Python one on random command streams (random bursts lengths,
+    banks, rows, columns, gaps, write data, DQM): the same word on every edge, the same
+    violation at the same edge with the same message."""
+    timing = SdramTiming(t_init_ns=500.0, init_refreshes=2)  # short power-up: many streams
+    commands = [Command.ACTIVATE] * 4 + [Command.READ] * 6 + [Command.WRITE] * 6 + [
+        Command.PRECHARGE] * 3 + [Command.REFRESH, Command.BURST_STOP, Command.MODE]
+    rng = random.Random(5)
+    depths, rules = [], []
+    for stream in range(300):
+        py, cpp = Feeder(timing=timing, kind="py"), Feeder(timing=timing, kind="cpp")
+        for f in (py, cpp):
+            f.init(mode=(py.c.cl << 4) | (stream % 4))
+        edges = write_left = 0
+        burst_length = 1 << (stream % 4)
+        open_banks: set[int] = set()  # steer towards legal commands, so that streams run deep
+        while True:
+            gap = rng.choice([1, 2, 3, 4, 6, 8, 12])
+            cmd = rng.choice(commands)
+            closed = sorted(set(range(GEOMETRY.banks)) - open_banks)
+            if cmd in (Command.READ, Command.WRITE) and open_banks and rng.random() < 0.9:
+                ba = rng.choice(sorted(open_banks))
+            elif cmd == Command.ACTIVATE and closed and rng.random() < 0.9:
+                ba = rng.choice(closed)
+            else:
+                ba = rng.randrange(GEOMETRY.banks)
+            if cmd in (Command.REFRESH, Command.MODE) and open_banks and rng.random() < 0.9:
+                cmd = Command.PRECHARGE
+            if cmd in (Command.READ, Command.WRITE) and not open_banks and rng.random() < 0.9:
+                cmd = Command.ACTIVATE
+            a = {Command.ACTIVATE: rng.choice([1, 2, 8191]), Command.PRECHARGE: rng.choice([0, 1 << 10]),
+                 Command.MODE: (py.c.cl << 4) | rng.randrange(4)}.get(cmd, rng.randrange(1 << GEOMETRY.col_bits))
+            pins = {"dq_oe": int((cmd == Command.WRITE) != (rng.random() < 0.05)), "dq": rng.getrandbits(16)}
+            outcome = []
+            for f in (py, cpp):
+                try:
+                    for i in range(gap - 1):  # NOPs, carrying the rest of a write burst's data
+                        f.cmd(dq_oe=int(i < write_left), dq=rng.getrandbits(16))
+                    f.cmd(cmd, ba=0 if cmd == Command.MODE else ba, a=a, **pins)
+                    outcome.append(None)
+                except SdramViolation as exc:
+                    outcome.append(str(exc))
+            assert py.out == cpp.out, f"stream {stream}: the models drove different words"
+            assert outcome[0] == outcome[1], f"stream {stream}: {outcome}"
+            edges += gap
+            if outcome[0] is not None:
+                break
+            write_left = burst_length - 1 if cmd == Command.WRITE else max(0, write_left - gap)
+            if cmd == Command.ACTIVATE:
+                open_banks.add(ba)
+            elif cmd == Command.PRECHARGE:
+                open_banks -= set(range(GEOMETRY.banks)) if a else {ba}
+        depths.append(edges)
+        rules.append(outcome[0].split(": ", 1)[1].split(" violated")[0])
+    assert sum(depths) / len(depths) > 10, depths  # the streams got past the first few commands
+    assert len(set(rules)) >= 20, collections.Counter(rules)  # and ended on many different rules
 
 
 # ================================================================ controller + model (cocotb)
