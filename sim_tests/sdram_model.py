@@ -295,11 +295,13 @@ class SdramModel:
         return self._rng.getrandbits(self.geometry.data_width)
 
 
-async def attach(dut, model: SdramModel, prefix: str = "pins__", read_delay: int = 0) -> None:
+async def attach(dut, model: SdramModel, prefix: str = "pins__", read_delay: int = 0,
+                 twin: CppSdramModel | None = None) -> None:
     """Run `model` on a Verilated controller's pins: at every falling edge of `dut.clk` (the
     SDRAM clock's rising edge), sample the command and write data and drive `dq_i`, with
     read words reaching `dq_i` `read_delay` cycles late (the board's round trip, which the
-    controller's own `read_delay` must match)."""
+    controller's own `read_delay` must match). A `twin` (the C++ model) sees the same pins
+    and must answer exactly as `model` does."""
     from cocotb.triggers import FallingEdge
 
     pins = {name: getattr(dut, prefix + name) for name in
@@ -310,7 +312,12 @@ async def attach(dut, model: SdramModel, prefix: str = "pins__", read_delay: int
         await FallingEdge(dut.clk)
         values = {name: int(signal.value) for name, signal in pins.items()}
         values["dq"] = values.pop("dq_o")
-        late.append(model.edge(**values))
+        word = model.edge(**values)
+        if twin is not None:
+            twin_word = twin.edge(**values)
+            if twin_word != word:
+                raise AssertionError(f"SDRAM edge {model.n}: the C++ model drove {twin_word}, the Python one {word}")
+        late.append(word)
         word = late.popleft()
         dq_i.value = model.random_word() if word is None else word
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import cocotb
 import pytest
+from amaranth.back import verilog
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, Timer
 
@@ -358,7 +359,7 @@ async def restart(dut, *, seed: int = 1, previous: Traffic | None = None, **traf
     dut.rst.value = 1
     await RisingEdge(dut.clk)  # the pins are NOP from here
     model = SdramModel(clock_hz(), seed=seed)
-    monitor = cocotb.start_soon(attach(dut, model, read_delay=read_delay()))
+    monitor = cocotb.start_soon(attach(dut, model, read_delay=read_delay(), twin=CppSdramModel(clock_hz())))
     await Timer(3e9 / clock_hz(), unit="ns")
     await FallingEdge(dut.clk)
     dut.rst.value = 0
@@ -441,6 +442,16 @@ async def back_to_back_bursts(dut) -> None:
     assert len(gaps) <= 8 + refreshes, (gaps, refreshes)
     span = cycles[-1] - cycles[0] + 1
     dut._log.info(f"{len(cycles)} words in {span} cycles ({len(cycles) / span:.1%}), gaps {gaps}")
+
+
+def test_sdram_lints_clean(tmp_path) -> None:
+    """`verilator -Wall` with the project's waivers (which are scoped to files of this name)."""
+    from sim_tests.test_lint import lint
+    source = tmp_path / "bitlane_top.v"
+    hz, delay = CONFIGS[-1]
+    source.write_text(verilog.convert(SdramController(hz, read_delay=delay), name="bitlane_top", emit_src=False))
+    result = lint(source)
+    assert result.returncode == 0, result.stderr[-4000:]
 
 
 @pytest.mark.parametrize("hz, delay", CONFIGS)
