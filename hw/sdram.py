@@ -230,12 +230,13 @@ class SdramController(wiring.Component):
             raise SdramError(f"data width {geometry.data_width} is not whole bytes")
         if read_delay < 0:
             raise SdramError(f"read_delay {read_delay} is negative")
-        # Credits return a cycle after the FIFO's output is taken, which is CL + read_delay
-        # + 4 cycles after the READ: a shallower FIFO would throttle a full-rate stream.
+        # A READ's credit comes back CL + read_delay + 4 cycles after it (capture, FIFO write,
+        # FIFO output register, pop): a shallower FIFO could not stream a word per cycle.
         self.read_latency = self.cycles.cl + read_delay
         if fifo_depth < self.read_latency + 4:
-            raise SdramError(f"a {fifo_depth}-word read FIFO cannot hold the {self.read_latency + 4} words "
-                             f"in flight at CAS latency {self.cycles.cl} + read_delay {read_delay}")
+            raise SdramError(f"a {fifo_depth}-word read FIFO cannot stream a word per cycle: "
+                             f"{self.read_latency + 4} words are in flight at CAS latency {self.cycles.cl} "
+                             f"+ read_delay {read_delay}")
         self.fifo_depth = fifo_depth
         super().__init__({
             "req": In(stream.Signature(request_layout(geometry, count_bits))),
@@ -248,12 +249,13 @@ class SdramController(wiring.Component):
     @property
     def refresh_period(self) -> int:
         """Cycles from one REFRESH to the refresh timer's next request for one: tREFI less the
-        longest the controller can take to get to the REFRESH (finish waiting out tRC and
-        tWR of the last ACTIVATE/WRITE, precharge all, tRP), so REFRESHes are never further
-        apart than tREFI."""
+        longest the controller can take from then to the next REFRESH, so that REFRESHes are
+        never further apart than tREFI. Once refresh is due no state opens a row or issues a
+        column command: the sequencer moves to REFRESH_PRECHARGE within a cycle, waits out
+        tRAS and tWR of the last ACTIVATE and WRITE (both decided before it was due),
+        precharges all, then waits tRP, and tRC of that ACTIVATE."""
         c = self.cycles
-        # +4: the state changes on the way (ACCESS -> REFRESH_PRECHARGE -> ... -> REFRESH).
-        return c.refi - (c.rc + c.wr + c.rp + 4)
+        return c.refi - max(max(c.ras, c.wr) + c.rp, c.rc)
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -356,8 +358,12 @@ class SdramController(wiring.Component):
                                          writing.eq(self.req.payload.write), active.eq(1)]
                             m.next = "CHECK"
 
+            # With refresh due, CHECK, PRECHARGE, ACTIVATE and ACCESS go to refresh rather
+            # than open a row or move a word (see `refresh_period`).
             with m.State("CHECK"):
-                with m.If(bank_open.bit_select(bank, 1)):
+                with m.If(refresh_due):
+                    m.next = "REFRESH_PRECHARGE"
+                with m.Elif(bank_open.bit_select(bank, 1)):
                     with m.If(open_row[bank] == row):
                         m.next = "ACCESS"
                     with m.Else():
@@ -366,13 +372,17 @@ class SdramController(wiring.Component):
                     m.next = "ACTIVATE"
 
             with m.State("PRECHARGE"):
-                with m.If((ras_left == 0) & (wr_left == 0)):
+                with m.If(refresh_due):
+                    m.next = "REFRESH_PRECHARGE"
+                with m.Elif((ras_left == 0) & (wr_left == 0)):
                     issue(Command.PRECHARGE, bank=bank)
                     m.d.sync += [wait.eq(c.rp - 1), bank_open.bit_select(bank, 1).eq(0)]
                     m.next = "ACTIVATE"
 
             with m.State("ACTIVATE"):
-                with m.If((wait == 0) & (rc_left == 0)):
+                with m.If(refresh_due):
+                    m.next = "REFRESH_PRECHARGE"
+                with m.Elif((wait == 0) & (rc_left == 0)):
                     issue(Command.ACTIVATE, bank=bank, a=row)
                     m.d.sync += [wait.eq(c.rcd - 1), ras_left.eq(c.ras - 1), rc_left.eq(c.rc - 1),
                                  open_row[bank].eq(row), bank_open.bit_select(bank, 1).eq(1)]

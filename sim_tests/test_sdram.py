@@ -402,8 +402,8 @@ async def random_mix(dut) -> None:
 @cocotb.test()
 async def boundaries_all_banks(dut) -> None:
     """Writes then reads straddling every bank boundary of a row, the last row, and the top of
-    memory (wrapping to address 0); then short requests back to back so that refresh lands
-    in every state of the sequencer."""
+    memory (wrapping to address 0); then 1500 short requests at random addresses (row misses)
+    back to back, so that refresh falls due in every state of the sequencer."""
     t = await start(dut, seed=3)
     g = GEOMETRY
     row_words = 1 << g.col_bits
@@ -415,7 +415,7 @@ async def boundaries_all_banks(dut) -> None:
     for addr, count, _ in list(t.requests):
         t.requests.append((addr, count, False))
     rng = t.rng
-    for _ in range(600):
+    for _ in range(1500):
         addr = rng.randrange(g.words)
         t.requests.append((addr, rng.randrange(3), rng.random() < 0.5))
     await t.run(200_000)
