@@ -341,15 +341,17 @@ class Traffic:
         assert stored == self.ref, f"{len(set(stored.items()) ^ set(self.ref.items()))} words differ"
 
 
-async def start(dut, *, seed: int = 1, **traffic) -> Traffic:
+async def start(dut, **kw) -> Traffic:
     """Start the clock, then `restart`."""
     Clock(dut.clk, 1e9 / clock_hz(), unit="ns").start()
-    return await restart(dut, seed=seed, **traffic)
+    return await restart(dut, **kw)
 
 
-async def restart(dut, *, seed: int = 1, previous: Traffic | None = None, **traffic) -> Traffic:
+async def restart(dut, *, seed: int = 1, previous: Traffic | None = None, twin: bool = True,
+                  **traffic) -> Traffic:
     """Reset, a fresh model on the pins from the first edge in reset (the SDRAM's power-up:
-    it counts the controller's reset as part of tINIT, as on a board), wait for init."""
+    it counts the controller's reset as part of tINIT, as on a board), with the C++ model
+    as its `twin` unless told otherwise, wait for init."""
     await FallingEdge(dut.clk)
     if previous is not None:
         previous.monitor.cancel()
@@ -359,7 +361,8 @@ async def restart(dut, *, seed: int = 1, previous: Traffic | None = None, **traf
     dut.rst.value = 1
     await RisingEdge(dut.clk)  # the pins are NOP from here
     model = SdramModel(clock_hz(), seed=seed)
-    monitor = cocotb.start_soon(attach(dut, model, read_delay=read_delay(), twin=CppSdramModel(clock_hz())))
+    monitor = cocotb.start_soon(attach(dut, model, read_delay=read_delay(),
+                                      twin=CppSdramModel(clock_hz()) if twin else None))
     await Timer(3e9 / clock_hz(), unit="ns")
     await FallingEdge(dut.clk)
     dut.rst.value = 0
