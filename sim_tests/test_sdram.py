@@ -23,7 +23,7 @@ from amaranth.back import verilog
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, Timer
 
-from hw.sdram import Command, SdramController, SdramGeometry, SdramTiming
+from hw.sdram import Command, SdramController, SdramError, SdramGeometry, SdramTiming
 from sim_tests import simlib
 from sim_tests.sdram_model import CppSdramModel, SdramModel, SdramViolation, attach
 
@@ -46,6 +46,21 @@ def split(addr: int) -> tuple[int, int, int]:
     g = GEOMETRY
     return ((addr >> g.col_bits) & (g.banks - 1), addr >> (g.col_bits + g.bank_bits),
             addr & ((1 << g.col_bits) - 1))
+
+
+# ================================================================ timing conversion
+
+def test_cycles_derived_from_ns() -> None:
+    """Minimum delays round up, tREFI rounds down, the CAS latency follows the clock, and a
+    clock the part cannot run at, or a FIFO too shallow to stream, is refused."""
+    t = SdramTiming()
+    c = t.cycles(133_000_000)  # 7.52 ns: CL 3; 21 ns -> 2.79 -> 3 cycles
+    assert (c.cl, c.rcd, c.rp, c.ras, c.rc, c.rfc, c.wr, c.refi) == (3, 3, 3, 6, 9, 9, 2, 1039)
+    assert t.cycles(100_000_000).cl == 2 and t.cycles(50_000_000).rcd == 2  # 21 ns at 20 ns: 2
+    with pytest.raises(SdramError, match="faster than the SDRAM"):
+        t.cycles(150_000_000)
+    with pytest.raises(SdramError, match="cannot stream a word per cycle"):
+        SdramController(100_000_000, read_delay=3, fifo_depth=8)
 
 
 # ================================================================ the model alone
