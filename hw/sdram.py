@@ -37,12 +37,13 @@ docs/sdram.md for the phase on the ULX3S):
   docs/sdram.md works out which value goes with which clock and SDRAM clock phase).
   A WRITE follows a READ by at least CL + `read_delay` + 1 cycles, so that the read
   word has left dq before the controller drives it.
-- A request is accepted (`req.valid & req.ready`) only while the controller is idle;
-  the first column command follows at least 1 cycle later (2 when a row must be opened,
-  plus tRCD; plus tRP when another row of that bank is open).
-- Read words reach `r_data` CL + `read_delay` + 2 cycles after their READ (plus the
-  FIFO's latency); `r_data` may be stalled at will: READs are issued only while the FIFO has
-  room for every word in flight.
+- A request is accepted (`req.valid & req.ready`) only while the controller is idle and
+  no refresh is due; on a row hit its first column command is on the pins 2 edges after
+  the accepting one; a closed bank adds an ACTIVATE and tRCD, another open row of the bank
+  a PRECHARGE and tRP before that.
+- Read words go from the capture register into a FIFO and out of `r_data` in order;
+  `r_data` may be stalled at will: READs are issued only while the FIFO has room for
+  every word in flight.
 """
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ class SdramTiming:
         period = 1e9 / clock_hz
 
         def up(ns: float) -> int:
-            # The 1e-6 absorbs float error in exact multiples (e.g. 21 ns at 50 MHz is 1.05 -> 2).
+            # The 1e-6 keeps an exact multiple of the period from rounding up through float error.
             return max(1, math.ceil(ns / period - 1e-6))
 
         return SdramCycles(
