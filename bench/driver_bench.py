@@ -19,9 +19,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
-import sw  # noqa: E402
-from sw import protocol as p  # noqa: E402
-from sw.packing import pack_weights  # noqa: E402
+from bitlane import sw  # noqa: E402
+from bitlane.contract import protocol as p  # noqa: E402
+from bitlane.contract.packing import pack_weights  # noqa: E402
 
 # microsoft/bitnet-b1.58-2B-4T: 30 layers of q 2560x2560, k/v 640x2560, o 2560x2560,
 # gate/up 6912x2560, down 2560x6912 -> 2.08e9 ternary weights
@@ -36,7 +36,7 @@ MODELS = {  # name -> golden.BitNetConfig fields
 
 
 def bench_packing() -> None:
-    from hw.config import preset
+    from bitlane.contract.config import preset
 
     cfg = preset("sim")
     rng = np.random.default_rng(0)
@@ -70,8 +70,8 @@ def bench_sim_rate(preset_name: str) -> None:
 def bench_model(name: str, url: str, tokens: int, workdir: Path) -> None:
     import torch
 
-    import golden
-    from sw.runtime import DeviceSession, format_summary
+    from bitlane import golden
+    from bitlane.sw.runtime import DeviceSession, format_summary
 
     path = workdir / name
     if not (path / "config.json").exists():

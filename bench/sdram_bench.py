@@ -39,7 +39,7 @@ PATTERNS = {
 
 async def measure(dut) -> None:
     """The cocotb side: run every pattern, write its figures to $BENCH_OUT."""
-    from hw.sdram import SdramGeometry
+    from bitlane.hw.sdram import SdramGeometry
     from sim_tests.test_sdram import restart, start
 
     words_total = SdramGeometry().words
@@ -70,7 +70,7 @@ if os.environ.get("COCOTB_TEST_MODULES"):  # imported by cocotb inside the simul
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hw.sdram import SdramController
+    from bitlane.hw.sdram import SdramController
     from sim_tests import simlib
     from sim_tests.test_sdram import CONFIGS, COUNT_BITS
 

@@ -1,7 +1,7 @@
 """Golden model of bitlane: a PyTorch BitNet b1.58 reference whose every BitLinear call can be
 compared bit for bit with the accelerator.
 
-    import golden
+    from bitlane import golden
     model = golden.load_model("path/to/checkpoint")       # HF "bitnet" folder, packed or float
     logits = model(input_ids)                              # [B, T] -> [B, T, vocab] float32
     ids = golden.generate(model, prompt_ids, 32, greedy=True)

@@ -7,7 +7,7 @@ Each board is the same three parts:
     LEDs           <- heartbeat (clock running, out of reset) and UART error indicator
 
 `BoardLogic` is everything inside the `sync` domain, with the serial pins and
-LEDs as plain ports: the UART-level board simulation (sw/sim/uart_harness.cpp)
+LEDs as plain ports: the UART-level board simulation (hw/sim/uart_harness.cpp)
 and the gate-level check Verilate exactly this, with the PLL bypassed.
 `BoardTop` wraps it with the board's pins, PLL and reset for amaranth-boards.
 """
@@ -21,7 +21,7 @@ from amaranth.lib import wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from .config import CoreConfig, preset
+from bitlane.contract.config import CoreConfig, preset
 from .top import BitlaneTop
 from .uart import UartStreamBridge, baud_divisor
 

@@ -22,11 +22,11 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sw.protocol import (ADDR_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES, ERROR_PAYLOAD_BYTES,
+from bitlane.contract.protocol import (ADDR_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES, ERROR_PAYLOAD_BYTES,
                          READ_OUT_REQUEST_BYTES, RESPONSE_FLAG, RESULT_BYTES, RUN_REQUEST_BYTES,
                          RUN_RESPONSE_BYTES, Capabilities, Cmd, Counters, ErrorCode, RunArgs)
 
-from .config import CoreConfig
+from bitlane.contract.config import CoreConfig
 from .core import core_signature
 from .framing import BodyByte, FrameReceiver, FrameSender, StreamRegister, Stuffer, Unstuffer
 
@@ -36,7 +36,7 @@ CountersRecord = data.StructLayout({"cycles": 64, "busy_cycles": 64, "stall_cycl
                                     "frames_ok": 32, "frames_bad": 32, "dropped_bytes": 32})
 ErrorRecord = data.StructLayout({"code": 8, "request": 8})
 
-# The layouts restate sw/protocol.py's byte layouts field by field (struct LSB
+# The layouts restate contract/protocol.py's byte layouts field by field (struct LSB
 # first = little-endian); these checks keep them one definition.
 assert RunRequest.size == 8 * RUN_REQUEST_BYTES and tuple(RunRequest.members) == tuple(RunArgs.__dataclass_fields__)
 assert ReadOutRequest.size == 8 * READ_OUT_REQUEST_BYTES

@@ -26,10 +26,10 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw import zero_init  # noqa: F401  (all-zero memory contents stay out of the netlist)
-from hw.config import CoreConfig
-from hw.lane import LaneArray
-from hw.sequencer import Sequencer
+from bitlane.hw import zero_init  # noqa: F401  (all-zero memory contents stay out of the netlist)
+from bitlane.contract.config import CoreConfig
+from bitlane.hw.lane import LaneArray
+from bitlane.hw.sequencer import Sequencer
 
 FETCH_STAGES = 3  # cycles from the sequencer's address to the lanes' input registers
 

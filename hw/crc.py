@@ -10,7 +10,7 @@ from amaranth import Cat, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from sw.protocol import CRC_INIT, crc16
+from bitlane.contract.protocol import CRC_INIT, crc16
 
 
 def crc16_step(crc: Value, byte: Value) -> Value:

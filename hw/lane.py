@@ -24,7 +24,7 @@ from amaranth import Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.config import CoreConfig
+from bitlane.contract.config import CoreConfig
 
 # 2-bit trit codes of docs/protocol.md: 0b00 = 0, 0b01 = +1, 0b11 = -1, 0b10 reserved (reads as 0).
 # So bit 0 says "nonzero" and bit 1 is the sign, which does not matter where bit 0 is clear:

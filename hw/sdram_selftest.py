@@ -3,7 +3,7 @@ proposes, writing the whole SDRAM with a pseudo-random pattern and reading it ba
 after pass. It is the board-level timing check of the controller and, on a board, the
 bring-up tool for the SDRAM clock phase.
 
-    python -m hw.sdram_selftest [--phase-deg 202.5] [--build-dir build/sdram_selftest]
+    python -m bitlane.hw.sdram_selftest [--phase-deg 202.5] [--build-dir build/sdram_selftest]
 
 LEDs: 0 blinks with every pass, 1 stays lit after any mismatch, 2-7 count passes.
 
@@ -178,7 +178,7 @@ class Ulx3sSdramSelfTest(Elaboratable):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hw.sdram_selftest", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bitlane.hw.sdram_selftest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--phase-deg", type=float, default=PHASE_DEG, help="SDRAM clock phase behind the controller's")
     parser.add_argument("--read-delay", type=int, default=PHASE_READ_DELAY,
                         help="capture delay of that phase, IO registers not counted")

@@ -1,6 +1,6 @@
 """Synthesize, place and route the SDRAM controller alone for the ULX3S's ECP5-85F.
 
-    python -m hw.sdram_synth [--clock-mhz 100] [--read-delay 1] [--workdir DIR]
+    python -m bitlane.hw.sdram_synth [--clock-mhz 100] [--read-delay 1] [--workdir DIR]
 
 Resources come from `synth_ecp5` of `SdramController` with its ports as top-level ports.
 For fmax, place and route runs on `SdramHarness`: the SDRAM pins are top-level ports, as
@@ -79,7 +79,7 @@ def synth(clock_hz: int, read_delay: int, *, workdir: Path | None = None, seed: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hw.sdram_synth", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bitlane.hw.sdram_synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clock-mhz", type=float, default=100, help="the clock the timings are converted for")
     parser.add_argument("--read-delay", type=int, default=1, help="the controller's read_delay (docs/sdram.md)")
     parser.add_argument("--workdir", type=Path, help="keep the intermediate files here")

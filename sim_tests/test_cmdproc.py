@@ -20,15 +20,15 @@ import cocotb
 import numpy as np
 import pytest
 
-from hw.top import BitlaneTop
+from bitlane.hw.top import BitlaneTop
 from sim_tests import simlib
 from sim_tests.coresim import CONFIGS, random_acts, random_trits, reference
 from sim_tests.test_top import TOPLEVEL
 from sim_tests.toplink import HostLink, LinkError, expect_error
-from sw import protocol as p
-from sw.model_device import ModelDevice
-from sw.packing import pack_activations, pack_weights, tiles
-from sw.protocol import SYNC, Cmd, ErrorCode
+from bitlane.contract import protocol as p
+from bitlane.sw.model_device import ModelDevice
+from bitlane.contract.packing import pack_activations, pack_weights, tiles
+from bitlane.contract.protocol import SYNC, Cmd, ErrorCode
 
 
 async def connect(dut, seed: int, **kw) -> HostLink:

@@ -12,9 +12,9 @@ from amaranth import Module
 from amaranth.lib import stream, wiring
 from amaranth.sim import Simulator
 
-from hw.crc import CRC16
-from hw.framing import BodyByte, FrameSender, Stuffer, Unstuffer
-from sw import protocol as p
+from bitlane.hw.crc import CRC16
+from bitlane.hw.framing import BodyByte, FrameSender, Stuffer, Unstuffer
+from bitlane.contract import protocol as p
 
 
 async def send_stream(ctx, port, items, rng, gap=0.3):

@@ -1,6 +1,6 @@
 """TernaryCore (memories + sequencer + lanes) under Verilator, against numpy int64.
 
-Every run loads random tile-major weights and activations (sw/packing.py) at random
+Every run loads random tile-major weights and activations (contract/packing.py) at random
 bases through the write ports, with random idle cycles, starts at a random moment, waits for
 `done`, reads every output word of the run back, and compares it bit for bit with the
 integer reference (rows past R must read 0). The counters must account for every busy cycle.
@@ -213,7 +213,7 @@ async def utilization(dut) -> None:
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def core_build(request):
-    from hw.core import TernaryCore
+    from bitlane.hw.core import TernaryCore
     return request.param, simlib.build(TernaryCore(CONFIGS[request.param]), "core")
 
 

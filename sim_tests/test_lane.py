@@ -17,7 +17,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
 from sim_tests import simlib
-from hw.config import CoreConfig
+from bitlane.contract.config import CoreConfig
 from sim_tests.coresim import CONFIGS
 
 # The core configurations plus the degenerate trees: one input (paired with a constant
@@ -137,6 +137,6 @@ async def accumulator_extremes(dut) -> None:
 
 @pytest.mark.parametrize("name", list(LANE_CONFIGS))
 def test_lane_array(name: str) -> None:
-    from hw.lane import LaneArray
+    from bitlane.hw.lane import LaneArray
     build_dir = simlib.build(LaneArray(LANE_CONFIGS[name]), "lanes")
     simlib.run("sim_tests.test_lane", build_dir, "lanes", env={"BITLANE_CONFIG": name}, name=f"lane-{name}")

@@ -23,7 +23,7 @@ from amaranth.back import verilog
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, Timer
 
-from hw.sdram import Command, SdramController, SdramError, SdramGeometry, SdramTiming
+from bitlane.hw.sdram import Command, SdramController, SdramError, SdramGeometry, SdramTiming
 from sim_tests import simlib
 from sim_tests.sdram_model import CppSdramModel, SdramModel, SdramViolation, attach
 

@@ -10,7 +10,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
-from hw.sdram_selftest import CLOCK_HZ, IO_REGISTER_DELAY, PHASE_READ_DELAY, SdramSelfTest
+from bitlane.hw.sdram_selftest import CLOCK_HZ, IO_REGISTER_DELAY, PHASE_READ_DELAY, SdramSelfTest
 from sim_tests import simlib
 from sim_tests.sdram_model import SdramModel, attach
 from sim_tests.test_sdram import split

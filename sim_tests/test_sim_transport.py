@@ -7,14 +7,14 @@ import time
 import numpy as np
 import pytest
 
-import golden
-import sw
-from hw.config import preset
-from sw import protocol as p
-from sw.model_device import ModelDevice, run_overhead
-from sw.protocol import Cmd
-from sw.runtime import Accelerator, compare_with_golden
-from sw.transport import DeviceTimeout, FaultyTransport, SimTransport, TransportError
+from bitlane import golden
+from bitlane import sw
+from bitlane.contract.config import preset
+from bitlane.contract import protocol as p
+from bitlane.sw.model_device import ModelDevice, run_overhead
+from bitlane.contract.protocol import Cmd
+from bitlane.sw.runtime import Accelerator, compare_with_golden
+from bitlane.sw.transport import DeviceTimeout, FaultyTransport, SimTransport, TransportError
 
 TINY = preset("tiny")
 GOLDEN_SHAPES = {  # random checkpoints of a few shapes (vocab >= 258 for the byte tokenizer)

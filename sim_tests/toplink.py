@@ -18,9 +18,9 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 import cocotb
 
-from hw.config import CoreConfig
-from sw import protocol as p
-from sw.packing import pack_activations, pack_weights, tiles
+from bitlane.contract.config import CoreConfig
+from bitlane.contract import protocol as p
+from bitlane.contract.packing import pack_activations, pack_weights, tiles
 
 PERIOD_NS = 10
 

@@ -8,12 +8,12 @@ __all__ = ["connect", "Accelerator", "BitlaneError", "DeviceError", "ProtocolErr
 def __getattr__(name: str):
     # Lazy, so that `import sw.protocol` (used by the gateware) stays free of numpy and pyserial.
     if name in ("connect", "Accelerator"):
-        from sw import runtime
+        from bitlane.sw import runtime
         return getattr(runtime, name)
     if name in ("BitlaneError", "DeviceError", "ProtocolError"):
-        from sw import protocol
+        from bitlane.contract import protocol
         return getattr(protocol, name)
     if name in ("TransportError", "DeviceTimeout"):
-        from sw import transport
+        from bitlane.sw import transport
         return getattr(transport, name)
     raise AttributeError(f"module 'sw' has no attribute {name!r}")

@@ -27,9 +27,9 @@ import functools
 
 import numpy as np
 
-from sw import protocol as p
-from sw.packing import tiles, words_to_trits
-from sw.protocol import BadFrame, Cmd, ErrorCode, Frame
+from bitlane.contract import protocol as p
+from bitlane.contract.packing import tiles, words_to_trits
+from bitlane.contract.protocol import BadFrame, Cmd, ErrorCode, Frame
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,8 +37,8 @@ def run_overhead(config) -> int:
     """Stall cycles of one RUN: the gateware's pipeline depth, taken from the gateware itself
     (hw/core.py FETCH_STAGES memory and register stages, hw/lane.py LaneArray latency: select
     muxes and adder-tree levels), plus the cycle in which the run ends."""
-    from hw.core import FETCH_STAGES
-    from hw.lane import LaneArray
+    from bitlane.hw.core import FETCH_STAGES
+    from bitlane.hw.lane import LaneArray
 
     lanes = LaneArray(config)
     lanes._MustUse__silence = True  # built only to read its latency, never elaborated

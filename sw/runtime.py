@@ -1,6 +1,6 @@
 """Host runtime: talk to a bitlane device and run BitLinear products on it.
 
-    import sw
+    from bitlane import sw
     with sw.connect("sim://sim") as acc:          # or model://tiny, serial:///dev/ttyUSB1?baud=3000000
         acc.info()
         y = acc.matvec(trits, q)                   # int8 [R, C] x int8 [C] -> int32 [R]
@@ -32,10 +32,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from sw import protocol as p
-from sw.packing import PackingError, check_int8, check_trits, pack_activations, pack_weights, tiles
-from sw.protocol import BadFrame, BitlaneError, Cmd, ProtocolError
-from sw.transport import DeviceTimeout, ModelTransport, SerialTransport, SimTransport, Transport
+from bitlane.contract import protocol as p
+from bitlane.contract.packing import PackingError, check_int8, check_trits, pack_activations, pack_weights, tiles
+from bitlane.contract.protocol import BadFrame, BitlaneError, Cmd, ProtocolError
+from bitlane.sw.transport import DeviceTimeout, ModelTransport, SerialTransport, SimTransport, Transport
 
 # A RUN of c cycles may take c / SLOWEST_CYCLES_PER_S seconds beyond the base timeout
 # (the simulator is the slowest device; it runs at ~1e6 cycles/s or more).
@@ -45,14 +45,14 @@ SLOWEST_CYCLES_PER_S = 50_000
 def connect(url: str, timeout: float = 10.0) -> "Accelerator":
     """Open a device by URL.
 
-    * `model://PRESET`: the functional model of a preset (hw/config.py)
+    * `model://PRESET`: the functional model of a preset (contract/config.py)
     * `sim://PRESET[?trace=out.fst]`: the Verilated gateware of a preset, built on first use
     * `serial://DEVICE?baud=3000000[&window=1]`: a board on a serial port,
       e.g. `serial:///dev/ttyUSB1?baud=3000000`; DEVICE may be any pyserial URL, e.g.
-      `serial://socket://127.0.0.1:PORT` for the UART-level board simulator (sw/sim/uart_sim.py).
+      `serial://socket://127.0.0.1:PORT` for the UART-level board simulator (hw/sim/uart_sim.py).
       `window` is how many request frames may be in flight (1: the UART has no flow control).
     """
-    from hw.config import preset
+    from bitlane.contract.config import preset
 
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -509,7 +509,7 @@ def compare_with_golden(model, acc: Accelerator, prompt_ids: list[int], max_new_
     """
     import torch
 
-    import golden
+    from bitlane import golden
 
     runs = []
     for fn in (None, acc.int_matmul):
@@ -616,7 +616,7 @@ class DeviceSession:
                 "link_efficiency": s1.efficiency,
             })
         if self.project and self.step_calls and self.forwards > 1:
-            from hw.config import PRESETS
+            from bitlane.contract.config import PRESETS
             layers = [(name, module.trits) for name, module in self.model.bitlinear_layers()]
             out["projected"] = {name: project_step(layers, self.step_calls, cfg)
                                 for name, cfg in PRESETS.items() if cfg.clock_hz}

@@ -3,7 +3,7 @@
 * `ModelTransport`: the in-process functional model (sw/model_device.py).
 * `SerialTransport`: pyserial, for a board's UART or any pyserial URL
   (`socket://host:port`, `loop://`).
-* `SimTransport`: starts the Verilated simulated board (sw/sim/harness.cpp) as
+* `SimTransport`: starts the Verilated simulated board (hw/sim/harness.cpp) as
   a subprocess and talks to it through pyserial's `socket://127.0.0.1:PORT`.
 
 A transport only moves bytes; framing, sequence numbers and timeouts for
@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sw.protocol import BitlaneError
+from bitlane.contract.protocol import BitlaneError
 
 
 class TransportError(BitlaneError):
@@ -63,7 +63,7 @@ class ModelTransport(Transport):
     pipeline_depth = 64
 
     def __init__(self, config) -> None:
-        from sw.model_device import ModelDevice
+        from bitlane.sw.model_device import ModelDevice
 
         self.device = ModelDevice(config)
         self.description = f"model://{config.name}"
@@ -127,7 +127,7 @@ class SimTransport(Transport):
     START_TIMEOUT = 30.0
 
     def __init__(self, config, trace: Path | str | None = None) -> None:
-        from sw.sim.build import build_harness, trace_format
+        from bitlane.hw.sim.build import build_harness, trace_format
 
         self.description = f"sim://{config.name}"
         exe = build_harness(config, trace=trace is not None)

@@ -5,15 +5,15 @@ import time
 import numpy as np
 import pytest
 
-import golden
-import sw
-from hw.config import CoreConfig, preset
-from sw import protocol as p
-from sw.packing import PackingError, pack_weights
-from sw.protocol import Cmd, ErrorCode
-from sw.model_device import ModelDevice, run_overhead
-from sw.runtime import Accelerator, compare_with_golden
-from sw.transport import DeviceTimeout, FaultyTransport, ModelTransport, TransportError
+from bitlane import golden
+from bitlane import sw
+from bitlane.contract.config import CoreConfig, preset
+from bitlane.contract import protocol as p
+from bitlane.contract.packing import PackingError, pack_weights
+from bitlane.contract.protocol import Cmd, ErrorCode
+from bitlane.sw.model_device import ModelDevice, run_overhead
+from bitlane.sw.runtime import Accelerator, compare_with_golden
+from bitlane.sw.transport import DeviceTimeout, FaultyTransport, ModelTransport, TransportError
 
 # Small memories, so every splitting path (rows, columns/K, vector batches, streaming) is taken
 # with matrices of a few hundred elements.
@@ -210,7 +210,7 @@ def test_cli_generate_on_model_backend_matches_golden(make_checkpoint, capsys):
     import json
     import re
 
-    from sw.cli import main
+    from bitlane.cli import main
 
     path = str(make_checkpoint(seed=3))
     ids = {}
@@ -276,7 +276,7 @@ def test_int_matmul_notices_new_weights_under_a_known_name():
 
 
 def test_cli_reports_a_missing_serial_port_in_one_line(make_checkpoint, capsys):
-    from sw.cli import main
+    from bitlane.cli import main
 
     path = str(make_checkpoint(seed=3))
     assert main(["generate", "--model", path, "--prompt-ids", "1", "--backend", "serial",
@@ -289,7 +289,7 @@ def test_cli_device_report_starts_on_its_own_line(make_checkpoint, monkeypatch):
     """On a terminal stdout and stderr share one screen: the streamed ids end their line before the report."""
     import io
 
-    from sw.cli import main
+    from bitlane.cli import main
 
     path = make_checkpoint(seed=3, tokenizer=False)
     screen = io.StringIO()

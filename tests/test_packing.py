@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sw.packing import (PackingError, pack_activations, pack_weights, tiles, unpack_activations,
+from bitlane.contract.packing import (PackingError, pack_activations, pack_weights, tiles, unpack_activations,
                         unpack_weights, words_to_trits)
 
 

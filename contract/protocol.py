@@ -394,7 +394,7 @@ class Capabilities:
 
     @classmethod
     def from_config(cls, config) -> "Capabilities":
-        """From an hw.config.CoreConfig (duck-typed: no gateware import here)."""
+        """The INFO record a device of this configuration answers."""
         return cls(PROTOCOL_VERSION, config.acc_bits, config.lanes, config.k_per_cycle, config.max_payload,
                    config.weight_depth, config.act_depth, config.out_depth, config.max_k, config.clock_hz)
 

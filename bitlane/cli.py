@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-import golden
-from sw.backends import BACKENDS, OPTIONS_HELP
-from sw.protocol import BitlaneError
+from bitlane import golden
+from bitlane.backends import BACKENDS, OPTIONS_HELP
+from bitlane.contract.protocol import BitlaneError
 
 DESCRIPTION = """\
 Run BitNet b1.58 language models (ternary weights, int8 activations).
@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if importlib.util.find_spec("hw.cli") is None:
             print("bitlane hw: the hardware tools (hw/cli.py) are not available", file=sys.stderr)
             return 2
-        from hw.cli import main as hw_main
+        from bitlane.hw.cli import main as hw_main
         return hw_main(argv[1:])
     args = build_parser().parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):  # model text may hold anything; never die on encoding

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
-from golden import BitNetForCausalLM
+from bitlane.golden import BitNetForCausalLM
 
 Backend = Callable[..., AbstractContextManager]
 
@@ -32,7 +32,7 @@ def _device_backend(scheme: str) -> Backend:
     """A backend on a bitlane device: the functional model, the simulated board, or a real board."""
 
     def factory(model: BitNetForCausalLM, **options: str) -> AbstractContextManager:
-        from sw.runtime import DeviceSession, connect
+        from bitlane.sw.runtime import DeviceSession, connect
 
         options = dict(options)
         timeout_text = options.pop("timeout", "10")

