@@ -36,8 +36,6 @@ from .model import BitNetConfig, BitNetForCausalLM
 MANT_BITS = 16         # signed mantissas fed to multipliers (int16) and unsigned factor mantissas (uint16)
 EXP_BITS = 8           # signed exponent of every per-vector factor and block-floating vector
 RES_BITS = 32          # residual stream, fixed point
-RES_HEADROOM = 12      # the residual may grow to 2^12 times the largest embedding value
-EMB_SHIFT = RES_BITS - MANT_BITS - RES_HEADROOM  # int16 embedding row -> residual: << 4
 ACC_BITS = 32          # ternary product accumulators
 WIDE_BITS = 48         # sum of squares, attention scores and the weighted V sum (DSP accumulators)
 Q_MAX = 127            # int8 activations: q in [-128, 127], absmax maps to 127
@@ -55,6 +53,7 @@ SIG_FRAC = 7           # SiLU: sigmoid table indexed by |x| with 7 fraction bits
 SIG_RANGE_BITS = 3     # ... over |x| < 2^3 = 8: 1024 entries; beyond, sigmoid saturates to 0 / 1
 MAX_POSITIONS = 1 << 16  # positions are uint16 multiplier operands
 FACTOR_ONE = 1 << (MANT_BITS - 1)  # UF mantissas lie in [2^15, 2^16)
+EPS_LIMIT = 1 << 46    # RMSNorm's eps term saturates here (the vector is then ~0 next to eps)
 MAX_NORM_GAIN = (1 << (MANT_BITS - 1)) - 1  # largest |norm weight| accepted (int16 gain, shift 0)
 
 
@@ -91,13 +90,20 @@ def bit_length(x: np.ndarray) -> np.ndarray:
     return n + (x > 0)
 
 
-def shift_right(x: np.ndarray, s: np.ndarray, rounding: bool = False) -> np.ndarray:
+def shift_right(x: np.ndarray, s: np.ndarray, rounding: bool = False, stage: str = "shift") -> np.ndarray:
     """x * 2^-s for integer s of either sign: arithmetic right shift (floor, or round half up when
-    `rounding`: add 2^(s-1) first) for s > 0, exact left shift for s <= 0. A barrel shifter."""
+    `rounding`: add 2^(s-1) first) for s > 0, exact left shift for s <= 0. A barrel shifter.
+    A left shift that would leave int64 raises WidthError (numpy would wrap)."""
     x, s = np.asarray(x, dtype=np.int64), np.asarray(s, dtype=np.int64)
+    left = np.maximum(-s, 0)
+    overflow = (left > 0) & (bit_length(np.abs(x)) + left > 62)
+    if overflow.any():
+        value, amount = np.broadcast_arrays(x, left)
+        raise WidthError(f"{stage}: value {int(value[overflow].flat[0])} << {int(amount[overflow].flat[0])} "
+                         f"leaves int64")
     right = np.maximum(s, 0)
     half = np.where(rounding & (right > 0), np.int64(1) << np.maximum(right - 1, 0), 0)
-    return np.where(s > 0, (x + half) >> right, x << np.maximum(-s, 0))
+    return np.where(s > 0, (x + half) >> right, x << np.where(overflow, 0, left))
 
 
 def normalize(x: np.ndarray, bits: int = MANT_BITS) -> tuple[np.ndarray, np.ndarray]:
@@ -268,12 +274,24 @@ def quantize_int8(z: np.ndarray, stage: str) -> np.ndarray:
     return np.where(M == 0, 0, np.clip(q, -Q_MAX - 1, Q_MAX))
 
 
-def norm_quant(x: np.ndarray, gain: np.ndarray, stage: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """RMSNorm (gain folded) followed by absmax int8 quantization, for any integer vector x whose scale
-    is irrelevant (both are scale invariant; eps is dropped). Returns q int8 and the UF factor
-    max|z| / sqrt(sum x^2) with z = x16 * gain; the real max|RMSNorm(x)| is this times sqrt(n) 2^-shift."""
-    x16, _ = normalize(x)
-    ss = fits(f"{stage} sum of squares", (x16 * x16).sum(axis=-1, keepdims=True), WIDE_BITS)
+def sum_squares(x: np.ndarray, scale: tuple[np.ndarray, np.ndarray], eps: tuple[np.ndarray, np.ndarray],
+                stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """RMSNorm's statistics of an integer vector x whose real value is x * scale (UF, per vector):
+    x16 = normalize(x) and ss = sum(x16^2) + n eps / (scale 2^s)^2, the last term (eps = UF n eps)
+    by one reciprocal and two factor products per vector, saturating at EPS_LIMIT."""
+    x16, s = normalize(x)
+    inverse = (recip16(np.maximum(scale[0], FACTOR_ONE)), -31 - scale[1])
+    term = factor_mul(factor_mul(eps, inverse), inverse)
+    ss = (x16 * x16).sum(axis=-1, keepdims=True) + scale_saturating(term[0], term[1] - 2 * s, EPS_LIMIT)
+    return x16, fits(f"{stage} sum of squares", ss, WIDE_BITS)
+
+
+def norm_quant(x: np.ndarray, gain: np.ndarray, scale: tuple[np.ndarray, np.ndarray],
+               eps: tuple[np.ndarray, np.ndarray], stage: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """RMSNorm (gain folded) followed by absmax int8 quantization. Both are scale invariant, so x's scale
+    only enters through eps. Returns q int8 and the UF factor max|z| / sqrt(ss) with z = x16 * gain;
+    the real max|RMSNorm(x)| is this times sqrt(n) 2^-shift."""
+    x16, ss = sum_squares(x, scale, eps, stage)
     z = fits(f"{stage} gain product", x16 * gain, 2 * MANT_BITS)
     q = quantize_int8(z, stage)
     ratio = factor_mul(factor(np.abs(z).max(axis=-1, keepdims=True)), rsqrt_factor(np.maximum(ss, 1)))
@@ -285,7 +303,7 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     magnitude below 2^24 / 2^53 (checked from the operands' bounds here); else int64. The device does
     this in integer adders; the float here is a CPU speed-up with an identical result, not arithmetic."""
     k = a.shape[-1]
-    bound = int(np.abs(a).max(initial=0)) * int(np.abs(b).max(initial=0)) * k
+    bound = max(-int(a.min(initial=0)), int(a.max(initial=0))) * max(-int(b.min(initial=0)), int(b.max(initial=0))) * k
     if bound < 1 << 24:
         return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.int64)
     if bound < 1 << 53:
@@ -313,11 +331,7 @@ class IntConfig:
     act: str              # "relu2" or "silu"
     max_positions: int
     emb_frac: int         # embedding rows cross the link as int16 with emb_frac fraction bits
-
-    @property
-    def res_frac(self) -> int:
-        """Residual stream fraction bits: the embedding's plus EMB_SHIFT (leaving RES_HEADROOM bits to grow)."""
-        return self.emb_frac + EMB_SHIFT
+    res_frac: int         # residual stream fraction bits, from the worst-case bound (see convert)
 
 
 @dataclass
@@ -371,6 +385,12 @@ def _weight_scale(module, tensor: str) -> float:
     return ws
 
 
+def _output_bound(norm_max: float, n: int, ws: float) -> float:
+    """Largest |real output| of a BitLinear fed by an RMSNorm of n values, for any input: |acc| <= 128 n,
+    and max|y| <= max|gain| sqrt(n) (one element cannot exceed sqrt(n) times the rms)."""
+    return 128 * n * norm_max * math.sqrt(n) / (Q_MAX * ws)
+
+
 def convert(model: BitNetForCausalLM) -> "IntegerModel":
     """The one-off conversion of a (frozen or latent) golden model into the integer model's constants."""
     c: BitNetConfig = model.config
@@ -385,14 +405,10 @@ def convert(model: BitNetForCausalLM) -> "IntegerModel":
     if np.abs(emb_int).max() >= 1 << (MANT_BITS - 1):
         emb_frac -= 1
         emb_int = np.round(emb * 2.0 ** emb_frac).astype(np.int64)
-    config = IntConfig(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads,
-                       c.head_dim, c.num_hidden_layers, c.hidden_act, c.max_position_embeddings, emb_frac)
-    if not -(1 << (EXP_BITS - 1)) <= config.res_frac < 1 << (EXP_BITS - 1):
-        raise ConversionError(f"model.embed_tokens.weight: max |w| = {big:g} gives residual fraction bits "
-                              f"{config.res_frac}, outside int{EXP_BITS}")
     # scores are in log2 units so that softmax needs exp2: fold log2(e) / sqrt(d) into q's factor
     q_extra = math.log2(math.e) / math.sqrt(c.head_dim)
     layers = []
+    bound = big
     for i, block in enumerate(model.model.layers):
         prefix = f"model.layers.{i}"
         attn, mlp = block.self_attn, block.mlp
@@ -407,22 +423,33 @@ def convert(model: BitNetForCausalLM) -> "IntegerModel":
         # real output of a BitLinear = acc * max|y| / (127 ws), max|y| = ratio * sqrt(n) * 2^-shift
         site = {"q": ("input", c.hidden_size, q_extra), "k": ("input", c.hidden_size, 1.0),
                 "v": ("input", c.hidden_size, 1.0), "o": ("attn_sub", c.hidden_size, 1.0),
+                "gate": ("post_attn", c.hidden_size, 1.0), "up": ("post_attn", c.hidden_size, 1.0),
                 "down": ("ffn_sub", c.intermediate_size, 1.0)}
-        if c.hidden_act == "silu":  # relu2's gate and up scales cancel in ffn_sub_norm; SiLU's gate does not
-            site["gate"] = ("post_attn", c.hidden_size, 1.0)
         factors = {key: _factor_constant(math.sqrt(n) * 2.0 ** -norms[norm].shift * extra
                                          / (Q_MAX * _weight_scale(modules[key], names[key])),
                                          f"{names[key]}.weight_scale")
                    for key, (norm, n, extra) in site.items()}
-        trits = {key: m.trits.numpy().astype(np.int64) for key, m in modules.items()}
+        trits = {key: m.trits.numpy() for key, m in modules.items()}  # int8
         for key, t in trits.items():
-            if np.abs(t).max(initial=0) > 1:
+            if t.size and (t.min() < -1 or t.max() > 1):
                 raise ConversionError(f"{names[key]}.weight: not ternary")
         layers.append(IntLayer(trits, norms, factors))
+        bound += sum(_output_bound(float(weight.detach().abs().max()), n, _weight_scale(modules[key], names[key]))
+                     for key, weight, n in (("o", attn.attn_sub_norm.weight, c.hidden_size),
+                                            ("down", mlp.ffn_sub_norm.weight, c.intermediate_size)))
+    # the residual is |embedding| + every block output: choose its format so that it can never overflow
+    res_frac = RES_BITS - 2 - math.ceil(math.log2(bound))  # one bit of margin for rounding
+    config = IntConfig(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads,
+                       c.head_dim, c.num_hidden_layers, c.hidden_act, c.max_position_embeddings, emb_frac, res_frac)
+    for name, value in (("embedding fraction bits", emb_frac), ("residual fraction bits", res_frac)):
+        if not -(1 << (EXP_BITS - 1)) <= value < 1 << (EXP_BITS - 1):
+            raise ConversionError(f"model.embed_tokens.weight: {name} {value} outside int{EXP_BITS}")
     final = _fold_norm(model.model.norm.weight, "model.norm.weight")
     final_factor = _factor_constant(math.sqrt(c.hidden_size) * 2.0 ** -final.shift, "model.norm.weight")
+    eps = {n: _factor_constant(n * c.rms_norm_eps, "config.rms_norm_eps") for n in (c.hidden_size, c.intermediate_size)}
     head = model.lm_head.weight.detach().float().numpy()
-    return IntegerModel(c, config, layers, final, final_factor, emb_int, rope_omega(c.head_dim, c.rope_theta), head)
+    return IntegerModel(c, config, layers, final, final_factor, eps, emb_int, rope_omega(c.head_dim, c.rope_theta),
+                        head)
 
 
 # ----------------------------------------------------------------------------- the integer decoder
@@ -455,10 +482,13 @@ class IntegerModel:
     """
 
     def __init__(self, config: BitNetConfig, int_config: IntConfig, layers: list[IntLayer], final: Norm,
-                 final_factor: tuple[np.ndarray, np.ndarray], embedding: np.ndarray, omega: np.ndarray,
-                 head: np.ndarray) -> None:
+                 final_factor: tuple[np.ndarray, np.ndarray], eps: dict[int, tuple[np.ndarray, np.ndarray]],
+                 embedding: np.ndarray, omega: np.ndarray, head: np.ndarray) -> None:
         self.config, self.int_config = config, int_config
         self.layers, self.final, self.final_factor = layers, final, final_factor
+        self.eps = eps              # UF n * eps for n = hidden and intermediate
+        # the residual's real value is h * 2^-res_frac: as a UF scale, mantissa 2^15
+        self.res_scale = (np.int64(FACTOR_ONE), np.int64(-int_config.res_frac - (MANT_BITS - 1)))
         self.embedding = embedding  # int16 [vocab, hidden], host side: rows cross the link
         self.omega = omega          # uint32 [head_dim / 2]
         self.head = head            # float32 [vocab, hidden], host side LM head
@@ -491,12 +521,12 @@ class IntegerModel:
         positions = np.arange(start, start + T, dtype=np.int64)
         phase = rope_phase(positions, self.omega)               # [T, d/2], shared by every layer and head
         cos, sin = cos_q14(phase), sin_q14(phase)
-        h = fits("embedding", self.embedding[ids], MANT_BITS) << EMB_SHIFT  # link in: int16 row
+        e = fits("embedding", self.embedding[ids], MANT_BITS)  # link in: an int16 row
+        h = fits("embedding residual", shift_right(e, cfg.emb_frac - cfg.res_frac, rounding=True), RES_BITS)
         for i, layer in enumerate(self.layers):
             h = self._attention(i, layer, h, cos, sin, positions, cache, probe)
             h = self._mlp(i, layer, h, probe)
-        x16, _ = normalize(h)
-        ss = fits("final sum of squares", (x16 * x16).sum(axis=-1, keepdims=True), WIDE_BITS)
+        x16, ss = sum_squares(h, self.res_scale, self.eps[cfg.hidden], "final norm")
         z = fits("final gain product", x16 * self.final.gain, 2 * MANT_BITS)
         f = factor_mul(rsqrt_factor(np.maximum(ss, 1)), self.final_factor)
         y, e = self._scale(z, f, "final norm")
@@ -518,14 +548,14 @@ class IntegerModel:
         """h + acc * f in the residual's fixed point (round half up)."""
         xm, ex = normalize(acc)
         p = fits(f"{stage} scale product", xm * f[0], 2 * MANT_BITS)
-        delta = shift_right(p, -(ex + f[1] + self.int_config.res_frac), rounding=True)
+        delta = shift_right(p, -(ex + f[1] + self.int_config.res_frac), rounding=True, stage=f"{stage} delta")
         return fits(f"{stage} residual", h + fits(f"{stage} delta", delta, RES_BITS), RES_BITS)
 
     def _attention(self, i: int, layer: IntLayer, h, cos, sin, positions, cache, probe) -> np.ndarray:
         cfg = self.int_config
         B, T, _ = h.shape
         d, H, KV = cfg.head_dim, cfg.heads, cfg.kv_heads
-        q8, ratio = norm_quant(h, layer.norms["input"].gain, "attn input norm")
+        q8, ratio = norm_quant(h, layer.norms["input"].gain, self.res_scale, self.eps[cfg.hidden], "attn input norm")
         if probe is not None:
             probe("attn.q8", i, q8, None)
         heads = {}
@@ -569,9 +599,11 @@ class IntegerModel:
         eu = ea + ev_max[..., None] - es - (31 - MANT_BITS)
         if probe is not None:
             probe("attn.out", i, u, eu)
-        u_aligned = u >> (eu.max(axis=1, keepdims=True) - eu)                      # heads share one exponent
+        eu_max = eu.max(axis=1, keepdims=True)
+        u_aligned = u >> (eu_max - eu)                                              # heads share one exponent
         x_sub = u_aligned.transpose(0, 2, 1, 3).reshape(B, T, H * d)
-        o8, ratio_o = norm_quant(x_sub, layer.norms["attn_sub"].gain, "attn_sub_norm")
+        sub_scale = (np.int64(FACTOR_ONE), eu_max[:, 0] - (MANT_BITS - 1))          # [B, T, 1]
+        o8, ratio_o = norm_quant(x_sub, layer.norms["attn_sub"].gain, sub_scale, self.eps[cfg.hidden], "attn_sub_norm")
         if probe is not None:
             probe("o.q8", i, o8, None)
         acc_o = ternary_product(o8.reshape(B * T, -1), layer.trits["o"], "o_proj").reshape(B, T, -1)
@@ -593,26 +625,34 @@ class IntegerModel:
     def _mlp(self, i: int, layer: IntLayer, h: np.ndarray, probe) -> np.ndarray:
         cfg = self.int_config
         B, T, _ = h.shape
-        q8, ratio = norm_quant(h, layer.norms["post_attn"].gain, "mlp input norm")
+        q8, ratio = norm_quant(h, layer.norms["post_attn"].gain, self.res_scale, self.eps[cfg.hidden], "mlp input norm")
         if probe is not None:
             probe("mlp.q8", i, q8, None)
         acc_g = ternary_product(q8.reshape(B * T, -1), layer.trits["gate"], "gate_proj").reshape(B, T, -1)
         acc_u = ternary_product(q8.reshape(B * T, -1), layer.trits["up"], "up_proj").reshape(B, T, -1)
-        um, _ = normalize(acc_u)  # up's scale cancels in ffn_sub_norm
-        if cfg.act == "relu2":
-            gm, _ = normalize(acc_g)  # so does gate's: relu2 is homogeneous
-            g = fits("relu2", (np.maximum(gm, 0) ** 2) >> (MANT_BITS - 1), MANT_BITS, signed=False)
-        else:  # silu(x) = x sigmoid(x) needs x's real value: gate * (ratio * factor)
-            xm, ex = normalize(acc_g)
-            f = factor_mul(ratio, layer.factors["gate"])
-            x = fits("gate scale product", xm * f[0], 2 * MANT_BITS)
-            sig = sigmoid_q15(x, ex + f[1])
-            x16, _ = normalize(x)
-            g, _ = normalize(fits("silu", x16 * sig, 2 * MANT_BITS))
+        # real gate and up = acc * f; their scales cancel in ffn_sub_norm except through eps, so only
+        # the scale of gate x up is tracked (as a UF per token)
+        f_gate, f_up = (factor_mul(ratio, layer.factors[key]) for key in ("gate", "up"))
+        gm, s_gate = normalize(acc_g)
+        um, s_up = normalize(acc_u)
+        if cfg.act == "relu2":  # relu2(gm 2^s f) = gm^2 2^2s f^2
+            g, s_sq = normalize(fits("relu2", np.maximum(gm, 0) ** 2, 2 * MANT_BITS))
+            g_scale = factor_mul(f_gate, f_gate)
+            g_exp = s_sq + 2 * s_gate
+        else:  # silu(x) = x sigmoid(x), with x = gm 2^s f the gate's real value
+            x = fits("gate scale product", gm * f_gate[0], 2 * MANT_BITS)
+            sig = sigmoid_q15(x, s_gate + f_gate[1])
+            x16, s_x = normalize(x)
+            g, s_g = normalize(fits("silu", x16 * sig, 2 * MANT_BITS))
+            g_scale = (np.int64(FACTOR_ONE), s_g + s_x + s_gate + f_gate[1] - PROB_BITS - (MANT_BITS - 1))
+            g_exp = 0
         act = fits("gate x up", g * um, 2 * MANT_BITS)
+        act_scale = factor_mul(g_scale, f_up)
+        act_scale = (act_scale[0], act_scale[1] + g_exp + s_up)
         if probe is not None:
             probe("mlp.act", i, act, 0)
-        d8, ratio_d = norm_quant(act, layer.norms["ffn_sub"].gain, "ffn_sub_norm")
+        d8, ratio_d = norm_quant(act, layer.norms["ffn_sub"].gain, act_scale, self.eps[cfg.intermediate],
+                                 "ffn_sub_norm")
         if probe is not None:
             probe("down.q8", i, d8, None)
         acc_d = ternary_product(d8.reshape(B * T, -1), layer.trits["down"], "down_proj").reshape(B, T, -1)
