@@ -52,7 +52,7 @@ def perplexity(model, ids: Sequence[int] | np.ndarray, window: int | None = None
     `batch_size` windows of equal length go through one call (models only). `progress`: a callback
     (done, total) or True for a tqdm bar on stderr."""
     score, default_window, vocab = _window_logits(model)
-    window = window or default_window
+    window = default_window if window is None else window
     if window is None:
         raise ValueError("perplexity of a plain function needs window=")
     if window < 1:
