@@ -40,7 +40,8 @@ ACC_BITS = 32          # ternary product accumulators
 WIDE_BITS = 48         # sum of squares, attention scores and the weighted V sum (DSP accumulators)
 Q_MAX = 127            # int8 activations: q in [-128, 127], absmax maps to 127
 Q_SHIFT = 23           # quantizer: q = (x * c + 2^22) >> 23 with c = 127 * 2^24 / max (16 bits)
-RECIP_NUM = (1 << 31) - 1  # reciprocal unit: floor(RECIP_NUM / m) for m in [2^15, 2^16)
+RECIP_SHIFT = 31       # reciprocal unit: floor((2^31 - 1) / m) ~ 2^31 / m for m in [2^15, 2^16)
+RECIP_NUM = (1 << RECIP_SHIFT) - 1
 RSQRT_SEED_BITS = 10   # rsqrt seed table: top 10 bits of a mantissa in [2^14, 2^16): 768 entries
 RSQRT_FRAC = 22        # rsqrt unit output: y ~ 2^22 / sqrt(m)
 EXP_FRAC = 10          # softmax: exp2 argument has 10 fraction bits; exp2 table has 2^10 entries
@@ -280,7 +281,7 @@ def sum_squares(x: np.ndarray, scale: tuple[np.ndarray, np.ndarray], eps: tuple[
     x16 = normalize(x) and ss = sum(x16^2) + n eps / (scale 2^s)^2, the last term (eps = UF n eps)
     by one reciprocal and two factor products per vector, saturating at EPS_LIMIT."""
     x16, s = normalize(x)
-    inverse = (recip16(np.maximum(scale[0], FACTOR_ONE)), -31 - scale[1])
+    inverse = (recip16(np.maximum(scale[0], FACTOR_ONE)), -RECIP_SHIFT - scale[1])
     term = factor_mul(factor_mul(eps, inverse), inverse)
     ss = (x16 * x16).sum(axis=-1, keepdims=True) + scale_saturating(term[0], term[1] - 2 * s, EPS_LIMIT)
     return x16, fits(f"{stage} sum of squares", ss, WIDE_BITS)
@@ -596,7 +597,7 @@ class IntegerModel:
         am, ea = normalize(acc)
         sm, es = factor(total)
         u = fits("attention output", (am * recip16(sm)) >> MANT_BITS, MANT_BITS)   # acc / total, int16
-        eu = ea + ev_max[..., None] - es - (31 - MANT_BITS)
+        eu = ea + ev_max[..., None] - es - (RECIP_SHIFT - MANT_BITS)
         if probe is not None:
             probe("attn.out", i, u, eu)
         eu_max = eu.max(axis=1, keepdims=True)

@@ -4,6 +4,7 @@ determinism (prefill + decode == token-by-token), and agreement with the golden 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import golden
 from golden import integer as gi
 from golden.integer import ConversionError, IntegerModel, WidthError, convert
 
-SHIPPED = "models/bitnet-kjv-h128"
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "bitnet-kjv-h128"
 GENESIS = ("In the beginning God created the heaven and the earth.\nAnd the earth was without form, and void; "
            "and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters.\n"
            "And God said, Let there be light: and there was light.\nAnd God saw the light, that it was good: "
