@@ -93,3 +93,32 @@ def perplexity(model, ids: Sequence[int] | np.ndarray, window: int | None = None
     if bar is not None:
         bar.close()
     return math.exp(nll / total), total
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m golden.perplexity --model DIR [--backend golden|int] FILE: the CPU backends; the
+    device backends come through `bitlane perplexity`, which wraps the golden model the same way."""
+    import argparse
+
+    from .checkpoint import load_model, load_tokenizer
+    from .integer import convert
+
+    parser = argparse.ArgumentParser(description="perplexity of a text file under a model")
+    parser.add_argument("--model", required=True, help="model folder (HF bitnet format with tokenizer.json)")
+    parser.add_argument("--backend", choices=("golden", "int"), default="golden")
+    parser.add_argument("--window", type=int, default=None, help="tokens per window (default: the model's context)")
+    parser.add_argument("file", help="UTF-8 text to score")
+    args = parser.parse_args(argv)
+    try:
+        torch.set_float32_matmul_precision("highest")  # golden's float matmul of integer products must be exact
+        model = load_model(args.model).eval()
+        ids = text_ids(load_tokenizer(args.model), args.file)
+        ppl, n = perplexity(convert(model) if args.backend == "int" else model, ids, args.window,
+                            batch_size=8, progress=True)
+    except ValueError as e:
+        raise SystemExit(f"perplexity: {e}") from None
+    print(f"perplexity {ppl:.4f} over {n} tokens")
+
+
+if __name__ == "__main__":
+    main()

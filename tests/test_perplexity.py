@@ -93,3 +93,15 @@ def test_text_ids_errors(tmp_path):
         text_ids(tokenizer, tmp_path / "one.txt")
     (tmp_path / "ok.txt").write_text("abc")
     assert text_ids(tokenizer, tmp_path / "ok.txt") == [97, 98, 99]
+
+
+def test_command_line(tmp_path, capsys):
+    from golden.perplexity import main
+    folder = golden.make_random_checkpoint(tmp_path / "m", {**CONFIG, "vocab_size": 300}, seed=1)
+    (tmp_path / "t.txt").write_text("In the beginning God created the heaven and the earth.\n")
+    for backend in ("golden", "int"):
+        main(["--model", str(folder), "--backend", backend, str(tmp_path / "t.txt")])
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert last.startswith("perplexity ") and last.endswith(" over 54 tokens")  # 55 bytes, 54 transitions
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["--model", str(folder), str(tmp_path / "missing.txt")])
