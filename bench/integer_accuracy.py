@@ -130,10 +130,10 @@ def stage_table(model, im, windows: np.ndarray) -> list[str]:
     return rows
 
 
-def evaluate(path: str, text: str, max_windows: int | None, stage_windows: int, batch: int) -> None:
+def evaluate(path: str, text: str, max_windows: int | None, stage_windows: int, batch: int, kv_bits: int) -> None:
     torch.set_float32_matmul_precision("highest")  # the golden integer path's float matmul must be exact
     model = golden.load_model(path).eval()
-    im = convert(model)
+    im = convert(model, kv_bits)
     ids = np.asarray(text_ids(golden.load_tokenizer(path), text), dtype=np.int64)
     window = model.config.max_position_embeddings
     if max_windows is not None:
@@ -156,7 +156,7 @@ def evaluate(path: str, text: str, max_windows: int | None, stage_windows: int, 
     replay = iter(golden_logits)
     ppl_golden, _ = perplexity(lambda _ids: next(replay), ids, window=window)  # same windows, in order
     top1 = np.concatenate(agree).mean()
-    print(f"{path}: {n} tokens, window {window}")
+    print(f"{path}: {n} tokens, window {window}, K/V mantissas {kv_bits} bits")
     print(f"  perplexity golden {ppl_golden:.4f}  integer {ppl_int:.4f}  ratio {ppl_int / ppl_golden:.5f}")
     print(f"  greedy top-1 agreement (teacher forced) {top1:.2%}  ({seconds:.0f} s for both models)")
     starts = range(0, stage_windows * window, window)
@@ -173,9 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=None, help="score only the first N windows")
     parser.add_argument("--stage-windows", type=int, default=2, help="windows for the per-stage table (default 2)")
     parser.add_argument("--batch", type=int, default=8, help="windows per call (default 8)")
+    parser.add_argument("--kv-bits", type=int, default=16, help="K/V cache mantissa bits, 8..16 (default 16)")
     args = parser.parse_args(argv)
     for path in args.model or ["models/bitnet-kjv-h128", "models/bitnet-kjv-h256"]:
-        evaluate(path, args.text, args.windows, args.stage_windows, args.batch)
+        evaluate(path, args.text, args.windows, args.stage_windows, args.batch, args.kv_bits)
 
 
 if __name__ == "__main__":

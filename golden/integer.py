@@ -333,6 +333,7 @@ class IntConfig:
     max_positions: int
     emb_frac: int         # embedding rows cross the link as int16 with emb_frac fraction bits
     res_frac: int         # residual stream fraction bits, from the worst-case bound (see convert)
+    kv_bits: int = MANT_BITS  # K/V cache mantissa width (8 halves the cache; docs/arithmetic.md measures it)
 
 
 @dataclass
@@ -392,9 +393,12 @@ def _output_bound(norm_max: float, n: int, ws: float) -> float:
     return 128 * n * norm_max * math.sqrt(n) / (Q_MAX * ws)
 
 
-def convert(model: BitNetForCausalLM) -> "IntegerModel":
-    """The one-off conversion of a (frozen or latent) golden model into the integer model's constants."""
+def convert(model: BitNetForCausalLM, kv_bits: int = MANT_BITS) -> "IntegerModel":
+    """The one-off conversion of a (frozen or latent) golden model into the integer model's constants;
+    `kv_bits` (8..16) is the width of the K/V cache mantissas."""
     c: BitNetConfig = model.config
+    if not 8 <= kv_bits <= MANT_BITS:
+        raise ConversionError(f"kv_bits {kv_bits}: the K/V cache mantissas must be 8 to {MANT_BITS} bits")
     if c.max_position_embeddings > MAX_POSITIONS:
         raise ConversionError(f"config.max_position_embeddings {c.max_position_embeddings} > {MAX_POSITIONS}")
     emb = model.model.embed_tokens.weight.detach().double().numpy()
@@ -441,7 +445,8 @@ def convert(model: BitNetForCausalLM) -> "IntegerModel":
     # the residual is |embedding| + every block output: choose its format so that it can never overflow
     res_frac = RES_BITS - 2 - math.ceil(math.log2(bound))  # one bit of margin for rounding
     config = IntConfig(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads,
-                       c.head_dim, c.num_hidden_layers, c.hidden_act, c.max_position_embeddings, emb_frac, res_frac)
+                       c.head_dim, c.num_hidden_layers, c.hidden_act, c.max_position_embeddings, emb_frac, res_frac,
+                       kv_bits)
     for name, value in (("embedding fraction bits", emb_frac), ("residual fraction bits", res_frac)):
         if not -(1 << (EXP_BITS - 1)) <= value < 1 << (EXP_BITS - 1):
             raise ConversionError(f"model.embed_tokens.weight: {name} {value} outside int{EXP_BITS}")
@@ -495,9 +500,9 @@ class IntegerModel:
         self.head = head            # float32 [vocab, hidden], host side LM head
 
     @classmethod
-    def load(cls, path: str) -> "IntegerModel":
+    def load(cls, path: str, kv_bits: int = MANT_BITS) -> "IntegerModel":
         from .checkpoint import load_model
-        return convert(load_model(path))
+        return convert(load_model(path), kv_bits)
 
     def new_cache(self) -> IntKVCache:
         return IntKVCache(self.int_config.layers)
@@ -537,12 +542,12 @@ class IntegerModel:
         return y, e  # link out: int16 row and an int8 exponent
 
     def _scale(self, x: np.ndarray, f: tuple[np.ndarray, np.ndarray], stage: str,
-               e_in: np.ndarray | int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """x 2^e_in * f as a block-floating int16 vector: normalize x, one 16 x 16 multiply per element,
-        normalize; returns (mantissas, exponent per vector)."""
+               e_in: np.ndarray | int = 0, bits: int = MANT_BITS) -> tuple[np.ndarray, np.ndarray]:
+        """x 2^e_in * f as a block-floating vector of `bits`-wide mantissas: normalize x, one 16 x 16
+        multiply per element, normalize; returns (mantissas, exponent per vector)."""
         xm, ex = normalize(x)
         p = fits(f"{stage} scale product", xm * f[0], 2 * MANT_BITS)
-        pm, ep = normalize(p)
+        pm, ep = normalize(p, bits)
         return pm, e_in + ex + ep + f[1]
 
     def _residual_add(self, h: np.ndarray, acc: np.ndarray, f, stage: str) -> np.ndarray:
@@ -566,7 +571,7 @@ class IntegerModel:
             e_in = 0
             if key != "v":
                 acc, e_in = self._rope(acc, cos, sin, key)
-            m, e = self._scale(acc, f, key, e_in)                      # [B, T, heads, d], [B, T, heads, 1]
+            m, e = self._scale(acc, f, key, e_in, MANT_BITS if key == "q" else cfg.kv_bits)  # [B, T, heads, d]
             heads[key] = (m.transpose(0, 2, 1, 3), fits(f"{key} exponent", e[..., 0], EXP_BITS).transpose(0, 2, 1))
             if probe is not None:
                 probe(f"attn.{key}", i, heads[key][0], heads[key][1][..., None])

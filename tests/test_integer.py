@@ -224,11 +224,11 @@ def test_width_violation_names_the_stage():
 
 # ----------------------------------------------------------------------------- determinism, generation, SiLU
 
-@pytest.mark.parametrize("act", ["relu2", "silu"])
-def test_prefill_then_decode_equals_token_by_token(act):
+@pytest.mark.parametrize("act, kv_bits", [("relu2", 16), ("silu", 16), ("relu2", 8)])
+def test_prefill_then_decode_equals_token_by_token(act, kv_bits):
     """The device's output (int16 final hidden state and exponent) is bit-identical whichever way the
     positions are batched. (The host's float LM head may differ in the last ulp between shapes.)"""
-    im = convert(random_model(**{**SMALL, "hidden_act": act}))
+    im = convert(random_model(**{**SMALL, "hidden_act": act}), kv_bits)
     ids = np.random.default_rng(4).integers(0, 300, (2, 20))
     N = 13
     cache = im.new_cache()
@@ -263,13 +263,19 @@ def test_silu_model_tracks_golden():
 
 # ----------------------------------------------------------------------------- the shipped model
 
-def test_shipped_model_agrees_with_golden():
+@pytest.mark.parametrize("kv_bits", [16, 8])
+def test_shipped_model_agrees_with_golden(kv_bits):
     torch.set_float32_matmul_precision("highest")
     model = golden.load_model(SHIPPED).eval()
     ids = torch.tensor([golden.load_tokenizer(SHIPPED).encode(GENESIS).ids])
     with torch.no_grad():
         reference = model(ids)
-    logits = convert(model)(ids)
+    im = convert(model, kv_bits)
+    logits = im(ids)
+    cache = im.new_cache()
+    im(ids, cache=cache)
+    keys = cache.layers[0][0]
+    assert -(2 ** (kv_bits - 1)) <= keys.min() and keys.max() < 2 ** (kv_bits - 1)
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.95
     nll = lambda lg: torch.nn.functional.cross_entropy(lg[0, :-1], ids[0, 1:]).item()  # noqa: E731
     assert abs(math.exp(nll(logits) - nll(reference)) - 1) < 0.02
