@@ -133,11 +133,25 @@ def print_stream(tokens: Iterable[int], tokenizer, prompt_ids: list[int],
         print(show(streamer.flush()) if streamer else "", flush=True)
 
 
+def _utf8_prompt(text: str) -> str:
+    """`text` if it is valid Unicode; a prompt of undecodable bytes (argv keeps them as surrogates) is refused."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError as e:
+        bad = ord(text[e.start])  # undecodable argv byte b arrives as U+DC00 + b (surrogateescape)
+        what = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"lone surrogate U+{bad:04X}"
+        raise ValueError(f"--prompt is not valid UTF-8 text ({what} at character {e.start}); "
+                         "pass UTF-8 text, or token ids with --prompt-ids") from None
+
+
 def _load(path: str) -> golden.BitNetForCausalLM:
     return golden.load_model(path, progress=sys.stderr.isatty())
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.prompt is not None:
+        _utf8_prompt(args.prompt)
     t0 = time.perf_counter()
     model = _load(args.model)
     tokenizer = golden.load_tokenizer(args.model)
