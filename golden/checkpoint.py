@@ -219,7 +219,16 @@ def _load_bitlinear(path: Path, module: BitLinear, name: str, tensors: dict) -> 
                                   f"in 0..2) at unpacked [{row}, {col}] and {len(bad) - 1} more places")
         module.load_ternary(codes.to(torch.int8) - 1, scale)
     else:
+        _check_finite(file, f"{name}.weight", w)
         module.load_ternary(*quantize_weights(w))
+
+
+def _check_finite(file: Path, name: str, t: torch.Tensor) -> None:
+    """A float tensor holding NaN or inf would make every logit NaN: refused."""
+    bad = (~torch.isfinite(t)).nonzero()
+    if len(bad):
+        raise CheckpointError(f"{file}: tensor {name} holds {len(bad)} non-finite value(s) (NaN or inf), "
+                              f"the first at {bad[0].tolist()}")
 
 
 def _take_float(path: Path, model: BitNetForCausalLM, name: str, tensors: dict) -> tuple[Path, torch.Tensor]:
@@ -293,6 +302,7 @@ def load_model(path: str | Path, progress: bool = False) -> BitNetForCausalLM:
         _load_bitlinear(path, module, name, tensors)
     for name in [name for name, _ in model.float_parameters()]:  # a tied lm_head: once, as the embedding
         file, t = _take_float(path, model, name, tensors)
+        _check_finite(file, name, t)
         owner, attr = name.rsplit(".", 1)
         setattr(model.get_submodule(owner), attr, torch.nn.Parameter(t.float(), requires_grad=False))
     if config.tie_word_embeddings:

@@ -51,3 +51,32 @@ def test_16_2_absurd_layer_count_is_refused_quickly_and_small(make_checkpoint, t
     assert "tensor model.layers.2.self_attn.q_proj.weight missing" in err
     assert f"num_hidden_layers = {layers}; the checkpoint's tensors hold 2 layers" in err
     assert seconds < 5 and peak < 20 * 2**20, (seconds, peak)
+
+
+@pytest.mark.parametrize("name, index, value", [
+    ("model.embed_tokens.weight", (5, 3), float("nan")),
+    ("model.layers.1.mlp.ffn_sub_norm.weight", (7,), float("inf")),
+    ("model.norm.weight", (0,), float("-inf")),
+    ("model.layers.0.self_attn.k_proj.weight", (1, 2), float("nan")),  # an unpacked (float) BitLinear weight
+])
+@pytest.mark.parametrize("backend", ["golden", "model"])
+def test_16_3_non_finite_float_tensors_are_refused_at_load(make_checkpoint, tmp_path, capsys, name, index, value,
+                                                           backend):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "nan"
+    shutil.copytree(make_checkpoint(seed=7), path)
+    tensors = load_file(path / "model.safetensors")
+    if name.endswith("proj.weight"):  # store this BitLinear as latent float weights
+        del tensors[name.replace(".weight", ".weight_scale")]
+        tensors[name] = torch.randn(tensors[name].shape[0] * 4, tensors[name].shape[1])
+    tensors[name][index] = value
+    save_file(tensors, path / "model.safetensors")
+    args = ["generate", "--model", str(path), "--prompt-ids", "1,2", "--backend", backend]
+    assert cli.main(args + (["--backend-opt", "preset=tiny"] if backend == "model" else [])) == 1
+    err = _one_line_error(capsys)
+    assert f"model.safetensors: tensor {name} holds 1 non-finite value(s) (NaN or inf), the first at {list(index)}" \
+        in err
