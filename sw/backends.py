@@ -7,6 +7,7 @@ picks one; options arrive as keyword strings. Register a new backend by adding i
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -39,6 +40,8 @@ def _device_backend(scheme: str) -> Backend:
         try:
             timeout = float(timeout_text)
         except ValueError:
+            timeout = math.nan
+        if not (math.isfinite(timeout) and timeout > 0):  # nan would wait forever, 0 or less never
             raise ValueError(f"backend {scheme!r}: timeout={timeout_text!r}, expected seconds, "
                              "e.g. timeout=30") from None
         url = options.pop("url", None)

@@ -80,3 +80,13 @@ def test_16_3_non_finite_float_tensors_are_refused_at_load(make_checkpoint, tmp_
     err = _one_line_error(capsys)
     assert f"model.safetensors: tensor {name} holds 1 non-finite value(s) (NaN or inf), the first at {list(index)}" \
         in err
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "0", "-1", "-0.5", "1e-400"])
+@pytest.mark.parametrize("backend", ["model", "serial", "sim"])
+def test_16_4_timeout_must_be_positive_and_finite(make_checkpoint, capsys, value, backend):
+    path = make_checkpoint(seed=3)
+    assert cli.main(["generate", "--model", str(path), "--prompt-ids", "1", "--backend", backend,
+                     "--backend-opt", f"timeout={value}"]) == 1  # refused before any device is opened
+    assert _one_line_error(capsys) == (f"bitlane generate: error: backend {backend!r}: timeout={value!r}, "
+                                       "expected seconds, e.g. timeout=30\n")
