@@ -57,7 +57,8 @@ def _device_backend(scheme: str) -> Backend:
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         if options:
             raise ValueError(f"backend {scheme!r}: unknown options {sorted(options)} ({OPTIONS_HELP})")
-        return DeviceSession(model, connect(url, timeout=timeout), progress=sys.stderr.isatty(),  # no bar in logs
+        return DeviceSession(model, connect(url, timeout=timeout, log=lambda line: print(line, file=sys.stderr)),
+                             progress=sys.stderr.isatty(),  # no bar in logs
                              report=sys.stderr, project=scheme in ("sim", "model"))
 
     factory.__doc__ = {"model": "the pure-Python functional model of the accelerator",

@@ -42,7 +42,7 @@ from sw.transport import DeviceTimeout, ModelTransport, SerialTransport, SimTran
 SLOWEST_CYCLES_PER_S = 50_000
 
 
-def connect(url: str, timeout: float = 10.0) -> "Accelerator":
+def connect(url: str, timeout: float = 10.0, log=None) -> "Accelerator":
     """Open a device by URL.
 
     * `model://PRESET`: the functional model of a preset (hw/config.py)
@@ -51,6 +51,8 @@ def connect(url: str, timeout: float = 10.0) -> "Accelerator":
       e.g. `serial:///dev/ttyUSB1?baud=3000000`; DEVICE may be any pyserial URL, e.g.
       `serial://socket://127.0.0.1:PORT` for the UART-level board simulator (sw/sim/uart_sim.py).
       `window` is how many request frames may be in flight (1: the UART has no flow control).
+
+    `log(line)`, if given, receives notices for the user (sim: the trace file and its format).
     """
     from hw.config import preset
 
@@ -59,7 +61,7 @@ def connect(url: str, timeout: float = 10.0) -> "Accelerator":
     if parts.scheme in ("model", "sim"):
         config = preset(parts.netloc or parts.path.strip("/"))
         transport: Transport = (ModelTransport(config) if parts.scheme == "model"
-                                else SimTransport(config, trace=query.get("trace")))
+                                else SimTransport(config, trace=query.get("trace"), log=log))
     elif parts.scheme == "serial":
         device = parts.netloc + parts.path
         if not device:

@@ -18,6 +18,7 @@ import select
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from sw.protocol import BitlaneError
@@ -126,15 +127,15 @@ class SimTransport(Transport):
     pipeline_depth = 32
     START_TIMEOUT = 30.0
 
-    def __init__(self, config, trace: Path | str | None = None) -> None:
-        from sw.sim.build import build_harness, trace_format
+    def __init__(self, config, trace: Path | str | None = None, log: Callable[[str], None] | None = None) -> None:
+        """`log`, if given, receives one-line notices for the user (the trace file and its format)."""
+        from sw.sim.build import build_harness
 
         self.description = f"sim://{config.name}"
+        self.trace_path = None if trace is None else self._trace_file(trace, log)  # checked before building
         exe = build_harness(config, trace=trace is not None)
         cmd = [str(exe), "--port", "0", "--max-payload", str(config.max_payload)]
-        self.trace_path = None
-        if trace is not None:  # FST where Verilator can write it, else VCD: the suffix says which
-            self.trace_path = Path(trace).with_suffix(f".{trace_format()}")
+        if self.trace_path is not None:
             cmd += ["--trace", str(self.trace_path)]
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr)
@@ -148,6 +149,25 @@ class SimTransport(Transport):
         except BaseException:
             self.close()
             raise
+
+    def _trace_file(self, trace: Path | str, log: Callable[[str], None] | None) -> Path:
+        """The file the trace goes to: FST where Verilator can write it, else VCD (the suffix says which).
+        It must be writable now, not found missing after the run."""
+        from sw.sim.build import trace_format
+
+        fmt = trace_format()
+        path = Path(trace).with_suffix(f".{fmt}")
+        try:
+            open(path, "ab").close()  # the harness truncates it when it starts
+        except OSError as e:
+            raise TransportError(f"{self.description}: trace={trace}: cannot write {path} ({e.strerror})") from None
+        if log is not None:
+            instead = "" if Path(trace).suffix.lower() in ("", f".{fmt}") else \
+                (f", not the {Path(trace).suffix.lstrip('.').upper()} asked for: Verilator writes FST only where the "
+                 "lz4 and zlib headers are installed (apt-get install liblz4-dev zlib1g-dev)")
+            log(f"[tracing every cycle to {path} ({fmt.upper()}{instead}); traces are large: a VCD reached "
+                "1.2 GB for 3 tokens of the demo model]")
+        return path
 
     def _read_port(self) -> int:
         ready, _, _ = select.select([self.process.stdout], [], [], self.START_TIMEOUT)

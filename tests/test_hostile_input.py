@@ -90,3 +90,49 @@ def test_16_4_timeout_must_be_positive_and_finite(make_checkpoint, capsys, value
                      "--backend-opt", f"timeout={value}"]) == 1  # refused before any device is opened
     assert _one_line_error(capsys) == (f"bitlane generate: error: backend {backend!r}: timeout={value!r}, "
                                        "expected seconds, e.g. timeout=30\n")
+
+
+class _NotBuilt(Exception):
+    pass
+
+
+@pytest.fixture
+def no_sim_build(monkeypatch):
+    """Building the simulator fails the test: what is checked must be checked before that."""
+    import sw.sim.build
+
+    def build_harness(*args, **kwargs):
+        raise _NotBuilt()
+
+    monkeypatch.setattr(sw.sim.build, "build_harness", build_harness)
+
+
+@pytest.mark.parametrize("trace", ["{tmp}/missing/run.vcd", "{tmp}/missing/run.fst", "{tmp}/folder"])
+def test_16_5_unwritable_trace_path_fails_before_the_run(make_checkpoint, tmp_path, capsys, no_sim_build, trace):
+    from sw.sim.build import trace_format
+
+    (tmp_path / f"folder.{trace_format()}").mkdir()
+    trace = trace.format(tmp=tmp_path)
+    assert cli.main(["generate", "--model", str(make_checkpoint(seed=3)), "--prompt-ids", "1", "--backend", "sim",
+                     "--backend-opt", "preset=tiny", "--backend-opt", f"trace={trace}"]) == 1
+    err = _one_line_error(capsys)
+    assert f"sim://tiny: trace={trace}: cannot write {tmp_path}" in err
+    assert ("No such file or directory" if "missing" in trace else "Is a directory") in err
+
+
+@pytest.mark.parametrize("fmt", ["fst", "vcd"])
+@pytest.mark.parametrize("asked", ["run.fst", "run.vcd", "run"])
+def test_16_5_trace_format_and_size_are_stated_before_the_run(tmp_path, monkeypatch, no_sim_build, fmt, asked):
+    import sw
+    import sw.sim.build
+
+    monkeypatch.setattr(sw.sim.build, "trace_format", lambda: fmt)  # with or without the FST headers
+    lines = []
+    with pytest.raises(_NotBuilt):
+        sw.connect(f"sim://tiny?trace={tmp_path / asked}", log=lines.append)
+    assert len(lines) == 1
+    assert lines[0].startswith(f"[tracing every cycle to {tmp_path / 'run'}.{fmt} ({fmt.upper()}")
+    assert "traces are large: a VCD reached 1.2 GB for 3 tokens" in lines[0]
+    mismatch = asked.endswith((".fst", ".vcd")) and not asked.endswith(fmt)
+    assert (f"not the {asked[-3:].upper()} asked for" in lines[0]) == mismatch
+    assert ("apt-get install liblz4-dev zlib1g-dev" in lines[0]) == mismatch
