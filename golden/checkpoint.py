@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -131,6 +132,12 @@ def _weight_files(path: Path) -> list[Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index}: cannot read the shard index: {e!r}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
+        for name in weight_map.values():  # as written: a symlinked shard (Hugging Face's cache) is fine
+            if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+                raise CheckpointError(f"{index}: shard {name!r} lies outside {path}; "
+                                      "shards must be files inside the model folder")
         files = [path / name for name in sorted(set(weight_map.values()))]
     elif (path / WEIGHTS_FILE).exists():
         files = [path / WEIGHTS_FILE]

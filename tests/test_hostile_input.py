@@ -136,3 +136,32 @@ def test_16_5_trace_format_and_size_are_stated_before_the_run(tmp_path, monkeypa
     mismatch = asked.endswith((".fst", ".vcd")) and not asked.endswith(fmt)
     assert (f"not the {asked[-3:].upper()} asked for" in lines[0]) == mismatch
     assert ("apt-get install liblz4-dev zlib1g-dev" in lines[0]) == mismatch
+
+
+@pytest.mark.parametrize("shard", ["../other/model.safetensors", "/etc/passwd", "sub/../../x.safetensors", "..",
+                                   "{tmp}/m/model.safetensors"])
+def test_16_6_shard_paths_stay_inside_the_model_folder(make_checkpoint, tmp_path, capsys, shard):
+    import json
+    import shutil
+
+    import golden
+
+    path = tmp_path / "m"
+    shutil.copytree(make_checkpoint(seed=7), path)
+    shutil.copytree(make_checkpoint(seed=7), tmp_path / "other")
+    shard = shard.format(tmp=tmp_path)  # absolute, even if it names this very folder's file
+    names = golden.load_model(path).state_dict().keys()
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: shard for n in names}}))
+    assert cli.main(["generate", "--model", str(path), "--prompt-ids", "1"]) == 1
+    assert _one_line_error(capsys) == (f"bitlane generate: error: {path}/model.safetensors.index.json: shard "
+                                       f"{shard!r} lies outside {path}; shards must be files inside the model folder\n")
+
+
+def test_16_6_shards_inside_the_folder_still_load(make_checkpoint, tmp_path):
+    import golden
+
+    model = golden.load_model(make_checkpoint(seed=7))
+    golden.save_model(model, tmp_path / "sharded", max_shard_bytes=20_000)
+    index = (tmp_path / "sharded" / "model.safetensors.index.json").read_text()
+    (tmp_path / "sharded" / "model.safetensors.index.json").write_text(index.replace('"model-', '"./model-'))
+    assert golden.load_model(tmp_path / "sharded").state_dict().keys() == model.state_dict().keys()
