@@ -45,8 +45,11 @@ def _device_backend(scheme: str) -> Backend:
             raise ValueError(f"backend {scheme!r}: timeout={timeout_text!r}, expected seconds, "
                              "e.g. timeout=30") from None
         url = options.pop("url", None)
+        if url is not None and scheme == "serial" and not url.startswith("serial://"):
+            url = f"serial://{url}"  # url=socket://HOST:PORT, as for port=
         if url is None and scheme == "serial":
             port = options.pop("port", "/dev/ttyUSB1")
+            port = port.removeprefix("serial://")  # port= also takes the URL python -m sw.sim.uart_sim prints
             url = f"serial://{port}?baud={options.pop('baud', 3_000_000)}&window={options.pop('window', 1)}"
         elif url is None:
             url = f"{scheme}://{options.pop('preset', 'sim')}"

@@ -165,3 +165,28 @@ def test_16_6_shards_inside_the_folder_still_load(make_checkpoint, tmp_path):
     index = (tmp_path / "sharded" / "model.safetensors.index.json").read_text()
     (tmp_path / "sharded" / "model.safetensors.index.json").write_text(index.replace('"model-', '"./model-'))
     assert golden.load_model(tmp_path / "sharded").state_dict().keys() == model.state_dict().keys()
+
+
+@pytest.fixture
+def opened_urls(monkeypatch):
+    """The URLs the device backends open (nothing is opened: the first connect fails the command)."""
+    import sw.runtime
+
+    urls = []
+
+    def connect(url, timeout=10.0, log=None):
+        urls.append(url)
+        raise sw.runtime.BitlaneError(f"not opening {url}")
+
+    monkeypatch.setattr(sw.runtime, "connect", connect)
+    return urls
+
+
+@pytest.mark.parametrize("option", ["url=serial://socket://127.0.0.1:7654", "url=socket://127.0.0.1:7654",
+                                    "port=socket://127.0.0.1:7654", "port=serial://socket://127.0.0.1:7654"])
+def test_16_8_serial_port_and_url_take_both_forms(make_checkpoint, capsys, opened_urls, option):
+    assert cli.main(["generate", "--model", str(make_checkpoint(seed=3)), "--prompt-ids", "1", "--backend", "serial",
+                     "--backend-opt", option]) == 1
+    [url] = opened_urls
+    assert url.startswith("serial://socket://127.0.0.1:7654")
+    assert _one_line_error(capsys) == f"bitlane generate: error: not opening {url}\n"
