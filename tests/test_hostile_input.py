@@ -190,3 +190,15 @@ def test_16_8_serial_port_and_url_take_both_forms(make_checkpoint, capsys, opene
     [url] = opened_urls
     assert url.startswith("serial://socket://127.0.0.1:7654")
     assert _one_line_error(capsys) == f"bitlane generate: error: not opening {url}\n"
+
+
+def test_16_7_uart_sim_build_is_reused_from_one_run_to_the_next():
+    """Its cache key held a function's address, so every `python -m sw.sim.uart_sim` rebuilt for a minute."""
+    import subprocess
+    import sys
+
+    script = ("import sw.sim.uart_sim as u; u.verilate = lambda out_dir, *a, **k: print(out_dir); "
+              "u.build_uart_board('icebreaker')")
+    dirs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    assert len(dirs) == 1, dirs

@@ -6,9 +6,9 @@ samples the two serial pins bit by bit at the board's divisor and bridges them
 to a loopback TCP port. The host then uses the `serial` transport with a
 pyserial `socket://` URL, exactly as it would use a real board's /dev/ttyUSB:
 
-    python -m sw.sim.uart_sim --board icebreaker
-    # -> serial://socket://127.0.0.1:PORT
-    bitlane generate ... --backend serial --backend-opt port=socket://127.0.0.1:PORT
+    python -m sw.sim.uart_sim --board icebreaker --port 7654     # serves until Ctrl-C
+    # -> serial://socket://127.0.0.1:7654
+    bitlane generate ... --backend serial --backend-opt url=serial://socket://127.0.0.1:7654
 
 or, in Python, `with UartSimBoard("icebreaker") as sim: sw.runtime.connect(sim.url)`.
 
@@ -18,6 +18,7 @@ Builds are cached in build/sim/uart-<board>-<key>/ like the byte-level sim's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import select
 import subprocess
@@ -49,7 +50,9 @@ def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level:
     divisor = spec.divisor if divisor is None else divisor
     env = verilator_env()
     digest = hashlib.sha256("\0".join([
-        build_key(spec.core, VERILATOR_FLAGS, env), HARNESS_SOURCE.read_text(), repr(spec), str(divisor),
+        # repr(spec) would hold the address of its make_platform function: a new key, so a rebuild, every run
+        build_key(spec.core, VERILATOR_FLAGS, env), HARNESS_SOURCE.read_text(),
+        repr(dataclasses.replace(spec, make_platform=spec.make_platform.__qualname__)), str(divisor),
         str(gate_level),
     ]).encode()).hexdigest()[:16]
     kind = "gates" if gate_level else "rtl"
@@ -97,7 +100,8 @@ def synthesize_netlist(family: str, synth_opts: str, work: Path) -> Path:
 class UartSimBoard:
     """A running UART-level simulator; `url` is what `sw.runtime.connect` takes."""
 
-    def __init__(self, board_name: str, divisor: int | None = None, *, gate_level: bool = False) -> None:
+    def __init__(self, board_name: str, divisor: int | None = None, *, gate_level: bool = False,
+                 port: int = 0) -> None:
         from hw.boards import board
 
         spec = board(board_name)
@@ -105,7 +109,8 @@ class UartSimBoard:
         exe = build_uart_board(board_name, self.divisor, gate_level=gate_level)
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [str(exe), "--port", "0", "--divisor", str(self.divisor), "--max-payload", str(spec.core.max_payload)],
+            [str(exe), "--port", str(port), "--divisor", str(self.divisor),
+             "--max-payload", str(spec.core.max_payload)],
             stdout=subprocess.PIPE, stderr=self._stderr)
         try:
             ready, _, _ = select.select([self.process.stdout], [], [], START_TIMEOUT)
@@ -145,19 +150,39 @@ def main(argv: list[str] | None = None) -> int:
     from hw.boards import BOARDS
 
     parser = argparse.ArgumentParser(prog="python -m sw.sim.uart_sim",
-                                     description="serve a UART-level simulated board on a TCP port")
+                                     description="serve a UART-level simulated board on a TCP port until Ctrl-C; "
+                                                 "each client gets a freshly started board")
     parser.add_argument("--board", required=True, choices=sorted(BOARDS))
     parser.add_argument("--divisor", type=int, help="clock cycles per bit (default: the board's)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: any free one)")
     args = parser.parse_args(argv)
-    sim = UartSimBoard(args.board, args.divisor)
-    print(sim.url, flush=True)
+    port, sim, first = args.port, None, True
     try:
-        sim.process.wait()
+        while True:  # the simulator exits when its client disconnects: start the next one on the same port
+            try:
+                sim = UartSimBoard(args.board, args.divisor, port=port)
+            except SimBuildError as e:
+                print(f"uart_sim: error: {str(e).splitlines()[0]}", file=sys.stderr)
+                return 1
+            if first:
+                port, first = sim.port, False
+                print(sim.url, flush=True)
+                print(f"serving the {args.board} board until Ctrl-C; use it with: bitlane generate ... "
+                      f"--backend serial --backend-opt url={sim.url}", file=sys.stderr, flush=True)
+            code = sim.process.wait()
+            tail = sim.stderr_tail()
+            sim.close()
+            sim = None
+            if tail:
+                print(tail, file=sys.stderr, flush=True)
+            if code != 0:
+                return 1
     except KeyboardInterrupt:
-        sim.process.terminate()
-    print(sim.stderr_tail(), file=sys.stderr)
-    sim.close()
-    return 0
+        return 0
+    finally:
+        if sim is not None:
+            sim.process.terminate()
+            sim.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""Issue 16 on the simulators: the UART-level simulator as the README runs it, the sim backend's first use."""
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import golden
+from sw import cli
+
+SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    return golden.make_random_checkpoint(tmp_path_factory.mktemp("small"), SMALL, seed=5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_16_7_16_8_uart_sim_serves_clients_until_ctrl_c(small_model, capsys):
+    """`python -m sw.sim.uart_sim` serves one client after another on the URL it prints, which
+    `--backend-opt url=` takes as printed (and `port=`, as the README had it); Ctrl-C ends it quietly."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "sw.sim.uart_sim", "--board", "icebreaker", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert select.select([server.stdout], [], [], 600)[0], "no URL printed"
+        url = server.stdout.readline().strip()
+        assert url == f"serial://socket://127.0.0.1:{port}"
+        expected = golden.generate(golden.load_model(small_model), [1, 2, 3], 2, greedy=True)
+        for option in (f"url={url}", f"port=socket://127.0.0.1:{port}"):  # two clients in a row
+            assert cli.main(["generate", "--model", str(small_model), "--prompt-ids", "1,2,3", "--max-new-tokens", "2",
+                             "--greedy", "--json", "--backend", "serial", "--backend-opt", option,
+                             "--backend-opt", "timeout=120"]) == 0, capsys.readouterr().err
+            assert json.loads(capsys.readouterr().out)["generated_ids"] == expected
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+        err = server.stderr.read()
+        assert f"use it with: bitlane generate ... --backend serial --backend-opt url={url}" in err
+        assert err.count("bitlane-uart-sim: ") == 2 and "Traceback" not in err  # one line per client served
+    finally:
+        server.kill()
+        server.wait()
