@@ -52,3 +52,23 @@ def test_16_7_16_8_uart_sim_serves_clients_until_ctrl_c(small_model, capsys):
     finally:
         server.kill()
         server.wait()
+
+
+def test_16_9_first_sim_use_says_it_builds_and_keeps_the_build_out_of_the_timing(small_model, tmp_path,
+                                                                                 monkeypatch, capsys):
+    import re
+
+    import sw.sim.build
+
+    monkeypatch.setattr(sw.sim.build, "DEFAULT_CACHE", tmp_path / "cache")  # a fresh clone: nothing built yet
+    command = ["generate", "--model", str(small_model), "--prompt-ids", "1,2,3", "--max-new-tokens", "3",
+               "--greedy", "--json", "--backend", "sim", "--backend-opt", "preset=tiny"]
+    assert cli.main(command) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert lines[0] == "[building the simulator for sim://tiny (first use, ~20 s)]"
+    built_s = float(re.fullmatch(r"\[built the simulator for sim://tiny in (\d+) s\]", lines[1]).group(1))
+    timing = json.loads(out)["timing"]
+    assert timing["device_setup_s"] >= built_s - 1 and timing["total_s"] < built_s
+    assert cli.main(command) == 0  # built: not a word about it
+    assert "building" not in capsys.readouterr().err

@@ -52,7 +52,7 @@ def connect(url: str, timeout: float = 10.0, log=None) -> "Accelerator":
       `serial://socket://127.0.0.1:PORT` for the UART-level board simulator (sw/sim/uart_sim.py).
       `window` is how many request frames may be in flight (1: the UART has no flow control).
 
-    `log(line)`, if given, receives notices for the user (sim: the trace file and its format).
+    `log(line)`, if given, receives notices for the user (sim: the trace file and its format, a first build).
     """
     from hw.config import preset
 

@@ -128,12 +128,13 @@ class SimTransport(Transport):
     START_TIMEOUT = 30.0
 
     def __init__(self, config, trace: Path | str | None = None, log: Callable[[str], None] | None = None) -> None:
-        """`log`, if given, receives one-line notices for the user (the trace file and its format)."""
+        """`log`, if given, receives one-line notices for the user (the trace file and its format, a first
+        build of the simulator)."""
         from sw.sim.build import build_harness
 
         self.description = f"sim://{config.name}"
         self.trace_path = None if trace is None else self._trace_file(trace, log)  # checked before building
-        exe = build_harness(config, trace=trace is not None)
+        exe = build_harness(config, trace=trace is not None, log=log)
         cmd = [str(exe), "--port", "0", "--max-payload", str(config.max_payload)]
         if self.trace_path is not None:
             cmd += ["--trace", str(self.trace_path)]

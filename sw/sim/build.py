@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,17 +104,26 @@ def build_key(config, flags: list[str], env: dict[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def expected_build_s(config) -> int:
+    """Rough first-build time of a simulated board on a busy 2-core machine (tiny ~20 s, sim ~60 s)."""
+    return 10 * round((20 + config.lanes * config.k_per_cycle / 12) / 10)
+
+
 def verilate(out_dir: Path, write_sources: Callable[[Path], list[str]], flags: list[str], what: str,
-             cxx_opt: str = CXX_OPT) -> Path:
+             cxx_opt: str = CXX_OPT, log: Callable[[str], None] | None = None, expect_s: int | None = None) -> Path:
     """Path of the Verilated executable out_dir/EXECUTABLE, building it if it is not there.
 
     `write_sources(work)` writes the design into the work folder and returns what verilator
     compiles (Verilog files and the C++ harness). Concurrent callers (pytest workers) share one
-    build through a file lock; a failed build leaves no executable behind.
+    build through a file lock; a failed build leaves no executable behind. `log`, if given, is told
+    when a build starts (with `expect_s`, its usual length) and how long it took.
     """
     exe = out_dir / EXECUTABLE
     if exe.exists():
         return exe
+    start = time.monotonic()
+    if log is not None:
+        log(f"[building {what} (first use{f', ~{expect_s} s' if expect_s else ''})]")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(out_dir.parent / f"{out_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -138,11 +148,14 @@ def verilate(out_dir: Path, write_sources: Callable[[Path], list[str]], flags: l
         shutil.rmtree(work / "obj")
         shutil.rmtree(out_dir, ignore_errors=True)
         work.rename(out_dir)
+    if log is not None:
+        log(f"[built {what} in {time.monotonic() - start:.0f} s]")
     return exe
 
 
-def build_harness(config, trace: bool = False, cache_dir: Path | None = None) -> Path:
-    """Path of the simulated-board executable for `config`, building it if needed."""
+def build_harness(config, trace: bool = False, cache_dir: Path | None = None,
+                  log: Callable[[str], None] | None = None) -> Path:
+    """Path of the simulated-board executable for `config`, building it if needed (`log`: see verilate)."""
     flags = VERILATOR_FLAGS + ([f"--trace-{trace_format()}"] if trace else [])
     key = build_key(config, flags, verilator_env())
     variant = f"{config.name}-trace" if trace else config.name
@@ -156,7 +169,8 @@ def build_harness(config, trace: bool = False, cache_dir: Path | None = None) ->
         (work / "wrapper.v").write_text(wrapper_verilog(top_module_name(verilog)))
         return ["top.v", "wrapper.v", str(HARNESS_SOURCE)]
 
-    exe = verilate(out_dir, write_sources, flags, f"the {config.name!r} board")
+    exe = verilate(out_dir, write_sources, flags, f"the simulator for sim://{config.name}", log=log,
+                   expect_s=expected_build_s(config))
     for stale in out_dir.parent.glob(f"{variant}-????????????????"):  # builds of older sources
         if stale != out_dir and (stale / EXECUTABLE).exists():
             shutil.rmtree(stale, ignore_errors=True)

@@ -37,7 +37,7 @@ START_TIMEOUT = 30.0
 
 
 def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level: bool = False,
-                     cache_dir: Path | None = None) -> Path:
+                     cache_dir: Path | None = None, log=None) -> Path:
     """Path of the UART-level simulator of `board_name`, building it on first use.
 
     With `gate_level`, what is simulated is not the RTL but yosys' netlist of it
@@ -75,7 +75,7 @@ def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level:
     # -O1, which takes a fraction of -O2's time.
     flags = VERILATOR_FLAGS + (["--public-flat-rw"] if gate_level else [])
     return verilate(out_dir, write_sources, flags, f"the {spec.name} UART-level board ({kind})",
-                    cxx_opt="-O1" if gate_level else CXX_OPT)
+                    cxx_opt="-O1" if gate_level else CXX_OPT, log=log, expect_s=None if gate_level else 50)
 
 
 def synthesize_netlist(family: str, synth_opts: str, work: Path) -> Path:
@@ -101,12 +101,12 @@ class UartSimBoard:
     """A running UART-level simulator; `url` is what `sw.runtime.connect` takes."""
 
     def __init__(self, board_name: str, divisor: int | None = None, *, gate_level: bool = False,
-                 port: int = 0) -> None:
+                 port: int = 0, log=None) -> None:
         from hw.boards import board
 
         spec = board(board_name)
         self.divisor = spec.divisor if divisor is None else divisor
-        exe = build_uart_board(board_name, self.divisor, gate_level=gate_level)
+        exe = build_uart_board(board_name, self.divisor, gate_level=gate_level, log=log)
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [str(exe), "--port", str(port), "--divisor", str(self.divisor),
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:  # the simulator exits when its client disconnects: start the next one on the same port
             try:
-                sim = UartSimBoard(args.board, args.divisor, port=port)
+                sim = UartSimBoard(args.board, args.divisor, port=port,
+                                   log=lambda line: print(line, file=sys.stderr, flush=True))
             except SimBuildError as e:
                 print(f"uart_sim: error: {str(e).splitlines()[0]}", file=sys.stderr)
                 return 1
