@@ -167,6 +167,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     stamps: list[float] = []
     tokens = golden.generate_stream(model, prompt_ids, args.max_new_tokens, greedy=args.greedy,  # checks arguments
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    room = model.config.max_position_embeddings - len(prompt_ids)
+    if args.max_new_tokens > room:  # generation stops at the end of the context: say so rather than stop silently
+        print(f"bitlane generate: note: at most {room} new tokens fit in the model's context "
+              f"(max_position_embeddings {model.config.max_position_embeddings}, prompt {len(prompt_ids)} tokens); "
+              f"--max-new-tokens {args.max_new_tokens} will stop there", file=sys.stderr)
     setup = time.perf_counter()
     with BACKENDS[args.backend](model, **dict(args.backend_opt)):
         start = time.perf_counter()  # opening the device (a first simulator build, weight upload) is not generation

@@ -1,5 +1,7 @@
 """Hostile and mistaken input (issue 16): each case ends in one line on stderr naming the value, file or
 tensor, a non-zero exit, no traceback, and in bounded time."""
+import json
+
 import pytest
 
 from sw import cli
@@ -202,3 +204,17 @@ def test_16_7_uart_sim_build_is_reused_from_one_run_to_the_next():
     dirs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
             for _ in range(2)}
     assert len(dirs) == 1, dirs
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_16_10_max_new_tokens_beyond_the_context_is_stated(make_checkpoint, capsys, json_output):
+    path = make_checkpoint(seed=4, tokenizer=False, max_position_embeddings=8)
+    assert cli.main(["generate", "--model", str(path), "--prompt-ids", "1,2,3", "--max-new-tokens", "100000000",
+                     *(["--json"] if json_output else [])]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == ("bitlane generate: note: at most 5 new tokens fit in the model's context "
+                                   "(max_position_embeddings 8, prompt 3 tokens); --max-new-tokens 100000000 "
+                                   "will stop there")
+    assert len(json.loads(out)["generated_ids"] if json_output else out.split()) == 5
+    assert cli.main(["generate", "--model", str(path), "--prompt-ids", "1,2,3", "--max-new-tokens", "5"]) == 0
+    assert "note" not in capsys.readouterr().err  # exactly what fits: nothing to say
