@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="shape, parameter counts and memory of a checkpoint",
                           description="Print a checkpoint's shape, its ternary and float parameter counts and "
-                                      "the memory they take with trits at 2 bits.")
+                                      "the memory they take with trits at 2 bits, after checking config.json "
+                                      "against the safetensors headers (tensor names, dtypes, shapes).")
     info.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder")
     info.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -201,7 +202,7 @@ def _mib(nbytes: float) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    config = golden.load_config(args.model)
+    config = golden.check_checkpoint(args.model)  # config against the safetensors headers: no tensor data read
     with torch.device("meta"):  # shapes only, no memory
         counts = golden.BitNetForCausalLM(config).num_parameters()
     ternary_bytes = counts["ternary"] * 2 / 8
