@@ -258,3 +258,26 @@ def test_16_11_info_checks_the_safetensors_headers(make_checkpoint, tmp_path, ca
     assert cli.main(["info", "--model", str(path), *(["--json"] if as_json else [])]) == 1
     assert time.perf_counter() - start < 5
     assert message in _one_line_error(capsys, "info")
+
+
+def test_16_12_a_a_dropped_link_says_read_failed_once():
+    import socket
+    import struct
+
+    from sw.transport import SerialTransport, TransportError
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        link = SerialTransport(f"socket://127.0.0.1:{listener.getsockname()[1]}")
+        peer, _ = listener.accept()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # a reset, as when the simulator dies
+        try:
+            with pytest.raises(TransportError) as error:
+                for _ in range(10):
+                    link.read(0.2)
+        finally:
+            link.close()
+    message = str(error.value)
+    assert message.startswith("socket://127.0.0.1:") and message.count("read failed") == 1, message
