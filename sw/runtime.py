@@ -59,6 +59,9 @@ def connect(url: str, timeout: float = 10.0, log=None) -> "Accelerator":
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     if parts.scheme in ("model", "sim"):
+        if parts.netloc and parts.path not in ("", "/"):  # model://tiny/../../etc is not model://tiny
+            raise ValueError(f"{url!r}: unexpected {parts.path!r} after the preset name; "
+                             f"expected {parts.scheme}://PRESET")
         config = preset(parts.netloc or parts.path.strip("/"))
         transport: Transport = (ModelTransport(config) if parts.scheme == "model"
                                 else SimTransport(config, trace=query.get("trace"), log=log))

@@ -281,3 +281,21 @@ def test_16_12_a_a_dropped_link_says_read_failed_once():
             link.close()
     message = str(error.value)
     assert message.startswith("socket://127.0.0.1:") and message.count("read failed") == 1, message
+
+
+@pytest.mark.parametrize("backend", ["model", "sim"])
+@pytest.mark.parametrize("preset", ["tiny/../../etc", "tiny/x", "../tiny"])
+def test_16_12_b_a_preset_is_a_name_not_a_path(make_checkpoint, capsys, no_sim_build, backend, preset):
+    assert cli.main(["generate", "--model", str(make_checkpoint(seed=3)), "--prompt-ids", "1", "--backend", backend,
+                     "--backend-opt", f"preset={preset}"]) == 1
+    err = _one_line_error(capsys)
+    assert f"'{backend}://{preset}': unexpected '/" in err
+    assert f"after the preset name; expected {backend}://PRESET" in err
+
+
+def test_16_12_b_preset_urls_that_were_fine_still_are():
+    import sw
+
+    for url in ("model://tiny", "model://tiny/", "model:///tiny"):
+        with sw.connect(url) as acc:
+            assert acc.caps.lanes == 4, url
