@@ -45,6 +45,10 @@ def _device_backend(scheme: str) -> Backend:
             raise ValueError(f"backend {scheme!r}: timeout={timeout_text!r}, expected seconds, "
                              "e.g. timeout=30") from None
         url = options.pop("url", None)
+        given = (url or "").partition("://")[0]
+        if given in BACKENDS and given != scheme:  # it would run there, reported as this backend
+            raise ValueError(f"backend {scheme!r}: url={url!r} is a {given}:// device; use --backend {given} "
+                             f"(or a {scheme}:// URL)")
         if url is not None and scheme == "serial" and not url.startswith("serial://"):
             url = f"serial://{url}"  # url=socket://HOST:PORT, as for port=
         if url is None and scheme == "serial":

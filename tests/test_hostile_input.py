@@ -299,3 +299,20 @@ def test_16_12_b_preset_urls_that_were_fine_still_are():
     for url in ("model://tiny", "model://tiny/", "model:///tiny"):
         with sw.connect(url) as acc:
             assert acc.caps.lanes == 4, url
+
+
+@pytest.mark.parametrize("backend, url", [("model", "sim://tiny"), ("sim", "model://tiny"),
+                                          ("serial", "model://tiny"), ("model", "serial:///dev/ttyUSB1")])
+def test_16_12_c_url_of_another_backend_is_refused(make_checkpoint, capsys, no_sim_build, backend, url):
+    assert cli.main(["generate", "--model", str(make_checkpoint(seed=3)), "--prompt-ids", "1", "--backend", backend,
+                     "--backend-opt", f"url={url}"]) == 1
+    given = url.partition(":")[0]
+    assert _one_line_error(capsys) == (f"bitlane generate: error: backend {backend!r}: url={url!r} is a {given}:// "
+                                       f"device; use --backend {given} (or a {backend}:// URL)\n")
+
+
+def test_16_12_c_url_of_the_same_backend_runs_and_is_reported(make_checkpoint, capsys):
+    assert cli.main(["generate", "--model", str(make_checkpoint(seed=3)), "--prompt-ids", "1", "--max-new-tokens", "2",
+                     "--backend", "model", "--backend-opt", "url=model://tiny"]) == 0
+    err = capsys.readouterr().err
+    assert "[model://tiny: " in err and "backend model]" in err
