@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run the benchmark scripts of bench/ (all, or the named ones)",
                            description="Run bench/NAME_bench.py for each NAME (default: every script there), "
-                                       "each printing its figures.")
+                                       "each printing its figures.",
+                           epilog=_bench_list(), formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("names", nargs="*", metavar="NAME", help="e.g. driver golden (default: all)")
 
     sub.add_parser("hw", help="hardware tools (build, program, ...): see `bitlane hw --help`", add_help=False)
@@ -247,9 +248,30 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def _benchmarks() -> tuple[Path, dict[str, Path]]:
     bench_dir = Path(__file__).resolve().parents[1] / "bench"
-    available = {p.name.removesuffix("_bench.py"): p for p in sorted(bench_dir.glob("*_bench.py"))}
+    return bench_dir, {p.name.removesuffix("_bench.py"): p for p in sorted(bench_dir.glob("*_bench.py"))}
+
+
+def _bench_list() -> str:
+    """`bitlane bench --help`'s list: each benchmark with the first paragraph of its docstring."""
+    import ast
+
+    bench_dir, available = _benchmarks()
+    if not available:
+        return f"no benchmarks found in {bench_dir}"
+    lines = []
+    for name, path in available.items():
+        try:
+            doc = " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split("\n\n")[0].split())
+        except (OSError, SyntaxError, ValueError):
+            doc = ""
+        lines.append(f"  {name:<10} {doc}".rstrip())
+    return "benchmarks (bench/NAME_bench.py):\n" + "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    bench_dir, available = _benchmarks()
     unknown = [name for name in args.names if name not in available]
     if unknown:
         raise ValueError(f"no benchmark {', '.join(unknown)} in {bench_dir}; choose from {', '.join(available)}")

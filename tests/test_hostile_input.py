@@ -316,3 +316,17 @@ def test_16_12_c_url_of_the_same_backend_runs_and_is_reported(make_checkpoint, c
                      "--backend", "model", "--backend-opt", "url=model://tiny"]) == 0
     err = capsys.readouterr().err
     assert "[model://tiny: " in err and "backend model]" in err
+
+
+def test_16_12_d_bench_help_lists_the_benchmarks(capsys):
+    from pathlib import Path
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--help"])
+    out = capsys.readouterr().out
+    bench_dir = Path(cli.__file__).parents[1] / "bench"
+    names = sorted(p.name.removesuffix("_bench.py") for p in bench_dir.glob("*_bench.py"))
+    assert exit_.value.code == 0 and len(names) >= 5
+    listed = out.split("benchmarks (bench/NAME_bench.py):\n")[1].splitlines()
+    assert [line.split()[0] for line in listed] == names
+    assert "  golden     Tokens/s of the golden model on CPU" in out
