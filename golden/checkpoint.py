@@ -343,6 +343,14 @@ def _state_tensors(model: BitNetForCausalLM) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _save_file(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, with the permissions any other new file gets (it writes 0600)."""
+    save_file(tensors, str(file), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    file.chmod(0o666 & ~umask)
+
+
 def save_model(model: BitNetForCausalLM, path: str | Path, tokenizer=None,
                max_shard_bytes: int | None = None) -> Path:
     """Write `model` as a packed Hugging Face BitNet folder (config.json, safetensors, tokenizer.json).
@@ -358,7 +366,7 @@ def save_model(model: BitNetForCausalLM, path: str | Path, tokenizer=None,
     tensors = _state_tensors(model)
     metadata = {"format": "pt"}
     if max_shard_bytes is None:
-        save_file(tensors, str(path / WEIGHTS_FILE), metadata=metadata)
+        _save_file(tensors, path / WEIGHTS_FILE, metadata)
     else:
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
@@ -372,7 +380,7 @@ def save_model(model: BitNetForCausalLM, path: str | Path, tokenizer=None,
         weight_map = {}
         for i, shard in enumerate(shards):
             file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(path / file), metadata=metadata)
+            _save_file(shard, path / file, metadata)
             weight_map.update({name: file for name in shard})
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         (path / INDEX_FILE).write_text(json.dumps(

@@ -330,3 +330,31 @@ def test_16_12_d_bench_help_lists_the_benchmarks(capsys):
     listed = out.split("benchmarks (bench/NAME_bench.py):\n")[1].splitlines()
     assert [line.split()[0] for line in listed] == names
     assert "  golden     Tokens/s of the golden model on CPU" in out
+
+
+@pytest.mark.parametrize("shard", [None, 20_000])
+def test_16_12_e_make_model_files_get_normal_permissions(tmp_path, capsys, shard):
+    import os
+    import stat
+
+    import golden
+
+    umask = os.umask(0o022)
+    try:
+        if shard is None:
+            assert cli.main(["make-model", str(tmp_path / "m")]) == 0
+        else:
+            golden.save_model(_tiny_model(), tmp_path / "m", max_shard_bytes=shard)
+    finally:
+        os.umask(umask)
+    files = sorted((tmp_path / "m").iterdir())
+    assert any(f.suffix == ".safetensors" for f in files)
+    assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {f.name: "0o644" for f in files}
+
+
+def _tiny_model():
+    import golden
+
+    return golden.BitNetForCausalLM(golden.BitNetConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                        num_hidden_layers=1, num_attention_heads=2,
+                                                        num_key_value_heads=2))
