@@ -10,6 +10,7 @@ adding it to BACKENDS.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -55,11 +56,20 @@ def _device_backend(scheme: str) -> Backend:
         try:
             timeout = float(timeout_text)
         except ValueError:
+            timeout = math.nan
+        if not (math.isfinite(timeout) and timeout > 0):  # nan would wait forever, 0 or less never
             raise ValueError(f"backend {scheme!r}: timeout={timeout_text!r}, expected seconds, "
                              "e.g. timeout=30") from None
         url = options.pop("url", None)
+        given = (url or "").partition("://")[0]
+        if given in BACKENDS and given != scheme:  # it would run there, reported as this backend
+            raise ValueError(f"backend {scheme!r}: url={url!r} is a {given}:// device; use --backend {given} "
+                             f"(or a {scheme}:// URL)")
+        if url is not None and scheme == "serial" and not url.startswith("serial://"):
+            url = f"serial://{url}"  # url=socket://HOST:PORT, as for port=
         if url is None and scheme == "serial":
             port = options.pop("port", "/dev/ttyUSB1")
+            port = port.removeprefix("serial://")  # port= also takes the URL python -m bitlane.hw.sim.uart_sim prints
             url = f"serial://{port}?baud={options.pop('baud', DEFAULT_BAUD)}&window={options.pop('window', 1)}"
         elif url is None:
             url = f"{scheme}://{options.pop('preset', 'sim')}"
@@ -70,7 +80,8 @@ def _device_backend(scheme: str) -> Backend:
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         if options:
             raise ValueError(f"backend {scheme!r}: unknown options {sorted(options)} ({OPTIONS_HELP})")
-        session = DeviceSession(model, connect(url, timeout=timeout), progress=sys.stderr.isatty(),  # no bar in logs
+        device = connect(url, timeout=timeout, log=lambda line: print(line, file=sys.stderr))
+        session = DeviceSession(model, device, progress=sys.stderr.isatty(),  # no bar in logs
                                 report=sys.stderr, project=scheme in ("sim", "model"))
         return _running(session, model)
 

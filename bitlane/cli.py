@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="shape, parameter counts and memory of a checkpoint",
                           description="Print a checkpoint's shape, its ternary and float parameter counts and "
-                                      "the memory they take with trits at 2 bits.")
+                                      "the memory they take with trits at 2 bits, after checking config.json "
+                                      "against the safetensors headers (tensor names, dtypes, shapes).")
     info.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder")
     info.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -128,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run the benchmark scripts of bench/ (all, or the named ones)",
                            description="Run bench/NAME_bench.py for each NAME (default: every script there), "
-                                       "each printing its figures.")
+                                       "each printing its figures.",
+                           epilog=_bench_list(), formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("names", nargs="*", metavar="NAME", help="e.g. driver golden (default: all)")
 
     sub.add_parser("hw", help="hardware tools (build, program, ...): see `bitlane hw --help`", add_help=False)
@@ -151,11 +153,25 @@ def print_stream(tokens: Iterable[int], tokenizer, prompt_ids: list[int],
         print(show(streamer.flush()) if streamer else "", flush=True)
 
 
+def _utf8_prompt(text: str) -> str:
+    """`text` if it is valid Unicode; a prompt of undecodable bytes (argv keeps them as surrogates) is refused."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError as e:
+        bad = ord(text[e.start])  # undecodable argv byte b arrives as U+DC00 + b (surrogateescape)
+        what = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"lone surrogate U+{bad:04X}"
+        raise ValueError(f"--prompt is not valid UTF-8 text ({what} at character {e.start}); "
+                         "pass UTF-8 text, or token ids with --prompt-ids") from None
+
+
 def _load(path: str) -> golden.BitNetForCausalLM:
     return golden.load_model(path, progress=sys.stderr.isatty())
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.prompt is not None:
+        _utf8_prompt(args.prompt)
     t0 = time.perf_counter()
     model = _load(args.model)
     tokenizer = golden.load_tokenizer(args.model)
@@ -169,7 +185,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     generated: list[int] = []
     stamps: list[float] = []
-    start = time.perf_counter()
 
     def stream(runner) -> Iterator[int]:
         return golden.generate_stream(runner, prompt_ids, args.max_new_tokens, greedy=args.greedy,
@@ -177,13 +192,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                       seed=args.seed)
 
     stream(model)  # checks every argument now, before a backend opens a device
+    room = model.config.max_position_embeddings - len(prompt_ids)
+    if args.max_new_tokens > room:  # generation stops at the end of the context: say so rather than stop silently
+        print(f"bitlane generate: note: at most {room} new tokens fit in the model's context "
+              f"(max_position_embeddings {model.config.max_position_embeddings}, prompt {len(prompt_ids)} tokens); "
+              f"--max-new-tokens {args.max_new_tokens} will stop there", file=sys.stderr)
+    setup = time.perf_counter()
     with BACKENDS[args.backend](model, **dict(args.backend_opt)) as runner:
+        start = time.perf_counter()  # opening the device (a first simulator build, weight upload) is not generation
         tokens = stream(runner)
         for token in tokens if args.json else print_stream(tokens, tokenizer, prompt_ids):
             stamps.append(time.perf_counter())
             generated.append(token)
     decode_s = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
     timing = {"load_s": round(load_s, 4),
+              "device_setup_s": round(start - setup, 4),
               "first_token_s": round(stamps[0] - start, 4) if stamps else None,
               "total_s": round(time.perf_counter() - start, 4),
               "decode_tokens_per_s": round((len(stamps) - 1) / decode_s, 3) if decode_s > 0 else None}
@@ -220,7 +243,7 @@ def _mib(nbytes: float) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    config = golden.load_config(args.model)
+    config = golden.check_checkpoint(args.model)  # config against the safetensors headers: no tensor data read
     with torch.device("meta"):  # shapes only, no memory
         counts = golden.BitNetForCausalLM(config).num_parameters()
     ternary_bytes = counts["ternary"] * 2 / 8
@@ -265,9 +288,30 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def _benchmarks() -> tuple[Path, dict[str, Path]]:
     bench_dir = Path(__file__).resolve().parents[1] / "bench"
-    available = {p.name.removesuffix("_bench.py"): p for p in sorted(bench_dir.glob("*_bench.py"))}
+    return bench_dir, {p.name.removesuffix("_bench.py"): p for p in sorted(bench_dir.glob("*_bench.py"))}
+
+
+def _bench_list() -> str:
+    """`bitlane bench --help`'s list: each benchmark with the first paragraph of its docstring."""
+    import ast
+
+    bench_dir, available = _benchmarks()
+    if not available:
+        return f"no benchmarks found in {bench_dir}"
+    lines = []
+    for name, path in available.items():
+        try:
+            doc = " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split("\n\n")[0].split())
+        except (OSError, SyntaxError, ValueError):
+            doc = ""
+        lines.append(f"  {name:<10} {doc}".rstrip())
+    return "benchmarks (bench/NAME_bench.py):\n" + "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    bench_dir, available = _benchmarks()
     unknown = [name for name in args.names if name not in available]
     if unknown:
         raise ValueError(f"no benchmark {', '.join(unknown)} in {bench_dir}; choose from {', '.join(available)}")
