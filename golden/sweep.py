@@ -62,7 +62,10 @@ def run_all(runs: dict[str, list[str]], out: Path, gpus: int) -> int:
     for name in sorted(runs, key=cost, reverse=True):  # largest first: the longest runs start earliest
         gpu = load.index(min(load))
         load[gpu] += cost(name)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # One CPU thread pool per run: eight runs with a pool as large as the machine each stalled in
+        # their CPU phase (samples, export) for minutes on the 32-core device, from oversubscription.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(runs)))}
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         print(f"{name}: GPU {gpu if gpus else 'none'}", flush=True)
@@ -76,30 +79,46 @@ def run_all(runs: dict[str, list[str]], out: Path, gpus: int) -> int:
     return failed
 
 
+def parameters(size: str, vocab: int = 4096) -> tuple[int, int]:
+    """(ternary, float) parameters of a size: BitLinear weights; tied embedding and RMSNorm gains."""
+    hidden, inter, layers = SIZES[size][:3]
+    ternary = layers * (4 * hidden * hidden + 3 * hidden * inter)
+    return ternary, vocab * hidden + layers * (3 * hidden + inter) + hidden
+
+
+def read_run(run: Path) -> dict | None:
+    """A run's log (and result.json if it finished): final and best periodic validation loss."""
+    if not (run / "log.jsonl").is_file():
+        return None
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    val = [r for r in log if "val_loss" in r]
+    train = [r for r in log if "loss" in r]
+    result = json.loads((run / "result.json").read_text()) if (run / "result.json").is_file() else None
+    return {"val": val, "final": math.exp(val[-1]["val_loss"]), "best": math.exp(min(r["val_loss"] for r in val)),
+            "train_loss": sum(r["loss"] for r in train[-8:]) / len(train[-8:]), "tokens": train[-1]["tokens"],
+            "seconds": train[-1]["seconds"], "result": result}
+
+
 def read_results(root: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/result.json"))}
+    runs = {p.name: read_run(p) for p in sorted(root.iterdir()) if p.is_dir()}
+    return {name: run for name, run in runs.items() if run is not None}
 
 
-def total_params(result: dict) -> int:
-    return sum(result["parameters"].values())
-
-
-def table(results: dict[str, dict]) -> str:
-    rows = ["| size | layers × hidden | parameters (ternary + float) | training tokens (epochs) | val ppl, ternary "
-            "| val ppl, float | ratio ternary / float | best val ppl during training, ternary / float |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+def table(results: dict[str, dict], corpus_tokens: int) -> str:
+    rows = ["| size | layers × hidden | parameters (ternary + float) | tokens (epochs) | val ppl, ternary "
+            "| val ppl, float | ratio | train − val loss gap, ternary / float | full-split val ppl, ternary / float |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for size in SIZES:
         t, f = results.get("t" + size[1:]), results.get("f" + size[1:])
         if t is None or f is None:
             continue
-        c = t["config"]
-        epochs = t["train_tokens_seen"] / t["corpus_train_tokens"]
-        best = [math.exp(min(r["val_loss"] for r in r_log)) for r_log in (t["_val"], f["_val"])]
-        rows.append(f"| {size} | {c['num_hidden_layers']} × {c['hidden_size']} | {total_params(t) / 1e6:.1f}M "
-                    f"({t['parameters']['ternary'] / 1e6:.1f}M + {t['parameters']['float'] / 1e6:.1f}M) "
-                    f"| {t['train_tokens_seen'] / 1e6:.1f}M ({epochs:.1f}) | **{t['val_perplexity']:.2f}** "
-                    f"| {f['val_perplexity']:.2f} | {t['val_perplexity'] / f['val_perplexity']:.3f} "
-                    f"| {best[0]:.2f} / {best[1]:.2f} |")
+        ternary, floats = parameters(size)
+        full = [f"{r['result']['val_perplexity']:.2f}" if r["result"] else "–" for r in (t, f)]
+        gap = [math.log(r["final"]) - r["train_loss"] for r in (t, f)]
+        rows.append(f"| {size} | {SIZES[size][2]} × {SIZES[size][0]} | {(ternary + floats) / 1e6:.1f}M "
+                    f"({ternary / 1e6:.1f}M + {floats / 1e6:.1f}M) | {t['tokens'] / 1e6:.1f}M "
+                    f"({t['tokens'] / corpus_tokens:.1f}) | **{t['final']:.2f}** | {f['final']:.2f} "
+                    f"| {t['final'] / f['final']:.3f} | {gap[0]:.2f} / {gap[1]:.2f} | {full[0]} / {full[1]} |")
     return "\n".join(rows)
 
 
@@ -109,13 +128,24 @@ def plot(results: dict[str, dict], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter
+
     fig, (ax, paper) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    curves = {}
     for prefix, label, style in (("t", "BitNet b1.58 (ternary)", "o-"), ("f", "float twin (bf16)", "s--")):
-        points = sorted((total_params(r), r["val_perplexity"]) for name, r in results.items() if name[0] == prefix)
+        points = sorted((sum(parameters("h" + name[1:])), r["final"]) for name, r in results.items()
+                        if name[0] == prefix)
+        curves[prefix] = dict(points)
         ax.plot([p / 1e6 for p, _ in points], [v for _, v in points], style, label=label)
+    for params, ternary in curves["t"].items():
+        if params in curves.get("f", {}):
+            ax.annotate(f"×{ternary / curves['f'][params]:.3f}", (params / 1e6, ternary), textcoords="offset points",
+                        xytext=(4, 6), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("parameters (millions, log scale)")
-    ax.set_ylabel("validation perplexity")
+    ax.set_xticks([p / 1e6 for p in curves["t"]], [f"{p / 1e6:.1f}M" for p in curves["t"]])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("parameters (log scale); 39.3M tokens each")
+    ax.set_ylabel("validation perplexity (200k-token subset)")
     ax.set_title("bitlane sweep: multi-source English corpus")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -124,6 +154,7 @@ def plot(results: dict[str, dict], png: Path) -> None:
     paper.plot(sizes, [v[1] for v in PAPER.values()], "s--", label="LLaMA (FP16)")
     paper.set_xscale("log")
     paper.set_xticks(sizes, list(PAPER))
+    paper.xaxis.set_minor_formatter(NullFormatter())
     paper.set_xlabel("parameters")
     paper.set_title("for reference: the paper's Table 1 (100B tokens)")
     paper.grid(True, which="both", alpha=0.3)
@@ -133,14 +164,14 @@ def plot(results: dict[str, dict], png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
-def report(root: Path, png: Path | None) -> str:
+def report(root: Path, png: Path | None, corpus_tokens: int) -> str:
+    """Markdown table (and chart) of a sweep folder. "val ppl" is each run's last periodic evaluation
+    (--eval-tokens: the same ~200k validation tokens for every run, spread over all sources); the
+    full-split perplexity comes from result.json where the run finished its final evaluation."""
     results = read_results(root)
-    for name, result in results.items():
-        log = [json.loads(line) for line in (root / name / "log.jsonl").read_text().splitlines()]
-        result["_val"] = [r for r in log if "val_loss" in r]
     if png is not None:
         plot(results, png)
-    return table(results)
+    return table(results, corpus_tokens)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--png", type=Path, default=None, help="report: write the chart here")
     args, extra = parser.parse_known_args(argv)
     if args.action == "report":
-        print(report(args.root or Path(args.out), args.png))
+        meta = json.loads((Path(args.data) / "meta.json").read_text())
+        print(report(args.root or Path(args.out), args.png, meta["tokens"]["train"]))
         return
     runs = commands(args.data, args.out, args.steps, args.batch_size, args.seed, extra)
     if args.only:
