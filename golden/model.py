@@ -4,7 +4,7 @@ Everything lives in this one file: the config dataclass, the two quantizers, Bit
 with its integer seam, and the transformer (RMSNorm, RoPE, grouped-query attention with
 SubLN, relu2 / SwiGLU MLP, KV cache).
 
-Arithmetic contract (docs: ARCHITECTURE.md, matches transformers' BitNet bit for bit):
+Arithmetic contract (docs/architecture.md; matches transformers' BitNet bit for bit):
 
     weights      t = clamp(round(W * ws), -1, 1),  ws = 1 / mean|W|   (one scale per tensor)
     activations  s = 127 / max(|x|, 1e-5) per token,  q = clamp(round(x * s), -128, 127)

@@ -1,6 +1,6 @@
 """Plot the loss curves of training runs (their log.jsonl files) into one PNG.
 
-    python -m golden.plot docs/training/t256 docs/training/f256 ... --png docs/loss.png
+    python -m bitlane.golden.plot docs/training/t256 docs/training/f256 ... --png docs/loss.png
 
 Solid lines: training loss (mean over each 100 steps' logged losses); markers joined by
 dashed lines: validation loss of the model as exported (BitLinear on its integer path).

@@ -6,7 +6,7 @@ integer pair: offset and length into `Rdata.rdb`); each `.rdb` entry is a 4-byte
 uncompressed length followed by a zlib stream (or a type byte, then zlib/bzip2/xz) holding one
 serialized object.
 
-    from golden.rdata import read_lazyload_db
+    from bitlane.golden.rdata import read_lazyload_db
     objects = read_lazyload_db(Path(".../janeaustenr/data/Rdata"))   # {"emma": [...lines...], ...}
 
 Vectors come back as Python lists (strings as `str`, NA as None), pairlists and attributes as

@@ -1,11 +1,11 @@
 """The ternary-vs-float size sweep: BitNet b1.58 and its float twin at several sizes, same data,
 tokens and schedule, as in the BitNet b1.58 paper's comparison with LLaMA.
 
-    python -m golden.sweep commands --data data/english --out runs/sweep   # the golden.train commands
-    python -m golden.sweep run --data data/english --out runs/sweep        # run them all at once (one GPU)
-    python -m golden.sweep report runs/sweep --png docs/sweep.png          # markdown table + chart
+    python -m bitlane.golden.sweep commands --data data/english --out runs/sweep   # the golden.train commands
+    python -m bitlane.golden.sweep run --data data/english --out runs/sweep        # run them all at once (one GPU)
+    python -m bitlane.golden.sweep report runs/sweep --png docs/sweep.png          # markdown table + chart
 
-Every run is one `python -m golden.train` process (the sizes are in SIZES); `run` starts them
+Every run is one `python -m bitlane.golden.train` process (the sizes are in SIZES); `run` starts them
 concurrently, since the small ones are bound by kernel launches and share one GPU well, and
 writes each one's output to `<out>/<run>.out`.
 """
@@ -43,7 +43,7 @@ def commands(data: str, out: str, steps: int, batch_size: int, seed: int, extra:
                  "--num-hidden-layers", str(layers), "--num-attention-heads", str(heads)]
         for linear, prefix, lr in (("bitlinear", "t", lr_t), ("float", "f", lr_f)):
             name = prefix + size[1:]
-            runs[name] = [sys.executable, "-m", "golden.train", *shared, *shape, "--linear", linear,
+            runs[name] = [sys.executable, "-m", f"{__package__ or 'golden'}.train", *shared, *shape, "--linear", linear,
                           "--lr", str(lr), "--out", f"{out}/{name}", *extra]
     return runs
 
@@ -175,7 +175,7 @@ def report(root: Path, png: Path | None, corpus_tokens: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m golden.sweep", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m bitlane.golden.sweep", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("action", choices=["commands", "run", "report"])
     parser.add_argument("root", nargs="?", type=Path, help="report: the sweep's folder")

@@ -1,8 +1,8 @@
 """Train a BitNet b1.58 model (quantization-aware) or its float twin on the corpus of golden.data.
 
-    python -m golden.data --out data/kjv                       # corpus + tokenizer, once
-    python -m golden.train --data data/kjv --out runs/t256 --linear bitlinear --hidden-size 256
-    python -m golden.train --data data/kjv --out runs/f256 --linear float     --hidden-size 256
+    python -m bitlane.golden.data --out data/kjv                       # corpus + tokenizer, once
+    python -m bitlane.golden.train --data data/kjv --out runs/t256 --linear bitlinear --hidden-size 256
+    python -m bitlane.golden.train --data data/kjv --out runs/f256 --linear float     --hidden-size 256
 
 Both runs build the same LLaMA-shaped network (golden.model.BitNetForCausalLM: RMSNorm, RoPE,
 SubLN, relu2-gated MLP, tied embeddings); the only difference is BitLinear versus nn.Linear.
@@ -216,13 +216,13 @@ def train(cfg: TrainConfig) -> dict:
     data, out = Path(cfg.data), Path(cfg.out)
     meta_file = data / "meta.json"
     if not meta_file.is_file():
-        raise TrainError(f"{meta_file} not found: run `python -m golden.data --out {data}` first")
+        raise TrainError(f"{meta_file} not found: run `python -m bitlane.golden.data --out {data}` first")
     try:
         meta = json.loads(meta_file.read_text())
         tokenizer = Tokenizer.from_file(str(data / "tokenizer.json"))
     except Exception as e:  # json and tokenizers raise their own types for unreadable files
         raise TrainError(f"{data}: cannot read meta.json / tokenizer.json ({e}); "
-                         f"rerun `python -m golden.data --out {data}`") from None
+                         f"rerun `python -m bitlane.golden.data --out {data}`") from None
     train_tokens, val_tokens = load_tokens(data, "train"), load_tokens(data, "val")
     if tokenizer.get_vocab_size() != meta["vocab_size"]:
         raise TrainError(f"{data / 'tokenizer.json'} has {tokenizer.get_vocab_size()} tokens, "
@@ -320,7 +320,7 @@ def train(cfg: TrainConfig) -> dict:
 
 
 HELP = {
-    "data": "folder written by `python -m golden.data`",
+    "data": "folder written by `python -m bitlane.golden.data`",
     "out": "run folder (log.jsonl, state.pt, result.json, the exported model); an existing state.pt is resumed",
     "linear": "BitLinear (ternary QAT) or nn.Linear (float baseline)",
     "steps": "optimizer steps (the schedules are laid out over them)",
@@ -336,7 +336,7 @@ HELP = {
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(prog="python -m golden.train", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m bitlane.golden.train", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainConfig()

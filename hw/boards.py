@@ -7,7 +7,7 @@ Each board is the same three parts:
     LEDs           <- heartbeat (clock running, out of reset) and UART error indicator
 
 `BoardLogic` is everything inside the `sync` domain, with the serial pins and
-LEDs as plain ports: the UART-level board simulation (sw/sim/uart_harness.cpp)
+LEDs as plain ports: the UART-level board simulation (hw/sim/uart_harness.cpp)
 and the gate-level check Verilate exactly this, with the PLL bypassed.
 `BoardTop` wraps it with the board's pins, PLL and reset for amaranth-boards.
 """
@@ -21,7 +21,8 @@ from amaranth.lib import wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from .config import CoreConfig, preset
+from bitlane.contract.config import BOARD_FACTS, BoardFacts, CoreConfig
+
 from .top import BitlaneTop
 from .uart import UartStreamBridge, baud_divisor
 
@@ -90,15 +91,11 @@ def ecp5_pll(in_hz: int, out_hz: int) -> Ecp5Pll:
 
 # ---------------------------------------------------------------- boards
 
-@dataclass(frozen=True)
-class Board:
-    name: str
-    family: str  # "ice40" or "ecp5": selects the PLL primitive
+@dataclass(frozen=True, kw_only=True)
+class Board(BoardFacts):
+    """A board's facts (contract/config.py) and what building gateware for it needs."""
+
     make_platform: Callable[[], Platform]
-    core: CoreConfig  # clock_hz is the PLL output, the `sync` clock
-    osc_hz: int
-    baud: int
-    max_baud: int  # what the board's USB-UART bridge can do
     reset_button: str  # resource name; pressed = 1 (amaranth-boards inverts active-low pins)
     synth_opts: str  # options of yosys synth_<family>, for the bitstream and the gate-level netlist
     programmer: str  # command that loads a bitstream over USB
@@ -135,19 +132,15 @@ def _ulx3s() -> Platform:
 
 
 BOARDS: dict[str, Board] = {
-    # FT2232H: up to 12 Mbaud, which needs >= 48 MHz here (4 cycles per bit).
     "icebreaker": Board(
-        "icebreaker", "ice40", _icebreaker, preset("icebreaker"), osc_hz=12_000_000,
-        baud=3_000_000, max_baud=12_000_000, reset_button="button",
+        **BOARD_FACTS["icebreaker"].facts(), make_platform=_icebreaker, reset_button="button",
         # Map the single-port weight memory to the four SPRAMs and the command
         # processor's range-check multipliers to MAC16 DSPs (in LUTs they overflow the UP5K).
         synth_opts="-spram -dsp", programmer="iceprog",
         install_hint="iceprog comes with icestorm (Debian/Ubuntu: apt install fpga-icestorm); "
                      "openFPGALoader -b ice40_generic also works"),
-    # FT231X: up to 3 Mbaud.
     "ulx3s": Board(
-        "ulx3s", "ecp5", _ulx3s, preset("ulx3s"), osc_hz=25_000_000,
-        baud=3_000_000, max_baud=3_000_000, reset_button="button_pwr",
+        **BOARD_FACTS["ulx3s"].facts(), make_platform=_ulx3s, reset_button="button_pwr",
         synth_opts="", programmer="openFPGALoader",
         install_hint="openFPGALoader: apt install openfpgaloader, or build it from "
                      "https://github.com/trabucayre/openFPGALoader"),

@@ -11,14 +11,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import PRESETS, preset
+from bitlane.contract.config import PRESETS, preset
+
 from .verilog import TOP_NAME, top_verilog
 
 # Subcommands whose own parser lives elsewhere: name -> (module, whether its main() wants the name too)
 DELEGATED = {
-    "synth": ("hw.synth", False, "synthesize, place and route the compute core: resources and fmax per preset"),
-    "build": ("hw.build", True, "build a board's bitstream (synthesis, place and route, report)"),
-    "program": ("hw.build", True, "load a built bitstream into a connected board"),
+    "synth": (".synth", False, "synthesize, place and route the compute core: resources and fmax per preset"),
+    "build": (".build", True, "build a board's bitstream (synthesis, place and route, report)"),
+    "program": (".build", True, "load a built bitstream into a connected board"),
 }
 
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the Verilog of BitlaneTop for a preset. The top module has the ports clk, rst, "
                     "rx__payload[7:0], rx__valid, rx__ready (host -> device bytes), "
                     "tx__payload[7:0], tx__valid, tx__ready (device -> host bytes).")
-    verilog.add_argument("--preset", required=True, choices=list(PRESETS), help="accelerator configuration (hw/config.py)")
+    verilog.add_argument("--preset", required=True, choices=list(PRESETS), help="accelerator configuration (contract/config.py)")
     verilog.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
     verilog.add_argument("--name", default=TOP_NAME, help=f"top module name (default: {TOP_NAME})")
     for name, (_, _, help_text) in DELEGATED.items():
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         module, wants_name, _ = DELEGATED[argv[0]]
         try:
-            tool = importlib.import_module(module)
+            tool = importlib.import_module(module, __package__)
         except ImportError as exc:
             print(f"bitlane hw {argv[0]}: not available ({exc})", file=sys.stderr)
             return 1

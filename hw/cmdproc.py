@@ -22,26 +22,14 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sw.protocol import (ADDR_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES, ERROR_PAYLOAD_BYTES,
-                         READ_OUT_REQUEST_BYTES, RESPONSE_FLAG, RESULT_BYTES, RUN_REQUEST_BYTES,
-                         RUN_RESPONSE_BYTES, Capabilities, Cmd, Counters, ErrorCode, RunArgs)
+from bitlane.contract.config import CoreConfig
+from bitlane.contract.protocol import (ADDR_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES, ERROR_PAYLOAD_BYTES,
+                                       READ_OUT_REQUEST_BYTES, RESPONSE_FLAG, RESULT_BYTES, RUN_REQUEST_BYTES,
+                                       RUN_RESPONSE_BYTES, Capabilities, Cmd, ErrorCode)
 
-from .config import CoreConfig
 from .core import core_signature
 from .framing import BodyByte, FrameReceiver, FrameSender, StreamRegister, Stuffer, Unstuffer
-
-RunRequest = data.StructLayout({"w_base": 32, "a_base": 32, "o_base": 32, "rows": 16, "cols": 16, "n_vectors": 16})
-ReadOutRequest = data.StructLayout({"addr": 32, "count": 16})
-CountersRecord = data.StructLayout({"cycles": 64, "busy_cycles": 64, "stall_cycles": 64,
-                                    "frames_ok": 32, "frames_bad": 32, "dropped_bytes": 32})
-ErrorRecord = data.StructLayout({"code": 8, "request": 8})
-
-# The layouts restate sw/protocol.py's byte layouts field by field (struct LSB
-# first = little-endian); these checks keep them one definition.
-assert RunRequest.size == 8 * RUN_REQUEST_BYTES and tuple(RunRequest.members) == tuple(RunArgs.__dataclass_fields__)
-assert ReadOutRequest.size == 8 * READ_OUT_REQUEST_BYTES
-assert CountersRecord.size == 8 * COUNTERS_BYTES and tuple(CountersRecord.members) == tuple(Counters.__dataclass_fields__)
-assert ErrorRecord.size == 8 * ERROR_PAYLOAD_BYTES
+from .records import CountersLayout, ReadOutLayout, RunArgsLayout
 
 
 def ceil_div(value, divisor: int):
@@ -82,8 +70,8 @@ class CommandProcessor(wiring.Component):
 
         frame = receiver.frame.payload
         body = body_register.i
-        run = data.View(RunRequest, receiver.args[:RunRequest.size])
-        read = data.View(ReadOutRequest, receiver.args[:ReadOutRequest.size])
+        run = data.View(RunArgsLayout, receiver.args[:RunArgsLayout.size])
+        read = data.View(ReadOutLayout, receiver.args[:ReadOutLayout.size])
         write_addr = receiver.args[:8 * ADDR_BYTES]
 
         # ---- counters
@@ -145,7 +133,7 @@ class CommandProcessor(wiring.Component):
         cycles_snapshot = Signal(cfg.counter_bits)
         run_cycles = Signal(8 * RUN_RESPONSE_BYTES)
         record = Signal(8 * max(COUNTERS_BYTES, CAPABILITIES_BYTES))
-        counters = data.View(CountersRecord, Signal(CountersRecord))
+        counters = data.View(CountersLayout, Signal(CountersLayout))
         m.d.comb += [counters.cycles.eq(cycles_snapshot), counters.busy_cycles.eq(core.busy_cycles),
                      counters.stall_cycles.eq(core.stall_cycles), counters.frames_ok.eq(frames_ok),
                      counters.frames_bad.eq(frames_bad), counters.dropped_bytes.eq(dropped)]
@@ -183,8 +171,7 @@ class CommandProcessor(wiring.Component):
         ]
 
         # ---- RUN
-        m.d.comb += [core.w_base.eq(run.w_base), core.a_base.eq(run.a_base), core.o_base.eq(run.o_base),
-                     core.rows.eq(run.rows), core.cols.eq(run.cols), core.n_vectors.eq(run.n_vectors)]
+        m.d.comb += core.run.eq(run)
 
         # ---- READ_OUT: element e is lane e % lanes of output word e // lanes
         out_word = Signal(32)

@@ -7,8 +7,8 @@ Interface contract with the command processor (hw/cmdproc.py):
   iCE40 SPRAM: a write takes the port for that cycle).
 - Output reads: `o_rd_data` is valid the cycle after `o_rd_addr`; lane l at bits
   32*l .. 32*l+31, sign-extended from the `acc_bits`-wide accumulator.
-- `start`: one-cycle pulse while not `busy`, sampled together with `w_base`, `a_base`,
-  `o_base`, `rows`, `cols`, `n_vectors`, which must already be validated (all >= 1, cols <=
+- `start`: one-cycle pulse while not `busy`, sampled together with `run` (the RUN request's
+  record: w_base, a_base, o_base, rows, cols, n_vectors), which must already be validated (all >= 1, cols <=
   max_k, every range inside its memory; see docs/protocol.md RUN). `busy` rises the cycle
   after `start`; `done` is a one-cycle pulse (in the last cycle of `busy`) when every result
   of the run is in output memory and readable.
@@ -21,17 +21,17 @@ Rows past R read 0 only because the host pads weight tiles with zero trits (prot
 """
 from __future__ import annotations
 
+import numpy as np
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw import zero_init  # noqa: F401  (all-zero memory contents stay out of the netlist)
-from hw.config import CoreConfig
-from hw.lane import LaneArray
-from hw.sequencer import Sequencer
-
-FETCH_STAGES = 3  # cycles from the sequencer's address to the lanes' input registers
+from bitlane.contract.config import FETCH_STAGES, CoreConfig
+from bitlane.hw import zero_init  # noqa: F401  (all-zero memory contents stay out of the netlist)
+from bitlane.hw.lane import LaneArray
+from bitlane.hw.records import RunArgsLayout
+from bitlane.hw.sequencer import Sequencer
 
 
 def core_signature(config: CoreConfig) -> wiring.Signature:
@@ -46,12 +46,7 @@ def core_signature(config: CoreConfig) -> wiring.Signature:
         "o_rd_addr": In(range(config.out_depth)),
         "o_rd_data": Out(32 * config.lanes),
         "start": In(1),
-        "w_base": In(32),
-        "a_base": In(32),
-        "o_base": In(32),
-        "rows": In(16),
-        "cols": In(16),
-        "n_vectors": In(16),
+        "run": In(RunArgsLayout),
         "busy": Out(1),
         "done": Out(1),
         "busy_cycles": Out(config.counter_bits),
@@ -61,6 +56,15 @@ def core_signature(config: CoreConfig) -> wiring.Signature:
 
 
 class TernaryCore(wiring.Component):
+    """Memories, sequencer and lane array: one RUN is the exact product of a tile-major ternary
+    weight block with a batch of int8 vectors (the interface contract is the module docstring)."""
+
+    @staticmethod
+    def model(trits: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Bit-exact model of a RUN's results: acc[n, r] = sum_k t[r, k] * q[n, k] (int64; the
+        gateware's acc_bits are derived so that this never wraps)."""
+        return np.asarray(q, dtype=np.int64) @ np.asarray(trits, dtype=np.int64).T
+
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
         super().__init__(core_signature(config))
@@ -84,12 +88,7 @@ class TernaryCore(wiring.Component):
 
         m.d.comb += [
             seq.start.eq(self.start & ~self.busy),
-            seq.w_base.eq(self.w_base),
-            seq.a_base.eq(self.a_base),
-            seq.o_base.eq(self.o_base),
-            seq.rows.eq(self.rows),
-            seq.cols.eq(self.cols),
-            seq.n_vectors.eq(self.n_vectors),
+            seq.run.eq(self.run),
         ]
 
         # Fetch pipeline (FETCH_STAGES cycles from the sequencer's address to the lanes' input

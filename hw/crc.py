@@ -3,14 +3,14 @@
 One step of the CRC (one byte into a 16-bit state, no reflection) is linear
 over GF(2): each bit of the next state is the XOR of some state bits and data
 bits. `crc16_step` finds those bits by feeding unit vectors through the
-reference `sw.protocol.crc16` (the one definition of the polynomial), and
+reference `contract.protocol.crc16` (the one definition of the polynomial), and
 builds one XOR per output bit, so the hardware takes a byte per cycle.
 """
 from amaranth import Cat, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from sw.protocol import CRC_INIT, crc16
+from bitlane.contract.protocol import CRC_INIT, crc16
 
 
 def crc16_step(crc: Value, byte: Value) -> Value:
@@ -34,6 +34,12 @@ class CRC16(wiring.Component):
     valid: In(1)  # feed `data` this cycle
     first: In(1)  # `data` starts a new message
     value: Out(16)
+
+    @staticmethod
+    def model(data: bytes, crc: int = CRC_INIT) -> int:
+        """Bit-exact model: `value` after feeding `data` (the first byte with `first` set when
+        `crc` is CRC_INIT), one byte per cycle; latency one cycle."""
+        return crc16(data, crc)
 
     def elaborate(self, platform) -> Module:
         m = Module()

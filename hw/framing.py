@@ -13,7 +13,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from sw.protocol import ESC, ESC_XOR, RUN_REQUEST_BYTES, SYNC, ErrorCode
+from bitlane.contract.protocol import ESC, ESC_XOR, RUN_REQUEST_BYTES, SYNC, ErrorCode
 
 from .crc import CRC16
 

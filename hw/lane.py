@@ -20,11 +20,15 @@ Every tree level is registered, so the longest combinational path is one adder o
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import numpy as np
 from amaranth import Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.config import CoreConfig
+from bitlane.contract.config import CoreConfig
+from bitlane.contract.packing import CODE_TO_TRIT
 
 # 2-bit trit codes of docs/protocol.md: 0b00 = 0, 0b01 = +1, 0b11 = -1, 0b10 reserved (reads as 0).
 # So bit 0 says "nonzero" and bit 1 is the sign, which does not matter where bit 0 is clear:
@@ -48,10 +52,10 @@ class LaneArray(wiring.Component):
 
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
-        self.levels = max(1, (config.k_per_cycle - 1).bit_length())  # adder-tree levels
+        self.levels = config.adder_levels
         # one register stage after the select muxes, one per tree level; the accumulator
-        # adder's output is the result
-        self.latency = 1 + self.levels
+        # adder's output is the result (contract/config.py defines it for both sides)
+        self.latency = config.lane_latency
         super().__init__({
             "valid": In(1),
             "last": In(1),
@@ -60,6 +64,21 @@ class LaneArray(wiring.Component):
             "sums": Out(config.acc_bits * config.lanes),
             "sums_valid": Out(1),
         })
+
+    @staticmethod
+    def model(items: Iterable[tuple[int, int, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Bit-exact model of the tile results: `items` are the (valid, last, codes [lanes, k] 2-bit
+        trit codes, acts [k] int8) the lanes are fed, one per cycle; each tile's result (int64 per
+        lane, shown `latency` cycles after its `last` pair) is the exact dot product of its pairs."""
+        results, acc = [], None
+        for valid, last, codes, acts in items:
+            if valid:
+                step = CODE_TO_TRIT.astype(np.int64)[np.asarray(codes)] @ np.asarray(acts, dtype=np.int64)
+                acc = step if acc is None else acc + step
+                if last:
+                    results.append(acc)
+                    acc = None
+        return results
 
     def elaborate(self, platform) -> Module:
         m = Module()

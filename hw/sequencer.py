@@ -17,7 +17,8 @@ from amaranth import Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.config import CoreConfig
+from bitlane.contract.config import CoreConfig
+from bitlane.hw.records import RunArgsLayout
 
 
 class Sequencer(wiring.Component):
@@ -33,12 +34,7 @@ class Sequencer(wiring.Component):
         self.config = config
         super().__init__({
             "start": In(1),
-            "w_base": In(32),
-            "a_base": In(32),
-            "o_base": In(32),
-            "rows": In(16),
-            "cols": In(16),
-            "n_vectors": In(16),
+            "run": In(RunArgsLayout),
             "issuing": Out(1),
             "valid": Out(1),
             "w_addr": Out(range(config.weight_depth)),
@@ -51,6 +47,7 @@ class Sequencer(wiring.Component):
         m = Module()
         cfg = self.config
         k, lanes = cfg.k_per_cycle, cfg.lanes
+        run = self.run
 
         cols = Signal(range(cfg.max_k + 1))                  # the RUN's cols
         cols_left = Signal.like(cols)                        # columns of this tile from this step on
@@ -76,16 +73,16 @@ class Sequencer(wiring.Component):
             with m.If(self.start):
                 m.d.sync += [
                     self.issuing.eq(1),
-                    cols.eq(self.cols),
-                    cols_left.eq(self.cols),
-                    rows.eq(self.rows),
-                    rows_left.eq(self.rows),
-                    n_left.eq(self.n_vectors),
-                    self.w_addr.eq(self.w_base),
-                    w_vector.eq(self.w_base),
-                    self.a_addr.eq(self.a_base),
-                    a_vector.eq(self.a_base),
-                    self.o_addr.eq(self.o_base),
+                    cols.eq(run.cols),
+                    cols_left.eq(run.cols),
+                    rows.eq(run.rows),
+                    rows_left.eq(run.rows),
+                    n_left.eq(run.n_vectors),
+                    self.w_addr.eq(run.w_base),
+                    w_vector.eq(run.w_base),
+                    self.a_addr.eq(run.a_base),
+                    a_vector.eq(run.a_base),
+                    self.o_addr.eq(run.o_base),
                 ]
         with m.Elif(~last_step):  # inside a tile
             m.d.sync += [

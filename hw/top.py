@@ -14,8 +14,9 @@ from amaranth import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from bitlane.contract.config import CoreConfig
+
 from .cmdproc import CommandProcessor
-from .config import CoreConfig
 from .core import TernaryCore
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from amaranth.back import verilog
 
-from .config import CoreConfig
+from bitlane.contract.config import CoreConfig
+
 from .top import BitlaneTop
 
 TOP_NAME = "bitlane_top"

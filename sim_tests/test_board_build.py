@@ -12,9 +12,9 @@ import subprocess
 
 import pytest
 
-from hw.boards import BOARDS, BoardError, board, ecp5_pll, ice40_pll
-from hw.build import build_board, yowasp_environment
-from hw.uart import UartConfigError, baud_divisor
+from bitlane.hw.boards import BOARDS, BoardError, board, ecp5_pll, ice40_pll
+from bitlane.hw.build import build_board, yowasp_environment
+from bitlane.hw.uart import UartConfigError, baud_divisor
 
 
 def tool(name: str) -> str:

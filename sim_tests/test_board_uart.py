@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import golden
-from hw.boards import board
-from sw.runtime import compare_with_golden, connect
-from sw.sim.uart_sim import UartSimBoard
+from bitlane import connect, golden
+from bitlane.hw.boards import board
+from bitlane.hw.sim.uart_sim import UartSimBoard
+from tests.devicecheck import compare_with_golden
 
 BOARD = "icebreaker"
 MODEL = Path(__file__).resolve().parents[1] / "models" / "bitnet-kjv-h128"

@@ -1,6 +1,6 @@
 """TernaryCore (memories + sequencer + lanes) under Verilator, against numpy int64.
 
-Every run loads random tile-major weights and activations (sw/packing.py) at random
+Every run loads random tile-major weights and activations (contract/packing.py) at random
 bases through the write ports, with random idle cycles, starts at a random moment, waits for
 `done`, reads every output word of the run back, and compares it bit for bit with the
 integer reference (rows past R must read 0). The counters must account for every busy cycle.
@@ -16,8 +16,10 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge
 from cocotb.utils import get_sim_time
 
+from bitlane.contract.protocol import RunArgs
+from bitlane.hw.core import TernaryCore
 from sim_tests import simlib
-from sim_tests.coresim import CONFIGS, act_words, random_acts, random_trits, reference, weight_words
+from sim_tests.coresim import CONFIGS, act_words, random_acts, random_trits, weight_words
 
 PERIOD_NS = 10
 
@@ -58,8 +60,8 @@ class CoreDriver:
         """One RUN; returns (busy cycles, busy_cycles increment, stall_cycles increment)."""
         dut = self.dut
         busy0, stall0 = int(dut.busy_cycles.value), int(dut.stall_cycles.value)
-        dut.w_base.value, dut.a_base.value, dut.o_base.value = w_base, a_base, o_base
-        dut.rows.value, dut.cols.value, dut.n_vectors.value = rows, cols, n
+        # the `run` port is the RunArgs record, laid out as on the wire (least significant first)
+        dut.run.value = int.from_bytes(RunArgs(w_base, a_base, o_base, rows, cols, n).pack(), "little")
         dut.start.value = 1
         await FallingEdge(dut.clk)
         t_start = get_sim_time("ns") - PERIOD_NS / 2  # the rising edge that sampled start
@@ -115,7 +117,7 @@ async def check_product(drv: CoreDriver, trits: np.ndarray, q: np.ndarray, *, pl
 
     got = (await drv.read(o_base, o_len)).reshape(n, row_tiles * cfg.lanes)
     want = np.zeros_like(got)
-    want[:, :rows] = reference(trits, q)
+    want[:, :rows] = TernaryCore.model(trits, q)
     bad = np.argwhere(got != want)
     assert not len(bad), (f"{rows}x{cols} n={n}: {len(bad)} wrong results, first at (vector, row) "
                           f"{tuple(bad[0])}: got {got[tuple(bad[0])]}, expected {want[tuple(bad[0])]}")
@@ -194,7 +196,7 @@ async def back_to_back_and_counters(dut) -> None:
     for _ in range(3):
         await drv.run(0, 0, 0, *trits.shape, 2)
     got = (await drv.read(0, 4)).reshape(2, -1)
-    assert np.array_equal(got, reference(trits, q)), "back-to-back runs gave wrong results"
+    assert np.array_equal(got, TernaryCore.model(trits, q)), "back-to-back runs gave wrong results"
 
 
 @cocotb.test()
@@ -213,7 +215,6 @@ async def utilization(dut) -> None:
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def core_build(request):
-    from hw.core import TernaryCore
     return request.param, simlib.build(TernaryCore(CONFIGS[request.param]), "core")
 
 

@@ -3,7 +3,7 @@
 The demo samples with a fixed seed, so its text on the Verilated gateware must be exactly the
 text the golden CPU reference produces; any accumulator that differed would change the logits.
 """
-from sw import demo
+from bitlane import demo
 
 
 def test_demo_on_sim_prints_the_same_text_as_golden(capsys):

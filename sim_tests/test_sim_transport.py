@@ -7,14 +7,16 @@ import time
 import numpy as np
 import pytest
 
-import golden
-import sw
-from hw.config import preset
-from sw import protocol as p
-from sw.model_device import ModelDevice, run_overhead
-from sw.protocol import Cmd
-from sw.runtime import Accelerator, compare_with_golden
-from sw.transport import DeviceTimeout, FaultyTransport, SimTransport, TransportError
+import bitlane
+from bitlane import golden, sw
+from bitlane.contract import protocol as p
+from bitlane.contract.config import preset
+from bitlane.contract.protocol import Cmd
+from bitlane.devices import sim_transport
+from bitlane.sw import Accelerator
+from bitlane.sw.model_device import ModelDevice
+from bitlane.sw.transport import DeviceTimeout, FaultyTransport, TransportError
+from tests.devicecheck import compare_with_golden
 
 TINY = preset("tiny")
 GOLDEN_SHAPES = {  # random checkpoints of a few shapes (vocab >= 258 for the byte tokenizer)
@@ -30,7 +32,7 @@ PROMPT = [256, 84, 104, 101, 32]
 
 @pytest.fixture(scope="module")
 def tiny():
-    acc = sw.connect("sim://tiny", timeout=30)
+    acc = bitlane.connect("sim://tiny", timeout=30)
     yield acc
     acc.close()
 
@@ -137,20 +139,20 @@ def test_generation_matches_golden_on_tiny(tiny, checkpoints, shape):
 
 def test_generation_matches_golden_on_sim_preset(checkpoints):
     model = golden.load_model(checkpoints["small"])
-    with sw.connect("sim://sim", timeout=60) as acc:
+    with bitlane.connect("sim://sim", timeout=60) as acc:
         acc.load_model(model)
         assert all(layer.resident for layer in acc.layers.values())
         result = compare_with_golden(model, acc, PROMPT, max_new_tokens=32)
         one_word = p.unpack_run_response(acc.request(Cmd.RUN, p.run(0, 0, 0, 1, 1, 1)))
     assert result.mismatches == [] and result.device_ids == result.golden_ids
-    assert one_word == 1 + run_overhead(preset("sim"))  # the model's cycle count on the wide preset too
+    assert one_word == 1 + preset("sim").run_overhead  # the model's cycle count on the wide preset too
 
 
 def test_corrupted_answer_then_reset_and_retry():
     rng = np.random.default_rng(4)
     t = rng.integers(-1, 2, (30, 50), dtype=np.int8)
     q = rng.integers(-128, 128, 50, dtype=np.int8)
-    link = FaultyTransport(SimTransport(TINY))
+    link = FaultyTransport(sim_transport(TINY))
     with Accelerator(link, timeout=10) as acc:
         link.corrupt_next = True
         with pytest.raises(sw.ProtocolError):
@@ -160,7 +162,7 @@ def test_corrupted_answer_then_reset_and_retry():
 
 
 def test_stalled_simulator_times_out_and_recovers():
-    with sw.connect("sim://tiny", timeout=0.5) as acc:
+    with bitlane.connect("sim://tiny", timeout=0.5) as acc:
         pid = acc.transport.process.pid
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -175,7 +177,7 @@ def test_stalled_simulator_times_out_and_recovers():
 
 
 def test_killed_simulator_is_reported():
-    acc = sw.connect("sim://tiny", timeout=5)
+    acc = bitlane.connect("sim://tiny", timeout=5)
     acc.transport.process.kill()  # no wait(): the socket may close before the process can be reaped
     start = time.monotonic()
     with pytest.raises(TransportError, match=r"sim://tiny: simulator process \d+ exited"):
@@ -185,7 +187,7 @@ def test_killed_simulator_is_reported():
 
 
 def test_waveform_trace(tmp_path):
-    with sw.connect(f"sim://tiny?trace={tmp_path / 'run.fst'}") as acc:
+    with bitlane.connect(f"sim://tiny?trace={tmp_path / 'run.fst'}") as acc:
         assert acc.matvec(np.ones((4, 4), dtype=np.int8), np.arange(4, dtype=np.int8)).tolist() == [6] * 4
         path = acc.transport.trace_path
     assert path.suffix in (".fst", ".vcd") and path.stat().st_size > 1000

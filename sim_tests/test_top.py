@@ -1,7 +1,7 @@
 """BitlaneTop through the wire protocol: products of random shapes, bit-exact vs numpy int64,
 and one BitLinear layer of a golden checkpoint, bit-exact vs golden's int32 accumulators.
 
-Everything goes through `rx` / `tx` as a host would send it (sw/protocol.py encodes and
+Everything goes through `rx` / `tx` as a host would send it (contract/protocol.py encodes and
 decodes), with random gaps on rx and random backpressure on tx.
 """
 from __future__ import annotations
@@ -13,11 +13,12 @@ import cocotb
 import numpy as np
 import pytest
 
-from hw.top import BitlaneTop
+from bitlane.contract import protocol as p
+from bitlane.hw.core import TernaryCore
+from bitlane.hw.top import BitlaneTop
 from sim_tests import simlib
-from sim_tests.coresim import CONFIGS, random_acts, random_trits, reference
+from sim_tests.coresim import CONFIGS, random_acts, random_trits
 from sim_tests.toplink import HostLink
-from sw import protocol as p
 
 TOPLEVEL = "bitlane_top"
 
@@ -32,7 +33,7 @@ async def connect(dut, seed: int, **kw) -> HostLink:
 async def check(link: HostLink, rows: int, cols: int, n: int = 1, **bases) -> None:
     trits, q = random_trits(link.rng, (rows, cols)), random_acts(link.rng, (n, cols))
     got = await link.product(trits, q, **bases)
-    want = reference(trits, q)
+    want = TernaryCore.model(trits, q)
     bad = np.argwhere(got != want)
     assert not len(bad), (f"{rows}x{cols} n={n}: {len(bad)} wrong results, first at (vector, row) "
                           f"{tuple(bad[0])}: got {got[tuple(bad[0])]}, expected {want[tuple(bad[0])]}")
@@ -86,7 +87,7 @@ def golden_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """q, trits and acc of the MLP down projection of a random golden checkpoint, as .npz."""
     import torch
 
-    import golden
+    from bitlane import golden
     folder = tmp_path_factory.mktemp("golden")
     shape = dict(vocab_size=64, hidden_size=40, intermediate_size=88, num_hidden_layers=1, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=32, bos_token_id=None, eos_token_id=None)

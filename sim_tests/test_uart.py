@@ -12,7 +12,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
-from hw.uart import UartStreamBridge
+from bitlane.hw.uart import UartStreamBridge
 
 CLOCK_NS = 10
 FIFO_DEPTH = 8

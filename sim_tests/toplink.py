@@ -2,8 +2,9 @@
 
 `HostLink` plays the host: bytes to send go out on `rx` with random gaps in
 `rx__valid`, `tx__ready` is random every cycle, and every byte the device
-sends is fed to the host codec (`sw.protocol.FrameDecoder`), so the gateware is
-checked against the same encoder/decoder the driver uses. It also checks that
+sends is fed to the host codec (`contract.protocol.HostCodec`, the one the
+driver's `Link` uses), so the gateware is checked against the same request
+building, frame splitting and response checking as the driver. It also checks that
 the device keeps the stream rules on `tx` (once valid, hold the byte until taken).
 
 All ports are driven on falling clock edges and sampled in the read-only phase
@@ -13,14 +14,14 @@ from __future__ import annotations
 
 from collections import deque
 
+import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
-import cocotb
 
-from hw.config import CoreConfig
-from sw import protocol as p
-from sw.packing import pack_activations, pack_weights, tiles
+from bitlane.contract import protocol as p
+from bitlane.contract.config import CoreConfig
+from bitlane.contract.packing import pack_activations, pack_weights, tiles
 
 PERIOD_NS = 10
 
@@ -35,11 +36,11 @@ class HostLink:
         self.dut, self.cfg, self.rng = dut, cfg, rng
         self.rx_gap, self.tx_stall = rx_gap, tx_stall  # probabilities of an idle rx / a stalled tx cycle
         self.outgoing = bytearray()
-        self.decoder = p.FrameDecoder()
+        self.codec = p.HostCodec()
+        self.caps = p.Capabilities.from_config(cfg)
         self.events: deque[p.Event] = deque()
         self.received = 0  # bytes the device sent
         self.cycle = 0
-        self.seq = 0
 
     async def start(self) -> None:
         dut = self.dut
@@ -76,7 +77,7 @@ class HostLink:
                     raise LinkError(f"tx byte changed from 0x{tx_held:02X} to 0x{byte:02X} before it was taken")
                 if tx_ready:
                     self.received += 1
-                    self.events.extend(self.decoder.feed(bytes([byte])))
+                    self.events.extend(self.codec.feed(bytes([byte])))
                     tx_held = None
                 else:
                     tx_held = byte
@@ -108,25 +109,22 @@ class HostLink:
 
     # ---------------------------------------------------------------- requests
 
+    @property
+    def seq(self) -> int:
+        """SEQ of the latest request."""
+        return self.codec.seq
+
     async def transact(self, cmd: int, payload: bytes = b"") -> p.Event:
         """Send one request frame; return the response event (any)."""
-        self.seq = (self.seq + 1) & 0xFF
-        self.send(p.encode_frame(cmd, self.seq, payload))
+        _, frame = self.codec.frame(cmd, payload)
+        self.send(frame)
         return await self.next_event()
 
     async def request(self, cmd: p.Cmd, payload: bytes = b"") -> bytes:
-        """Send one request; return the success response's payload or raise DeviceError."""
+        """Send one request; return the success response's payload, raise DeviceError for an ERROR
+        answer and ProtocolError for anything else unexpected (as the driver does)."""
         event = await self.transact(cmd, payload)
-        if isinstance(event, p.BadFrame):
-            raise LinkError(f"{cmd.name}: the host could not decode the response: {event}")
-        if event.seq != self.seq:
-            raise LinkError(f"{cmd.name}: response SEQ {event.seq}, expected {self.seq}")
-        if event.cmd == p.Cmd.ERROR:
-            code, request = p.unpack_error(event.payload)
-            raise p.DeviceError(code, request, event.seq)
-        if event.cmd != cmd.response:
-            raise LinkError(f"{cmd.name}: response CMD 0x{event.cmd:02X}, expected 0x{cmd.response:02X}")
-        return event.payload
+        return self.codec.response(event, cmd, self.seq)
 
     async def expect_error(self, code: p.ErrorCode, cmd: int, payload: bytes = b"") -> None:
         """Send one request that the device must reject with `code`."""
@@ -141,12 +139,8 @@ class HostLink:
 
     async def write(self, cmd: p.Cmd, addr: int, data: bytes) -> None:
         """WRITE_WEIGHTS / WRITE_ACT of whole words from `addr`, split into frames as large as allowed."""
-        caps = p.Capabilities.from_config(self.cfg)
-        word = caps.weight_word_bytes if cmd == p.Cmd.WRITE_WEIGHTS else caps.act_word_bytes
-        per_frame = caps.max_write_words(word)
-        for first in range(0, len(data) // word, per_frame):
-            chunk = data[first * word:(first + per_frame) * word]
-            if await self.request(cmd, p.write_weights(addr + first, chunk)) != b"":
+        for request, payload in p.HostCodec.write_requests(cmd, addr, data, self.caps):
+            if await self.request(request, payload) != b"":
                 raise LinkError(f"{cmd.name}: non-empty response")
 
     async def run(self, w_base: int, a_base: int, o_base: int, rows: int, cols: int, n: int = 1) -> int:
@@ -154,10 +148,8 @@ class HostLink:
 
     async def read_out(self, addr: int, count: int) -> np.ndarray:
         """`count` results from element `addr`, split into frames as large as allowed."""
-        most = p.Capabilities.from_config(self.cfg).max_read_count
         out = []
-        for first in range(addr, addr + count, most):
-            n = min(most, addr + count - first)
+        for first, n in p.HostCodec.read_requests(addr, count, self.caps):
             out += p.unpack_results(await self.request(p.Cmd.READ_OUT, p.read_out(first, n)), n)
         return np.array(out, dtype=np.int64)
 

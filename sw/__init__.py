@@ -1,19 +1,20 @@
-"""bitlane host driver: `sw.connect(url)` opens a device (model://, sim://, serial://)."""
+"""bitlane host driver: the link to a device, weight placement, products, device sessions.
+
+    link.py         requests and checked responses over a transport, in bounded time (Link)
+    accelerator.py  BitLinear products: placement, activation batches, exact results (Accelerator)
+    placement.py    how a layer is split into pieces that fit device memory
+    session.py      a golden model's BitLinears on a device for one generation, and its report
+    transport.py    byte transports: functional model, serial port, simulator process
+    model_device.py the functional model of the device
+
+It imports bitlane.contract and bitlane.golden, never bitlane.hw: `bitlane.connect(url)`
+(bitlane/devices.py) is what joins a URL to a simulator build.
+"""
 from __future__ import annotations
 
-__all__ = ["connect", "Accelerator", "BitlaneError", "DeviceError", "ProtocolError", "TransportError",
-           "DeviceTimeout"]
+from bitlane.contract.protocol import BitlaneError, DeviceError, ProtocolError
 
+from .accelerator import Accelerator
+from .transport import DeviceTimeout, TransportError
 
-def __getattr__(name: str):
-    # Lazy, so that `import sw.protocol` (used by the gateware) stays free of numpy and pyserial.
-    if name in ("connect", "Accelerator"):
-        from sw import runtime
-        return getattr(runtime, name)
-    if name in ("BitlaneError", "DeviceError", "ProtocolError"):
-        from sw import protocol
-        return getattr(protocol, name)
-    if name in ("TransportError", "DeviceTimeout"):
-        from sw import transport
-        return getattr(transport, name)
-    raise AttributeError(f"module 'sw' has no attribute {name!r}")
+__all__ = ["Accelerator", "BitlaneError", "DeviceError", "ProtocolError", "TransportError", "DeviceTimeout"]

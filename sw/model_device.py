@@ -13,36 +13,21 @@ structure and equal its counts (sim_tests/test_sim_transport.py checks);
 * a RUN streams one (weight word, activation word) pair per cycle through the
   lanes, tiles back to back: n_vectors * row_tiles * k_steps busy cycles
   (exactly the gateware's busy_cycles);
-* plus `run_overhead(config)` stall cycles per run to fill and drain the
+* plus `config.run_overhead` stall cycles per run to fill and drain the
   pipeline: the memory read and register stages, the select-mux stage, one
   stage per adder-tree level (log2 k_per_cycle), and one to finish, with the
-  stage counts read from hw/core.py and hw/lane.py;
+  stage counts defined in contract/config.py, which the gateware is built from;
 * the command processor moves about one byte per cycle, so each received and
   each transmitted byte adds a cycle to `cycles`; the gateware's `cycles`
   also counts the cycles it waits for the host, which a model cannot know.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from sw import protocol as p
-from sw.packing import tiles, words_to_trits
-from sw.protocol import BadFrame, Cmd, ErrorCode, Frame
-
-
-@functools.lru_cache(maxsize=None)
-def run_overhead(config) -> int:
-    """Stall cycles of one RUN: the gateware's pipeline depth, taken from the gateware itself
-    (hw/core.py FETCH_STAGES memory and register stages, hw/lane.py LaneArray latency: select
-    muxes and adder-tree levels), plus the cycle in which the run ends."""
-    from hw.core import FETCH_STAGES
-    from hw.lane import LaneArray
-
-    lanes = LaneArray(config)
-    lanes._MustUse__silence = True  # built only to read its latency, never elaborated
-    return FETCH_STAGES + lanes.latency + 1
+from bitlane.contract import protocol as p
+from bitlane.contract.packing import tiles, words_to_trits
+from bitlane.contract.protocol import BadFrame, Cmd, ErrorCode, Frame
 
 
 class ModelDevice:
@@ -171,7 +156,7 @@ class ModelDevice:
         acc = (w @ x.T.astype(np.float32)).T.astype(np.int32)
         self.out[a.o_base:a.o_base + a.n_vectors * rt] = acc.reshape(a.n_vectors * rt, lanes)
         busy = a.n_vectors * rt * ks
-        stall = run_overhead(cfg)
+        stall = cfg.run_overhead
         self.busy_cycles += busy
         self.stall_cycles += stall
         self.cycles += busy + stall

@@ -3,11 +3,12 @@
 * `ModelTransport`: the in-process functional model (sw/model_device.py).
 * `SerialTransport`: pyserial, for a board's UART or any pyserial URL
   (`socket://host:port`, `loop://`).
-* `SimTransport`: starts the Verilated simulated board (sw/sim/harness.cpp) as
-  a subprocess and talks to it through pyserial's `socket://127.0.0.1:PORT`.
+* `SimTransport`: starts a simulator executable (the Verilated board that
+  bitlane.hw.sim builds) as a subprocess and talks to it through pyserial's
+  `socket://127.0.0.1:PORT`.
 
 A transport only moves bytes; framing, sequence numbers and timeouts for
-answers belong to sw/runtime.py. `pipeline_depth` tells the runtime how many
+answers belong to sw/link.py. `pipeline_depth` tells the runtime how many
 request frames may be in flight: links with buffering on the device side (TCP
 to the simulator, the in-process model) take many, a UART without flow control
 takes one at a time.
@@ -20,7 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sw.protocol import BitlaneError
+from bitlane.contract.config import DEFAULT_BAUD, CoreConfig
+from bitlane.contract.protocol import BitlaneError
 
 
 class TransportError(BitlaneError):
@@ -62,8 +64,8 @@ class ModelTransport(Transport):
 
     pipeline_depth = 64
 
-    def __init__(self, config) -> None:
-        from sw.model_device import ModelDevice
+    def __init__(self, config: CoreConfig) -> None:
+        from .model_device import ModelDevice
 
         self.device = ModelDevice(config)
         self.description = f"model://{config.name}"
@@ -86,7 +88,7 @@ class ModelTransport(Transport):
 class SerialTransport(Transport):
     """pyserial: a UART device path or any pyserial URL."""
 
-    def __init__(self, url: str, baud: int = 3_000_000, pipeline_depth: int = 1, write_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, baud: int = DEFAULT_BAUD, pipeline_depth: int = 1, write_timeout: float = 30.0) -> None:
         import serial
 
         self.description = url if "://" in url else f"serial://{url}?baud={baud}"
@@ -101,7 +103,7 @@ class SerialTransport(Transport):
         try:
             self.port.write(data)
         except (self._serial_exception, OSError) as e:
-            raise TransportError(f"{self.description}: write failed: {e}") from None
+            raise self._failed("write failed", e) from None
 
     def read(self, timeout: float) -> bytes:
         try:
@@ -114,28 +116,32 @@ class SerialTransport(Transport):
             self.port.timeout = 0
             return first + self.port.read(1 << 16)
         except (self._serial_exception, OSError) as e:
-            raise TransportError(f"{self.description}: read failed: {e}") from None
+            raise self._failed("read failed", e) from None
+
+    def _failed(self, what: str, error: Exception) -> TransportError:
+        text = str(error)  # pyserial's own messages already start with "read failed" / "write failed"
+        return TransportError(f"{self.description}: {text if text.startswith(what) else f'{what}: {text}'}")
 
     def close(self) -> None:
         self.port.close()
 
 
 class SimTransport(Transport):
-    """The Verilated board in a subprocess, over loopback TCP."""
+    """A simulator executable in a subprocess, over loopback TCP.
+
+    The executable (bitlane.hw.sim.build_harness) prints `bitlane-sim listening PORT` and serves
+    one connection; `trace_path` asks it to dump a waveform there."""
 
     pipeline_depth = 32
     START_TIMEOUT = 30.0
 
-    def __init__(self, config, trace: Path | str | None = None) -> None:
-        from sw.sim.build import build_harness, trace_format
-
-        self.description = f"sim://{config.name}"
-        exe = build_harness(config, trace=trace is not None)
-        cmd = [str(exe), "--port", "0", "--max-payload", str(config.max_payload)]
-        self.trace_path = None
-        if trace is not None:  # FST where Verilator can write it, else VCD: the suffix says which
-            self.trace_path = Path(trace).with_suffix(f".{trace_format()}")
-            cmd += ["--trace", str(self.trace_path)]
+    def __init__(self, executable: Path, description: str, max_payload: int,
+                 trace_path: Path | None = None) -> None:
+        self.description = description
+        cmd = [str(executable), "--port", "0", "--max-payload", str(max_payload)]
+        self.trace_path = trace_path
+        if trace_path is not None:
+            cmd += ["--trace", str(trace_path)]
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr)
         self._link: SerialTransport | None = None

@@ -9,7 +9,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import golden  # noqa: E402
+from bitlane import golden  # noqa: E402
 
 # `pytest -n 2` on 2 cores: one intra-op thread per worker; more only oversubscribe the cores
 # (with a busy machine, 2 spinning OpenMP threads per worker made tiny forward passes 100x slower).

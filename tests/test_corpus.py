@@ -3,8 +3,8 @@ import gzip
 import struct
 import zlib
 
-from golden.corpus import clean_gcide, detokenize_brown, split_units
-from golden.rdata import read_lazyload_db, unserialize
+from bitlane.golden.corpus import clean_gcide, detokenize_brown, split_units
+from bitlane.golden.rdata import read_lazyload_db, unserialize
 
 
 def _int(n):

@@ -5,15 +5,16 @@ import time
 import numpy as np
 import pytest
 
-import golden
-import sw
-from hw.config import CoreConfig, preset
-from sw import protocol as p
-from sw.packing import PackingError, pack_weights
-from sw.protocol import Cmd, ErrorCode
-from sw.model_device import ModelDevice, run_overhead
-from sw.runtime import Accelerator, compare_with_golden
-from sw.transport import DeviceTimeout, FaultyTransport, ModelTransport, TransportError
+import bitlane
+from bitlane import golden, sw
+from bitlane.contract import protocol as p
+from bitlane.contract.config import CoreConfig, preset
+from bitlane.contract.packing import PackingError, pack_weights
+from bitlane.contract.protocol import Cmd, ErrorCode
+from bitlane.sw import Accelerator
+from bitlane.sw.model_device import ModelDevice
+from bitlane.sw.transport import DeviceTimeout, FaultyTransport, ModelTransport, TransportError
+from tests.devicecheck import compare_with_golden
 
 # Small memories, so every splitting path (rows, columns/K, vector batches, streaming) is taken
 # with matrices of a few hundred elements.
@@ -60,7 +61,7 @@ def test_split_counts_are_what_the_memories_force():
     # K: max_k 48 = 12 steps -> 3 chunks of 11; rows: out_depth 8 -> 3 pieces of 6 tiles;
     # vectors: out_depth 8 // 6 tiles -> batches of 1. 45 RUNs whose busy cycles cover the product once.
     assert c["busy_cycles"] == 5 * 18 * 33
-    assert c["stall_cycles"] == 45 * run_overhead(CRAMPED)
+    assert c["stall_cycles"] == 45 * CRAMPED.run_overhead
 
 
 def test_resident_and_streamed_layers():
@@ -173,19 +174,19 @@ def test_silent_device_times_out_in_bounded_time():
 
 
 def test_connect_urls_and_missing_serial_port():
-    with sw.connect("model://tiny") as acc:
+    with bitlane.connect("model://tiny") as acc:
         assert acc.caps == p.Capabilities.from_config(preset("tiny"))
     start = time.monotonic()
     with pytest.raises(TransportError, match="cannot open .*ttyDOESNOTEXIST"):
-        sw.connect("serial:///dev/ttyDOESNOTEXIST?baud=3000000")
+        bitlane.connect("serial:///dev/ttyDOESNOTEXIST?baud=3000000")
     assert time.monotonic() - start < 5.0
     with pytest.raises(ValueError, match="unknown preset"):
-        sw.connect("model://nosuchboard")
+        bitlane.connect("model://nosuchboard")
     with pytest.raises(ValueError, match="unknown device URL scheme"):
-        sw.connect("ftp://tiny")
+        bitlane.connect("ftp://tiny")
     for query, what in (("baud=fast", "baud='fast'"), ("baud=9600&window=0", "window='0'")):
         with pytest.raises(ValueError, match=f"{what}, expected a whole number >= 1"):
-            sw.connect(f"serial:///dev/ttyDOESNOTEXIST?{query}")
+            bitlane.connect(f"serial:///dev/ttyDOESNOTEXIST?{query}")
 
 
 @pytest.mark.parametrize("preset_name,overrides", [
@@ -210,7 +211,7 @@ def test_cli_generate_on_model_backend_matches_golden(make_checkpoint, capsys):
     import json
     import re
 
-    from sw.cli import main
+    from bitlane.cli import main
 
     path = str(make_checkpoint(seed=3))
     ids = {}
@@ -250,7 +251,7 @@ def test_serial_transport_over_a_pseudo_terminal():
 
     threading.Thread(target=serve, daemon=True).start()
     try:
-        with sw.connect(f"serial://{os.ttyname(terminal)}?baud=3000000", timeout=5) as acc:
+        with bitlane.connect(f"serial://{os.ttyname(terminal)}?baud=3000000", timeout=5) as acc:
             rng = np.random.default_rng(8)
             t, Q = random_operands(rng, 30, 70, 2)
             np.testing.assert_array_equal(acc.matmul(t, Q), reference(t, Q))
@@ -276,7 +277,7 @@ def test_int_matmul_notices_new_weights_under_a_known_name():
 
 
 def test_cli_reports_a_missing_serial_port_in_one_line(make_checkpoint, capsys):
-    from sw.cli import main
+    from bitlane.cli import main
 
     path = str(make_checkpoint(seed=3))
     assert main(["generate", "--model", path, "--prompt-ids", "1", "--backend", "serial",
@@ -289,7 +290,7 @@ def test_cli_device_report_starts_on_its_own_line(make_checkpoint, monkeypatch):
     """On a terminal stdout and stderr share one screen: the streamed ids end their line before the report."""
     import io
 
-    from sw.cli import main
+    from bitlane.cli import main
 
     path = make_checkpoint(seed=3, tokenizer=False)
     screen = io.StringIO()

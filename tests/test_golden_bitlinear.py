@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-import golden
-from golden.model import BitLinear
+from bitlane import golden
+from bitlane.golden.model import BitLinear
 
 
 def _numpy_acc(q: torch.Tensor, trits: torch.Tensor) -> np.ndarray:

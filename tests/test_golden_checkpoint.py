@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import golden
+from bitlane import golden
 
 
 def _copy(src, dst):

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-import golden
-from sw import cli
+from bitlane import cli, golden
 
 
 def test_make_model_info_and_generate_json(tmp_path, capsys):
@@ -77,7 +76,7 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
 
 
 def test_demo_runs_on_a_fresh_clone(tmp_path, monkeypatch, capsys):
-    from sw import demo
+    from bitlane import demo
 
     monkeypatch.setattr(demo, "bundled_model", lambda: None)  # as on a clone without models/
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -104,7 +103,7 @@ def test_interrupt_and_closed_pipe_end_quietly(make_checkpoint):
     import sys
 
     path = make_checkpoint(seed=21, tokenizer=False, max_position_embeddings=100_000)  # no EOS: runs until stopped
-    command = [sys.executable, "-m", "sw.cli", "generate", "--model", str(path), "--prompt-ids", "1",
+    command = [sys.executable, "-m", "bitlane.cli", "generate", "--model", str(path), "--prompt-ids", "1",
                "--max-new-tokens", "99999"]
     interrupted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     piped = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

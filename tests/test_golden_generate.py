@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import golden
+from bitlane import golden
 
 
 @pytest.fixture(scope="module")

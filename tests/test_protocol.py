@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from sw import protocol as p
-from sw.protocol import SYNC, ESC, BadFrame, Cmd, ErrorCode, Frame, FrameDecoder
+from bitlane.contract import protocol as p
+from bitlane.contract.protocol import ESC, SYNC, BadFrame, Cmd, ErrorCode, Frame, FrameDecoder
 
 
 def bitwise_crc16(data: bytes) -> int:
@@ -156,7 +156,7 @@ def test_request_payload_builders():
 
 
 def test_capabilities_record():
-    from hw.config import PRESETS
+    from bitlane.contract.config import PRESETS
     cfg = PRESETS["sim"]
     caps = p.Capabilities.from_config(cfg)
     raw = caps.pack()
@@ -179,7 +179,7 @@ def test_counters_record():
 
 
 def test_request_length_rules():
-    from hw.config import PRESETS
+    from bitlane.contract.config import PRESETS
     caps = p.Capabilities.from_config(PRESETS["tiny"])  # 4-byte weight words, 4-byte act words
     assert p.request_length_ok(Cmd.INFO, 0, caps) and not p.request_length_ok(Cmd.INFO, 1, caps)
     assert p.request_length_ok(Cmd.RUN, 18, caps) and not p.request_length_ok(Cmd.RUN, 17, caps)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import golden
+from bitlane import golden
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from golden.sweep import SIZES, commands, parameters, read_results, table
-from golden.train import TrainConfig, eval_subset
+from bitlane.golden.sweep import SIZES, commands, parameters, read_results, table
+from bitlane.golden.train import TrainConfig, eval_subset
 
 SWEEP = Path(__file__).resolve().parent.parent / "docs" / "training" / "sweep"
 

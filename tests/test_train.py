@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import golden
-from golden.data import EOS_TOKEN, encode_lines, train_tokenizer
-from golden.train import TrainConfig, TrainError, evaluate, schedule, train
+from bitlane import golden
+from bitlane.golden.data import EOS_TOKEN, encode_lines, train_tokenizer
+from bitlane.golden.train import TrainConfig, TrainError, evaluate, schedule, train
 
 SUBJECTS = ["the king", "the people", "my son", "the prophet", "his servants", "the children"]
 VERBS = ["went up to", "spake unto", "came into", "dwelt in", "looked upon", "departed from"]
@@ -92,7 +92,7 @@ def test_schedules():
 
 def test_bible_output_parsing_and_chapter_split():
     """golden.data on `bible -f`-style output (the real corpus needs apt, so this is made up)."""
-    from golden.data import CorpusError, parse_verses, split_by_chapter
+    from bitlane.golden.data import CorpusError, parse_verses, split_by_chapter
 
     lines = [f"{book}{chapter}:{verse} Verse {verse} of {book} {chapter}."
              for book in ("Ge", "1Ki") for chapter in range(1, 21) for verse in range(1, 4)]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-import golden
-from sw.backends import BACKENDS
-from sw.cli import print_stream
+from bitlane import golden
+from bitlane.backends import BACKENDS
+from bitlane.cli import print_stream
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "In the beginning"
@@ -53,7 +53,7 @@ def printable(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sw.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bitlane.demo", description=__doc__)
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="sim",
                         help="where the BitLinear products run (default: sim, the Verilated accelerator)")
     parser.add_argument("--preset", default="sim", help="accelerator preset for the model/sim backends (default: sim)")
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {path.name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"vocab {config.vocab_size}; backend {args.backend}", file=sys.stderr)
     options = {"preset": args.preset} if args.backend in ("sim", "model") else {}
-    with BACKENDS[args.backend](model, **options):
-        generate(model, tokenizer, eos)
+    with BACKENDS[args.backend](model, **options) as runner:
+        generate(runner, tokenizer, eos)
     return 0
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 # code -> trit, for the four 2-bit codes (0b10 is reserved and reads as 0)
-_CODE_TO_TRIT = np.array([0, 1, 0, -1], dtype=np.int8)
+CODE_TO_TRIT = np.array([0, 1, 0, -1], dtype=np.int8)
 
 
 class PackingError(ValueError):
@@ -90,7 +90,7 @@ def words_to_trits(data: bytes, trits_per_word: int) -> np.ndarray:
     """Weight words -> [n_words, trits_per_word] int8, trit i of a word at column i."""
     b = np.frombuffer(data, dtype=np.uint8)
     codes = np.stack([(b >> s) & 3 for s in (0, 2, 4, 6)], axis=-1)
-    return _CODE_TO_TRIT[codes].reshape(-1, trits_per_word)
+    return CODE_TO_TRIT[codes].reshape(-1, trits_per_word)
 
 
 def pack_activations(q, k_per_cycle: int, name: str = "activations") -> bytes:

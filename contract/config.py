@@ -1,12 +1,15 @@
-"""Accelerator configurations: one dataclass, a few named presets.
+"""Accelerator configurations, pipeline latencies and board facts: one definition each.
 
 Every size that the gateware, the host driver and the functional model must
-agree on lives here; derived quantities (accumulator width, word sizes) are
-computed, never restated.
+agree on lives here; derived quantities (accumulator width, word sizes,
+latencies) are computed, never restated. The gateware is built from these
+numbers (hw/lane.py, hw/core.py) and its tests check that it keeps them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+
+FETCH_STAGES = 3  # cycles from the sequencer's address to the lanes' input registers (hw/core.py)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,23 @@ class CoreConfig:
     def macs_per_cycle(self) -> int:
         return self.lanes * self.k_per_cycle
 
+    @property
+    def adder_levels(self) -> int:
+        """Levels of each lane's adder tree over its k_per_cycle products (at least one)."""
+        return max(1, (self.k_per_cycle - 1).bit_length())
+
+    @property
+    def lane_latency(self) -> int:
+        """Cycles from a (weight, activation) word at the lanes to its sum in the accumulator:
+        one register stage after the select muxes, one per adder-tree level (hw/lane.py)."""
+        return 1 + self.adder_levels
+
+    @property
+    def run_overhead(self) -> int:
+        """Stall cycles of one RUN beyond its busy cycles: the fetch stages and the lanes' pipeline
+        to fill and drain, and the cycle in which the run ends (hw/core.py)."""
+        return FETCH_STAGES + self.lane_latency + 1
+
     def with_(self, **changes) -> "CoreConfig":
         return replace(self, **changes)
 
@@ -95,3 +115,42 @@ def preset(name: str) -> CoreConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+# ---------------------------------------------------------------- boards
+
+DEFAULT_BAUD = 3_000_000  # every board's UART rate unless told otherwise
+UART_BITS_PER_BYTE = 10  # 8N1
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoardFacts:
+    """What both sides know of a dev board: its FPGA, clocks and serial link.
+
+    The gateware side (hw/boards.py) adds pins, PLL and build options; the host projects a
+    board's tokens/s from these facts (sw/session.py)."""
+
+    name: str
+    family: str  # "ice40" or "ecp5": PLL primitive, synthesis and place-and-route flow
+    device: str  # nextpnr's device option, e.g. "up5k", "85k"
+    package: str  # nextpnr's package option
+    core: CoreConfig  # clock_hz is the PLL output, the `sync` clock
+    osc_hz: int  # the board's oscillator, the PLL's input
+    baud: int = DEFAULT_BAUD
+    max_baud: int  # what the board's USB-UART bridge can do
+    usb_uart: str  # the USB-UART bridge chip
+
+    def facts(self) -> dict[str, object]:
+        """These fields as keyword arguments (for a subclass that adds its own)."""
+        return {f.name: getattr(self, f.name) for f in fields(BoardFacts)}
+
+
+BOARD_FACTS: dict[str, BoardFacts] = {
+    # FT2232H (high-speed USB): up to 12 Mbaud, which needs >= 48 MHz here (4 cycles per bit).
+    "icebreaker": BoardFacts(name="icebreaker", family="ice40", device="up5k", package="sg48",
+                             core=PRESETS["icebreaker"], osc_hz=12_000_000, max_baud=12_000_000,
+                             usb_uart="FT2232H"),
+    # FT231X (full-speed USB): up to 3 Mbaud.
+    "ulx3s": BoardFacts(name="ulx3s", family="ecp5", device="85k", package="CABGA381",
+                        core=PRESETS["ulx3s"], osc_hz=25_000_000, max_baud=3_000_000, usb_uart="FT231X"),
+}

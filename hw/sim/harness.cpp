@@ -11,7 +11,7 @@
 // only every POLL_CYCLES cycles, when a response frame has just been sent
 // completely, or when the device is idle. "Idle" is known without peeking
 // into the design: the harness follows the framing of both streams (the same
-// receiver rules as sw/protocol.py) and counts request frames the device has
+// receiver rules as contract/protocol.py) and counts request frames the device has
 // taken in and response frames it has sent out; when they match and no input
 // is buffered, nothing can happen until the host sends more, so the harness
 // blocks in poll() instead of spinning.

@@ -1,12 +1,16 @@
 """bitlane wire protocol, version 1: every constant, and a sans-IO codec.
 
-This module is the single definition of every number in docs/protocol.md. The
-host driver, the functional model (sw/model_device.py) and the gateware command
-processor (hw/cmdproc.py) all import their constants from here.
+This module is the single definition of every number and record in
+docs/protocol.md. The host driver, the functional model (sw/model_device.py)
+and the gateware command processor (hw/cmdproc.py) all import them from here:
+each wire record is one dataclass whose fields, declared with `wire(bits)`,
+give the struct codec here, the host's dataclass, and the gateware's Amaranth
+layout (hw/records.py).
 
 Sans-IO: nothing here reads or writes a port. `encode_frame` turns a request or
 response into bytes; `FrameDecoder.feed` turns received bytes into events
-(`Frame` or `BadFrame`). The same code therefore runs over TCP, a UART, inside
+(`Frame` or `BadFrame`); `HostCodec` is the host's half (sequence numbers,
+frame splitting, response checking) that the driver and the cocotb tests share. The same code therefore runs over TCP, a UART, inside
 the functional model and inside cocotb tests.
 
 Receiver state machine (device and host alike), exactly as implemented by
@@ -33,9 +37,12 @@ from __future__ import annotations
 
 import binascii
 import struct
-from dataclasses import astuple, dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import astuple, dataclass, field, fields
 from enum import IntEnum
-from typing import Iterable
+from typing import Any, ClassVar
+
+from .config import CoreConfig
 
 PROTOCOL_VERSION = 1
 
@@ -87,24 +94,157 @@ class ErrorCode(IntEnum):
     TRUNCATED = 0x06
 
 
-# Fixed payload sizes (bytes).
-ADDR_BYTES = 4  # u32 word address leading WRITE_WEIGHTS / WRITE_ACT / READ_OUT
-RUN_REQUEST_BYTES = 18  # w_base u32, a_base u32, o_base u32, rows u16, cols u16, n_vectors u16
-RUN_RESPONSE_BYTES = 4  # cycles u32
-READ_OUT_REQUEST_BYTES = 6  # addr u32, count u16
-ERROR_PAYLOAD_BYTES = 2  # code u8, request CMD u8
-RESULT_BYTES = 4  # one int32 result of READ_OUT
-CAPABILITIES_BYTES = 28
-COUNTERS_BYTES = 36
+# ---------------------------------------------------------------- wire records
 
-_RUN = struct.Struct("<IIIHHH")
-_READ_OUT = struct.Struct("<IH")
-_ADDR = struct.Struct("<I")
-_CYCLES = struct.Struct("<I")
-_CAPABILITIES = struct.Struct("<BBHHHIIIII")
-_COUNTERS = struct.Struct("<QQQIII")
-assert _RUN.size == RUN_REQUEST_BYTES and _READ_OUT.size == READ_OUT_REQUEST_BYTES
-assert _CAPABILITIES.size == CAPABILITIES_BYTES and _COUNTERS.size == COUNTERS_BYTES
+_STRUCT_CODES = {8: "B", 16: "H", 32: "I", 64: "Q"}
+
+
+def wire(bits: int, default: int | None = None) -> Any:
+    """A field of a wire record: an unsigned integer `bits` wide, little-endian, in declaration order."""
+    if bits not in _STRUCT_CODES:
+        raise ValueError(f"wire fields are 8, 16, 32 or 64 bits, not {bits}")
+    return field(metadata={"bits": bits}) if default is None else field(default=default, metadata={"bits": bits})
+
+
+class WireRecord:
+    """Base of the wire records. Subclasses are made with `@wire_record`."""
+
+    FIELDS: ClassVar[tuple[tuple[str, int], ...]]  # (name, bits), the one definition of the layout
+    SIZE: ClassVar[int]  # bytes on the wire
+    WHAT: ClassVar[str]  # where it travels, for error messages: "INFO response"
+    _struct: ClassVar[struct.Struct]
+
+    def pack(self) -> bytes:
+        return self._struct.pack(*astuple(self))
+
+    @classmethod
+    def unpack(cls, payload: bytes):
+        _expect_len(cls.WHAT, payload, cls.SIZE)
+        return cls(*cls._struct.unpack(payload))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name, _ in self.FIELDS}
+
+
+def wire_record(what: str):
+    """Class decorator: make a WireRecord whose fields are declared with `wire` a frozen dataclass
+    and derive its field table, struct codec and size from those fields; `what` says where the
+    record travels ("INFO response")."""
+
+    def make(cls: type) -> type:
+        cls = dataclass(frozen=True)(cls)
+        cls.FIELDS = tuple((f.name, f.metadata["bits"]) for f in fields(cls))
+        cls._struct = struct.Struct("<" + "".join(_STRUCT_CODES[bits] for _, bits in cls.FIELDS))
+        cls.SIZE = cls._struct.size
+        cls.WHAT = what
+        return cls
+
+    return make
+
+
+@wire_record("WRITE_* address")
+class WriteHeader(WireRecord):
+    """Leads a WRITE_WEIGHTS / WRITE_ACT payload; whole memory words follow."""
+
+    addr: int = wire(32)  # word address
+
+
+@wire_record("RUN request")
+class RunArgs(WireRecord):
+    """RUN request: weights [rows, cols] from word w_base times n_vectors activation vectors from
+    word a_base, results from output word o_base."""
+
+    w_base: int = wire(32)
+    a_base: int = wire(32)
+    o_base: int = wire(32)
+    rows: int = wire(16)
+    cols: int = wire(16)
+    n_vectors: int = wire(16)
+
+
+@wire_record("READ_OUT request")
+class ReadOutRequest(WireRecord):
+    """READ_OUT request: `count` int32 results from element `addr`."""
+
+    addr: int = wire(32)
+    count: int = wire(16)
+
+
+@wire_record("RUN response")
+class RunResponse(WireRecord):
+    """RUN response: the clock cycles from the run's start to its end (mod 2^32)."""
+
+    cycles: int = wire(32)
+
+
+@wire_record("ERROR response")
+class ErrorRecord(WireRecord):
+    """ERROR response: what was wrong with which request."""
+
+    code: int = wire(8)
+    request: int = wire(8)
+
+
+@wire_record("INFO response")
+class Capabilities(WireRecord):
+    """INFO record: what the device is, as the host must know it."""
+
+    version: int = wire(8)
+    acc_bits: int = wire(8)
+    lanes: int = wire(16)
+    k_per_cycle: int = wire(16)
+    max_payload: int = wire(16)
+    weight_depth: int = wire(32)
+    act_depth: int = wire(32)
+    out_depth: int = wire(32)
+    max_k: int = wire(32)
+    clock_hz: int = wire(32)
+
+    @classmethod
+    def from_config(cls, config: CoreConfig) -> "Capabilities":
+        """The INFO record a device of this configuration answers."""
+        return cls(PROTOCOL_VERSION, config.acc_bits, config.lanes, config.k_per_cycle, config.max_payload,
+                   config.weight_depth, config.act_depth, config.out_depth, config.max_k, config.clock_hz)
+
+    @property
+    def weight_word_bytes(self) -> int:
+        return self.lanes * self.k_per_cycle // 4
+
+    @property
+    def act_word_bytes(self) -> int:
+        return self.k_per_cycle
+
+    @property
+    def max_read_count(self) -> int:
+        """Largest READ_OUT count (results per response frame)."""
+        return self.max_payload // RESULT_BYTES
+
+    def max_write_words(self, word_bytes: int) -> int:
+        """Whole words one WRITE_* frame carries after its address."""
+        return (self.max_payload - ADDR_BYTES) // word_bytes
+
+
+@wire_record("COUNTERS response")
+class Counters(WireRecord):
+    """COUNTERS record."""
+
+    cycles: int = wire(64, 0)
+    busy_cycles: int = wire(64, 0)
+    stall_cycles: int = wire(64, 0)
+    frames_ok: int = wire(32, 0)
+    frames_bad: int = wire(32, 0)
+    dropped_bytes: int = wire(32, 0)
+
+
+# Payload sizes (bytes), derived from the records.
+ADDR_BYTES = WriteHeader.SIZE
+RUN_REQUEST_BYTES = RunArgs.SIZE
+RUN_RESPONSE_BYTES = RunResponse.SIZE
+READ_OUT_REQUEST_BYTES = ReadOutRequest.SIZE
+ERROR_PAYLOAD_BYTES = ErrorRecord.SIZE
+CAPABILITIES_BYTES = Capabilities.SIZE
+COUNTERS_BYTES = Counters.SIZE
+RESULT_BYTES = 4  # one int32 result of READ_OUT
 
 
 class BitlaneError(Exception):
@@ -286,61 +426,45 @@ class FrameDecoder:
         return Frame(buf[0], buf[1], body[HEADER_BYTES:])
 
 
-# ---------------------------------------------------------------- request payloads
+# ---------------------------------------------------------------- payloads
 
 def write_weights(addr: int, data: bytes | bytearray) -> bytes:
     """WRITE_WEIGHTS payload: word address, then whole weight words."""
-    return _ADDR.pack(addr) + bytes(data)
+    return WriteHeader(addr).pack() + bytes(data)
 
 
 def write_act(addr: int, data: bytes | bytearray) -> bytes:
     """WRITE_ACT payload: word address, then whole activation words."""
-    return _ADDR.pack(addr) + bytes(data)
+    return WriteHeader(addr).pack() + bytes(data)
 
 
 def run(w_base: int, a_base: int, o_base: int, rows: int, cols: int, n_vectors: int = 1) -> bytes:
-    """RUN payload (18 bytes)."""
-    return _RUN.pack(w_base, a_base, o_base, rows, cols, n_vectors)
+    """RUN payload."""
+    return RunArgs(w_base, a_base, o_base, rows, cols, n_vectors).pack()
 
 
 def read_out(addr: int, count: int) -> bytes:
     """READ_OUT payload: element address, element count."""
-    return _READ_OUT.pack(addr, count)
-
-
-@dataclass(frozen=True)
-class RunArgs:
-    w_base: int
-    a_base: int
-    o_base: int
-    rows: int
-    cols: int
-    n_vectors: int
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> "RunArgs":
-        return cls(*_RUN.unpack(payload))
+    return ReadOutRequest(addr, count).pack()
 
 
 def unpack_addr(payload: bytes) -> tuple[int, bytes]:
     """Split a WRITE_* payload into (word address, data)."""
-    return _ADDR.unpack_from(payload)[0], payload[ADDR_BYTES:]
+    return WriteHeader.unpack(payload[:ADDR_BYTES]).addr, payload[ADDR_BYTES:]
 
 
 def unpack_read_out_request(payload: bytes) -> tuple[int, int]:
-    return _READ_OUT.unpack(payload)
+    request = ReadOutRequest.unpack(payload)
+    return request.addr, request.count
 
-
-# ---------------------------------------------------------------- response payloads
 
 def pack_run_response(cycles: int) -> bytes:
-    return _CYCLES.pack(cycles & 0xFFFFFFFF)
+    return RunResponse(cycles & 0xFFFFFFFF).pack()
 
 
 def unpack_run_response(payload: bytes) -> int:
     """RUN response: the clock cycles the run took."""
-    _expect_len("RUN response", payload, RUN_RESPONSE_BYTES)
-    return _CYCLES.unpack(payload)[0]
+    return RunResponse.unpack(payload).cycles
 
 
 def pack_results(values: Iterable[int]) -> bytes:
@@ -356,11 +480,11 @@ def unpack_results(payload: bytes, count: int) -> tuple[int, ...]:
 
 def unpack_error(payload: bytes) -> tuple[int, int]:
     """ERROR payload: (code, request CMD)."""
-    _expect_len("ERROR response", payload, ERROR_PAYLOAD_BYTES)
-    return payload[0], payload[1]
+    record = ErrorRecord.unpack(payload)
+    return record.code, record.request
 
 
-def request_length_ok(cmd: int, length: int, caps: "Capabilities") -> bool:
+def request_length_ok(cmd: int, length: int, caps: Capabilities) -> bool:
     """Is LEN valid for this (known) request? Failing this is BAD_LENGTH."""
     if cmd in (Cmd.INFO, Cmd.COUNTERS, Cmd.RESET):
         return length == 0
@@ -377,71 +501,64 @@ def _expect_len(what: str, payload: bytes, n: int) -> None:
         raise ProtocolError(f"{what}: expected {n} payload bytes, got {len(payload)}")
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """INFO record: what the device is, as the host must know it."""
+# ---------------------------------------------------------------- the host's half
 
-    version: int
-    acc_bits: int
-    lanes: int
-    k_per_cycle: int
-    max_payload: int
-    weight_depth: int
-    act_depth: int
-    out_depth: int
-    max_k: int
-    clock_hz: int
+class HostCodec:
+    """The host side of the protocol, sans IO: what every host (the driver's `Link`, the cocotb
+    tests' `HostLink`) does between its requests and the bytes on its wire.
 
-    @classmethod
-    def from_config(cls, config) -> "Capabilities":
-        """From an hw.config.CoreConfig (duck-typed: no gateware import here)."""
-        return cls(PROTOCOL_VERSION, config.acc_bits, config.lanes, config.k_per_cycle, config.max_payload,
-                   config.weight_depth, config.act_depth, config.out_depth, config.max_k, config.clock_hz)
+    It numbers request frames, splits writes and reads into frames the device accepts, decodes
+    received bytes, and checks each response against the request it answers.
+    """
 
-    def pack(self) -> bytes:
-        return _CAPABILITIES.pack(*astuple(self))
+    def __init__(self, max_payload: int = MAX_LEN_FIELD) -> None:
+        self.decoder = FrameDecoder(max_payload)
+        self.seq = 0
 
-    @classmethod
-    def unpack(cls, payload: bytes) -> "Capabilities":
-        _expect_len("INFO response", payload, CAPABILITIES_BYTES)
-        return cls(*_CAPABILITIES.unpack(payload))
+    def frame(self, cmd: int, payload: bytes = b"") -> tuple[int, bytes]:
+        """(SEQ, frame bytes) of the next request."""
+        self.seq = (self.seq + 1) & 0xFF
+        return self.seq, encode_frame(cmd, self.seq, payload)
 
-    @property
-    def weight_word_bytes(self) -> int:
-        return self.lanes * self.k_per_cycle // 4
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        return self.decoder.feed(data)
 
-    @property
-    def act_word_bytes(self) -> int:
-        return self.k_per_cycle
+    def restart(self, max_payload: int | None = None) -> None:
+        """Forget any partly received frame (after a resynchronization)."""
+        self.decoder = FrameDecoder(self.decoder.max_payload if max_payload is None else max_payload)
 
-    @property
-    def max_read_count(self) -> int:
-        """Largest READ_OUT count (results per response frame)."""
-        return self.max_payload // RESULT_BYTES
+    @staticmethod
+    def response(event: Event, cmd: int, seq: int) -> bytes:
+        """The payload of the success response to request (`cmd`, `seq`).
 
-    def max_write_words(self, word_bytes: int) -> int:
-        """Whole words one WRITE_* frame carries after its address."""
-        return (self.max_payload - ADDR_BYTES) // word_bytes
+        An ERROR answer raises `DeviceError` (the link is still in step); anything else that is
+        not the expected answer raises `ProtocolError` (the link is out of step)."""
+        what = f"the response to {cmd_name(cmd)} (seq {seq})"
+        if isinstance(event, BadFrame):
+            raise ProtocolError(f"corrupted frame ({event.code.name}) where {what} was expected")
+        if event.seq != seq:
+            raise ProtocolError(f"got seq {event.seq} (cmd 0x{event.cmd:02X}) where {what} was expected")
+        if event.cmd == Cmd.ERROR:
+            code, request = unpack_error(event.payload)
+            raise DeviceError(code, request, seq)
+        if event.cmd != cmd | RESPONSE_FLAG:
+            raise ProtocolError(f"got cmd 0x{event.cmd:02X} as {what}")
+        return event.payload
 
+    @staticmethod
+    def write_requests(cmd: Cmd, addr: int, data: bytes, caps: Capabilities) -> Iterator[tuple[Cmd, bytes]]:
+        """WRITE_WEIGHTS / WRITE_ACT requests for `data` (whole words) from word `addr`, as many words
+        per frame as fit."""
+        word_bytes = caps.weight_word_bytes if cmd == Cmd.WRITE_WEIGHTS else caps.act_word_bytes
+        if len(data) % word_bytes:
+            raise ValueError(f"{cmd_name(cmd)}: {len(data)} bytes is not a whole number of {word_bytes}-byte words")
+        step = caps.max_write_words(word_bytes) * word_bytes
+        for off in range(0, len(data), step):
+            yield cmd, WriteHeader(addr + off // word_bytes).pack() + bytes(data[off:off + step])
 
-@dataclass(frozen=True)
-class Counters:
-    """COUNTERS record."""
-
-    cycles: int = 0
-    busy_cycles: int = 0
-    stall_cycles: int = 0
-    frames_ok: int = 0
-    frames_bad: int = 0
-    dropped_bytes: int = 0
-
-    def pack(self) -> bytes:
-        return _COUNTERS.pack(*astuple(self))
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> "Counters":
-        _expect_len("COUNTERS response", payload, COUNTERS_BYTES)
-        return cls(*_COUNTERS.unpack(payload))
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(zip(self.__dataclass_fields__, astuple(self)))
+    @staticmethod
+    def read_requests(addr: int, count: int, caps: Capabilities) -> Iterator[tuple[int, int]]:
+        """(first element, count) of the READ_OUT requests that read `count` results from `addr`."""
+        most = caps.max_read_count
+        for first in range(addr, addr + count, most):
+            yield first, min(most, addr + count - first)

@@ -1,0 +1,1 @@
+"""Simulators of the gateware: the Verilated byte-level board (sim://) and the UART-level board."""
