@@ -516,7 +516,8 @@ class IntegerModel:
             probe("logits", -1, logits, None)
         return torch.from_numpy(logits)
 
-    def hidden(self, ids: np.ndarray, cache: IntKVCache | None = None, probe: Probe | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def hidden(self, ids: np.ndarray, cache: IntKVCache | None = None,
+               probe: Probe | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Device side: ids [B, T] -> final hidden state as int16 mantissas [B, T, hidden] and one exponent
         per token [B, T, 1]. With `cache`, continues after its positions and appends to it."""
         cfg = self.int_config
