@@ -269,7 +269,9 @@ def quantize_int8(z: np.ndarray, stage: str) -> np.ndarray:
     q = clamp((zq * c + 2^22) >> 23, -128, 127): one 16 x 16 multiply per element. All-zero -> 0."""
     M = np.abs(z).max(axis=-1, keepdims=True)
     Mu, eM = factor(M)
-    c = fits(f"{stage} quant factor", (Q_MAX * recip16(np.maximum(Mu, FACTOR_ONE))) >> 7, MANT_BITS, signed=False)
+    # c ~ 127 2^(Q_SHIFT + 1) / Mu: the extra bit pays for zq's extra halving (z >> (eM + 1))
+    c = (Q_MAX * recip16(np.maximum(Mu, FACTOR_ONE))) >> (RECIP_SHIFT - Q_SHIFT - 1)
+    c = fits(f"{stage} quant factor", c, MANT_BITS, signed=False)
     zq = fits(f"{stage} quant input", shift_right(z, eM + 1), MANT_BITS)
     q = (fits(f"{stage} quant product", zq * c, 2 * MANT_BITS) + (1 << (Q_SHIFT - 1))) >> Q_SHIFT
     return np.where(M == 0, 0, np.clip(q, -Q_MAX - 1, Q_MAX))
