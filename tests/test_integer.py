@@ -210,12 +210,12 @@ def test_largest_accepted_norm_weight_runs():
 @pytest.mark.parametrize("tensor, mutate, message", [
     ("model.layers.0.input_layernorm.weight", lambda m: m.model.layers[0].input_layernorm.weight.fill_(40000.0),
      "exceeds the contract's 32767"),
-    ("model.layers.1.mlp.ffn_sub_norm.weight", lambda m: m.model.layers[1].mlp.ffn_sub_norm.weight.__setitem__(2, float("nan")),
-     "finite"),
+    ("model.layers.1.mlp.ffn_sub_norm.weight",
+     lambda m: m.model.layers[1].mlp.ffn_sub_norm.weight.__setitem__(2, float("nan")), "finite"),
     ("model.norm.weight", lambda m: m.model.norm.weight.zero_(), "not all zero"),
     ("model.embed_tokens.weight", lambda m: m.model.embed_tokens.weight.__setitem__((0, 0), float("inf")), "finite"),
-    ("model.layers.0.self_attn.k_proj.weight_scale", lambda m: m.model.layers[0].self_attn.k_proj._weight_scale.fill_(0.0),
-     "finite and > 0"),
+    ("model.layers.0.self_attn.k_proj.weight_scale",
+     lambda m: m.model.layers[0].self_attn.k_proj._weight_scale.fill_(0.0), "finite and > 0"),
     ("model.layers.1.mlp.down_proj.weight_scale", lambda m: m.model.layers[1].mlp.down_proj._weight_scale.fill_(1e38),
      "outside int8"),
 ])
