@@ -49,15 +49,30 @@ def trit_times(code, x):
     return Mux(code[0], Mux(code[1], -wide, wide), 0).as_signed()
 
 
-def crc_textbook(crc, byte):
+def crc_textbook(crc, byte, keep=None):
     """CRC-16/CCITT-FALSE, one byte, bit-serial as in the textbooks: works unchanged on Python
     ints, numpy arrays and Amaranth Values (so one definition is both the formal spec and the
-    exhaustively checked model of `sw.protocol.crc16`)."""
+    exhaustively checked model of `sw.protocol.crc16`). `keep(value)`, for Amaranth, puts each
+    bit step into a signal (`m` = the module): without it the expression tree doubles per bit."""
     crc = crc ^ (byte << 8)
     for _ in range(8):
         msb = (crc >> 15) & 1
         crc = ((crc << 1) & 0xFFFF) ^ (msb * CRC_POLY)
+        if keep is not None:
+            crc = keep(crc)
     return crc & 0xFFFF
+
+
+def keeper(m: Module, prefix: str):
+    """A `keep` for crc_textbook: each value becomes a fresh 16-bit combinational signal."""
+    count = [0]
+
+    def keep(value):
+        sig = Signal(16, name=f"{prefix}{count[0]}")
+        count[0] += 1
+        m.d.comb += sig.eq(value)
+        return sig
+    return keep
 
 
 def config(name: str, **fields) -> CoreConfig:

@@ -98,7 +98,12 @@ def run_sby(name: str, top, *, mode: str, depth: int, workdir: Path | None = Non
     seconds = time.monotonic() - start
     if proc.returncode == 0 and "DONE (PASS" in log:
         return Result(name, True, seconds, "PASS", log)
-    status = "FAIL" if "DONE (FAIL" in log else "ERROR"
+    if "DONE (FAIL" in log:
+        status = "FAIL"  # a counterexample from the initial state
+    elif "DONE (UNKNOWN" in log:
+        status = "UNPROVEN"  # the induction step found a counterexample (from some state)
+    else:
+        status = "ERROR"
     return Result(name, False, seconds, status, log)
 
 
