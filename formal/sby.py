@@ -59,7 +59,7 @@ def to_rtlil(top) -> str:
 
 
 def run_sby(name: str, top, *, mode: str, depth: int, workdir: Path | None = None,
-            timeout: float = 1800) -> Result:
+            timeout: float = 1800, script: str = "") -> Result:
     """Check the Assert()s of `top` (a port-less harness) with SymbiYosys.
 
     mode "bmc": every assertion holds in every trace of `depth` steps from the initial state.
@@ -83,6 +83,7 @@ def run_sby(name: str, top, *, mode: str, depth: int, workdir: Path | None = Non
         [script]
         read_rtlil top.il
         prep -top top
+        {script}
 
         [files]
         top.il
