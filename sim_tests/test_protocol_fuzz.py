@@ -1,12 +1,13 @@
 """Bounded protocol fuzzer (issue 14): a storm of random bytes and random, edge-case and broken
 frames fed to the functional model (`model://tiny`) and the Verilated gateware (`sim://tiny`).
 
-Every answer must be byte-identical between the two, the device must still answer INFO after the
+Every answer must be byte-identical between the two (but the `cycles` of a COUNTERS record,
+which the model only estimates), the device must still answer INFO after the
 storm, and a product computed after it must be exact. Options (environment):
 
     BITLANE_FUZZ_SEED=N      first seed (default 0)
-    BITLANE_FUZZ_FRAMES=N    frames per seed (default 1500; two seeds run in make test)
-    BITLANE_FUZZ_SEEDS=N     number of seeds (default 2)
+    BITLANE_FUZZ_FRAMES=N    frames per seed (default 2000)
+    BITLANE_FUZZ_SEEDS=N     number of seeds (default 3; make test runs 6000 frames in ~5 s)
 
 Longer run: BITLANE_FUZZ_SEED=100 BITLANE_FUZZ_SEEDS=10 BITLANE_FUZZ_FRAMES=20000 \
     .venv/bin/python -m pytest -s sim_tests/test_protocol_fuzz.py
@@ -27,8 +28,8 @@ from sw.transport import ModelTransport
 
 CFG = preset("tiny")
 SEED = int(os.environ.get("BITLANE_FUZZ_SEED", "0"))
-SEEDS = int(os.environ.get("BITLANE_FUZZ_SEEDS", "2"))
-FRAMES = int(os.environ.get("BITLANE_FUZZ_FRAMES", "1500"))
+SEEDS = int(os.environ.get("BITLANE_FUZZ_SEEDS", "3"))
+FRAMES = int(os.environ.get("BITLANE_FUZZ_FRAMES", "2000"))
 BATCH = 40  # frames written before their answers are collected (keeps the TCP buffers small)
 
 
@@ -136,7 +137,7 @@ class StormMaker:
             kind, data = "length-limit", self.length_limit()
         else:
             cmd = self.rng.choice(["INFO", "RESET", "WRITE_WEIGHTS", "WRITE_ACT", "RUN", "READ_OUT",
-                                   "COUNTERS-bad", "unknown"], p=[.08, .04, .2, .2, .2, .18, .04, .06])
+                                   "COUNTERS-bad", "unknown"], p=[.11, .01, .2, .2, .2, .18, .04, .06])
             if cmd == "INFO":
                 data = p.encode_frame(Cmd.INFO, self._seq())
             elif cmd == "RESET":
@@ -159,6 +160,17 @@ class StormMaker:
         return data
 
 
+def normalized(data: bytes) -> list:
+    """The answers, with a COUNTERS record's `cycles` (which the model only estimates) left out:
+    every other answer byte must be identical."""
+    events = []
+    for event in p.FrameDecoder().feed(data):
+        if isinstance(event, p.Frame) and event.cmd == Cmd.COUNTERS.response:
+            event = (event.seq, without_cycles(p.Counters.unpack(event.payload).as_dict()))
+        events.append(event)
+    return events
+
+
 def answers(data: bytes) -> int:
     return len(p.FrameDecoder().feed(data))
 
@@ -177,10 +189,12 @@ def collect(transport, n: int, timeout: float = 30.0) -> bytes:
     return got
 
 
-@pytest.fixture(scope="module")
-def device():
+@pytest.fixture
+def pair():
+    """A fresh simulated device and a fresh model (memories all zero) for each seed: RESET clears
+    counters but not memories, and the product after a storm writes the device's memories."""
     acc = sw.connect("sim://tiny", timeout=30)
-    yield acc
+    yield acc, ModelTransport(CFG)
     acc.close()
 
 
@@ -189,10 +203,10 @@ def without_cycles(counters: dict) -> dict:
 
 
 @pytest.mark.parametrize("seed", range(SEED, SEED + SEEDS))
-def test_protocol_storm(device, seed):
+def test_protocol_storm(pair, seed):
+    device, model = pair
     rng = np.random.default_rng(seed)
     maker = StormMaker(CFG, rng)
-    model = ModelTransport(CFG)
     sim = device.transport
     device.reset()
     model.write(p.encode_frame(Cmd.RESET, 0))  # both start from cleared counters
@@ -207,8 +221,8 @@ def test_protocol_storm(device, seed):
         expected = model.read(0)
         sim.write(batch)
         got = collect(sim, answers(expected))
-        if got != expected:
-            exp_events, got_events = p.FrameDecoder().feed(expected), p.FrameDecoder().feed(got)
+        if got != expected and normalized(got) != normalized(expected):
+            exp_events, got_events = normalized(expected), normalized(got)
             first = next((i for i, (a, b) in enumerate(zip(exp_events, got_events)) if a != b), None)
             pytest.fail(f"seed {seed}, frames {start}..: answer {first} differs: model "
                         f"{exp_events[first] if first is not None else None} sim "
