@@ -16,17 +16,17 @@ import time
 from pathlib import Path
 
 from .properties import PROPERTIES, BY_NAME, Property
-from .sby import ROOT
+from .sby import BUILD, ROOT
 
 
 def line(prop: Property, status: str, seconds: float) -> str:
     return f"{status:<7} {prop.name:<30} P{prop.issue_item}  {prop.method_text:<20} {seconds:7.1f} s"
 
 
-def check(props: list[Property], verbose: bool) -> int:
+def check(props: list[Property], verbose: bool, workdir=None) -> int:
     failed = []
     for prop in props:
-        result = prop.run()
+        result = prop.run(workdir)
         print(line(prop, result.status, result.seconds), flush=True)
         if not result.ok:
             failed.append(prop.name)
@@ -52,7 +52,8 @@ def mutate(props: list[Property]) -> int:
         start = time.monotonic()
         try:
             path.write_text(original.replace(mut.old, mut.new))
-            proc = subprocess.run([sys.executable, "-m", "formal", "--no-summary", prop.name], cwd=ROOT,
+            proc = subprocess.run([sys.executable, "-m", "formal", "--no-summary", "--workdir",
+                                   str(BUILD.parent / "formal-mutations"), prop.name], cwd=ROOT,
                                   capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         finally:
             path.write_text(original)
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the properties")
     parser.add_argument("--verbose", "-v", action="store_true", help="print the tail of a failing log")
     parser.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, default=None, help="where the solver runs (default build/formal)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BY_NAME]
     if unknown:
@@ -92,10 +94,10 @@ def main(argv=None) -> int:
     if args.mutate:
         return mutate(props)
     if args.no_summary:
-        result = props[0].run()
+        result = props[0].run(args.workdir)
         print(line(props[0], result.status, result.seconds))
         return 0 if result.ok else 1
-    return check(props, args.verbose)
+    return check(props, args.verbose, args.workdir)
 
 
 if __name__ == "__main__":
