@@ -138,11 +138,16 @@ def _core():
     return CoreRunTiming(**SEQ_CONFIG)
 
 
-def _cmdproc(cap, cmds=None):
+def _cmdproc(cap, cmds=None, plain=False):
     def build():
         from .props_cmdproc import RejectedFrameWritesNothing
-        return RejectedFrameWritesNothing(cap=cap, cmds=cmds)
+        return RejectedFrameWritesNothing(cap=cap, cmds=cmds, plain=plain)
     return build
+
+
+def _cmdproc_run():
+    from sw.protocol import Cmd
+    return _cmdproc(18, (Cmd.RUN,), plain=True)()
 
 
 def _uart():
@@ -300,6 +305,15 @@ PROPERTIES: list[Property] = [
         "such frame to its end",
         _cmdproc(6), M("hw/cmdproc.py", "addr_ok.eq(w_write_end <= cfg.weight_depth)",
                        "addr_ok.eq(w_write_end <= cfg.weight_depth + 1)")),
+    Property(
+        "rejected-run-starts-nothing", 4,
+        "as rejected-frame-writes-nothing for RUN frames with all 18 payload bytes free (bases, "
+        "rows, cols, n_vectors: any values, so every BAD_ARGUMENT / BAD_ADDRESS case incl. 32-bit "
+        "wrap-around), frames whose bytes need no escaping: the core starts only for a RUN that "
+        "passes every check",
+        "BMC", 32, "the complete RUN frame is 25 wire bytes; its check and start take 4 more cycles",
+        _cmdproc_run, M("hw/cmdproc.py", "& (run_o_end <= cfg.out_depth))]",
+                        "& (run_o_end <= cfg.out_depth + 1))]")),
     Property(
         "uart-loopback", 8,
         f"UartRx of UartTx's pin at the same divisor (any of 4..{UART_MAX_DIVISOR}) returns each "
