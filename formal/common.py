@@ -1,7 +1,7 @@
 """Shared pieces of the formal harnesses: the harness base class, small configurations, specs."""
 from __future__ import annotations
 
-from amaranth import ClockDomain, Elaboratable, Module, Mux, Signal, signed
+from amaranth import ClockDomain, Elaboratable, Module, Mux, Signal
 from amaranth.asserts import AnyConst, AnySeq  # noqa: F401  (re-exported for the harnesses)
 
 from hw.config import CoreConfig
@@ -81,7 +81,3 @@ def config(name: str, **fields) -> CoreConfig:
                 max_payload=64, counter_bits=8)
     base.update(fields)
     return CoreConfig(f"formal-{name}", **base)
-
-
-def signed_sig(width: int, name: str) -> Signal:
-    return Signal(signed(width), name=name)

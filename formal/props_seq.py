@@ -1,14 +1,11 @@
 """Property 6: the sequencer's addressing and the core's run timing."""
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Module, Signal
 from amaranth.asserts import AnySeq
 from amaranth.hdl import Assert, Assume
 
 from .common import Harness, config
-
-RUN_FIELDS = (("w_base", 32), ("a_base", 32), ("o_base", 32), ("rows", 16), ("cols", 16), ("n_vectors", 16))
-
 
 def admitted(cfg, args: dict):
     """The RUN checks of docs/protocol.md (BAD_ARGUMENT, BAD_ADDRESS), restated in wide
