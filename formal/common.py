@@ -4,8 +4,8 @@ from __future__ import annotations
 from amaranth import ClockDomain, Elaboratable, Module, Mux, Signal
 from amaranth.asserts import AnyConst, AnySeq  # noqa: F401  (re-exported for the harnesses)
 
-from hw.config import CoreConfig
-from sw.protocol import CRC_POLY
+from bitlane.contract.config import CoreConfig
+from bitlane.contract.protocol import CRC_POLY
 
 
 class Harness(Elaboratable):
@@ -52,7 +52,7 @@ def trit_times(code, x):
 def crc_textbook(crc, byte, keep=None):
     """CRC-16/CCITT-FALSE, one byte, bit-serial as in the textbooks: works unchanged on Python
     ints, numpy arrays and Amaranth Values (so one definition is both the formal spec and the
-    exhaustively checked model of `sw.protocol.crc16`). `keep(value)`, for Amaranth, puts each
+    exhaustively checked model of `contract.protocol.crc16`). `keep(value)`, for Amaranth, puts each
     bit step into a signal (`m` = the module): without it the expression tree doubles per bit."""
     crc = crc ^ (byte << 8)
     for _ in range(8):

@@ -85,7 +85,7 @@ def _stuff_round_trip():
 
 def _rules(component: str):
     def build():
-        from hw import framing
+        from bitlane.hw import framing
         from .props_stream import StreamRules
         if component == "Unstuffer":
             return StreamRules(framing.Unstuffer, ["i"], ["o"])
@@ -98,11 +98,11 @@ def _rules(component: str):
         if component == "FrameReceiver":
             return StreamRules(lambda: framing.FrameReceiver(64), ["i"], ["frame"])
         if component == "UartStreamBridge":
-            from hw.uart import UartStreamBridge
+            from bitlane.hw.uart import UartStreamBridge
             return StreamRules(lambda: UartStreamBridge(divisor_bits=3, fifo_depth=2, counter_bits=4),
                                ["tx"], ["rx"], consts={"divisor"})
         if component == "CommandProcessor":
-            from hw.cmdproc import CommandProcessor
+            from bitlane.hw.cmdproc import CommandProcessor
             from .common import config
             return StreamRules(lambda: CommandProcessor(config("rules", lanes=4, k_per_cycle=2)), ["rx"], ["tx"])
         raise ValueError(component)
@@ -111,9 +111,9 @@ def _rules(component: str):
 
 def _comb_components():
     """Each stream component as its own top: (label, component, ready port, valid port)."""
-    from hw import framing
-    from hw.cmdproc import CommandProcessor
-    from hw.uart import UartStreamBridge
+    from bitlane.hw import framing
+    from bitlane.hw.cmdproc import CommandProcessor
+    from bitlane.hw.uart import UartStreamBridge
 
     from .common import config
 
@@ -146,7 +146,7 @@ def _cmdproc(cap, cmds=None, plain=False):
 
 
 def _cmdproc_run():
-    from sw.protocol import Cmd
+    from bitlane.contract.protocol import Cmd
     return _cmdproc(18, (Cmd.RUN,), plain=True)()
 
 
@@ -190,7 +190,7 @@ PROPERTIES: list[Property] = [
         "k-induction", 6, "unbounded: the invariants (accumulator = exact partial sum modulo its "
         "width, |partial sum| <= 128*k*steps, steps < max_k/k) are inductive once the 3-stage "
         "pipeline has been refilled, which 6 steps cover",
-        _lane_acc(1, 4, 16), M("hw/config.py", "return (self.max_k * 128).bit_length() + 1",
+        _lane_acc(1, 4, 16), M("contract/config.py", "return (self.max_k * 128).bit_length() + 1",
                                "return (self.max_k * 127).bit_length() + 1")),
     Property(
         "lane-accumulate-2x2", 2,
@@ -215,10 +215,10 @@ PROPERTIES: list[Property] = [
                         "crc16_step(state, self.data)"), quick=True),
     Property(
         "crc-spec-vs-protocol", 7,
-        "the bit-serial spec used by crc-step equals sw.protocol.crc16 for every one of the 2^24 "
+        "the bit-serial spec used by crc-step equals contract.protocol.crc16 for every one of the 2^24 "
         "(state, byte) pairs, so the gateware equals the protocol's own CRC function",
         "enumeration", 0, "exhaustive", _crc_exhaustive,
-        M("sw/protocol.py", "CRC_POLY = 0x1021", "CRC_POLY = 0x1023"), quick=True),
+        M("contract/protocol.py", "CRC_POLY = 0x1021", "CRC_POLY = 0x1023"), quick=True),
     Property(
         "stuff-round-trip", 3,
         "Stuffer -> Unstuffer: the N-th symbol out is the N-th symbol in (frame marks and every "

@@ -5,9 +5,9 @@ from amaranth import Const, Module, Mux, Signal, signed
 from amaranth.asserts import AnyConst, AnySeq
 from amaranth.hdl import Assert, Assume
 
-from hw.crc import CRC16, crc16_step
-from hw.lane import LaneArray
-from sw.protocol import CRC_INIT
+from bitlane.hw.crc import CRC16, crc16_step
+from bitlane.hw.lane import LaneArray
+from bitlane.contract.protocol import CRC_INIT
 
 from .common import Harness, config, crc_textbook, keeper, past, trit_times
 
@@ -104,7 +104,7 @@ class LaneAccumulate(Harness):
 
 
 class CrcStep(Harness):
-    """P7a: the gateware's one-byte CRC step (an XOR network derived from sw.protocol.crc16)
+    """P7a: the gateware's one-byte CRC step (an XOR network derived from contract.protocol.crc16)
     equals the bit-serial CRC-16/CCITT-FALSE for every 16-bit state and every byte."""
 
     def build(self, m: Module) -> None:
@@ -127,11 +127,11 @@ class CrcRunning(Harness):
 
 
 def crc_exhaustive() -> tuple[bool, str]:
-    """P7c (enumeration): the bit-serial spec equals sw.protocol.crc16 for all 2**24
+    """P7c (enumeration): the bit-serial spec equals contract.protocol.crc16 for all 2**24
     (state, byte) pairs, so P7a ties the gateware to the protocol's own function."""
     import numpy as np
 
-    from sw.protocol import crc16
+    from bitlane.contract.protocol import crc16
 
     states = np.arange(1 << 16, dtype=np.uint32)
     for byte in range(256):

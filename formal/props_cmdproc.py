@@ -6,7 +6,7 @@ from amaranth.asserts import AnyConst, AnySeq
 from amaranth.hdl import Assert, Assume
 from amaranth.lib import wiring
 
-from sw.protocol import ADDR_BYTES, READ_OUT_REQUEST_BYTES, RESULT_BYTES, RUN_REQUEST_BYTES, Cmd
+from bitlane.contract.protocol import ADDR_BYTES, READ_OUT_REQUEST_BYTES, RESULT_BYTES, RUN_REQUEST_BYTES, Cmd
 
 from .common import Harness, config
 
@@ -33,8 +33,8 @@ class RejectedFrameWritesNothing(Harness):
         self.plain = plain  # no byte of the frame needs escaping (keeps long frames shallow)
 
     def build(self, m: Module) -> None:
-        from hw.cmdproc import CommandProcessor
-        from hw.framing import Stuffer
+        from bitlane.hw.cmdproc import CommandProcessor
+        from bitlane.hw.framing import Stuffer
 
         cfg, cap = self.cfg, self.cap
         m.submodules.dut = dut = CommandProcessor(cfg)
@@ -51,7 +51,7 @@ class RejectedFrameWritesNothing(Harness):
         payload = [AnyConst(8) for _ in range(cap)]
         body = [cmd, seq, length[:8], length[8:]] + payload  # then CRC_LO, CRC_HI
         if self.plain:
-            from sw.protocol import ESC, SYNC
+            from bitlane.contract.protocol import ESC, SYNC
             for byte in body + [crc[:8], crc[8:]]:
                 m.d.comb += Assume((byte != SYNC) & (byte != ESC))
 

@@ -36,7 +36,7 @@ def free_run_args(m: Module, dut, cfg):
     args, latched = {}, {}
     for name, width in admitted_widths(cfg).items():
         args[name] = AnySeq(width)
-        m.d.comb += getattr(dut, name).eq(args[name])
+        m.d.comb += getattr(dut.run, name).eq(args[name])
         latched[name] = Signal(width, name=f"run_{name}")
     return args, latched
 
@@ -52,7 +52,7 @@ class SequencerAddresses(Harness):
         self.cfg = config("seq", **fields)
 
     def build(self, m: Module) -> None:
-        from hw.sequencer import Sequencer
+        from bitlane.hw.sequencer import Sequencer
 
         cfg = self.cfg
         m.submodules.dut = dut = Sequencer(cfg)
@@ -100,7 +100,7 @@ class SequencerAddresses(Harness):
 class CoreRunTiming(Harness):
     """P6b: in the core, after a `start` of an admitted RUN, `done` rises exactly once, exactly
     N + run_overhead cycles after the start pulse (N = n_vectors * row_tiles * k_steps,
-    run_overhead from sw.model_device: FETCH_STAGES + lane latency + 1, the RUN response's
+    run_overhead from contract/config.py: FETCH_STAGES + lane latency + 1, the RUN response's
     documented cycle count), `busy` is high from the cycle after start up to and including
     done's cycle and low after it, and busy_cycles grows by exactly N per run."""
 
@@ -108,11 +108,9 @@ class CoreRunTiming(Harness):
         self.cfg = config("core", **fields)
 
     def build(self, m: Module) -> None:
-        from hw.core import TernaryCore
-        from sw.model_device import run_overhead
-
+        from bitlane.hw.core import TernaryCore
         cfg = self.cfg
-        overhead = run_overhead(cfg)
+        overhead = cfg.run_overhead
         m.submodules.dut = dut = TernaryCore(cfg)
         start = AnySeq(1)
         m.d.comb += dut.start.eq(start)

@@ -6,7 +6,7 @@ from amaranth.asserts import AnyConst, AnySeq
 from amaranth.hdl import Assert, Assume
 from amaranth.lib import wiring
 
-from sw.protocol import SYNC
+from bitlane.contract.protocol import SYNC
 
 from .common import Harness, past
 
@@ -64,7 +64,7 @@ class StuffRoundTrip(Harness):
     mark: every SYNC on the wire is matched by an earlier frame-start symbol."""
 
     def build(self, m: Module) -> None:
-        from hw.framing import Stuffer, Unstuffer
+        from bitlane.hw.framing import Stuffer, Unstuffer
 
         m.submodules.stuffer = stuffer = Stuffer()
         m.submodules.unstuffer = unstuffer = Unstuffer()

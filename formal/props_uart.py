@@ -37,7 +37,7 @@ class UartLoopback(Harness):
         self.max_divisor, self.nth = max_divisor, nth
 
     def build(self, m: Module) -> None:
-        from hw.uart import MIN_DIVISOR, UartRx, UartTx
+        from bitlane.hw.uart import MIN_DIVISOR, UartRx, UartTx
 
         bits = self.max_divisor.bit_length()
         m.submodules.tx = tx = UartTx(bits)
@@ -71,7 +71,7 @@ class BridgeFifos(Harness):
         self.fifo_depth, self.nth = fifo_depth, nth
 
     def build(self, m: Module) -> None:
-        import hw.uart as uart_module
+        import bitlane.hw.uart as uart_module
         from amaranth.lib import stream, wiring
         from amaranth.lib.wiring import In, Out
 

@@ -20,11 +20,11 @@ import time
 import numpy as np
 import pytest
 
-import sw
-from hw.config import preset
-from sw import protocol as p
-from sw.protocol import ESC, SYNC, Cmd
-from sw.transport import ModelTransport
+import bitlane
+from bitlane.contract.config import preset
+from bitlane.contract import protocol as p
+from bitlane.contract.protocol import ESC, SYNC, Cmd
+from bitlane.sw.transport import ModelTransport
 
 CFG = preset("tiny")
 SEED = int(os.environ.get("BITLANE_FUZZ_SEED", "0"))
@@ -193,7 +193,7 @@ def collect(transport, n: int, timeout: float = 30.0) -> bytes:
 def pair():
     """A fresh simulated device and a fresh model (memories all zero) for each seed: RESET clears
     counters but not memories, and the product after a storm writes the device's memories."""
-    acc = sw.connect("sim://tiny", timeout=30)
+    acc = bitlane.connect("sim://tiny", timeout=30)
     yield acc, ModelTransport(CFG)
     acc.close()
 

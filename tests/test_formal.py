@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from formal.properties import PROPERTIES, SEQ_CONFIG, SEQ_LONGEST_RUN, SEQ_OVERHEAD
-from hw.config import PRESETS
+from bitlane.contract.config import PRESETS
 from formal.common import config
 
 QUICK = [p for p in PROPERTIES if p.quick]
@@ -28,8 +28,7 @@ def test_every_issue_item_has_a_property():
 
 def test_sequencer_proof_depths_cover_the_longest_run():
     """The BMC depths of sequencer-addresses / core-run-timing rest on these two numbers."""
-    from hw.lane import LaneArray
-    from sw.model_device import run_overhead
+    from bitlane.hw.lane import LaneArray
 
     cfg = config("seq", **SEQ_CONFIG)
     longest = 0
@@ -39,7 +38,7 @@ def test_sequencer_proof_depths_cover_the_longest_run():
         if rt * ks <= cfg.weight_depth and n * ks <= cfg.act_depth and n * rt <= cfg.out_depth:
             longest = max(longest, n * rt * ks)
     assert longest == SEQ_LONGEST_RUN
-    assert run_overhead(cfg) == SEQ_OVERHEAD
+    assert cfg.run_overhead == SEQ_OVERHEAD
     by_name = {p.name: p for p in PROPERTIES}
     assert by_name["sequencer-addresses"].depth >= 2 * longest + 2
     assert by_name["core-run-timing"].depth >= longest + SEQ_OVERHEAD + 3

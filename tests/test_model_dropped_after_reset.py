@@ -1,9 +1,9 @@
 """Found by the protocol fuzzer (sim_tests/test_protocol_fuzz.py): bytes dropped after a RESET in
 the same write were erased by that RESET in the functional model, but counted by the gateware."""
-from hw.config import preset
-from sw import protocol as p
-from sw.model_device import ModelDevice
-from sw.protocol import Cmd
+from bitlane.contract.config import preset
+from bitlane.contract import protocol as p
+from bitlane.sw.model_device import ModelDevice
+from bitlane.contract.protocol import Cmd
 
 
 def test_bytes_dropped_after_a_reset_in_the_same_write_are_counted():
