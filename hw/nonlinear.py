@@ -1,0 +1,328 @@
+"""Nonlinear units of the integer decoder (docs/arithmetic.md, "Units"), bit-exact to contract/intmath.py.
+
+    Recip16     floor((2^31 - 1) / m)          iterative: 16 cycles per result, no multiplier
+    Rsqrt16     ~2^22 / sqrt(m)                 pipelined: seed ROM + Newton step, 3 multipliers
+    Exp2Neg     ~2^15 * 2^(-x / 1024)           pipelined: 1024-entry ROM + barrel shift
+    SinCos      sin, cos of a uint32 phase, Q14 pipelined: quarter-wave ROM, two read ports
+    RopePhase   pos * omega mod 2^32            pipelined: 2 multipliers
+
+Interface: every unit takes its argument on an `amaranth.lib.stream` input `i` and gives its result
+on a stream output `o` (valid/ready, payload held while valid and not ready). Streams rather than
+start/done because the callers are streaming passes (a softmax row through Exp2Neg, d/2 RoPE phases
+through RopePhase and SinCos), so a pipelined unit must take one argument per cycle and apply
+backpressure without dropping or repeating one; the once-per-vector Recip16 uses the same interface
+so any unit can be swapped behind one FIFO or scheduler.
+
+Pipelined units advance all stages together: a stage moves on when the output register is empty or
+being read (`advance = ~o.valid | o.ready`), and `i.ready = advance`. The block RAM read ports are
+enabled by the same signal, so a stall holds every stage including the RAM's output register; the
+cost is a combinational path from `o.ready` to `i.ready`, which a caller that needs it cut puts a
+stream register in front of.
+
+Each unit has a `model()`: a numpy restatement of its datapath (the same registers, mirroring and
+shifts as the gateware) that the tests check equal to the contract function over the whole domain,
+and the gateware equal to both.
+"""
+
+import numpy as np
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from bitlane.contract.intmath import (
+    EXP2_TABLE, EXP_FRAC, EXP_SAT, MANT_BITS, PHASE_BITS, RECIP_NUM, RSQRT_SEED, RSQRT_SEED_BITS, RSQRT_SQ_SHIFT,
+    RSQRT_T_FRAC, RSQRT_T_SHIFT, SINE_INDEX_BITS, SINE_TABLE, TRIG_FRAC, rsqrt16,
+)
+
+# The seed table is indexed by the top RSQRT_SEED_BITS of m in [2^14, 2^16); the lowest quarter of
+# those indices (m < 2^14) is outside the domain and not stored.
+RSQRT_SEED_BASE = 1 << (RSQRT_SEED_BITS - 2)
+# Seeds and results alike are below 2^15 (2^22 / sqrt(2^14)).
+RSQRT_BITS = int(RSQRT_SEED.max()).bit_length()
+# The exp2 unit's argument: 0..EXP_SAT and, for a caller that does not saturate, anything below
+# twice that (every such value shifts the table entry, <= 2^15, right by >= 16 bits to 0).
+EXP2_ARG_BITS = EXP_SAT.bit_length()
+# Sine: the phase's top two bits are the quadrant, the next SINE_INDEX_BITS index the table.
+SINE_PHASE_BITS = SINE_INDEX_BITS + 2
+
+
+def _pipeline(m: Module, i: stream.Interface, o: stream.Interface, stages: int) -> tuple[Signal, list[Signal]]:
+    """Valid bits of a `stages`-deep pipeline from `i` to `o` that stalls as a whole.
+
+    Returns (advance, valid): `advance` is high in cycles where every stage register loads its
+    predecessor (the caller guards its data registers and RAM read enables with it); `valid[k]`
+    says stage k + 1 holds an argument, the last one driving `o.valid`."""
+    advance = Signal()
+    valid = [Signal(name=f"valid{k + 1}") for k in range(stages)]
+    m.d.comb += [advance.eq(~valid[-1] | o.ready), i.ready.eq(advance), o.valid.eq(valid[-1])]
+    with m.If(advance):
+        m.d.sync += Cat(valid).eq(Cat(i.valid, *valid[:-1]))
+    return advance, valid
+
+
+class Recip16(wiring.Component):
+    """Reciprocal unit: ``floor((2^31 - 1) / m)`` by restoring division (``recip16`` of the contract).
+
+    One quotient bit per cycle: the 16 low bits of the constant dividend ``RECIP_NUM`` shift into
+    the partial remainder while the quotient bits shift in behind them, in one 16-bit register. The
+    dividend's top bits, ``RECIP_NUM >> 16``, are the initial remainder (< 2^15 <= m, so the
+    quotient fits 16 bits). The first iteration runs in the cycle the argument is taken.
+
+    Cycle contract: an argument taken in cycle ``t`` gives its result as ``o.valid`` from cycle
+    ``t + 16`` until it is read; ``i.ready`` is high when the unit is empty or its result is being
+    read, so with ``o.ready`` held high one result leaves every 16 cycles. Used once per vector
+    (the quantizer's 127/max, the softmax 1/sum, the eps term's 1/scale), so no multiplier and no
+    unrolling.
+
+    Members
+    -------
+    i : ``In(stream.Signature(unsigned(16)))``
+        ``m`` in ``[2^15, 2^16)``; other values give an unspecified result.
+    o : ``Out(stream.Signature(unsigned(16)))``
+        The quotient, in ``[2^15, 2^16)``.
+    """
+
+    i: In(stream.Signature(unsigned(MANT_BITS)))
+    o: Out(stream.Signature(unsigned(MANT_BITS)))
+
+    ITERATIONS = MANT_BITS
+
+    @staticmethod
+    def model(m: np.ndarray) -> np.ndarray:
+        """The datapath in numpy: remainder and dividend/quotient shift register, 16 steps."""
+        m = np.asarray(m, dtype=np.int64)
+        remainder = np.full(m.shape, RECIP_NUM >> MANT_BITS, dtype=np.int64)
+        shifter = np.full(m.shape, RECIP_NUM & ((1 << MANT_BITS) - 1), dtype=np.int64)
+        for _ in range(MANT_BITS):
+            trial = (remainder << 1) | (shifter >> (MANT_BITS - 1))
+            take = trial >= m
+            remainder = np.where(take, trial - m, trial)
+            shifter = ((shifter << 1) & ((1 << MANT_BITS) - 1)) | take
+        return shifter
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        divisor = Signal(MANT_BITS)
+        remainder = Signal(MANT_BITS)  # always < divisor
+        shifter = Signal(MANT_BITS)    # dividend bits not yet used, then the quotient bits behind them
+        left = Signal(range(self.ITERATIONS))  # iterations still to run after this cycle's
+        busy = Signal()
+
+        # One iteration on either the registers or, when an argument is taken, the initial values.
+        load = self.i.valid & self.i.ready
+        d = Mux(load, self.i.payload, divisor)
+        r = Mux(load, RECIP_NUM >> MANT_BITS, remainder)
+        s = Mux(load, RECIP_NUM & ((1 << MANT_BITS) - 1), shifter)
+        trial = Cat(s[-1], r)  # (r << 1) | next dividend bit: 17 bits
+        take = trial >= d
+        m.d.comb += [
+            self.i.ready.eq(~busy & (~self.o.valid | self.o.ready)),
+            self.o.payload.eq(shifter),
+        ]
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(load | busy):
+            m.d.sync += [
+                divisor.eq(d),
+                remainder.eq(Mux(take, trial - d, trial)),
+                shifter.eq(Cat(take, s[:-1])),
+            ]
+        with m.If(load):
+            m.d.sync += [busy.eq(1), left.eq(self.ITERATIONS - 2)]
+        with m.Elif(busy):
+            m.d.sync += left.eq(left - 1)
+            with m.If(left == 0):
+                m.d.sync += [busy.eq(0), self.o.valid.eq(1)]
+        return m
+
+
+class Rsqrt16(wiring.Component):
+    """Inverse square root ``y ~ 2^22 / sqrt(m)`` (``rsqrt16`` of the contract).
+
+    Stage 1 reads the seed ``RSQRT_SEED[(m >> 6) - 256]`` from a 768 x 16 ROM (block RAM); stages
+    2-4 are the Newton step, one unsigned 16 x 16 multiply each (one DSP each), with the shifts of
+    the contract: ``a = y*y >> 15``, ``t = m*a >> 13``, ``y' = y*((3*2^16 - t) >> 2) >> 15``.
+
+    Cycle contract: fully pipelined, latency 4 (an argument taken in cycle ``t`` is ``o.valid``
+    in cycle ``t + 4`` if ``o.ready`` was high in between), one argument per cycle; a low
+    ``o.ready`` stalls every stage (see the module docstring).
+
+    Members
+    -------
+    i : ``In(stream.Signature(unsigned(16)))``
+        ``m`` in ``[2^14, 2^16)``; other values give an unspecified result.
+    o : ``Out(stream.Signature(unsigned(15)))``
+        ``y`` in ``[2^14 - 1, 2^15)``.
+    """
+
+    i: In(stream.Signature(unsigned(MANT_BITS)))
+    o: Out(stream.Signature(unsigned(RSQRT_BITS)))
+
+    LATENCY = 4
+
+    # The datapath is the contract's formula stage for stage; its model is that function.
+    model = staticmethod(rsqrt16)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        m.submodules.seed = seed = Memory(shape=unsigned(RSQRT_BITS), depth=len(RSQRT_SEED),
+                                          init=[int(v) for v in RSQRT_SEED])
+        read = seed.read_port()
+        m.d.comb += [read.en.eq(advance),
+                     read.addr.eq(self.i.payload[MANT_BITS - RSQRT_SEED_BITS:] - RSQRT_SEED_BASE)]
+
+        m1, m2 = Signal(MANT_BITS), Signal(MANT_BITS)
+        y2, y3 = Signal(RSQRT_BITS), Signal(RSQRT_BITS)
+        a2 = Signal(2 * RSQRT_BITS - RSQRT_SQ_SHIFT)
+        t3 = Signal(RSQRT_T_FRAC + 2)  # t ~ 2^16; the seed's error keeps it well below 3 * 2^16
+        h = Signal(MANT_BITS)
+        m.d.comb += h.eq(((3 << RSQRT_T_FRAC) - t3) >> (RSQRT_T_FRAC - RSQRT_SQ_SHIFT + 1))
+        with m.If(advance):
+            m.d.sync += [
+                m1.eq(self.i.payload),
+                m2.eq(m1), y2.eq(read.data), a2.eq((read.data * read.data) >> RSQRT_SQ_SHIFT),
+                y3.eq(y2), t3.eq((m2 * a2) >> RSQRT_T_SHIFT),
+                self.o.payload.eq((y3 * h) >> RSQRT_SQ_SHIFT),
+            ]
+        return m
+
+
+class Exp2Neg(wiring.Component):
+    """``p ~ 2^15 * 2^(-x / 1024)`` for a softmax argument ``x >= 0`` (``exp2_neg`` of the contract).
+
+    Stage 1 reads ``EXP2_TABLE[x mod 1024]`` (1024 x 16 ROM, one block RAM); stage 2 shifts it
+    right by ``x >> 10`` and registers it. Saturation needs no logic: from ``x = EXP_SAT`` (16.0)
+    on the shift is >= 16 and every entry (<= 2^15) shifts out to 0, which is the contract's
+    ``min(x, EXP_SAT)``.
+
+    Cycle contract: fully pipelined, latency 2, one argument per cycle; a low ``o.ready`` stalls
+    every stage.
+
+    Members
+    -------
+    i : ``In(stream.Signature(unsigned(15)))``
+        ``x``, 10 fraction bits, any value below ``2 * EXP_SAT``.
+    o : ``Out(stream.Signature(unsigned(16)))``
+        ``p`` in ``[0, 2^15]``.
+    """
+
+    i: In(stream.Signature(unsigned(EXP2_ARG_BITS)))
+    o: Out(stream.Signature(unsigned(int(EXP2_TABLE.max()).bit_length())))
+
+    LATENCY = 2
+
+    @staticmethod
+    def model(x: np.ndarray) -> np.ndarray:
+        """The datapath in numpy: table lookup, then an unsaturated shift."""
+        x = np.asarray(x, dtype=np.int64)
+        return EXP2_TABLE[x & ((1 << EXP_FRAC) - 1)] >> (x >> EXP_FRAC)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        m.submodules.table = table = Memory(shape=self.o.payload.shape(), depth=len(EXP2_TABLE),
+                                            init=[int(v) for v in EXP2_TABLE])
+        read = table.read_port()
+        shift = Signal(EXP2_ARG_BITS - EXP_FRAC)
+        m.d.comb += [read.en.eq(advance), read.addr.eq(self.i.payload[:EXP_FRAC])]
+        with m.If(advance):
+            m.d.sync += [shift.eq(self.i.payload[EXP_FRAC:]), self.o.payload.eq(read.data >> shift)]
+        return m
+
+
+class SinCos(wiring.Component):
+    """``sin`` and ``cos`` of a phase (a uint32 fraction of a turn) in Q14 (``sin_q14``/``cos_q14``).
+
+    The top 12 phase bits are 2 quadrant bits and a 10-bit index into the quarter-wave
+    ``SINE_TABLE`` (1024 x 15, one block RAM read through both of its ports): odd quadrants read
+    the table mirrored (index ``~i``), the upper two negate. ``cos`` is ``sin`` a quarter turn on:
+    the same index with quadrant + 1.
+
+    Cycle contract: fully pipelined, latency 2, one phase (two results) per cycle; a low
+    ``o.ready`` stalls every stage.
+
+    Members
+    -------
+    i : ``In(stream.Signature(unsigned(32)))``
+        The phase.
+    o : ``Out(stream.Signature(StructLayout({"sin": signed(16), "cos": signed(16)})))``
+        ``sin`` and ``cos`` in ``[-2^14, 2^14]``.
+    """
+
+    i: In(stream.Signature(unsigned(PHASE_BITS)))
+    o: Out(stream.Signature(data.StructLayout({"sin": signed(TRIG_FRAC + 2), "cos": signed(TRIG_FRAC + 2)})))
+
+    LATENCY = 2
+
+    @staticmethod
+    def model(phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The datapath in numpy: (sin, cos) from quadrant, mirrored index and negation."""
+        top = np.asarray(phase, dtype=np.int64) >> (PHASE_BITS - SINE_PHASE_BITS)
+        i = top & ((1 << SINE_INDEX_BITS) - 1)
+        out = []
+        for quadrant in (top >> SINE_INDEX_BITS, ((top >> SINE_INDEX_BITS) + 1) & 3):
+            value = SINE_TABLE[np.where(quadrant & 1, i ^ ((1 << SINE_INDEX_BITS) - 1), i)]
+            out.append(np.where(quadrant >> 1, -value, value))
+        return out[0], out[1]
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        m.submodules.table = table = Memory(shape=unsigned(int(SINE_TABLE.max()).bit_length()),
+                                            depth=len(SINE_TABLE), init=[int(v) for v in SINE_TABLE])
+        top = self.i.payload[PHASE_BITS - SINE_PHASE_BITS:]
+        index, quadrant = top[:SINE_INDEX_BITS], top[SINE_INDEX_BITS:]
+        quadrants = {"sin": quadrant, "cos": (quadrant + 1)[:2]}
+        for name, q in quadrants.items():
+            read = table.read_port()
+            negate = Signal(name=f"{name}_negate")
+            m.d.comb += [read.en.eq(advance), read.addr.eq(Mux(q[0], ~index, index))]
+            with m.If(advance):
+                m.d.sync += [negate.eq(q[1]),
+                             getattr(self.o.payload, name).eq(Mux(negate, -read.data, read.data))]
+        return m
+
+
+class RopePhase(wiring.Component):
+    """RoPE phase ``pos * omega mod 2^32`` (``rope_phase`` of the contract), exact.
+
+    ``omega`` (turns per position, UQ0.32) is split in 16-bit halves: two unsigned 16 x 16
+    multiplies (two DSPs) in stage 1, then ``(pos * hi << 16) + pos * lo`` with the carry out of
+    bit 31 dropped in stage 2.
+
+    Cycle contract: fully pipelined, latency 2, one (position, omega) per cycle; a low ``o.ready``
+    stalls every stage.
+
+    Members
+    -------
+    i : ``In(stream.Signature(StructLayout({"position": unsigned(16), "omega": unsigned(32)})))``
+    o : ``Out(stream.Signature(unsigned(32)))``
+        The phase.
+    """
+
+    i: In(stream.Signature(data.StructLayout({"position": unsigned(MANT_BITS), "omega": unsigned(PHASE_BITS)})))
+    o: Out(stream.Signature(unsigned(PHASE_BITS)))
+
+    LATENCY = 2
+
+    @staticmethod
+    def model(position: np.ndarray, omega: np.ndarray) -> np.ndarray:
+        """The datapath in numpy for element-wise (position, omega) pairs."""
+        pos, omega = np.asarray(position, dtype=np.int64), np.asarray(omega, dtype=np.int64)
+        hi = pos * (omega >> MANT_BITS)
+        lo = pos * (omega & ((1 << MANT_BITS) - 1))
+        return ((hi << MANT_BITS) + lo) & ((1 << PHASE_BITS) - 1)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        pos, omega = self.i.payload.position, self.i.payload.omega
+        hi, lo = Signal(2 * MANT_BITS), Signal(2 * MANT_BITS)
+        with m.If(advance):
+            m.d.sync += [
+                hi.eq(pos * omega[MANT_BITS:]), lo.eq(pos * omega[:MANT_BITS]),
+                self.o.payload.eq((hi << MANT_BITS) + lo),  # truncated to 32 bits: the carry is dropped
+            ]
+        return m
