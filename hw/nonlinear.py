@@ -140,12 +140,14 @@ class Recip16(wiring.Component):
 class Rsqrt16(wiring.Component):
     """Inverse square root ``y ~ 2^22 / sqrt(m)`` (``rsqrt16`` of the contract).
 
-    Stage 1 reads the seed ``RSQRT_SEED[(m >> 6) - 256]`` from a 768 x 16 ROM (block RAM); stages
-    2-4 are the Newton step, one unsigned 16 x 16 multiply each (one DSP each), with the shifts of
-    the contract: ``a = y*y >> 15``, ``t = m*a >> 13``, ``y' = y*((3*2^16 - t) >> 2) >> 15``.
+    Stage 1 reads the seed ``RSQRT_SEED[(m >> 6) - 256]`` from a 768 x 15 ROM (one block RAM) and
+    stage 2 registers it (the block RAM's clock-to-output is too slow to feed a multiplier in the
+    same cycle: 76 MHz on the ECP5 without this stage). Stages 3-5 are the Newton step, one
+    unsigned 16 x 16 multiply each (one DSP each), with the shifts of the contract: ``a = y*y >> 15``,
+    ``t = m*a >> 13``, ``y' = y*((3*2^16 - t) >> 2) >> 15``.
 
-    Cycle contract: fully pipelined, latency 4 (an argument taken in cycle ``t`` is ``o.valid``
-    in cycle ``t + 4`` if ``o.ready`` was high in between), one argument per cycle; a low
+    Cycle contract: fully pipelined, latency 5 (an argument taken in cycle ``t`` is ``o.valid``
+    in cycle ``t + 5`` if ``o.ready`` was high in between), one argument per cycle; a low
     ``o.ready`` stalls every stage (see the module docstring).
 
     Members
@@ -159,7 +161,7 @@ class Rsqrt16(wiring.Component):
     i: In(stream.Signature(unsigned(MANT_BITS)))
     o: Out(stream.Signature(unsigned(RSQRT_BITS)))
 
-    LATENCY = 4
+    LATENCY = 5
 
     # The datapath is the contract's formula stage for stage; its model is that function.
     model = staticmethod(rsqrt16)
@@ -173,18 +175,20 @@ class Rsqrt16(wiring.Component):
         m.d.comb += [read.en.eq(advance),
                      read.addr.eq(self.i.payload[MANT_BITS - RSQRT_SEED_BITS:] - RSQRT_SEED_BASE)]
 
-        m1, m2 = Signal(MANT_BITS), Signal(MANT_BITS)
-        y2, y3 = Signal(RSQRT_BITS), Signal(RSQRT_BITS)
-        a2 = Signal(2 * RSQRT_BITS - RSQRT_SQ_SHIFT)
-        t3 = Signal(RSQRT_T_FRAC + 2)  # t ~ 2^16; the seed's error keeps it well below 3 * 2^16
+        # Registers named by the stage that holds them.
+        m1, m2, m3 = Signal(MANT_BITS), Signal(MANT_BITS), Signal(MANT_BITS)
+        y2, y3, y4 = Signal(RSQRT_BITS), Signal(RSQRT_BITS), Signal(RSQRT_BITS)
+        a3 = Signal(2 * RSQRT_BITS - RSQRT_SQ_SHIFT)
+        t4 = Signal(RSQRT_T_FRAC + 2)  # t ~ 2^16; the seed's error keeps it well below 3 * 2^16
         h = Signal(MANT_BITS)
-        m.d.comb += h.eq(((3 << RSQRT_T_FRAC) - t3) >> (RSQRT_T_FRAC - RSQRT_SQ_SHIFT + 1))
+        m.d.comb += h.eq(((3 << RSQRT_T_FRAC) - t4) >> (RSQRT_T_FRAC - RSQRT_SQ_SHIFT + 1))
         with m.If(advance):
             m.d.sync += [
                 m1.eq(self.i.payload),
-                m2.eq(m1), y2.eq(read.data), a2.eq((read.data * read.data) >> RSQRT_SQ_SHIFT),
-                y3.eq(y2), t3.eq((m2 * a2) >> RSQRT_T_SHIFT),
-                self.o.payload.eq((y3 * h) >> RSQRT_SQ_SHIFT),
+                m2.eq(m1), y2.eq(read.data),
+                m3.eq(m2), y3.eq(y2), a3.eq((y2 * y2) >> RSQRT_SQ_SHIFT),
+                y4.eq(y3), t4.eq((m3 * a3) >> RSQRT_T_SHIFT),
+                self.o.payload.eq((y4 * h) >> RSQRT_SQ_SHIFT),
             ]
         return m
 
