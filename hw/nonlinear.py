@@ -5,6 +5,8 @@
     Exp2Neg     ~2^15 * 2^(-x / 1024)           pipelined: 1024-entry ROM + barrel shift
     SinCos      sin, cos of a uint32 phase, Q14 pipelined: quarter-wave ROM, two read ports
     RopePhase   pos * omega mod 2^32            pipelined: 2 multipliers
+    RsqrtFactor x^-1/2 of a uint48 as a UF factor  pipelined: priority encoder, even shift, Rsqrt16
+    SigmoidQ15  2^15 sigmoid(x 2^e)             pipelined: priority encoder, shift, 1024-entry ROM
 
 Interface: every unit takes its argument on an `amaranth.lib.stream` input `i` and gives its result
 on a stream output `o` (valid/ready, payload held while valid and not ready). Streams rather than
@@ -25,14 +27,15 @@ and the gateware equal to both.
 """
 
 import numpy as np
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.intmath import (
-    EXP2_TABLE, EXP_FRAC, EXP_SAT, MANT_BITS, PHASE_BITS, RECIP_NUM, RSQRT_SEED, RSQRT_SEED_BITS, RSQRT_SQ_SHIFT,
-    RSQRT_T_FRAC, RSQRT_T_SHIFT, SINE_INDEX_BITS, SINE_TABLE, TRIG_FRAC, rsqrt16,
+    ACC_BITS, EXP2_TABLE, EXP_BITS, EXP_FRAC, EXP_SAT, MANT_BITS, PHASE_BITS, PROB_BITS, RECIP_NUM, RSQRT_FRAC,
+    RSQRT_SEED, RSQRT_SEED_BITS, RSQRT_SQ_SHIFT, RSQRT_T_FRAC, RSQRT_T_SHIFT, SIG_FRAC, SIG_RANGE_BITS,
+    SIGMOID_TABLE, SINE_INDEX_BITS, SINE_TABLE, TRIG_FRAC, WIDE_BITS, bit_length, rsqrt16,
 )
 
 # The seed table is indexed by the top RSQRT_SEED_BITS of m in [2^14, 2^16); the lowest quarter of
@@ -43,6 +46,10 @@ RSQRT_BITS = int(RSQRT_SEED.max()).bit_length()
 # The exp2 unit's argument: 0..EXP_SAT and, for a caller that does not saturate, anything below
 # twice that (every such value shifts the table entry, <= 2^15, right by >= 16 bits to 0).
 EXP2_ARG_BITS = EXP_SAT.bit_length()
+# The sigmoid table's index: |x| with SIG_FRAC fraction bits below 2^SIG_RANGE_BITS.
+SIG_INDEX_BITS = SIG_FRAC + SIG_RANGE_BITS
+# A UF factor: uint16 mantissa in [2^15, 2^16) and a signed exponent.
+UF_LAYOUT = data.StructLayout({"mantissa": unsigned(MANT_BITS), "exponent": signed(EXP_BITS)})
 # Sine: the phase's top two bits are the quadrant, the next SINE_INDEX_BITS index the table.
 SINE_PHASE_BITS = SINE_INDEX_BITS + 2
 
@@ -169,26 +176,99 @@ class Rsqrt16(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
-        m.submodules.seed = seed = Memory(shape=unsigned(RSQRT_BITS), depth=len(RSQRT_SEED),
-                                          init=[int(v) for v in RSQRT_SEED])
-        read = seed.read_port()
-        m.d.comb += [read.en.eq(advance),
-                     read.addr.eq(self.i.payload[MANT_BITS - RSQRT_SEED_BITS:] - RSQRT_SEED_BASE)]
+        m.d.comb += self.o.payload.eq(_rsqrt_stages(m, advance, self.i.payload))
+        return m
 
-        # Registers named by the stage that holds them.
-        m1, m2, m3 = Signal(MANT_BITS), Signal(MANT_BITS), Signal(MANT_BITS)
-        y2, y3, y4 = Signal(RSQRT_BITS), Signal(RSQRT_BITS), Signal(RSQRT_BITS)
-        a3 = Signal(2 * RSQRT_BITS - RSQRT_SQ_SHIFT)
-        t4 = Signal(RSQRT_T_FRAC + 2)  # t ~ 2^16; the seed's error keeps it well below 3 * 2^16
-        h = Signal(MANT_BITS)
-        m.d.comb += h.eq(((3 << RSQRT_T_FRAC) - t4) >> (RSQRT_T_FRAC - RSQRT_SQ_SHIFT + 1))
+
+def _rsqrt_stages(m: Module, advance: Value, arg: Value) -> Signal:
+    """Rsqrt16's five stages on `arg` (taken when `advance`): returns the stage-5 result register."""
+    m.submodules.seed = seed = Memory(shape=unsigned(RSQRT_BITS), depth=len(RSQRT_SEED),
+                                      init=[int(v) for v in RSQRT_SEED])
+    read = seed.read_port()
+    m.d.comb += [read.en.eq(advance), read.addr.eq(arg[MANT_BITS - RSQRT_SEED_BITS:] - RSQRT_SEED_BASE)]
+    # Registers named by the stage that holds them.
+    m1, m2, m3 = Signal(MANT_BITS), Signal(MANT_BITS), Signal(MANT_BITS)
+    y2, y3, y4, y5 = Signal(RSQRT_BITS), Signal(RSQRT_BITS), Signal(RSQRT_BITS), Signal(RSQRT_BITS)
+    a3 = Signal(2 * RSQRT_BITS - RSQRT_SQ_SHIFT)
+    t4 = Signal(RSQRT_T_FRAC + 2)  # t ~ 2^16; the seed's error keeps it well below 3 * 2^16
+    h = Signal(MANT_BITS)
+    m.d.comb += h.eq(((3 << RSQRT_T_FRAC) - t4) >> (RSQRT_T_FRAC - RSQRT_SQ_SHIFT + 1))
+    with m.If(advance):
+        m.d.sync += [
+            m1.eq(arg),
+            m2.eq(m1), y2.eq(read.data),
+            m3.eq(m2), y3.eq(y2), a3.eq((y2 * y2) >> RSQRT_SQ_SHIFT),
+            y4.eq(y3), t4.eq((m3 * a3) >> RSQRT_T_SHIFT),
+            y5.eq((y4 * h) >> RSQRT_SQ_SHIFT),
+        ]
+    return y5
+
+
+def _bit_length(x: Value) -> Value:
+    """The contract's `bit_length` as logic (a priority encoder): one level per bit of the result,
+    each asking whether any bit at or above 2^j is set and shifting those down if so."""
+    digits = []
+    for j in reversed(range((len(x) - 1).bit_length())):
+        big = x[1 << j:].any()
+        x = Mux(big, x >> (1 << j), x)[:1 << j]
+        digits.insert(0, big)
+    return Cat(*digits) + x[0]
+
+
+class RsqrtFactor(wiring.Component):
+    """``x^-1/2`` of a wide sum of squares as a UF factor (``rsqrt_factor`` of the contract).
+
+    Stage 1: priority encoder, ``L = bit_length(x)``; stage 2: even shift ``2k``, ``k = (L - 15) >> 1``
+    (right for ``k > 0``, left otherwise), into ``m`` in ``[2^14, 2^16)``; stages 3-7: ``Rsqrt16``'s
+    datapath on ``m``; stage 8: ``y`` in ``[2^14 - 1, 2^15)`` shifted left by 1 or 2 into
+    ``[2^15, 2^16)``, exponent ``-22 - k - shift``.
+
+    Cycle contract: fully pipelined, latency 8, one argument per cycle; a low ``o.ready`` stalls
+    every stage.
+
+    Members
+    -------
+    i : ``In(stream.Signature(unsigned(48)))``
+        ``x > 0`` (0 gives an unspecified result).
+    o : ``Out(stream.Signature(StructLayout({"mantissa": unsigned(16), "exponent": signed(8)})))``
+        ``x^-1/2 ~ mantissa * 2^exponent``, mantissa in ``[2^15, 2^16)``.
+    """
+
+    i: In(stream.Signature(unsigned(WIDE_BITS)))
+    o: Out(stream.Signature(UF_LAYOUT))
+
+    LATENCY = 2 + Rsqrt16.LATENCY + 1
+    SHIFT_LEFT_BITS = (MANT_BITS - 2).bit_length()  # x >= 1: a left shift is by at most 14 (2k >= -14)
+
+    @staticmethod
+    def model(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The datapath in numpy: (mantissa, exponent)."""
+        x = np.asarray(x, dtype=np.int64)
+        k = (bit_length(x) - (MANT_BITS - 1)) >> 1
+        m = np.where(k > 0, x >> np.maximum(2 * k, 0), x << np.maximum(-2 * k, 0))
+        y = rsqrt16(m)
+        shift = np.where(y >> (RSQRT_BITS - 1), 1, 2)
+        return y << shift, -RSQRT_FRAC - k - shift
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        x1 = Signal(WIDE_BITS)
+        length1 = Signal(range(WIDE_BITS + 1))
+        k = [Signal(signed(EXP_BITS), name=f"k{stage}") for stage in range(2, 3 + Rsqrt16.LATENCY)]
+        m2 = Signal(MANT_BITS)
+        two_k = Signal(signed(EXP_BITS))
+        m.d.comb += two_k.eq((length1 - (MANT_BITS - 1)) & ~1)  # 2k: rounded down to even
+        y = _rsqrt_stages(m, advance, m2)
+        top = y[RSQRT_BITS - 1]
         with m.If(advance):
             m.d.sync += [
-                m1.eq(self.i.payload),
-                m2.eq(m1), y2.eq(read.data),
-                m3.eq(m2), y3.eq(y2), a3.eq((y2 * y2) >> RSQRT_SQ_SHIFT),
-                y4.eq(y3), t4.eq((m3 * a3) >> RSQRT_T_SHIFT),
-                self.o.payload.eq((y4 * h) >> RSQRT_SQ_SHIFT),
+                x1.eq(self.i.payload), length1.eq(_bit_length(self.i.payload)),
+                k[0].eq(two_k >> 1),
+                m2.eq(Mux(two_k[-1], x1 << (-two_k).as_unsigned()[:self.SHIFT_LEFT_BITS], x1 >> two_k.as_unsigned())),
+                *(later.eq(earlier) for earlier, later in zip(k, k[1:])),
+                self.o.payload.mantissa.eq(Mux(top, y << 1, y << 2)),
+                self.o.payload.exponent.eq(-RSQRT_FRAC - k[-1] - Mux(top, 1, 2)),
             ]
         return m
 
@@ -329,4 +409,69 @@ class RopePhase(wiring.Component):
                 hi.eq(pos * omega[MANT_BITS:]), lo.eq(pos * omega[:MANT_BITS]),
                 self.o.payload.eq((hi << MANT_BITS) + lo),  # truncated to 32 bits: the carry is dropped
             ]
+        return m
+
+
+class SigmoidQ15(wiring.Component):
+    """SiLU's ``2^15 sigmoid(x 2^e)`` (``sigmoid_q15`` of the contract).
+
+    Stage 1: ``|x|``, the sign, ``c = e + 7``; stage 2: priority encoder ``L = bit_length(|x|)`` and the
+    barrel shift ``|x| 2^c`` (left or right, truncated to 11 bits); stage 3: saturation when
+    ``L + c > 11`` (the shifted value would not fit) or the 11-bit index is >= 1024, and the
+    1024 x 16 table read (one block RAM) at the low 10 bits; stage 4: ``2^15`` if saturated, else the
+    entry, mirrored to ``2^15 - value`` for ``x < 0``.
+
+    Cycle contract: fully pipelined, latency 4, one argument per cycle; a low ``o.ready`` stalls
+    every stage.
+
+    Members
+    -------
+    i : ``In(stream.Signature(StructLayout({"x": signed(32), "e": signed(8)})))``
+    o : ``Out(stream.Signature(unsigned(16)))``
+        In ``[0, 2^15]``.
+    """
+
+    i: In(stream.Signature(data.StructLayout({"x": signed(ACC_BITS), "e": signed(EXP_BITS)})))
+    o: Out(stream.Signature(unsigned(PROB_BITS + 1)))
+
+    LATENCY = 4
+
+    @staticmethod
+    def model(x: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """The datapath in numpy."""
+        x, e = np.asarray(x, dtype=np.int64), np.asarray(e, dtype=np.int64)
+        magnitude, c = np.abs(x), e + SIG_FRAC
+        over = bit_length(magnitude) + c > SIG_INDEX_BITS + 1
+        shifted = np.where(c >= 0, magnitude << np.clip(c, 0, SIG_INDEX_BITS + 1),
+                           magnitude >> np.clip(-c, 0, ACC_BITS)) & ((2 << SIG_INDEX_BITS) - 1)
+        saturated = over | (shifted >> SIG_INDEX_BITS).astype(bool)
+        value = np.where(saturated, 1 << PROB_BITS, SIGMOID_TABLE[shifted & ((1 << SIG_INDEX_BITS) - 1)])
+        return np.where(x < 0, (1 << PROB_BITS) - value, value)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        m.submodules.table = table = Memory(shape=self.o.payload.shape(), depth=len(SIGMOID_TABLE),
+                                            init=[int(v) for v in SIGMOID_TABLE])
+        read = table.read_port()
+        magnitude1 = Signal(ACC_BITS)
+        c1, c2 = Signal(signed(EXP_BITS + 1)), Signal(signed(EXP_BITS + 1))
+        negative = [Signal(name=f"negative{stage}") for stage in range(1, 4)]
+        length2 = Signal(range(ACC_BITS + 1))
+        shifted2 = Signal(SIG_INDEX_BITS + 1)
+        saturated3 = Signal()
+        x = self.i.payload.x
+        # Only a left shift by at most SIG_INDEX_BITS + 1 can leave the result unsaturated.
+        left = c1.as_unsigned()[:(SIG_INDEX_BITS + 1).bit_length()]
+        m.d.comb += [read.en.eq(advance), read.addr.eq(shifted2[:SIG_INDEX_BITS])]
+        with m.If(advance):
+            m.d.sync += [
+                magnitude1.eq(Mux(x[-1], -x, x)), negative[0].eq(x[-1]), c1.eq(self.i.payload.e + SIG_FRAC),
+                length2.eq(_bit_length(magnitude1)), c2.eq(c1),
+                shifted2.eq(Mux(c1[-1], magnitude1 >> (-c1).as_unsigned(), magnitude1 << left)),
+                saturated3.eq((length2 + c2 > SIG_INDEX_BITS + 1) | shifted2[SIG_INDEX_BITS]),
+                *(later.eq(earlier) for earlier, later in zip(negative, negative[1:])),
+            ]
+            value = Mux(saturated3, 1 << PROB_BITS, read.data)
+            m.d.sync += self.o.payload.eq(Mux(negative[-1], (1 << PROB_BITS) - value, value))
         return m

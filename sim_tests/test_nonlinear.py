@@ -4,7 +4,8 @@ Each unit's `model()` is compared with the reference function over the unit's wh
 (no simulator). Then all units, built once under Verilator side by side in `NonlinearUnits`, take
 their whole domains through their streams (every m of recip and rsqrt, every exp2 argument below
 2 * EXP_SAT, every phase index of the sine table, random and extreme RoPE positions and
-frequencies) with random input gaps and random output backpressure; every result is compared with
+frequencies, every x < 2^16 and every bit length of rsqrt_factor's uint48, every int8 exponent of
+the sigmoid against extreme and random x, and every sigmoid table index) with random input gaps and random output backpressure; every result is compared with
 the reference integer for integer, a result held back by backpressure must not change, and an
 unstalled run checks each unit's latency and throughput against its docstring.
 """
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-import pytest
 from amaranth import Module
 from amaranth.back import verilog
 from amaranth.lib import wiring
@@ -24,10 +24,14 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
 from bitlane.golden import integer as gi
-from bitlane.hw.nonlinear import EXP2_ARG_BITS, SINE_PHASE_BITS, Exp2Neg, Recip16, RopePhase, Rsqrt16, SinCos
+from bitlane.hw.nonlinear import (
+    EXP2_ARG_BITS, SIG_INDEX_BITS, SINE_PHASE_BITS, Exp2Neg, Recip16, RopePhase, Rsqrt16, RsqrtFactor, SigmoidQ15,
+    SinCos,
+)
 from sim_tests import simlib
 
-UNITS = {"recip": Recip16, "rsqrt": Rsqrt16, "exp2": Exp2Neg, "sincos": SinCos, "rope": RopePhase}
+UNITS = {"recip": Recip16, "rsqrt": Rsqrt16, "exp2": Exp2Neg, "sincos": SinCos, "rope": RopePhase,
+         "rsqrt_factor": RsqrtFactor, "sigmoid": SigmoidQ15}
 TOPLEVEL = "nonlinear"
 MANT = gi.MANT_BITS
 PHASE_MASK = (1 << gi.PHASE_BITS) - 1
@@ -71,6 +75,26 @@ def phases(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([(top << low_bits) | low for low in lows])
 
 
+def wide_sums(rng: np.random.Generator) -> np.ndarray:
+    """Every x in [1, 2^16) (the left shifts), and for every bit length up to WIDE_BITS its smallest and
+    largest value and random ones."""
+    lengths = np.repeat(np.arange(1, gi.WIDE_BITS + 1), 200)
+    top = np.int64(1) << (lengths - 1)
+    return np.concatenate([np.arange(1, 1 << MANT), top, 2 * top - 1, top | (rng.integers(0, 1 << 62, len(top)) & (top - 1))])
+
+
+def sigmoid_cases(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Every int8 exponent against 0, +-1, the int32 extremes, powers of two and their neighbours and
+    random values; and every index of the table and past its end (e = -SIG_FRAC, |x| <= 2^11)."""
+    powers = np.int64(1) << np.arange(gi.ACC_BITS - 1)
+    xs = np.concatenate([[0, 1, -1, -(1 << (gi.ACC_BITS - 1)), (1 << (gi.ACC_BITS - 1)) - 1],
+                         powers, powers - 1, -powers, -powers + 1, rng.integers(-(1 << 31), 1 << 31, 20)])
+    exps = np.arange(-(1 << (gi.EXP_BITS - 1)), 1 << (gi.EXP_BITS - 1))
+    grid_x, grid_e = (a.reshape(-1) for a in np.meshgrid(xs, exps))
+    table = np.arange(-(2 << SIG_INDEX_BITS), (2 << SIG_INDEX_BITS) + 1)
+    return (np.concatenate([grid_x, table]), np.concatenate([grid_e, np.full(len(table), -gi.SIG_FRAC)]))
+
+
 def domain(unit: str, rng: np.random.Generator) -> tuple[list[int], list[int]]:
     """(arguments, expected results) of `unit` as the integers its ports carry."""
     if unit == "recip":
@@ -86,6 +110,15 @@ def domain(unit: str, rng: np.random.Generator) -> tuple[list[int], list[int]]:
         p = phases(rng)
         s, c = gi.sin_q14(p), gi.cos_q14(p)
         return p.tolist(), ((s & 0xFFFF) | ((c & 0xFFFF) << 16)).tolist()
+    if unit == "rsqrt_factor":
+        x = rng.permutation(wide_sums(rng))
+        mantissa, exponent = gi.rsqrt_factor(x)
+        return x.tolist(), (mantissa | ((exponent & 0xFF) << MANT)).tolist()
+    if unit == "sigmoid":
+        x, e = sigmoid_cases(rng)
+        order = rng.permutation(len(x))
+        x, e = x[order], e[order]
+        return ((x & 0xFFFFFFFF) | ((e & 0xFF) << gi.ACC_BITS)).tolist(), gi.sigmoid_q15(x, e).tolist()
     pos, omega = rope_cases(rng)
     expected = np.array([gi.rope_phase(np.array([p]), np.array([w]))[0, 0] for p, w in zip(pos, omega)])
     return (pos | (omega << MANT)).tolist(), expected.tolist()
@@ -108,6 +141,11 @@ def test_models_equal_reference() -> None:
     pos, omega = rope_cases(rng)
     assert np.array_equal(RopePhase.model(pos, omega),
                           [gi.rope_phase(np.array([a]), np.array([w]))[0, 0] for a, w in zip(pos, omega)])
+    x = wide_sums(rng)
+    for got, want in zip(RsqrtFactor.model(x), gi.rsqrt_factor(x)):
+        assert np.array_equal(got, want)
+    x, e = sigmoid_cases(rng)
+    assert np.array_equal(SigmoidQ15.model(x, e), gi.sigmoid_q15(x, e))
 
 
 # ---------------------------------------------------------------- cocotb side
@@ -194,14 +232,10 @@ for _unit in UNITS:
 
 # ---------------------------------------------------------------- pytest side
 
-@pytest.fixture(scope="module")
-def build_dir() -> Path:
-    return simlib.build(NonlinearUnits(), TOPLEVEL)
-
-
-@pytest.mark.parametrize("unit", list(UNITS))
-def test_unit_whole_domain(build_dir: Path, unit: str) -> None:
-    simlib.run("sim_tests.test_nonlinear", build_dir, TOPLEVEL, testcase=f"whole_domain_{unit}")
+def test_units_whole_domain() -> None:
+    """One Verilator build and one simulator run for every unit (a cocotb test each), so the
+    reference is imported once."""
+    simlib.run("sim_tests.test_nonlinear", simlib.build(NonlinearUnits(), TOPLEVEL), TOPLEVEL)
 
 
 def test_lint_clean(tmp_path: Path) -> None:
