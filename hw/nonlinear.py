@@ -475,3 +475,10 @@ class SigmoidQ15(wiring.Component):
             value = Mux(saturated3, 1 << PROB_BITS, read.data)
             m.d.sync += self.o.payload.eq(Mux(negative[-1], (1 << PROB_BITS) - value, value))
         return m
+
+
+# Every unit by the name the tests and the benchmark use.
+UNITS: dict[str, type[wiring.Component]] = {
+    "recip": Recip16, "rsqrt": Rsqrt16, "rsqrt_factor": RsqrtFactor, "exp2": Exp2Neg, "sincos": SinCos,
+    "rope": RopePhase, "sigmoid": SigmoidQ15,
+}

@@ -25,13 +25,11 @@ from cocotb.triggers import FallingEdge, ReadOnly
 
 from bitlane.golden import integer as gi
 from bitlane.hw.nonlinear import (
-    EXP2_ARG_BITS, SIG_INDEX_BITS, SINE_PHASE_BITS, Exp2Neg, Recip16, RopePhase, Rsqrt16, RsqrtFactor, SigmoidQ15,
-    SinCos,
+    EXP2_ARG_BITS, SIG_INDEX_BITS, SINE_PHASE_BITS, UNITS, Exp2Neg, Recip16, RopePhase, Rsqrt16, RsqrtFactor,
+    SigmoidQ15, SinCos,
 )
 from sim_tests import simlib
 
-UNITS = {"recip": Recip16, "rsqrt": Rsqrt16, "exp2": Exp2Neg, "sincos": SinCos, "rope": RopePhase,
-         "rsqrt_factor": RsqrtFactor, "sigmoid": SigmoidQ15}
 TOPLEVEL = "nonlinear"
 MANT = gi.MANT_BITS
 PHASE_MASK = (1 << gi.PHASE_BITS) - 1
