@@ -59,7 +59,8 @@ def float_stages(model: golden.BitNetForCausalLM, ids: torch.Tensor) -> dict[str
         attn, mlp = layer.self_attn, layer.mlp
         xn = layer.input_layernorm(x)
         keep("attn.q8", quantize_activations(xn)[0])
-        q, k, v = (proj(xn).view(B, T, -1, c.head_dim).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k, v = (proj(xn).view(B, T, -1, c.head_dim).transpose(1, 2)
+                   for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keep("attn.q", q * math.log2(math.e) / math.sqrt(c.head_dim))
         keep("attn.k", k)

@@ -41,7 +41,6 @@ class WidthError(ArithmeticError):
     """An intermediate left its declared width: the message names the stage, the width and the value."""
 
 
-
 def fits(stage: str, x: np.ndarray, bits: int, signed: bool = True) -> np.ndarray:
     """Return x after checking every element lies in the `bits`-wide (signed or unsigned) range."""
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
@@ -73,14 +72,14 @@ def shift_right(x: np.ndarray, s: np.ndarray, rounding: bool = False, stage: str
     A left shift that would leave int64 raises WidthError (numpy would wrap)."""
     x, s = np.asarray(x, dtype=np.int64), np.asarray(s, dtype=np.int64)
     left = np.maximum(-s, 0)
-    overflow = (left > 0) & (bit_length(np.abs(x)) + left > 62)
+    overflow = (left > 0) & (x != 0) & (bit_length(np.abs(x)) + left > 62)
     if overflow.any():
         value, amount = np.broadcast_arrays(x, left)
         raise WidthError(f"{stage}: value {int(value[overflow].flat[0])} << {int(amount[overflow].flat[0])} "
                          f"leaves int64")
     right = np.maximum(s, 0)
     half = np.where(rounding & (right > 0), np.int64(1) << np.maximum(right - 1, 0), 0)
-    return np.where(s > 0, (x + half) >> right, x << np.where(overflow, 0, left))
+    return np.where(s > 0, (x + half) >> right, x << np.where(overflow | (x == 0), 0, left))
 
 
 def normalize(x: np.ndarray, bits: int = MANT_BITS) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +223,7 @@ def scale_saturating(x: np.ndarray, c: np.ndarray, limit: int, rounding: bool = 
     """min(x * 2^c, limit) for x >= 0 and c of either sign (round half up, or floor): the left shift is
     taken only when bit_length(x) + c cannot exceed limit's bit length, so it never overflows."""
     x, c = np.asarray(x, dtype=np.int64), np.asarray(c, dtype=np.int64)
-    over = bit_length(x) + c > bit_length(np.int64(limit))
+    over = (x > 0) & (bit_length(x) + c > bit_length(np.int64(limit)))
     return np.where(over, limit, np.minimum(shift_right(np.where(over, 0, x), np.where(over, 0, -c), rounding), limit))
 
 

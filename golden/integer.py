@@ -50,7 +50,9 @@ def quantize_int8(z: np.ndarray, stage: str) -> np.ndarray:
     q = clamp((zq * c + 2^22) >> 23, -128, 127): one 16 x 16 multiply per element. All-zero -> 0."""
     M = np.abs(z).max(axis=-1, keepdims=True)
     Mu, eM = factor(M)
-    c = fits(f"{stage} quant factor", (Q_MAX * recip16(np.maximum(Mu, FACTOR_ONE))) >> 7, MANT_BITS, signed=False)
+    # c ~ 127 2^(Q_SHIFT + 1) / Mu: the extra bit pays for zq's extra halving (z >> (eM + 1))
+    c = (Q_MAX * recip16(np.maximum(Mu, FACTOR_ONE))) >> (RECIP_SHIFT - Q_SHIFT - 1)
+    c = fits(f"{stage} quant factor", c, MANT_BITS, signed=False)
     zq = fits(f"{stage} quant input", shift_right(z, eM + 1), MANT_BITS)
     q = (fits(f"{stage} quant product", zq * c, 2 * MANT_BITS) + (1 << (Q_SHIFT - 1))) >> Q_SHIFT
     return np.where(M == 0, 0, np.clip(q, -Q_MAX - 1, Q_MAX))
@@ -127,6 +129,8 @@ class Norm:
 
 @dataclass
 class IntLayer:
+    """One decoder layer's constants."""
+
     trits: dict[str, np.ndarray]                   # "q", "k", "v", "o", "gate", "up", "down": int8 [out, in]
     norms: dict[str, Norm]                         # "input", "attn_sub", "post_attn", "ffn_sub"
     factors: dict[str, tuple[np.ndarray, np.ndarray]]  # UF constant per product whose scale matters
@@ -145,20 +149,25 @@ def _factor_constant(value: float, tensor: str) -> tuple[np.ndarray, np.ndarray]
     return np.int64(m), np.int64(e)
 
 
-def _fold_norm(weight: torch.Tensor, tensor: str) -> Norm:
-    """RMSNorm weight -> int16 gain and shift so that max|gain| lies in [2^14, 2^15)."""
-    w = weight.detach().double().numpy()
+def _to_int16(w: np.ndarray, tensor: str) -> tuple[np.ndarray, int]:
+    """round(w 2^shift) as int16 with the shift that puts max|.| in [2^14, 2^15); w finite, not all 0."""
     big = float(np.abs(w).max(initial=0.0))
     if not np.isfinite(w).all() or big == 0:
-        raise ConversionError(f"{tensor}: norm weight must be finite and not all zero")
-    if big > MAX_NORM_GAIN:
-        raise ConversionError(f"{tensor}: max |weight| = {big:g} exceeds the contract's {MAX_NORM_GAIN}")
+        raise ConversionError(f"{tensor}: must be finite and not all zero")
     shift = MANT_BITS - 2 - math.floor(math.log2(big))
-    gain = np.round(w * 2.0 ** shift).astype(np.int64)
-    if np.abs(gain).max() >= 1 << (MANT_BITS - 1):  # big just below a power of two rounded up
+    values = np.round(w * 2.0 ** shift).astype(np.int64)
+    if np.abs(values).max() >= 1 << (MANT_BITS - 1):  # a maximum just below a power of two rounds up to it
         shift -= 1
-        gain = np.round(w * 2.0 ** shift).astype(np.int64)
-    return Norm(fits(tensor, gain, MANT_BITS), shift)
+        values = np.round(w * 2.0 ** shift).astype(np.int64)
+    return fits(tensor, values, MANT_BITS), shift
+
+
+def _fold_norm(weight: torch.Tensor, tensor: str) -> Norm:
+    """RMSNorm weight -> int16 gain and its shift; refuses max|w| above MAX_NORM_GAIN (shift < 0)."""
+    w = weight.detach().double().numpy()
+    if np.isfinite(w).all() and np.abs(w).max(initial=0.0) > MAX_NORM_GAIN:
+        raise ConversionError(f"{tensor}: max |weight| = {np.abs(w).max():g} exceeds the contract's {MAX_NORM_GAIN}")
+    return Norm(*_to_int16(w, tensor))
 
 
 def _weight_scale(module, tensor: str) -> float:
@@ -183,18 +192,11 @@ def convert(model: BitNetForCausalLM, kv_bits: int = MANT_BITS) -> "IntegerModel
     if c.max_position_embeddings > MAX_POSITIONS:
         raise ConversionError(f"config.max_position_embeddings {c.max_position_embeddings} > {MAX_POSITIONS}")
     emb = model.model.embed_tokens.weight.detach().double().numpy()
-    big = float(np.abs(emb).max(initial=0.0))
-    if not np.isfinite(emb).all() or big == 0:
-        raise ConversionError("model.embed_tokens.weight: must be finite and not all zero")
-    emb_frac = MANT_BITS - 2 - math.floor(math.log2(big))
-    emb_int = np.round(emb * 2.0 ** emb_frac).astype(np.int64)
-    if np.abs(emb_int).max() >= 1 << (MANT_BITS - 1):
-        emb_frac -= 1
-        emb_int = np.round(emb * 2.0 ** emb_frac).astype(np.int64)
+    emb_int, emb_frac = _to_int16(emb, "model.embed_tokens.weight")
     # scores are in log2 units so that softmax needs exp2: fold log2(e) / sqrt(d) into q's factor
     q_extra = math.log2(math.e) / math.sqrt(c.head_dim)
     layers = []
-    bound = big
+    bound = float(np.abs(emb).max())
     for i, block in enumerate(model.model.layers):
         prefix = f"model.layers.{i}"
         attn, mlp = block.self_attn, block.mlp
@@ -297,7 +299,8 @@ class IntegerModel:
             probe("logits", -1, logits, None)
         return torch.from_numpy(logits)
 
-    def hidden(self, ids: np.ndarray, cache: IntKVCache | None = None, probe: Probe | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def hidden(self, ids: np.ndarray, cache: IntKVCache | None = None,
+               probe: Probe | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Device side: ids [B, T] -> final hidden state as int16 mantissas [B, T, hidden] and one exponent
         per token [B, T, 1]. With `cache`, continues after its positions and appends to it."""
         cfg = self.int_config

@@ -417,7 +417,7 @@ class SigmoidQ15(wiring.Component):
 
     Stage 1: ``|x|``, the sign, ``c = e + 7``; stage 2: priority encoder ``L = bit_length(|x|)`` and the
     barrel shift ``|x| 2^c`` (left or right, truncated to 11 bits); stage 3: saturation when
-    ``L + c > 11`` (the shifted value would not fit) or the 11-bit index is >= 1024, and the
+    ``x != 0`` and ``L + c > 11`` (the shifted value would not fit) or the 11-bit index is >= 1024, and the
     1024 x 16 table read (one block RAM) at the low 10 bits; stage 4: ``2^15`` if saturated, else the
     entry, mirrored to ``2^15 - value`` for ``x < 0``.
 
@@ -441,7 +441,7 @@ class SigmoidQ15(wiring.Component):
         """The datapath in numpy."""
         x, e = np.asarray(x, dtype=np.int64), np.asarray(e, dtype=np.int64)
         magnitude, c = np.abs(x), e + SIG_FRAC
-        over = bit_length(magnitude) + c > SIG_INDEX_BITS + 1
+        over = (magnitude > 0) & (bit_length(magnitude) + c > SIG_INDEX_BITS + 1)
         shifted = np.where(c >= 0, magnitude << np.clip(c, 0, SIG_INDEX_BITS + 1),
                            magnitude >> np.clip(-c, 0, ACC_BITS)) & ((2 << SIG_INDEX_BITS) - 1)
         saturated = over | (shifted >> SIG_INDEX_BITS).astype(bool)
@@ -469,7 +469,7 @@ class SigmoidQ15(wiring.Component):
                 magnitude1.eq(Mux(x[-1], -x, x)), negative[0].eq(x[-1]), c1.eq(self.i.payload.e + SIG_FRAC),
                 length2.eq(_bit_length(magnitude1)), c2.eq(c1),
                 shifted2.eq(Mux(c1[-1], magnitude1 >> (-c1).as_unsigned(), magnitude1 << left)),
-                saturated3.eq((length2 + c2 > SIG_INDEX_BITS + 1) | shifted2[SIG_INDEX_BITS]),
+                saturated3.eq(length2.any() & (length2 + c2 > SIG_INDEX_BITS + 1) | shifted2[SIG_INDEX_BITS]),
                 *(later.eq(earlier) for earlier, later in zip(negative, negative[1:])),
             ]
             value = Mux(saturated3, 1 << PROB_BITS, read.data)

@@ -142,6 +142,19 @@ def test_quantize_int8_against_float_rounding():
     assert gi.quantize_int8(edges, "test").tolist() == [[127, -127, 0], [0, 0, 0], [-127, -127, -127], [127, 0, 0]]
 
 
+def test_shifts_round_saturate_and_never_wrap():
+    x = np.array([5, -5, 6, 7], dtype=np.int64)
+    assert gi.shift_right(x, 1).tolist() == [2, -3, 3, 3]                  # floor
+    assert gi.shift_right(x, 1, rounding=True).tolist() == [3, -2, 3, 4]   # half up
+    assert gi.shift_right(x, -3).tolist() == [40, -40, 48, 56]            # exact left shift
+    with pytest.raises(WidthError, match=r"here: value 5 << 61 leaves int64"):
+        gi.shift_right(x, -61, stage="here")
+    big = np.array([0, 1, 2**40, 2**62], dtype=np.int64)
+    assert gi.scale_saturating(big, np.int64(100), gi.EXP_SAT).tolist() == [0, gi.EXP_SAT, gi.EXP_SAT, gi.EXP_SAT]
+    assert gi.scale_saturating(big, np.int64(-40), gi.EXP_SAT).tolist() == [0, 0, 1, gi.EXP_SAT]
+    assert gi.scale_saturating(np.int64(3), np.int64(2), 100) == 12
+
+
 def test_fits_raises_with_stage_and_value():
     with pytest.raises(WidthError, match=r"somewhere: value 32768 outside int16"):
         gi.fits("somewhere", np.array([1, 32768]), 16)
@@ -197,12 +210,12 @@ def test_largest_accepted_norm_weight_runs():
 @pytest.mark.parametrize("tensor, mutate, message", [
     ("model.layers.0.input_layernorm.weight", lambda m: m.model.layers[0].input_layernorm.weight.fill_(40000.0),
      "exceeds the contract's 32767"),
-    ("model.layers.1.mlp.ffn_sub_norm.weight", lambda m: m.model.layers[1].mlp.ffn_sub_norm.weight.__setitem__(2, float("nan")),
-     "finite"),
+    ("model.layers.1.mlp.ffn_sub_norm.weight",
+     lambda m: m.model.layers[1].mlp.ffn_sub_norm.weight.__setitem__(2, float("nan")), "finite"),
     ("model.norm.weight", lambda m: m.model.norm.weight.zero_(), "not all zero"),
     ("model.embed_tokens.weight", lambda m: m.model.embed_tokens.weight.__setitem__((0, 0), float("inf")), "finite"),
-    ("model.layers.0.self_attn.k_proj.weight_scale", lambda m: m.model.layers[0].self_attn.k_proj._weight_scale.fill_(0.0),
-     "finite and > 0"),
+    ("model.layers.0.self_attn.k_proj.weight_scale",
+     lambda m: m.model.layers[0].self_attn.k_proj._weight_scale.fill_(0.0), "finite and > 0"),
     ("model.layers.1.mlp.down_proj.weight_scale", lambda m: m.model.layers[1].mlp.down_proj._weight_scale.fill_(1e38),
      "outside int8"),
 ])
@@ -213,6 +226,19 @@ def test_conversion_refuses_out_of_contract_constants(tensor, mutate, message):
     with pytest.raises(ConversionError, match=message) as info:
         convert(model)
     assert tensor in str(info.value)
+
+
+def test_softmax_keeps_its_maximum_when_scores_are_huge():
+    """q scaled by 2^60 (scores far beyond the exp2 range, a large left-shift exponent): every row
+    still has its maximum weight 2^15, and the row sums stay >= 2^15."""
+    im = convert(random_model(**SMALL))
+    for layer in im.layers:
+        m, e = layer.factors["q"]
+        layer.factors["q"] = (m, e + 60)
+    seen = []
+    im.hidden(np.arange(12)[None], probe=lambda stage, i, m, e: seen.append((m, e)) if stage == "attn.probs" else None)
+    for p, total in seen:
+        assert (p.max(axis=-1) == 2**15).all() and (total >= 2**15).all()
 
 
 def test_width_violation_names_the_stage():
