@@ -1,12 +1,14 @@
 """Nonlinear units of the integer decoder (docs/arithmetic.md, "Units"), bit-exact to contract/intmath.py.
 
-    Recip16     floor((2^31 - 1) / m)          iterative: 16 cycles per result, no multiplier
-    Rsqrt16     ~2^22 / sqrt(m)                 pipelined: seed ROM + Newton step, 3 multipliers
-    Exp2Neg     ~2^15 * 2^(-x / 1024)           pipelined: 1024-entry ROM + barrel shift
-    SinCos      sin, cos of a uint32 phase, Q14 pipelined: quarter-wave ROM, two read ports
-    RopePhase   pos * omega mod 2^32            pipelined: 2 multipliers
-    RsqrtFactor x^-1/2 of a uint48 as a UF factor  pipelined: priority encoder, even shift, Rsqrt16
-    SigmoidQ15  2^15 sigmoid(x 2^e)             pipelined: priority encoder, shift, 1024-entry ROM
+    Recip16      floor((2^31 - 1) / m)             iterative: 16 cycles per result, no multiplier
+    Rsqrt16      ~2^22 / sqrt(m)                   latency 5: seed ROM + Newton step, 3 multipliers
+    RsqrtFactor  x^-1/2 of a uint48 as a UF factor latency 8: priority encoder, even shift, Rsqrt16's stages
+    Exp2Neg      ~2^15 * 2^(-x / 1024)             latency 2: 1024-entry ROM + barrel shift
+    SinCos       sin, cos of a uint32 phase in Q14 latency 2: quarter-wave ROM, two read ports
+    RopePhase    pos * omega mod 2^32              latency 2: 2 multipliers
+    SigmoidQ15   2^15 sigmoid(x 2^e)               latency 4: priority encoder, shift, 1024-entry ROM
+
+All but Recip16 take one argument per cycle.
 
 Interface: every unit takes its argument on an `amaranth.lib.stream` input `i` and gives its result
 on a stream output `o` (valid/ready, payload held while valid and not ready). Streams rather than
@@ -23,7 +25,8 @@ stream register in front of.
 
 Each unit has a `model()`: a numpy restatement of its datapath (the same registers, mirroring and
 shifts as the gateware) that the tests check equal to the contract function over the whole domain,
-and the gateware equal to both.
+and the gateware equal to both. (Rsqrt16's datapath is the contract's formula itself, so its model
+is that function.)
 """
 
 import numpy as np
@@ -54,18 +57,17 @@ UF_LAYOUT = data.StructLayout({"mantissa": unsigned(MANT_BITS), "exponent": sign
 SINE_PHASE_BITS = SINE_INDEX_BITS + 2
 
 
-def _pipeline(m: Module, i: stream.Interface, o: stream.Interface, stages: int) -> tuple[Signal, list[Signal]]:
+def _pipeline(m: Module, i: stream.Interface, o: stream.Interface, stages: int) -> Signal:
     """Valid bits of a `stages`-deep pipeline from `i` to `o` that stalls as a whole.
 
-    Returns (advance, valid): `advance` is high in cycles where every stage register loads its
-    predecessor (the caller guards its data registers and RAM read enables with it); `valid[k]`
-    says stage k + 1 holds an argument, the last one driving `o.valid`."""
+    Returns `advance`, high in cycles where every stage register loads its predecessor (the caller
+    guards its data registers and RAM read enables with it)."""
     advance = Signal()
     valid = [Signal(name=f"valid{k + 1}") for k in range(stages)]
     m.d.comb += [advance.eq(~valid[-1] | o.ready), i.ready.eq(advance), o.valid.eq(valid[-1])]
     with m.If(advance):
         m.d.sync += Cat(valid).eq(Cat(i.valid, *valid[:-1]))
-    return advance, valid
+    return advance
 
 
 class Recip16(wiring.Component):
@@ -175,7 +177,7 @@ class Rsqrt16(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        advance = _pipeline(m, self.i, self.o, self.LATENCY)
         m.d.comb += self.o.payload.eq(_rsqrt_stages(m, advance, self.i.payload))
         return m
 
@@ -224,7 +226,8 @@ class RsqrtFactor(wiring.Component):
     ``[2^15, 2^16)``, exponent ``-22 - k - shift``.
 
     Cycle contract: fully pipelined, latency 8, one argument per cycle; a low ``o.ready`` stalls
-    every stage.
+    every stage. Its stage 1 (a 48-bit priority encoder, six levels of muxes) is the slowest path
+    of the units (78 MHz on the ECP5-85F); split it over two stages if the clock target rises.
 
     Members
     -------
@@ -252,7 +255,7 @@ class RsqrtFactor(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        advance = _pipeline(m, self.i, self.o, self.LATENCY)
         x1 = Signal(WIDE_BITS)
         length1 = Signal(range(WIDE_BITS + 1))
         k = [Signal(signed(EXP_BITS), name=f"k{stage}") for stage in range(2, 3 + Rsqrt16.LATENCY)]
@@ -305,7 +308,7 @@ class Exp2Neg(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        advance = _pipeline(m, self.i, self.o, self.LATENCY)
         m.submodules.table = table = Memory(shape=self.o.payload.shape(), depth=len(EXP2_TABLE),
                                             init=[int(v) for v in EXP2_TABLE])
         read = table.read_port()
@@ -353,7 +356,7 @@ class SinCos(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        advance = _pipeline(m, self.i, self.o, self.LATENCY)
         m.submodules.table = table = Memory(shape=unsigned(int(SINE_TABLE.max()).bit_length()),
                                             depth=len(SINE_TABLE), init=[int(v) for v in SINE_TABLE])
         top = self.i.payload[PHASE_BITS - SINE_PHASE_BITS:]
@@ -401,7 +404,7 @@ class RopePhase(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        advance = _pipeline(m, self.i, self.o, self.LATENCY)
         pos, omega = self.i.payload.position, self.i.payload.omega
         hi, lo = Signal(2 * MANT_BITS), Signal(2 * MANT_BITS)
         with m.If(advance):
@@ -450,7 +453,7 @@ class SigmoidQ15(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        advance, _ = _pipeline(m, self.i, self.o, self.LATENCY)
+        advance = _pipeline(m, self.i, self.o, self.LATENCY)
         m.submodules.table = table = Memory(shape=self.o.payload.shape(), depth=len(SIGMOID_TABLE),
                                             init=[int(v) for v in SIGMOID_TABLE])
         read = table.read_port()

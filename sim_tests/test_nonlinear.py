@@ -2,12 +2,13 @@
 
 Each unit's `model()` is compared with the reference function over the unit's whole input domain
 (no simulator). Then all units, built once under Verilator side by side in `NonlinearUnits`, take
-their whole domains through their streams (every m of recip and rsqrt, every exp2 argument below
+their whole domains through their streams: every m of recip and rsqrt, every exp2 argument below
 2 * EXP_SAT, every phase index of the sine table, random and extreme RoPE positions and
 frequencies, every x < 2^16 and every bit length of rsqrt_factor's uint48, every int8 exponent of
-the sigmoid against extreme and random x, and every sigmoid table index) with random input gaps and random output backpressure; every result is compared with
-the reference integer for integer, a result held back by backpressure must not change, and an
-unstalled run checks each unit's latency and throughput against its docstring.
+the sigmoid against extreme and random x, and every sigmoid table index. Inputs come with random
+gaps and outputs meet random backpressure; every result is compared with the reference integer for
+integer, a result held back by backpressure must not change, and an unstalled run checks each
+unit's latency and throughput against its docstring.
 """
 import os
 import random
@@ -78,7 +79,8 @@ def wide_sums(rng: np.random.Generator) -> np.ndarray:
     largest value and random ones."""
     lengths = np.repeat(np.arange(1, gi.WIDE_BITS + 1), 200)
     top = np.int64(1) << (lengths - 1)
-    return np.concatenate([np.arange(1, 1 << MANT), top, 2 * top - 1, top | (rng.integers(0, 1 << 62, len(top)) & (top - 1))])
+    inside = top | (rng.integers(0, 1 << 62, len(top)) & (top - 1))
+    return np.concatenate([np.arange(1, 1 << MANT), top, 2 * top - 1, inside])
 
 
 def sigmoid_cases(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +169,8 @@ async def through(dut, unit: str, args: list[int], p_valid: float, p_ready: floa
         o_ready.value = int(ready)
         await ReadOnly()
         if held is not None:  # a result shown and not read must stay shown, unchanged
-            assert o_valid.value and o_payload.value.to_unsigned() == held, f"{unit}: result {len(results)} changed while stalled"
+            assert o_valid.value and o_payload.value.to_unsigned() == held, \
+                f"{unit}: result {len(results)} changed while stalled"
         if offering and i_ready.value:
             offering, k = False, k + 1
             taken.append(cycle)
