@@ -150,16 +150,22 @@ def test_models_equal_reference() -> None:
 
 # ---------------------------------------------------------------- cocotb side
 
-async def through(dut, unit: str, args: list[int], p_valid: float, p_ready: float) -> tuple[list[int], list[int]]:
+# A stream run that takes longer than this many cycles per argument has lost a result.
+CYCLES_PER_ARG_LIMIT = 4 * Recip16.ITERATIONS
+
+
+async def through(dut, unit: str, args: list[int], p_valid: float,
+                  p_ready: float) -> tuple[list[int], list[int], list[int]]:
     """Stream `args` through `unit`: offered with probability p_valid per cycle (an offer is held until
-    taken), results read with probability p_ready. Returns (results, the cycle each argument was
-    taken and each result read, interleaved as [taken..., read...]) for latency checks."""
+    taken), results read with probability p_ready. Returns the results and, for latency checks, the
+    cycle each argument was taken and the cycle each result was read."""
     port = lambda name: getattr(dut, f"{unit}__{name}")
     i_valid, i_ready, i_payload = port("i__valid"), port("i__ready"), port("i__payload")
     o_valid, o_ready, o_payload = port("o__valid"), port("o__ready"), port("o__payload")
     results, taken, read = [], [], []
     k, offering, cycle, held = 0, False, 0, None
     while len(results) < len(args):
+        assert cycle < CYCLES_PER_ARG_LIMIT * len(args), f"{unit}: {len(results)} of {len(args)} results came out"
         await FallingEdge(dut.clk)
         if not offering and k < len(args) and random.random() < p_valid:
             offering = True
@@ -183,7 +189,7 @@ async def through(dut, unit: str, args: list[int], p_valid: float, p_ready: floa
             else:
                 held = value
         cycle += 1
-    return results, taken + read
+    return results, taken, read
 
 
 async def check_unit(dut, unit: str) -> None:
@@ -201,8 +207,7 @@ async def check_unit(dut, unit: str) -> None:
 
     # Unstalled: the cycle contract of the docstring.
     n = 32
-    results, cycles = await through(dut, unit, args[:n], 1.0, 1.0)
-    taken, read = cycles[:n], cycles[n:]
+    results, taken, read = await through(dut, unit, args[:n], 1.0, 1.0)
     assert results == expected[:n]
     if cls is Recip16:
         assert all(r - t == Recip16.ITERATIONS for t, r in zip(taken, read)), (taken, read)
@@ -214,10 +219,17 @@ async def check_unit(dut, unit: str) -> None:
     # The whole domain with random gaps and backpressure (a sparse and a dense mix).
     half = (len(args) - n) // 2 + n
     for lo, hi, p_valid, p_ready in ((n, half, 0.5, 0.9), (half, len(args), 0.9, 0.5)):
-        results, _ = await through(dut, unit, args[lo:hi], p_valid, p_ready)
+        results, _, _ = await through(dut, unit, args[lo:hi], p_valid, p_ready)
         bad = [j for j, (got, want) in enumerate(zip(results, expected[lo:hi])) if got != want]
         assert not bad, (f"{unit}: {len(bad)} wrong results, first: argument {args[lo + bad[0]]:#x} gave "
                          f"{results[bad[0]]:#x}, expected {expected[lo + bad[0]]:#x}")
+
+    # Nothing more comes out.
+    await FallingEdge(dut.clk)
+    getattr(dut, f"{unit}__i__valid").value = 0
+    for _ in range(CYCLES_PER_ARG_LIMIT):
+        await FallingEdge(dut.clk)
+        assert not getattr(dut, f"{unit}__o__valid").value, f"{unit}: a result after the last argument's"
 
 
 def _case(unit: str):
