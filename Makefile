@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TORCHDYNAMO_DISABLE := 1
 
-.PHONY: demo test test-fast sim-test hw-check setup clean
+.PHONY: demo test test-fast sim-test hw-check formal setup clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ sim-test: $(STAMP)
 # against the RTL.  Kept out of `make test` to hold the suite near 10 minutes.
 hw-check: $(STAMP)
 	BITLANE_HW_BUILD=1 $(BIN)/python -m pytest -v sim_tests/test_board_build.py sim_tests/test_gatelevel.py
+
+# Every formal property (docs/formal.md), one line each; MUTATE=1 plants each property's
+# one-line bug instead and checks that the property catches it.
+formal: $(STAMP)
+	$(BIN)/python -m formal $(if $(MUTATE),--mutate)
 
 clean:
 	rm -rf $(VENV) build sim_build .pytest_cache

@@ -30,10 +30,7 @@ from pathlib import Path
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bitlane import (
-    connect,  # noqa: E402
-    golden,  # noqa: E402
-)
+from bitlane import connect, golden  # noqa: E402
 from bitlane.hw.boards import BOARDS, board  # noqa: E402
 from bitlane.hw.sim.uart_sim import UartSimBoard  # noqa: E402
 

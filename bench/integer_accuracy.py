@@ -9,7 +9,7 @@ per-stage error table of docs/arithmetic.md: each stage's integer output (conver
 numbers only here, for the comparison) against the float model's, on the first --stage-windows
 windows, all layers pooled, and for layer 0 alone. Errors compound: the integer model runs end to
 end on its own, so later layers see earlier layers' errors (layer 0 sees only its own).
-The text is data/kjv/val.txt (the validation split written by `python -m golden.data`).
+The text is data/kjv/val.txt (the validation split written by `python -m bitlane.golden.data`).
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import golden
-from golden.integer import IntegerModel, convert
-from golden.model import apply_rope, quantize_activations, rope_cos_sin
-from golden.perplexity import perplexity, text_ids
+from bitlane import golden
+from bitlane.golden.integer import IntegerModel, convert
+from bitlane.golden.model import apply_rope, quantize_activations, rope_cos_sin
+from bitlane.golden.perplexity import perplexity, text_ids
 
 STAGES = {  # stage -> what it is (docs/arithmetic.md's table uses these names)
     "attn.q8": "int8 codes into q/k/v_proj",

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         r = resources(UNITS[name](), name, facts.family, work)[1]
-        f = None if args.no_pnr else fmax(UNITS[name](), facts, work, TARGET_MHZ, args.seed)
+        f = None if args.no_pnr else fmax(UNITS[name](), BOARD, work, TARGET_MHZ, args.seed)
         shown = "-" if args.no_pnr else ("?" if f is None else f"{f:.1f}")
         print(f"| {name} | {r['LUT']} | {r['FF']} | {r['BRAM']} | {r['DSP']} | {shown} | {time.time() - t0:.0f} |",
               flush=True)

@@ -1,16 +1,20 @@
-"""Where BitLinear products run: backend name -> factory(model, **options) -> context manager.
+"""Where a model runs: backend name -> factory(model, **options) -> context manager.
 
-A factory plugs its integer product into the model (`model.set_int_matmul`), optionally preloads
-the weights (`model.bitlinear_layers()`), and returns a context manager that releases whatever it
-opened (device, simulator, port) on exit. `bitlane generate --backend NAME --backend-opt KEY=VALUE`
-picks one; options arrive as keyword strings. Register a new backend by adding it to BACKENDS.
+The context manager's value is what to run, called like the golden model (logits from ids, a KV
+cache): the golden model itself with its BitLinear products on the CPU (`golden`) or routed to a
+device (`model`, `sim`, `serial`: the factory plugs its product in with `model.set_int_matmul`
+and preloads the weights), or the integer-only reference converted from it (`int`). On exit it
+releases whatever it opened (device, simulator, port). `bitlane generate|perplexity --backend NAME
+--backend-opt KEY=VALUE` picks one; options arrive as keyword strings. Register a new backend by
+adding it to BACKENDS.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from bitlane.contract.config import DEFAULT_BAUD
 from bitlane.golden import BitNetForCausalLM
@@ -27,7 +31,17 @@ def golden_backend(model: BitNetForCausalLM, **options: str) -> AbstractContextM
     if options:
         raise ValueError(f"backend 'golden' takes no options, got {sorted(options)}")
     model.set_int_matmul(None)
-    return nullcontext()
+    return nullcontext(model)
+
+
+def int_backend(model: BitNetForCausalLM, **options: str) -> AbstractContextManager:
+    """The integer-only decoder reference (docs/arithmetic.md) on the CPU: the device's oracle."""
+    from bitlane.golden.integer import convert
+
+    if options:
+        raise ValueError(f"backend 'int' takes no options, got {sorted(options)}")
+    model.set_int_matmul(None)
+    return nullcontext(convert(model))
 
 
 def _device_backend(scheme: str) -> Backend:
@@ -42,11 +56,20 @@ def _device_backend(scheme: str) -> Backend:
         try:
             timeout = float(timeout_text)
         except ValueError:
+            timeout = math.nan
+        if not (math.isfinite(timeout) and timeout > 0):  # nan would wait forever, 0 or less never
             raise ValueError(f"backend {scheme!r}: timeout={timeout_text!r}, expected seconds, "
                              "e.g. timeout=30") from None
         url = options.pop("url", None)
+        given = (url or "").partition("://")[0]
+        if given in BACKENDS and given != scheme:  # it would run there, reported as this backend
+            raise ValueError(f"backend {scheme!r}: url={url!r} is a {given}:// device; use --backend {given} "
+                             f"(or a {scheme}:// URL)")
+        if url is not None and scheme == "serial" and not url.startswith("serial://"):
+            url = f"serial://{url}"  # url=socket://HOST:PORT, as for port=
         if url is None and scheme == "serial":
             port = options.pop("port", "/dev/ttyUSB1")
+            port = port.removeprefix("serial://")  # port= also takes the URL python -m bitlane.hw.sim.uart_sim prints
             url = f"serial://{port}?baud={options.pop('baud', DEFAULT_BAUD)}&window={options.pop('window', 1)}"
         elif url is None:
             url = f"{scheme}://{options.pop('preset', 'sim')}"
@@ -57,8 +80,10 @@ def _device_backend(scheme: str) -> Backend:
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         if options:
             raise ValueError(f"backend {scheme!r}: unknown options {sorted(options)} ({OPTIONS_HELP})")
-        return DeviceSession(model, connect(url, timeout=timeout), progress=sys.stderr.isatty(),  # no bar in logs
-                             report=sys.stderr, project=scheme in ("sim", "model"))
+        device = connect(url, timeout=timeout, log=lambda line: print(line, file=sys.stderr))
+        session = DeviceSession(model, device, progress=sys.stderr.isatty(),  # no bar in logs
+                                report=sys.stderr, project=scheme in ("sim", "model"))
+        return _running(session, model)
 
     factory.__doc__ = {"model": "the pure-Python functional model of the accelerator",
                        "sim": "the Verilated gateware (C++ harness over TCP), built on first use",
@@ -66,8 +91,16 @@ def _device_backend(scheme: str) -> Backend:
     return factory
 
 
+@contextmanager
+def _running(session: AbstractContextManager, model: BitNetForCausalLM) -> Iterator[BitNetForCausalLM]:
+    """`model`, its products on the device while the session is open."""
+    with session:
+        yield model
+
+
 BACKENDS: dict[str, Backend] = {
     "golden": golden_backend,
+    "int": int_backend,
     "model": _device_backend("model"),
     "sim": _device_backend("sim"),
     "serial": _device_backend("serial"),

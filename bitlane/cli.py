@@ -36,6 +36,8 @@ examples:
   bitlane generate --model models/bitnet-kjv-h128 --prompt "In the beginning" --top-k 40 --seed 0
   bitlane generate --model models/bitnet-kjv-h128 --prompt "In the beginning" --backend sim
   bitlane generate --model DIR --prompt-ids 1,2,3 --greedy --json
+  bitlane generate --model models/bitnet-kjv-h128 --prompt "In the beginning" --backend int --greedy
+  bitlane perplexity --model models/bitnet-kjv-h128 --backend int data/kjv/val.txt
   bitlane make-model /tmp/tiny --hidden-size 128 --layers 2
 
 Run `bitlane COMMAND --help` for a command's options."""
@@ -53,6 +55,15 @@ def _option(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def _backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="golden",
+                        help="where the model runs (golden: float model, exact integer products on the CPU; "
+                             "int: the integer-only decoder reference of docs/arithmetic.md; model: functional "
+                             "model of the accelerator; sim: Verilated gateware; serial: a board)")
+    parser.add_argument("--backend-opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                        help=f"option for a device backend, repeatable: {OPTIONS_HELP}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,17 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
     gen.add_argument("--top-p", type=float, metavar="P", help="sample among the most likely tokens holding mass P")
     gen.add_argument("--seed", type=int, metavar="S", help="random seed: same seed, same tokens")
-    gen.add_argument("--backend", choices=sorted(BACKENDS), default="golden",
-                     help="where BitLinear products run (golden: exact CPU reference; model: functional model "
-                          "of the accelerator; sim: Verilated gateware; serial: a board)")
-    gen.add_argument("--backend-opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                     help=f"option for a device backend, repeatable: {OPTIONS_HELP}")
+    _backend_arguments(gen)
     gen.add_argument("--json", action="store_true",
                      help="print one JSON object: prompt_ids, generated_ids, text (with a tokenizer), timing")
 
     info = sub.add_parser("info", help="shape, parameter counts and memory of a checkpoint",
                           description="Print a checkpoint's shape, its ternary and float parameter counts and "
-                                      "the memory they take with trits at 2 bits.")
+                                      "the memory they take with trits at 2 bits, after checking config.json "
+                                      "against the safetensors headers (tensor names, dtypes, shapes).")
     info.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder")
     info.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -107,9 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--max-positions", type=int, default=2048, help="max_position_embeddings (2048)")
     make.add_argument("--seed", type=int, default=0, help="random seed (0)")
 
+    ppl = sub.add_parser("perplexity", help="perplexity of a text file under a model, on any backend",
+                         description="Tokenize FILE with the model's tokenizer, score it in consecutive windows of "
+                                     "the model's context (each starting with an empty context), and print "
+                                     "`perplexity X over N tokens`. Progress goes to stderr. Every backend works, "
+                                     "so accuracy is measured where the model actually runs.")
+    ppl.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder with tokenizer.json")
+    _backend_arguments(ppl)
+    ppl.add_argument("--window", type=int, metavar="N", help="tokens per window (default: the model's context)")
+    ppl.add_argument("--batch-size", type=int, default=8, metavar="B",
+                     help="windows of equal length scored in one call (8)")
+    ppl.add_argument("file", metavar="FILE", help="UTF-8 text to score")
+
     bench = sub.add_parser("bench", help="run the benchmark scripts of bench/ (all, or the named ones)",
                            description="Run bench/NAME_bench.py for each NAME (default: every script there), "
-                                       "each printing its figures.")
+                                       "each printing its figures.",
+                           epilog=_bench_list(), formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("names", nargs="*", metavar="NAME", help="e.g. driver golden (default: all)")
 
     sub.add_parser("hw", help="hardware tools (build, program, ...): see `bitlane hw --help`", add_help=False)
@@ -132,11 +153,25 @@ def print_stream(tokens: Iterable[int], tokenizer, prompt_ids: list[int],
         print(show(streamer.flush()) if streamer else "", flush=True)
 
 
+def _utf8_prompt(text: str) -> str:
+    """`text` if it is valid Unicode; a prompt of undecodable bytes (argv keeps them as surrogates) is refused."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError as e:
+        bad = ord(text[e.start])  # undecodable argv byte b arrives as U+DC00 + b (surrogateescape)
+        what = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"lone surrogate U+{bad:04X}"
+        raise ValueError(f"--prompt is not valid UTF-8 text ({what} at character {e.start}); "
+                         "pass UTF-8 text, or token ids with --prompt-ids") from None
+
+
 def _load(path: str) -> golden.BitNetForCausalLM:
     return golden.load_model(path, progress=sys.stderr.isatty())
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.prompt is not None:
+        _utf8_prompt(args.prompt)
     t0 = time.perf_counter()
     model = _load(args.model)
     tokenizer = golden.load_tokenizer(args.model)
@@ -150,15 +185,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     generated: list[int] = []
     stamps: list[float] = []
-    start = time.perf_counter()
-    tokens = golden.generate_stream(model, prompt_ids, args.max_new_tokens, greedy=args.greedy,  # checks arguments
-                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    with BACKENDS[args.backend](model, **dict(args.backend_opt)):
+
+    def stream(runner) -> Iterator[int]:
+        return golden.generate_stream(runner, prompt_ids, args.max_new_tokens, greedy=args.greedy,
+                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                      seed=args.seed)
+
+    stream(model)  # checks every argument now, before a backend opens a device
+    room = model.config.max_position_embeddings - len(prompt_ids)
+    if args.max_new_tokens > room:  # generation stops at the end of the context: say so rather than stop silently
+        print(f"bitlane generate: note: at most {room} new tokens fit in the model's context "
+              f"(max_position_embeddings {model.config.max_position_embeddings}, prompt {len(prompt_ids)} tokens); "
+              f"--max-new-tokens {args.max_new_tokens} will stop there", file=sys.stderr)
+    setup = time.perf_counter()
+    with BACKENDS[args.backend](model, **dict(args.backend_opt)) as runner:
+        start = time.perf_counter()  # opening the device (a first simulator build, weight upload) is not generation
+        tokens = stream(runner)
         for token in tokens if args.json else print_stream(tokens, tokenizer, prompt_ids):
             stamps.append(time.perf_counter())
             generated.append(token)
     decode_s = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
     timing = {"load_s": round(load_s, 4),
+              "device_setup_s": round(start - setup, 4),
               "first_token_s": round(stamps[0] - start, 4) if stamps else None,
               "total_s": round(time.perf_counter() - start, 4),
               "decode_tokens_per_s": round((len(stamps) - 1) / decode_s, 3) if decode_s > 0 else None}
@@ -174,12 +222,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from bitlane.golden.perplexity import perplexity, text_ids
+
+    model = _load(args.model)
+    tokenizer = golden.load_tokenizer(args.model)
+    if tokenizer is None:
+        raise ValueError(f"{args.model} has no tokenizer.json: perplexity needs one to read {args.file}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: expected a whole number >= 1")
+    ids = text_ids(tokenizer, args.file)
+    with BACKENDS[args.backend](model, **dict(args.backend_opt)) as runner:
+        ppl, n = perplexity(runner, ids, args.window, batch_size=args.batch_size, progress=True)
+    print(f"perplexity {ppl:.4f} over {n} tokens")
+    return 0
+
+
 def _mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:.2f} MiB"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    config = golden.load_config(args.model)
+    config = golden.check_checkpoint(args.model)  # config against the safetensors headers: no tensor data read
     with torch.device("meta"):  # shapes only, no memory
         counts = golden.BitNetForCausalLM(config).num_parameters()
     ternary_bytes = counts["ternary"] * 2 / 8
@@ -224,9 +288,30 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def _benchmarks() -> tuple[Path, dict[str, Path]]:
     bench_dir = Path(__file__).resolve().parents[1] / "bench"
-    available = {p.name.removesuffix("_bench.py"): p for p in sorted(bench_dir.glob("*_bench.py"))}
+    return bench_dir, {p.name.removesuffix("_bench.py"): p for p in sorted(bench_dir.glob("*_bench.py"))}
+
+
+def _bench_list() -> str:
+    """`bitlane bench --help`'s list: each benchmark with the first paragraph of its docstring."""
+    import ast
+
+    bench_dir, available = _benchmarks()
+    if not available:
+        return f"no benchmarks found in {bench_dir}"
+    lines = []
+    for name, path in available.items():
+        try:
+            doc = " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split("\n\n")[0].split())
+        except (OSError, SyntaxError, ValueError):
+            doc = ""
+        lines.append(f"  {name:<10} {doc}".rstrip())
+    return "benchmarks (bench/NAME_bench.py):\n" + "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    bench_dir, available = _benchmarks()
     unknown = [name for name in args.names if name not in available]
     if unknown:
         raise ValueError(f"no benchmark {', '.join(unknown)} in {bench_dir}; choose from {', '.join(available)}")
@@ -246,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # model text may hold anything; never die on encoding
         sys.stdout.reconfigure(errors="replace")
     command = {"generate": cmd_generate, "info": cmd_info, "make-model": cmd_make_model,
-               "bench": cmd_bench}[args.command]
+               "perplexity": cmd_perplexity, "bench": cmd_bench}[args.command]
     try:
         return command(args)
     except BrokenPipeError:  # stdout closed early, e.g. piped into head: stop quietly

@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {path.name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"vocab {config.vocab_size}; backend {args.backend}", file=sys.stderr)
     options = {"preset": args.preset} if args.backend in ("sim", "model") else {}
-    with BACKENDS[args.backend](model, **options):
-        generate(model, tokenizer, eos)
+    with BACKENDS[args.backend](model, **options) as runner:
+        generate(runner, tokenizer, eos)
     return 0
 
 

@@ -11,32 +11,62 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from bitlane.contract.config import DEFAULT_BAUD, preset
+from bitlane.contract.config import DEFAULT_BAUD, CoreConfig, preset
 from bitlane.sw.accelerator import Accelerator
-from bitlane.sw.transport import ModelTransport, SerialTransport, SimTransport, Transport
+from bitlane.sw.transport import ModelTransport, SerialTransport, SimTransport, Transport, TransportError
 
 
-def sim_transport(config, trace: Path | str | None = None) -> SimTransport:
-    """The Verilated board of `config` (built on first use), optionally dumping a waveform to `trace`
-    (FST where this Verilator can write it, else VCD: the suffix says which)."""
-    from bitlane.hw.sim.build import build_harness, trace_format
-
-    exe = build_harness(config, trace=trace is not None)
-    trace_path = None if trace is None else Path(trace).with_suffix(f".{trace_format()}")
-    return SimTransport(exe, f"sim://{config.name}", config.max_payload, trace_path)
+Log = Callable[[str], None]
 
 
-def connect(url: str, timeout: float = 10.0) -> Accelerator:
-    """Open the device at `url` (see the module docstring)."""
+def sim_transport(config: CoreConfig, trace: Path | str | None = None, log: Log | None = None) -> SimTransport:
+    """The Verilated board of `config` (built on first use), optionally dumping a waveform to `trace`.
+    `log`, if given, receives one-line notices for the user (the trace file and its format, a first
+    build of the simulator)."""
+    from bitlane.hw.sim.build import build_harness
+
+    description = f"sim://{config.name}"
+    trace_path = None if trace is None else _trace_file(description, trace, log)  # checked before building
+    exe = build_harness(config, trace=trace is not None, log=log)
+    return SimTransport(exe, description, config.max_payload, trace_path)
+
+
+def _trace_file(description: str, trace: Path | str, log: Log | None) -> Path:
+    """The file the trace goes to: FST where Verilator can write it, else VCD (the suffix says which).
+    It must be writable now, not found missing after the run."""
+    from bitlane.hw.sim.verilator import trace_format
+
+    fmt = trace_format()
+    path = Path(trace).with_suffix(f".{fmt}")
+    try:
+        open(path, "ab").close()  # the harness truncates it when it starts
+    except OSError as e:
+        raise TransportError(f"{description}: trace={trace}: cannot write {path} ({e.strerror})") from None
+    if log is not None:
+        instead = "" if Path(trace).suffix.lower() in ("", f".{fmt}") else \
+            (f", not the {Path(trace).suffix.lstrip('.').upper()} asked for: Verilator writes FST only where the "
+             "lz4 and zlib headers are installed (apt-get install liblz4-dev zlib1g-dev)")
+        log(f"[tracing every cycle to {path} ({fmt.upper()}{instead}); traces are large: a VCD reached "
+            "1.2 GB for 3 tokens of the demo model]")
+    return path
+
+
+def connect(url: str, timeout: float = 10.0, log: Log | None = None) -> Accelerator:
+    """Open the device at `url` (see the module docstring). `log(line)`, if given, receives notices
+    for the user (sim: the trace file and its format, a first build)."""
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     if parts.scheme in ("model", "sim"):
+        if parts.netloc and parts.path not in ("", "/"):  # model://tiny/../../etc is not model://tiny
+            raise ValueError(f"{url!r}: unexpected {parts.path!r} after the preset name; "
+                             f"expected {parts.scheme}://PRESET")
         config = preset(parts.netloc or parts.path.strip("/"))
         transport: Transport = (ModelTransport(config) if parts.scheme == "model"
-                                else sim_transport(config, trace=query.get("trace")))
+                                else sim_transport(config, trace=query.get("trace"), log=log))
     elif parts.scheme == "serial":
         device = parts.netloc + parts.path
         if not device:

@@ -1,6 +1,7 @@
 """Training corpus: the King James Bible from Debian's `bible-kjv` packages.
 
     python -m bitlane.golden.data [--out data/kjv] [--vocab-size 4096]
+    python -m bitlane.golden.data --corpus english [--out data/english]   # multi-source: golden/corpus.py
 
 fetches the two Debian packages with `apt-get download` (running
 `apt-get update` once if apt has no package lists yet), unpacks them with
@@ -196,14 +197,25 @@ def load_tokens(data_dir: Path, split: str) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("data/kjv"), help="output folder (default: data/kjv)")
+    parser.add_argument("--corpus", choices=["kjv", "english"], default="kjv",
+                        help="kjv: the King James Bible (the shipped bitnet-kjv models); english: the "
+                             "multi-source corpus of golden/corpus.py (default: kjv)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: data/<corpus>)")
     parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
     args = parser.parse_args(argv)
+    out = args.out or Path("data") / args.corpus
     try:
-        meta = prepare(args.out, args.vocab_size)
+        if args.corpus == "english":
+            from .corpus import prepare_english
+
+            meta = prepare_english(out, args.vocab_size)
+            keys = ("vocab_size", "sources", "tokens", "bytes")
+        else:
+            meta = prepare(out, args.vocab_size)
+            keys = ("vocab_size", "verses", "tokens", "bytes")
     except CorpusError as e:
         raise SystemExit(f"golden.data: {e}") from None
-    print(json.dumps({key: meta[key] for key in ("vocab_size", "verses", "tokens", "bytes")}, indent=2))
+    print(json.dumps({key: meta[key] for key in keys}, indent=2))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def perplexity(model, ids: Sequence[int] | np.ndarray, window: int | None = None
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m golden.perplexity --model DIR [--backend golden|int] FILE: the CPU backends; the
+    """python -m bitlane.golden.perplexity --model DIR [--backend golden|int] FILE: the CPU backends; the
     device backends come through `bitlane perplexity`, which wraps the golden model the same way."""
     import argparse
 

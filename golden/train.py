@@ -49,6 +49,9 @@ from .generate import generate
 from .model import BitNetConfig, BitNetForCausalLM
 
 SAMPLE_PROMPTS = ("In the beginning", "And Jesus said unto them,", "The LORD is my shepherd;")
+# The multi-source corpus (golden/corpus.py): one prompt in the voice of each of its sources.
+ENGLISH_PROMPTS = ("It is a truth universally acknowledged", "The committee said that", "To be, or not to be:",
+                   "The LORD is my shepherd;", "Of Mans First Disobedience,", "Love, n.")
 
 
 class TrainError(RuntimeError):
@@ -79,6 +82,9 @@ class TrainConfig:
     eval_every: int = 250
     save_every: int = 500
     time_limit: float = 0.0  # seconds; 0 = none
+    prompts: str = ""  # sample prompts separated by "|"; empty: SAMPLE_PROMPTS or, for a multi-source corpus, ENGLISH_PROMPTS
+    compile: bool = False  # torch.compile the training forward pass
+    eval_tokens: int = 0  # periodic evaluations on about this many validation tokens (evenly spread); 0 = all
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     bf16: bool = True  # autocast for the float baseline on CUDA; BitLinear always trains in float32
 
@@ -143,6 +149,17 @@ def evaluate(model: BitNetForCausalLM, tokens: np.ndarray, cfg: TrainConfig) -> 
     return total / count
 
 
+def eval_subset(tokens: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """About cfg.eval_tokens tokens of the split in evenly spaced runs of 8 windows (all when 0 or
+    more than the split), so that a quick evaluation still samples every source of the corpus."""
+    if not cfg.eval_tokens or cfg.eval_tokens >= tokens.size:
+        return tokens
+    chunk = 8 * cfg.seq_len + 1
+    count = max(1, cfg.eval_tokens // chunk)
+    starts = np.linspace(0, tokens.size - chunk, count).astype(np.int64)
+    return np.concatenate([tokens[s:s + chunk] for s in starts])
+
+
 def optimizer_for(model: BitNetForCausalLM, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; matrices (latent BitLinear weights, embeddings) decay, norm gains do not."""
     matrices = [p for p in model.parameters() if p.ndim >= 2]
@@ -152,12 +169,18 @@ def optimizer_for(model: BitNetForCausalLM, cfg: TrainConfig) -> torch.optim.Ada
                              lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=cfg.device.startswith("cuda"))
 
 
+def prompts_for(cfg: TrainConfig) -> tuple[str, ...]:
+    if cfg.prompts:
+        return tuple(cfg.prompts.split("|"))
+    return ENGLISH_PROMPTS if (Path(cfg.data) / "val_kjv.bin").is_file() else SAMPLE_PROMPTS
+
+
 def samples(model: BitNetForCausalLM, tokenizer: Tokenizer, cfg: TrainConfig) -> list[dict]:
     """Greedy and sampled continuations of SAMPLE_PROMPTS (40 tokens each, stopping at a newline)."""
     newline = tokenizer.token_to_id("Ċ")  # ByteLevel's spelling of "\n"
     stop = {newline} if newline is not None else set()
     out = []
-    for prompt in SAMPLE_PROMPTS:
+    for prompt in prompts_for(cfg):
         ids = tokenizer.encode(prompt).ids
         row = {"prompt": prompt}
         for mode, options in (("greedy", dict(greedy=True)),
@@ -241,6 +264,7 @@ def train(cfg: TrainConfig) -> dict:
             {"float": sum(p.numel() for p in model.parameters())}
         print(f"{cfg.linear} model: {counts} parameters, {train_tokens.size} training tokens")
         model.train()
+        forward = torch.compile(model) if cfg.compile else model
         started = time.perf_counter() - elapsed
         while step < cfg.steps:
             lr, wd = schedule(cfg, step)
@@ -248,7 +272,7 @@ def train(cfg: TrainConfig) -> dict:
             optimizer.param_groups[0]["weight_decay"] = wd
             inputs, targets = random_batch(train_tokens, cfg, rng)
             with autocast(cfg):
-                logits = model(inputs)
+                logits = forward(inputs)
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -262,7 +286,7 @@ def train(cfg: TrainConfig) -> dict:
                 log(record)
                 print(json.dumps(record), flush=True)
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                val = evaluate(model, val_tokens, cfg)
+                val = evaluate(model, eval_subset(val_tokens, cfg), cfg)
                 log({"step": step, "tokens": step * cfg.batch_size * cfg.seq_len, "val_loss": val})
                 print(f"step {step}: val loss {val:.4f}, perplexity {math.exp(val):.2f}", flush=True)
             if step % cfg.save_every == 0 and step < cfg.steps:
@@ -273,6 +297,9 @@ def train(cfg: TrainConfig) -> dict:
                 return {"stopped_at_step": step}
         save_state()
         val = evaluate(model, val_tokens, cfg)
+        # A multi-source corpus (golden/corpus.py) also has each source's validation split alone.
+        by_source = {file.stem[4:]: math.exp(evaluate(model, np.fromfile(file, dtype=np.uint16), cfg))
+                     for file in sorted(data.glob("val_*.bin"))}
 
     # Samples and export on the CPU, where golden.generate keeps its tensors and random generator.
     model = model.to("cpu").eval()
@@ -282,7 +309,8 @@ def train(cfg: TrainConfig) -> dict:
         "linear": cfg.linear, "config": dataclasses.asdict(cfg), "parameters": counts,
         "steps": step, "train_tokens_seen": step * cfg.batch_size * cfg.seq_len,
         "corpus_train_tokens": int(train_tokens.size), "val_tokens": int(val_tokens.size),
-        "val_loss": val, "val_perplexity": math.exp(val), "train_seconds": round(elapsed, 1),
+        "val_loss": val, "val_perplexity": math.exp(val),
+        **({"val_perplexity_by_source": by_source} if by_source else {}), "train_seconds": round(elapsed, 1),
         "device": torch.cuda.get_device_name() if cfg.device.startswith("cuda") else cfg.device,
         "samples": samples(model, tokenizer, cfg_cpu),
     }
@@ -300,6 +328,10 @@ HELP = {
     "weight_decay": "peak weight decay (stage 1 only for bitlinear)",
     "time_limit": "stop cleanly after this many seconds of training, saving state.pt; 0 = no limit",
     "bf16": "bf16 autocast for the float baseline on CUDA",
+    "prompts": "sample prompts for result.json, separated by '|' (default: by corpus)",
+    "eval_tokens": "periodic evaluations use about this many validation tokens spread over the split "
+                   "(the final one always uses all); 0 = all",
+    "compile": "torch.compile the training forward pass (evaluation and export stay eager)",
 }
 
 

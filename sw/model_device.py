@@ -64,10 +64,23 @@ class ModelDevice:
         """Receive bytes; return every response they complete, in order."""
         self.cycles += len(data)
         responses = []
-        for event in self.decoder.feed(data):
-            response = self._answer(event)
-            self.cycles += len(response)
-            responses.append(response)
+        # Piece by piece, each starting at a SYNC: within a piece every dropped byte comes after
+        # the piece's events (before them a frame is open), so those bytes are counted after the
+        # events are answered, as in the gateware, and a RESET among them does not erase them.
+        data = bytes(data)
+        begin = 0
+        while begin < len(data):
+            end = data.find(p.SYNC, begin + 1)
+            end = len(data) if end < 0 else end
+            before = self.decoder.dropped_bytes
+            events = self.decoder.feed(data[begin:end])
+            late, self.decoder.dropped_bytes = self.decoder.dropped_bytes - before, before
+            for event in events:
+                response = self._answer(event)
+                self.cycles += len(response)
+                responses.append(response)
+            self.decoder.dropped_bytes += late
+            begin = end
         return b"".join(responses)
 
     def _answer(self, event: p.Event) -> bytes:

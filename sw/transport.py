@@ -103,7 +103,7 @@ class SerialTransport(Transport):
         try:
             self.port.write(data)
         except (self._serial_exception, OSError) as e:
-            raise TransportError(f"{self.description}: write failed: {e}") from None
+            raise self._failed("write failed", e) from None
 
     def read(self, timeout: float) -> bytes:
         try:
@@ -116,7 +116,11 @@ class SerialTransport(Transport):
             self.port.timeout = 0
             return first + self.port.read(1 << 16)
         except (self._serial_exception, OSError) as e:
-            raise TransportError(f"{self.description}: read failed: {e}") from None
+            raise self._failed("read failed", e) from None
+
+    def _failed(self, what: str, error: Exception) -> TransportError:
+        text = str(error)  # pyserial's own messages already start with "read failed" / "write failed"
+        return TransportError(f"{self.description}: {text if text.startswith(what) else f'{what}: {text}'}")
 
     def close(self) -> None:
         self.port.close()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import golden
-from golden import integer as gi
-from golden.integer import ConversionError, WidthError, convert
+from bitlane import golden
+from bitlane.golden import integer as gi
+from bitlane.golden.integer import ConversionError, WidthError, convert
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "bitnet-kjv-h128"
 GENESIS = ("In the beginning God created the heaven and the earth.\nAnd the earth was without form, and void; "

@@ -2,15 +2,8 @@
 import numpy as np
 import pytest
 
-from bitlane.contract.packing import (
-    PackingError,
-    pack_activations,
-    pack_weights,
-    tiles,
-    unpack_activations,
-    unpack_weights,
-    words_to_trits,
-)
+from bitlane.contract.packing import (PackingError, pack_activations, pack_weights, tiles, unpack_activations,
+                                      unpack_weights, words_to_trits)
 
 
 def reference_pack(t: np.ndarray, lanes: int, kpc: int) -> bytes:

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import golden
-from golden.integer import convert
-from golden.perplexity import perplexity, text_ids
+from bitlane import golden
+from bitlane.golden.integer import convert
+from bitlane.golden.perplexity import perplexity, text_ids
 
 CONFIG = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
               num_key_value_heads=1, max_position_embeddings=16)
@@ -96,7 +96,7 @@ def test_text_ids_errors(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    from golden.perplexity import main
+    from bitlane.golden.perplexity import main
     folder = golden.make_random_checkpoint(tmp_path / "m", {**CONFIG, "vocab_size": 300}, seed=1)
     (tmp_path / "t.txt").write_text("In the beginning God created the heaven and the earth.\n")
     for backend in ("golden", "int"):

@@ -1,4 +1,5 @@
-"""The trained BitNet b1.58 models shipped in models/ (golden/train.py on the KJV corpus, docs/training.md).
+"""The trained BitNet b1.58 models shipped in models/ (golden/train.py on the KJV and the multi-source
+English corpus, docs/training.md).
 
 The greedy continuations below were recorded from the shipped weights when they were trained
 (they are also in the run's result.json); they pin the weights, the tokenizer and the golden
@@ -19,9 +20,12 @@ GREEDY = {
     "bitnet-kjv-h256": [("And Jesus said unto them,", " What shall ye do unto you?\n"),
                         ("The LORD is my shepherd;", " and I will not hear my face.\n")],
     "bitnet-kjv-h128": [("And Jesus said unto them,", " Ye are ye not able to do all things.\n")],
+    "bitnet-english-h512": [("It is a truth universally acknowledged", " to be a very good-willing man.\n"),
+                            ("The LORD is my shepherd;", " and I will not be my people.\n")],
 }
 # ternary weights per decoder layer: 4 attention projections (h x h) + gate, up, down (h x i each)
-SHAPES = {"bitnet-kjv-h256": (256, 768, 4), "bitnet-kjv-h128": (128, 384, 4)}
+SHAPES = {"bitnet-kjv-h256": (256, 768, 4), "bitnet-kjv-h128": (128, 384, 4),
+          "bitnet-english-h512": (512, 1536, 7)}
 
 
 @pytest.fixture(scope="module", params=sorted(GREEDY))

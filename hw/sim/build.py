@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .verilator import PCH_MAKEFLAG, cached_build, content_key, trace_format, verilator_env
+from .verilator import PCH_MAKEFLAG, STAMP, cached_build, content_key, trace_format, verilator_env
 
 HARNESS_SOURCE = Path(__file__).with_name("harness.cpp")
 LOOPBACK_HEADER = Path(__file__).with_name("loopback.h")  # included by every harness
@@ -83,13 +84,19 @@ def build_key(config, flags: list[str], env: dict[str, str]) -> str:
                        LOOPBACK_HEADER.read_text(), " ".join(flags), CXX_OPT, _verilator_version(env))
 
 
+def expected_build_s(config) -> int:
+    """Rough first-build time of a simulated board on a busy 2-core machine (tiny ~20 s, sim ~60 s)."""
+    return 10 * round((20 + config.lanes * config.k_per_cycle / 12) / 10)
+
+
 def verilate(out_dir: Path, write_sources: Callable[[Path], list[str]], flags: list[str], what: str,
-             cxx_opt: str = CXX_OPT) -> Path:
+             cxx_opt: str = CXX_OPT, log: Callable[[str], None] | None = None, expect_s: int | None = None) -> Path:
     """Path of the Verilated executable out_dir/EXECUTABLE, building it if it is not there.
 
     `write_sources(work)` writes the design into the work folder and returns what verilator
     compiles (Verilog files and the C++ harness). The build is cached and locked
-    (hw/sim/verilator.py cached_build).
+    (hw/sim/verilator.py cached_build). `log`, if given, is told when a build starts (with
+    `expect_s`, its usual length) and how long it took.
     """
 
     def build(work: Path) -> None:
@@ -106,11 +113,19 @@ def verilate(out_dir: Path, write_sources: Callable[[Path], list[str]], flags: l
         (work / "obj" / EXECUTABLE).rename(work / EXECUTABLE)
         shutil.rmtree(work / "obj")
 
-    return cached_build(out_dir, build) / EXECUTABLE
+    building = log is not None and not (out_dir / STAMP).exists()
+    if building:
+        log(f"[building {what} (first use{f', ~{expect_s} s' if expect_s else ''})]")
+    start = time.monotonic()
+    exe = cached_build(out_dir, build) / EXECUTABLE
+    if building:
+        log(f"[built {what} in {time.monotonic() - start:.0f} s]")
+    return exe
 
 
-def build_harness(config, trace: bool = False, cache_dir: Path | None = None) -> Path:
-    """Path of the simulated-board executable for `config`, building it if needed."""
+def build_harness(config, trace: bool = False, cache_dir: Path | None = None,
+                  log: Callable[[str], None] | None = None) -> Path:
+    """Path of the simulated-board executable for `config`, building it if needed (`log`: see verilate)."""
     flags = VERILATOR_FLAGS + ([f"--trace-{trace_format()}"] if trace else [])
     key = build_key(config, flags, verilator_env())
     variant = f"{config.name}-trace" if trace else config.name
@@ -124,7 +139,8 @@ def build_harness(config, trace: bool = False, cache_dir: Path | None = None) ->
         (work / "wrapper.v").write_text(wrapper_verilog(top_module_name(verilog)))
         return ["top.v", "wrapper.v", str(HARNESS_SOURCE)]
 
-    exe = verilate(out_dir, write_sources, flags, f"the {config.name!r} board")
+    exe = verilate(out_dir, write_sources, flags, f"the simulator for sim://{config.name}", log=log,
+                   expect_s=expected_build_s(config))
     for stale in out_dir.parent.glob(f"{variant}-????????????????"):  # builds of older sources
         if stale != out_dir and (stale / EXECUTABLE).exists():
             shutil.rmtree(stale, ignore_errors=True)

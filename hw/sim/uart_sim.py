@@ -6,9 +6,9 @@ samples the two serial pins bit by bit at the board's divisor and bridges them
 to a loopback TCP port. The host then uses the `serial` transport with a
 pyserial `socket://` URL, exactly as it would use a real board's /dev/ttyUSB:
 
-    python -m bitlane.hw.sim.uart_sim --board icebreaker
-    # -> serial://socket://127.0.0.1:PORT
-    bitlane generate ... --backend serial --backend-opt port=socket://127.0.0.1:PORT
+    python -m bitlane.hw.sim.uart_sim --board icebreaker --port 7654     # serves until Ctrl-C
+    # -> serial://socket://127.0.0.1:7654
+    bitlane generate ... --backend serial --backend-opt url=serial://socket://127.0.0.1:7654
 
 or, in Python, `with UartSimBoard("icebreaker") as sim: bitlane.connect(sim.url)`.
 
@@ -18,6 +18,7 @@ Builds are cached in build/sim/uart-<board>-<key>/ like the byte-level sim's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import select
 import subprocess
 import sys
@@ -36,7 +37,7 @@ START_TIMEOUT = 30.0
 
 
 def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level: bool = False,
-                     cache_dir: Path | None = None) -> Path:
+                     cache_dir: Path | None = None, log=None) -> Path:
     """Path of the UART-level simulator of `board_name`, building it on first use.
 
     With `gate_level`, what is simulated is not the RTL but yosys' netlist of it
@@ -48,7 +49,9 @@ def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level:
     spec = board(board_name)
     divisor = spec.divisor if divisor is None else divisor
     env = verilator_env()
-    digest = content_key(build_key(spec.core, VERILATOR_FLAGS, env), HARNESS_SOURCE.read_text(), repr(spec),
+    # repr(spec) would hold the address of its make_platform function: a new key, so a rebuild, every run
+    digest = content_key(build_key(spec.core, VERILATOR_FLAGS, env), HARNESS_SOURCE.read_text(),
+                         repr(dataclasses.replace(spec, make_platform=spec.make_platform.__qualname__)),
                          str(divisor), str(gate_level))
     kind = "gates" if gate_level else "rtl"
     out_dir = (cache_dir or DEFAULT_CACHE) / f"uart-{spec.name}-{kind}-d{divisor}-{digest}"
@@ -70,7 +73,7 @@ def build_uart_board(board_name: str, divisor: int | None = None, *, gate_level:
     # -O1, which takes a fraction of -O2's time.
     flags = VERILATOR_FLAGS + (["--public-flat-rw"] if gate_level else [])
     return verilate(out_dir, write_sources, flags, f"the {spec.name} UART-level board ({kind})",
-                    cxx_opt="-O1" if gate_level else CXX_OPT)
+                    cxx_opt="-O1" if gate_level else CXX_OPT, log=log, expect_s=None if gate_level else 50)
 
 
 def synthesize_netlist(family: str, synth_opts: str, work: Path) -> Path:
@@ -95,15 +98,17 @@ def synthesize_netlist(family: str, synth_opts: str, work: Path) -> Path:
 class UartSimBoard:
     """A running UART-level simulator; `url` is what `bitlane.connect` takes."""
 
-    def __init__(self, board_name: str, divisor: int | None = None, *, gate_level: bool = False) -> None:
+    def __init__(self, board_name: str, divisor: int | None = None, *, gate_level: bool = False,
+                 port: int = 0, log=None) -> None:
         from bitlane.hw.boards import board
 
         spec = board(board_name)
         self.divisor = spec.divisor if divisor is None else divisor
-        exe = build_uart_board(board_name, self.divisor, gate_level=gate_level)
+        exe = build_uart_board(board_name, self.divisor, gate_level=gate_level, log=log)
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [str(exe), "--port", "0", "--divisor", str(self.divisor), "--max-payload", str(spec.core.max_payload)],
+            [str(exe), "--port", str(port), "--divisor", str(self.divisor),
+             "--max-payload", str(spec.core.max_payload)],
             stdout=subprocess.PIPE, stderr=self._stderr)
         try:
             ready, _, _ = select.select([self.process.stdout], [], [], START_TIMEOUT)
@@ -143,19 +148,40 @@ def main(argv: list[str] | None = None) -> int:
     from bitlane.hw.boards import BOARDS
 
     parser = argparse.ArgumentParser(prog="python -m bitlane.hw.sim.uart_sim",
-                                     description="serve a UART-level simulated board on a TCP port")
+                                     description="serve a UART-level simulated board on a TCP port until Ctrl-C; "
+                                                 "each client gets a freshly started board")
     parser.add_argument("--board", required=True, choices=sorted(BOARDS))
     parser.add_argument("--divisor", type=int, help="clock cycles per bit (default: the board's)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: any free one)")
     args = parser.parse_args(argv)
-    sim = UartSimBoard(args.board, args.divisor)
-    print(sim.url, flush=True)
+    port, sim, first = args.port, None, True
     try:
-        sim.process.wait()
+        while True:  # the simulator exits when its client disconnects: start the next one on the same port
+            try:
+                sim = UartSimBoard(args.board, args.divisor, port=port,
+                                   log=lambda line: print(line, file=sys.stderr, flush=True))
+            except SimBuildError as e:
+                print(f"uart_sim: error: {str(e).splitlines()[0]}", file=sys.stderr)
+                return 1
+            if first:
+                port, first = sim.port, False
+                print(sim.url, flush=True)
+                print(f"serving the {args.board} board until Ctrl-C; use it with: bitlane generate ... "
+                      f"--backend serial --backend-opt url={sim.url}", file=sys.stderr, flush=True)
+            code = sim.process.wait()
+            tail = sim.stderr_tail()
+            sim.close()
+            sim = None
+            if tail:
+                print(tail, file=sys.stderr, flush=True)
+            if code != 0:
+                return 1
     except KeyboardInterrupt:
-        sim.process.terminate()
-    print(sim.stderr_tail(), file=sys.stderr)
-    sim.close()
-    return 0
+        return 0
+    finally:
+        if sim is not None:
+            sim.process.terminate()
+            sim.close()
 
 
 if __name__ == "__main__":
