@@ -7,7 +7,7 @@ from bitlane import demo
 
 
 def test_demo_on_sim_prints_the_same_text_as_golden(capsys):
-    assert demo.bundled_model() is not None, "models/ should hold the shipped model"
+    assert demo.bundled_model().name == "bitnet-kjv-h128", "the demo runs the small KJV model"
     assert demo.main(["--backend", "golden"]) == 0
     on_golden = capsys.readouterr().out
     assert demo.main([]) == 0  # the default: backend sim, preset sim
