@@ -21,7 +21,7 @@ from pathlib import Path
 from .verilator import PCH_MAKEFLAG, STAMP, cached_build, content_key, trace_format, verilator_env
 
 HARNESS_SOURCE = Path(__file__).with_name("harness.cpp")
-LOOPBACK_HEADER = Path(__file__).with_name("loopback.h")  # included by every harness
+SHARED_HEADERS = [Path(__file__).with_name(name) for name in ("loopback.h", "harness.h")]  # included by every harness
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO_ROOT / "build" / "sim" / "transport"
 EXECUTABLE = "bitlane_sim"
@@ -81,7 +81,8 @@ def build_key(config, flags: list[str], env: dict[str, str]) -> str:
     sources = [part for path in _design_sources()
                for part in (path.relative_to(REPO_ROOT).as_posix(), path.read_bytes())]
     return content_key(*sources, repr(config), amaranth.__version__, HARNESS_SOURCE.read_text(),
-                       LOOPBACK_HEADER.read_text(), " ".join(flags), CXX_OPT, _verilator_version(env))
+                       *(header.read_text() for header in SHARED_HEADERS), " ".join(flags), CXX_OPT,
+                       _verilator_version(env))
 
 
 def expected_build_s(config) -> int:

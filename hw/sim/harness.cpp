@@ -20,8 +20,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -35,15 +33,8 @@
 #include <vector>
 
 #include "Vbitlane_sim.h"
+#include "harness.h"
 #include "loopback.h"
-#include "verilated.h"
-#if VM_TRACE_FST
-#include "verilated_fst_c.h"
-using TraceFile = VerilatedFstC;
-#elif VM_TRACE
-#include "verilated_vcd_c.h"
-using TraceFile = VerilatedVcdC;
-#endif
 
 namespace {
 
@@ -105,70 +96,35 @@ class FrameCounter {
   uint64_t frames_ = 0;
 };
 
-[[noreturn]] void die(const char* what) {
-  std::fprintf(stderr, "bitlane-sim: %s: %s\n", what, std::strerror(errno));
-  std::exit(2);
-}
-
-void usage() {
-  std::fprintf(stderr, "usage: harness --port P --max-payload N [--trace FILE]\n");
-  std::exit(2);
-}
+constexpr const char* PROGRAM = "bitlane-sim";
+constexpr const char* USAGE = "harness --port P --max-payload N [--trace FILE]";
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the driver that started us
-  signal(SIGPIPE, SIG_IGN);
-
-  int port = -1;
-  long max_payload = -1;
-  const char* trace_path = nullptr;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i + 1 >= argc) usage();
-    if (arg == "--port") port = std::atoi(argv[++i]);
-    else if (arg == "--max-payload") max_payload = std::atol(argv[++i]);
-    else if (arg == "--trace") trace_path = argv[++i];
-    else usage();
-  }
-  if (port < 0 || max_payload < 0) usage();
+  harness::guard();
+  harness::Options options = harness::parse_options(argc, argv, USAGE);
+  if (options.port < 0 || options.max_payload < 0 || options.divisor >= 0) harness::usage_error(USAGE);
+  const long max_payload = options.max_payload;
 
   const char* failed = nullptr;
-  int conn = loopback::listen_and_accept(port, &failed);
-  if (conn < 0) die(failed);
+  int conn = loopback::listen_and_accept(options.port, &failed);
+  if (conn < 0) harness::die(PROGRAM, failed);
 
   auto context = std::make_unique<VerilatedContext>();
   auto top = std::make_unique<Vbitlane_sim>(context.get());
-#if VM_TRACE
-  std::unique_ptr<TraceFile> trace;
-  if (trace_path) {
-    context->traceEverOn(true);
-    trace = std::make_unique<TraceFile>();
-    top->trace(trace.get(), 99);
-    trace->open(trace_path);
-  }
-#else
-  if (trace_path) {
-    std::fprintf(stderr, "bitlane-sim: built without tracing; rebuild with trace enabled\n");
-    return 2;
-  }
-#endif
+  harness::Waveform trace(PROGRAM, *context, *top, options.trace_path);
   uint64_t cycle = 0;
   // One clock cycle; `sample` runs between the falling and the rising edge, where the handshake
   // signals of this cycle are settled.
   auto step = [&](auto&& sample) {
     top->clk = 0;
     top->eval();
-#if VM_TRACE
-    if (trace) trace->dump(2 * cycle);
-#endif
+    trace.dump(2 * cycle);
     sample();
     top->clk = 1;
     top->eval();
-#if VM_TRACE
-    if (trace) trace->dump(2 * cycle + 1);
-#endif
+    trace.dump(2 * cycle + 1);
     ++cycle;
   };
 
@@ -248,9 +204,7 @@ int main(int argc, char** argv) {
   }
 
 done:
-#if VM_TRACE
-  if (trace) trace->close();
-#endif
+  trace.close();
   top->final();
   std::fprintf(stderr, "bitlane-sim: %llu cycles\n", static_cast<unsigned long long>(cycle));
   close(conn);

@@ -24,8 +24,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -40,11 +38,8 @@
 #include <vector>
 
 #include "Vbitlane_board.h"
+#include "harness.h"
 #include "loopback.h"
-#include "verilated.h"
-#if VM_TRACE
-#include "verilated_vcd_c.h"
-#endif
 
 namespace {
 
@@ -174,68 +169,33 @@ class LineReceiver {
   uint64_t framing_errors_ = 0;
 };
 
-[[noreturn]] void die(const char* what) {
-  std::fprintf(stderr, "bitlane-uart-sim: %s: %s\n", what, std::strerror(errno));
-  std::exit(2);
-}
-
-[[noreturn]] void usage() {
-  std::fprintf(stderr, "usage: uart_harness --port P --divisor D [--max-payload N] [--trace out.vcd]\n");
-  std::exit(2);
-}
+constexpr const char* PROGRAM = "bitlane-uart-sim";
+constexpr const char* USAGE = "uart_harness --port P --divisor D [--max-payload N] [--trace out.vcd]";
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the process that started us
-  signal(SIGPIPE, SIG_IGN);
-
-  int port = -1;
-  long divisor = -1, max_payload = 0xFFFF;
-  const char* trace_path = nullptr;
-  for (int i = 1; i < argc; i += 2) {
-    if (i + 1 >= argc) usage();
-    std::string arg = argv[i];
-    if (arg == "--port") port = std::atoi(argv[i + 1]);
-    else if (arg == "--divisor") divisor = std::atol(argv[i + 1]);
-    else if (arg == "--max-payload") max_payload = std::atol(argv[i + 1]);
-    else if (arg == "--trace") trace_path = argv[i + 1];
-    else usage();
-  }
-  if (port < 0 || divisor < 4) usage();
+  harness::guard();
+  harness::Options options = harness::parse_options(argc, argv, USAGE);
+  if (options.port < 0 || options.divisor < 4) harness::usage_error(USAGE);
+  const long divisor = options.divisor;
+  const long max_payload = options.max_payload < 0 ? 0xFFFF : options.max_payload;
 
   const char* failed = nullptr;
-  int conn = loopback::listen_and_accept(port, &failed);
-  if (conn < 0) die(failed);
+  int conn = loopback::listen_and_accept(options.port, &failed);
+  if (conn < 0) harness::die(PROGRAM, failed);
 
   auto context = std::make_unique<VerilatedContext>();
   auto board = std::make_unique<Vbitlane_board>(context.get());
-#if VM_TRACE
-  std::unique_ptr<VerilatedVcdC> trace;
-  if (trace_path) {
-    context->traceEverOn(true);
-    trace = std::make_unique<VerilatedVcdC>();
-    board->trace(trace.get(), 99);
-    trace->open(trace_path);
-  }
-#else
-  if (trace_path) {
-    std::fprintf(stderr, "bitlane-uart-sim: built without tracing (--trace needs a Verilator --trace build)\n");
-    return 2;
-  }
-#endif
+  harness::Waveform trace(PROGRAM, *context, *board, options.trace_path);
   uint64_t cycle = 0;
   auto step = [&]() {
     board->clk = 0;
     board->eval();
-#if VM_TRACE
-    if (trace) trace->dump(2 * cycle);
-#endif
+    trace.dump(2 * cycle);
     board->clk = 1;
     board->eval();
-#if VM_TRACE
-    if (trace) trace->dump(2 * cycle + 1);
-#endif
+    trace.dump(2 * cycle + 1);
     ++cycle;
   };
   board->uart_rx = 1;
@@ -296,9 +256,7 @@ int main(int argc, char** argv) {
   }
 
 done:
-#if VM_TRACE
-  if (trace) trace->close();
-#endif
+  trace.close();
   board->final();
   std::fprintf(stderr, "bitlane-uart-sim: %llu cycles, %llu framing errors on uart_tx\n",
                static_cast<unsigned long long>(cycle),
