@@ -4,6 +4,7 @@ bit-exact to golden/integer.py (`sum_squares`, `quantize_int8`) and contract/int
     VectorReduce   max|x| and sum(x^2) of a streamed vector      1 element per cycle, result 2 cycles after `last`
     QuantFactor    max|z| -> (c, shift) of quantize_int8          once per vector: 17 cycles (Recip16 inside)
     QuantInt8      q = clamp((z >> shift) * c + 2^22 >> 23)       1 element per cycle, latency 3
+    ResidualAdd    h + round((acc >> ex) * f.m * 2^(ex+f.e+rf))   1 element per cycle, latency 4
 
 How they make `quantize_int8(z)` of a vector `z` (int32, e.g. the gain product `x16 * g`):
 a `VectorReduce(32, squares=False)` pass gives `M = max|z|`; `QuantFactor` turns it into the
@@ -28,7 +29,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.intmath import (
-    ACC_BITS, FACTOR_ONE, MANT_BITS, Q_MAX, Q_SHIFT, RECIP_SHIFT, WIDE_BITS, bit_length,
+    ACC_BITS, EXP_BITS, FACTOR_ONE, MANT_BITS, RES_BITS, Q_MAX, Q_SHIFT, RECIP_SHIFT, WIDE_BITS, bit_length,
 )
 from bitlane.hw.nonlinear import Recip16, _bit_length
 
@@ -41,6 +42,10 @@ QUANT_LEFT_BITS = (-QUANT_SHIFT_MIN).bit_length()
 QUANT_RECIP_DROP = RECIP_SHIFT - Q_SHIFT - 1
 QUANT_FACTOR_LAYOUT = data.StructLayout({"c": unsigned(MANT_BITS), "shift": signed(QUANT_SHIFT_BITS)})
 Q_BITS = 8
+# The residual add's per-vector factor: UF f and the normalize shift of acc (<= 17 for int32).
+RESIDUAL_FACTOR_LAYOUT = data.StructLayout({"mantissa": unsigned(MANT_BITS), "exponent": signed(EXP_BITS),
+                                            "norm_shift": unsigned(5)})
+RESIDUAL_SHIFT_BITS = EXP_BITS + 3  # -(ex + f.e + res_frac): |.| < 2^10
 
 
 def element_layout(width: int) -> data.StructLayout:
@@ -268,6 +273,90 @@ class QuantInt8(wiring.Component):
         return m
 
 
+class ResidualAdd(wiring.Component):
+    """The residual add of docs/arithmetic.md stage 6 (``IntegerModel._residual_add``):
+    ``h + delta`` with ``a = acc >> ex`` (``normalize(acc)``: ``ex`` comes from a ``VectorReduce``
+    pass over ``acc``), ``p = a * f.m`` and ``delta = round(p * 2^(ex + f.e + res_frac))``, round half
+    up for a right shift, exact for a left shift.
+
+    Stage 1: the normalize shift to the int16 ``a`` and the per-vector shift ``s = -(ex + f.e +
+    res_frac)``; stage 2: the signed 16 x unsigned 16 product (one DSP); stage 3: ``delta``: for
+    ``s > 0`` ``((p >> min(s - 1, 31)) + 1) >> 1`` (equal to ``(p + 2^(s-1)) >> s``, and 0 for every
+    ``s >= 32``), else ``p << -s``; stage 4: ``h + delta``.
+
+    Cycle contract: fully pipelined, latency 4, one element per cycle; ``f`` is consumed with the
+    element marked ``last`` (as in ``QuantInt8``); a low ``o.ready`` stalls every stage. Elements
+    the reference refuses (``delta`` or ``h + delta`` outside int32) give an unspecified value.
+
+    Members
+    -------
+    res_frac : ``In(signed(8))``
+        The model's residual fraction bits (a configuration constant).
+    f : ``In(stream.Signature(StructLayout({"mantissa": unsigned(16), "exponent": signed(8), "norm_shift": unsigned(5)})))``
+        The vector's factor ``f`` (UF, e.g. ``ratio (x) C_o``) and its normalize shift ``ex``, held for
+        all its elements.
+    i : ``In(stream.Signature(StructLayout({"acc": signed(32), "h": signed(32), "last": unsigned(1)})))``
+        The BitLinear accumulator and the residual element.
+    o : ``Out(stream.Signature(StructLayout({"value": signed(32), "last": unsigned(1)})))``
+        The new residual element.
+    """
+
+    res_frac: In(signed(EXP_BITS))
+    f: In(stream.Signature(RESIDUAL_FACTOR_LAYOUT))
+    i: In(stream.Signature(data.StructLayout({"acc": signed(ACC_BITS), "h": signed(RES_BITS), "last": unsigned(1)})))
+    o: Out(stream.Signature(element_layout(RES_BITS)))
+
+    LATENCY = 4
+
+    @staticmethod
+    def model(h: np.ndarray, acc: np.ndarray, mantissa, exponent, norm_shift, res_frac) -> np.ndarray:
+        """The datapath in numpy (per-vector values broadcast), results wrapped to int32 as the register."""
+        h, acc = np.asarray(h, dtype=np.int64), np.asarray(acc, dtype=np.int64)
+        a = ((acc >> norm_shift) + (1 << 15)) % (1 << 16) - (1 << 15)
+        p = a * mantissa
+        s = -(np.asarray(norm_shift) + exponent + res_frac)
+        right = ((p >> np.clip(s - 1, 0, RES_BITS - 1)) + 1) >> 1
+        left = p << np.clip(-s, 0, RES_BITS - 1)
+        value = h + np.where(s > 0, right, left)
+        return (value + (1 << 31)) % (1 << 32) - (1 << 31)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        advance, take = Signal(), Signal()
+        valid = [Signal(name=f"valid{k + 1}") for k in range(self.LATENCY)]
+        last = [Signal(name=f"last{k + 1}") for k in range(self.LATENCY)]
+        h = [Signal(signed(RES_BITS), name=f"h{k + 1}") for k in range(self.LATENCY - 1)]
+        a1 = Signal(signed(MANT_BITS))
+        m1 = Signal(MANT_BITS)
+        s1, s2 = Signal(signed(RESIDUAL_SHIFT_BITS)), Signal(signed(RESIDUAL_SHIFT_BITS))
+        p2 = Signal(signed(2 * MANT_BITS))
+        delta3 = Signal(signed(RES_BITS))
+        f, i = self.f.payload, self.i.payload
+        m.d.comb += [
+            advance.eq(~valid[-1] | self.o.ready),
+            take.eq(advance & self.i.valid & self.f.valid),
+            self.i.ready.eq(advance & self.f.valid),
+            self.f.ready.eq(advance & self.i.valid & i.last),
+            self.o.valid.eq(valid[-1]), self.o.payload.last.eq(last[-1]),
+        ]
+        # min(s - 1, 31) and min(-s, 31) as 5-bit shift amounts
+        right = Mux(s2 > RES_BITS, RES_BITS - 1, (s2 - 1)[:5])
+        left = Mux(-s2 > RES_BITS - 1, RES_BITS - 1, (-s2)[:5])
+        with m.If(advance):
+            m.d.sync += [
+                valid[0].eq(take), last[0].eq(i.last), h[0].eq(i.h),
+                a1.eq(i.acc >> f.norm_shift), m1.eq(f.mantissa),
+                s1.eq(-(f.norm_shift + f.exponent + self.res_frac)),
+                p2.eq(a1 * m1), s2.eq(s1),
+                delta3.eq(Mux(s2 > 0, ((p2 >> right) + 1) >> 1, p2 << left)),
+                self.o.payload.value.eq(h[-1] + delta3),
+                *(later.eq(earlier) for earlier, later in zip(valid, valid[1:])),
+                *(later.eq(earlier) for earlier, later in zip(last, last[1:])),
+                *(later.eq(earlier) for earlier, later in zip(h, h[1:])),
+            ]
+        return m
+
+
 def quantize_int8(z: np.ndarray) -> np.ndarray:
     """The units' composition in numpy (a VectorReduce pass, QuantFactor, a QuantInt8 pass): what the
     tests compare with golden.integer.quantize_int8."""
@@ -283,4 +372,5 @@ UNITS: dict[str, object] = {
     "absmax32": lambda: VectorReduce(ACC_BITS, squares=False),
     "quant_factor": QuantFactor,
     "quant_int8": QuantInt8,
+    "residual": ResidualAdd,
 }

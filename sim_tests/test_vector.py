@@ -17,6 +17,7 @@ import os
 import random
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import cocotb
 import numpy as np
@@ -28,7 +29,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
 from bitlane.golden import integer as gi
-from bitlane.hw.vector import UNITS, QuantFactor, QuantInt8, VectorReduce, quantize_int8
+from bitlane.hw.vector import UNITS, QuantFactor, QuantInt8, ResidualAdd, VectorReduce, quantize_int8
 from sim_tests import simlib
 
 TOPLEVEL = "vector"
@@ -37,6 +38,7 @@ HIDDEN = 2560  # bitnet-b1.58-2B-4T's hidden size: the longest vector tested
 LENGTHS = [1, 2, 3, 5, 7, 13, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 383, 384, 509, 1000,
            HIDDEN - 1, HIDDEN]
 NO_EPS = (np.int64(0), np.int64(0))
+RES_FRAC = 18  # the residual add's res_frac port (h128's): the cases vary f.e instead
 ONE = (np.int64(gi.FACTOR_ONE), np.int64(-(MANT - 1)))  # scale 1.0 (the eps term is 0 anyway)
 
 
@@ -108,6 +110,51 @@ def quant_factor_reference(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c, eM + 1
 
 
+def residual_reference(h, acc, f, res_frac: int) -> np.ndarray:
+    """IntegerModel._residual_add itself, on a stand-in model that has only the residual format."""
+    model = SimpleNamespace(int_config=SimpleNamespace(res_frac=res_frac))
+    return gi.IntegerModel._residual_add(model, h, acc, f, "test")
+
+
+def residual_cases(rng: np.random.Generator) -> list[tuple]:
+    """(h, acc, (f.m, f.e), res_frac, expected) per vector, every one accepted by the reference:
+    random accumulators of every magnitude and length, random factors and residual formats (a case the
+    reference refuses, its delta or sum leaving int32, is drawn again), and the extremes: int32
+    accumulators, zeros, a single nonzero, all equal; shifts of exactly 0, 1, 31, 32, 33 and beyond,
+    left shifts, residuals at the ends of int32."""
+    out = []
+
+    def add(h, acc, m, e, res_frac) -> bool:
+        h, acc, f = np.asarray(h, dtype=np.int64), np.asarray(acc, dtype=np.int64), (np.int64(m), np.int64(e))
+        try:
+            out.append((h, acc, f, res_frac, residual_reference(h, acc, f, res_frac)))
+            return True
+        except gi.WidthError:
+            return False
+
+    for k, n in enumerate(LENGTHS):
+        bits = 1 + (k * 5) % 31
+        while not add(rng.integers(-(1 << 29), 1 << 29, n), rng.integers(-(1 << bits), 1 << bits, n),
+                      rng.integers(gi.FACTOR_ONE, 1 << MANT), rng.integers(-60, 10), RES_FRAC):
+            pass
+    n = 300
+    single = np.zeros(n, dtype=np.int64)
+    single[rng.integers(n)] = -(1 << 31)
+    big, small = (1 << 31) - 1, -(1 << 31)
+    zeros, ones = np.zeros(n, dtype=np.int64), np.ones(n, dtype=np.int64)
+    for acc in (np.full(n, small), np.full(n, big), single, np.full(n, -77)):
+        ex = int(gi.normalize(acc)[1][0])
+        for s in (0, 1, 2, 31, 32, 33, 40, 63):  # s = -(ex + f.e + res_frac); the reference shifts int64: s < 64
+            assert add(zeros, acc, (1 << MANT) - 1, -s - ex - RES_FRAC, RES_FRAC)
+    assert add(zeros, ones, gi.FACTOR_ONE, 15 - RES_FRAC, RES_FRAC)            # left shift by 15: 2^30
+    assert add(zeros, -ones, gi.FACTOR_ONE, 15 - RES_FRAC, RES_FRAC)           # -2^30
+    assert add(np.full(n, big), zeros, 40000, 0, RES_FRAC)               # h at the ends, delta 0
+    assert add(np.full(n, small), zeros, 40000, 0, RES_FRAC)
+    assert add(np.full(n, big - 3), np.full(n, 5), gi.FACTOR_ONE, -19 - RES_FRAC, RES_FRAC)  # 5 2^15 2^-19 rounds to 0
+    assert add(np.full(n, small + 1), -ones, gi.FACTOR_ONE, -15 - RES_FRAC, RES_FRAC)  # delta exactly -1
+    return out
+
+
 # ---------------------------------------------------------------- models (no simulator)
 
 def test_models_equal_reference() -> None:
@@ -124,6 +171,9 @@ def test_models_equal_reference() -> None:
         assert np.array_equal(quantize_int8(z), gi.quantize_int8(z, "test"))
         c, shift = quant_factor_reference(np.abs(z).max())
         assert np.array_equal(QuantInt8.model(z, c, shift), gi.quantize_int8(z, "test"))
+    for h, acc, f, res_frac, expected in residual_cases(rng):
+        ex = gi.normalize(acc)[1][0]
+        assert np.array_equal(ResidualAdd.model(h, acc, f[0], f[1], ex, res_frac), expected)
 
 
 # ---------------------------------------------------------------- cocotb side
@@ -192,9 +242,22 @@ def cases(unit: str, rng: np.random.Generator) -> tuple[dict[str, list[int]], li
             expected.append(absmax | (sumsq << width))
         return {"i": elements(vectors, width)}, expected, list(np.cumsum([len(x) for x in vectors]) - 1)
     if unit == "quant_factor":
-        M = rng.permutation(absmax_cases(rng))[:3000]
+        every = absmax_cases(rng)  # 0, the bit lengths' extremes and 2^31 always; a random sample of the rest
+        top = np.int64(1) << np.arange(gi.ACC_BITS)
+        edges = np.concatenate([[0, 1 << 31], top, 2 * top - 1])
+        M = rng.permutation(np.concatenate([edges, rng.choice(every, 3000 - len(edges), replace=False)]))
         c, shift = quant_factor_reference(M)
         return {"i": M.tolist()}, (c | ((shift & 0x3F) << MANT)).tolist(), list(range(len(M)))
+    if unit == "residual":
+        factors, elems, expected = [], [], []
+        for h, acc, f, res_frac, want in residual_cases(rng):
+            ex = int(gi.normalize(acc)[1][0])
+            factors.append(int(f[0]) | ((int(f[1]) & 0xFF) << MANT) | (ex << (MANT + gi.EXP_BITS)))
+            w = gi.RES_BITS
+            elems += [(int(a) & 0xFFFFFFFF) | ((int(b) & 0xFFFFFFFF) << w) | (int(k == len(h) - 1) << 2 * w)
+                      for k, (a, b) in enumerate(zip(acc, h))]
+            expected += [(int(v) & 0xFFFFFFFF) | (int(k == len(h) - 1) << w) for k, v in enumerate(want)]
+        return {"f": factors, "i": elems}, expected, list(range(len(expected)))
     vectors = gain_products(rng)
     factors, expected = [], []
     for z in vectors:
@@ -213,6 +276,7 @@ async def check_unit(dut, unit: str) -> None:
             if hasattr(dut, f"{name}__{port}__valid"):
                 getattr(dut, f"{name}__{port}__valid").value = 0
         getattr(dut, f"{name}__o__ready").value = 0
+    dut.residual__res_frac.value = RES_FRAC
     await FallingEdge(dut.clk)
     await FallingEdge(dut.clk)
     dut.rst.value = 0
@@ -232,7 +296,7 @@ async def check_unit(dut, unit: str) -> None:
         latency, period = QuantFactor.LATENCY, QuantFactor.LATENCY + 1
         assert all(b - a == period for a, b in zip(stream, stream[1:])), stream[:10]
     else:
-        latency = QuantInt8.LATENCY if unit == "quant_int8" else VectorReduce.LATENCY
+        latency = {"quant_int8": QuantInt8.LATENCY, "residual": ResidualAdd.LATENCY}.get(unit, VectorReduce.LATENCY)
         assert stream == list(range(stream[0], stream[0] + len(stream))), f"{unit}: not one element per cycle"
     assert all(r - stream[k] == latency for k, r in zip(after, read)), f"{unit}: latency"
 
