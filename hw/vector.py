@@ -4,6 +4,7 @@ bit-exact to golden/integer.py (`sum_squares`, `quantize_int8`) and contract/int
     VectorReduce   max|x| and sum(x^2) of a streamed vector      1 element per cycle, result 2 cycles after `last`
     QuantFactor    max|z| -> (c, shift) of quantize_int8          once per vector: 17 cycles (Recip16 inside)
     QuantInt8      q = clamp((z >> shift) * c + 2^22 >> 23)       1 element per cycle, latency 3
+    NormGain       x16 = x >> s, z = x16 * g (normalize, gain)    1 element per cycle, latency 2; 1 cycle per vector to load s
     ResidualAdd    h + round((acc >> ex) * f.m * 2^(ex+f.e+rf))   1 element per cycle, latency 4
 
 How they make `quantize_int8(z)` of a vector `z` (int32, e.g. the gain product `x16 * g`):
@@ -273,6 +274,75 @@ class QuantInt8(wiring.Component):
         return m
 
 
+class NormGain(wiring.Component):
+    """RMSNorm's element pass (``sum_squares`` / ``norm_quant``): ``x16 = x >> s`` (``normalize``)
+    and the gain product ``z = x16 * g``.
+
+    ``s = max(0, bit_length(M) - 15)`` is computed from the vector's ``M = max|x|`` (a
+    ``VectorReduce(32, squares=False)`` pass) by a priority encoder when ``f`` is taken, in a cycle of
+    its own before the vector's first element; then stage 1 shifts each element to the int16
+    ``x16`` and stage 2 multiplies it by its int16 gain (one DSP). ``x16`` goes on with ``z`` (for a
+    ``VectorReduce(16)`` sum-of-squares pass while ``z`` feeds an absmax pass and the quantizer).
+
+    Cycle contract: latency 2 (an element taken in cycle ``t`` is ``o.valid`` in cycle ``t + 2``
+    without backpressure), one element per cycle within a vector; ``f`` is taken one cycle before
+    the vector's first element can be, and the vector's ``last`` element frees the unit for the next
+    ``f``: one idle cycle per vector. A low ``o.ready`` stalls both stages.
+
+    Members
+    -------
+    f : ``In(stream.Signature(unsigned(32)))``
+        ``M = max|x|`` of the vector.
+    i : ``In(stream.Signature(StructLayout({"value": signed(32), "gain": signed(16), "last": unsigned(1)})))``
+        ``x`` (e.g. the residual) and the element's gain.
+    o : ``Out(stream.Signature(StructLayout({"x16": signed(16), "z": signed(32), "last": unsigned(1)})))``
+    """
+
+    f: In(stream.Signature(unsigned(ACC_BITS)))
+    i: In(stream.Signature(data.StructLayout({"value": signed(RES_BITS), "gain": signed(MANT_BITS),
+                                              "last": unsigned(1)})))
+    o: Out(stream.Signature(data.StructLayout({"x16": signed(MANT_BITS), "z": signed(2 * MANT_BITS),
+                                               "last": unsigned(1)})))
+
+    LATENCY = 2
+
+    @staticmethod
+    def model(x: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(x16, z) along the last axis in numpy: the shift from max|x|, the shift, the product."""
+        x = np.asarray(x, dtype=np.int64)
+        s = np.maximum(bit_length(np.abs(x).max(axis=-1, keepdims=True)) - (MANT_BITS - 1), 0)
+        x16 = x >> s
+        return x16, x16 * np.asarray(gain, dtype=np.int64)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        advance, take, loaded = Signal(), Signal(), Signal()
+        shift = Signal(range(RES_BITS - MANT_BITS + 2))  # 0..17
+        valid1, valid2, last1 = Signal(), Signal(), Signal()
+        x16_1, g1 = Signal(signed(MANT_BITS)), Signal(signed(MANT_BITS))
+        length = _bit_length(self.f.payload)
+        i = self.i.payload
+        m.d.comb += [
+            advance.eq(~valid2 | self.o.ready),
+            take.eq(advance & self.i.valid & loaded),
+            self.i.ready.eq(advance & loaded),
+            self.f.ready.eq(~loaded),
+            self.o.valid.eq(valid2),
+        ]
+        with m.If(self.f.valid & ~loaded):
+            m.d.sync += [loaded.eq(1),
+                         shift.eq(Mux(length > MANT_BITS - 1, length - (MANT_BITS - 1), 0))]
+        with m.If(take & i.last):
+            m.d.sync += loaded.eq(0)
+        with m.If(advance):
+            m.d.sync += [
+                valid1.eq(take), last1.eq(i.last), x16_1.eq(i.value >> shift), g1.eq(i.gain),
+                valid2.eq(valid1), self.o.payload.last.eq(last1),
+                self.o.payload.x16.eq(x16_1), self.o.payload.z.eq(x16_1 * g1),
+            ]
+        return m
+
+
 class ResidualAdd(wiring.Component):
     """The residual add of docs/arithmetic.md stage 6 (``IntegerModel._residual_add``):
     ``h + delta`` with ``a = acc >> ex`` (``normalize(acc)``: ``ex`` comes from a ``VectorReduce``
@@ -372,5 +442,6 @@ UNITS: dict[str, object] = {
     "absmax32": lambda: VectorReduce(ACC_BITS, squares=False),
     "quant_factor": QuantFactor,
     "quant_int8": QuantInt8,
+    "norm_gain": NormGain,
     "residual": ResidualAdd,
 }

@@ -29,7 +29,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
 from bitlane.golden import integer as gi
-from bitlane.hw.vector import UNITS, QuantFactor, QuantInt8, ResidualAdd, VectorReduce, quantize_int8
+from bitlane.hw.vector import UNITS, NormGain, QuantFactor, QuantInt8, ResidualAdd, VectorReduce, quantize_int8
 from sim_tests import simlib
 
 TOPLEVEL = "vector"
@@ -110,6 +110,25 @@ def quant_factor_reference(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c, eM + 1
 
 
+def norm_cases(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(x, gain) per vector: the residuals of every length and magnitude with random gains (at a
+    random magnitude), and the extremes: int32 ends, zeros, a single nonzero, all equal, values that
+    already fit int16 (shift 0) and just do not (shift 1)."""
+    out = []
+    for h in residuals(rng):
+        out.append((h, rng.integers(-(1 << 15), 1 << 15, len(h)) >> rng.integers(0, 15)))
+    n = HIDDEN
+    single = np.zeros(n, dtype=np.int64)
+    single[rng.integers(n)] = (1 << 31) - 1
+    g = rng.integers(-(1 << 15), 1 << 15, n)
+    for x in (np.full(n, -(1 << 31)), np.full(n, (1 << 31) - 1), np.zeros(n, dtype=np.int64), single,
+              np.full(n, 1000), np.full(n, -(1 << 15)), np.full(n, (1 << 15) - 1), np.full(n, 1 << 15)):
+        out.append((x, g))
+    out.append((np.array([-(1 << 31)]), np.array([-(1 << 15)])))
+    out.append((np.array([-(1 << 15) + 1]), np.array([-(1 << 15)])))
+    return out
+
+
 def residual_reference(h, acc, f, res_frac: int) -> np.ndarray:
     """IntegerModel._residual_add itself, on a stand-in model that has only the residual format."""
     model = SimpleNamespace(int_config=SimpleNamespace(res_frac=res_frac))
@@ -171,6 +190,10 @@ def test_models_equal_reference() -> None:
         assert np.array_equal(quantize_int8(z), gi.quantize_int8(z, "test"))
         c, shift = quant_factor_reference(np.abs(z).max())
         assert np.array_equal(QuantInt8.model(z, c, shift), gi.quantize_int8(z, "test"))
+    for x, gain in norm_cases(rng):
+        x16, z = NormGain.model(x, gain)
+        want16, _ = gi.sum_squares(x, ONE, NO_EPS, "test")
+        assert np.array_equal(x16, want16) and np.array_equal(z, gi.fits("gain", want16 * gain, 2 * MANT))
     for h, acc, f, res_frac, expected in residual_cases(rng):
         ex = gi.normalize(acc)[1][0]
         assert np.array_equal(ResidualAdd.model(h, acc, f[0], f[1], ex, res_frac), expected)
@@ -248,6 +271,17 @@ def cases(unit: str, rng: np.random.Generator) -> tuple[dict[str, list[int]], li
         M = rng.permutation(np.concatenate([edges, rng.choice(every, 3000 - len(edges), replace=False)]))
         c, shift = quant_factor_reference(M)
         return {"i": M.tolist()}, (c | ((shift & 0x3F) << MANT)).tolist(), list(range(len(M)))
+    if unit == "norm_gain":
+        factors, elems, expected = [], [], []
+        for x, gain in norm_cases(rng):
+            x16, _ = gi.normalize(x)
+            z = x16 * gain
+            factors.append(int(np.abs(x).max()))
+            elems += [(int(a) & 0xFFFFFFFF) | ((int(g) & 0xFFFF) << 32) | (int(k == len(x) - 1) << 48)
+                      for k, (a, g) in enumerate(zip(x, gain))]
+            expected += [(int(a) & 0xFFFF) | ((int(b) & 0xFFFFFFFF) << 16) | (int(k == len(x) - 1) << 48)
+                         for k, (a, b) in enumerate(zip(x16, z))]
+        return {"f": factors, "i": elems}, expected, list(range(len(expected)))
     if unit == "residual":
         factors, elems, expected = [], [], []
         for h, acc, f, res_frac, want in residual_cases(rng):
@@ -296,8 +330,12 @@ async def check_unit(dut, unit: str) -> None:
         latency, period = QuantFactor.LATENCY, QuantFactor.LATENCY + 1
         assert all(b - a == period for a, b in zip(stream, stream[1:])), stream[:10]
     else:
-        latency = {"quant_int8": QuantInt8.LATENCY, "residual": ResidualAdd.LATENCY}.get(unit, VectorReduce.LATENCY)
-        assert stream == list(range(stream[0], stream[0] + len(stream))), f"{unit}: not one element per cycle"
+        latency = {"quant_int8": QuantInt8.LATENCY, "residual": ResidualAdd.LATENCY, "norm_gain": NormGain.LATENCY}.get(unit, VectorReduce.LATENCY)
+        gaps = [b - a for a, b in zip(stream, stream[1:])]
+        ends = set()
+        if unit == "norm_gain":  # NormGain loads each vector's shift in a cycle of its own
+            ends = set((np.cumsum([len(x) for x, _ in norm_cases(np.random.default_rng(1))]) - 1).tolist())
+        assert all(g == 1 or (k in ends and g == 2) for k, g in enumerate(gaps)), f"{unit}: not one element per cycle"
     assert all(r - stream[k] == latency for k, r in zip(after, read)), f"{unit}: latency"
 
     # Random gaps and backpressure, a sparse and a dense mix.
