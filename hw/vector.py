@@ -5,6 +5,7 @@ bit-exact to golden/integer.py (`sum_squares`, `quantize_int8`) and contract/int
     QuantFactor    max|z| -> (c, shift) of quantize_int8          once per vector: 17 cycles (Recip16 inside)
     QuantInt8      q = clamp((z >> shift) * c + 2^22 >> 23)       1 element per cycle, latency 3
     NormGain       x16 = x >> s, z = x16 * g (normalize, gain)    1 element per cycle, latency 2; 1 cycle per vector to load s
+    FactorMul      UF x UF -> UF (factor_mul)                     1 per cycle, latency 2
     ResidualAdd    h + round((acc >> ex) * f.m * 2^(ex+f.e+rf))   1 element per cycle, latency 4
 
 How they make `quantize_int8(z)` of a vector `z` (int32, e.g. the gain product `x16 * g`):
@@ -32,7 +33,7 @@ from amaranth.lib.wiring import In, Out
 from bitlane.contract.intmath import (
     ACC_BITS, EXP_BITS, FACTOR_ONE, MANT_BITS, RES_BITS, Q_MAX, Q_SHIFT, RECIP_SHIFT, WIDE_BITS, bit_length,
 )
-from bitlane.hw.nonlinear import Recip16, _bit_length
+from bitlane.hw.nonlinear import UF_LAYOUT, Recip16, _bit_length
 
 # quantize_int8's per-element shift: z >> (eM + 1) with eM = bit_length(M) - 16 for a 32-bit M in
 # [1, 2^31]: from -14 (a left shift, M = 1) to 17. A signed 6-bit field.
@@ -427,6 +428,58 @@ class ResidualAdd(wiring.Component):
         return m
 
 
+class FactorMul(wiring.Component):
+    """Product of two UF factors (``factor_mul`` of the contract): the per-vector ``(x)`` of
+    docs/arithmetic.md (``ratio = factor(max|z|) (x) rsqrt_factor(ss)``, ``f_W = ratio (x) C_W``, the eps
+    term's ``EPS_n (x) inv (x) inv``).
+
+    Stage 1: the unsigned 16 x 16 product (one DSP) and the exponent sum; stage 2: renormalize. A
+    product of two mantissas in ``[2^15, 2^16)`` lies in ``[2^30, 2^32)``, so the shift is 16 when bit
+    31 is set and 15 otherwise (truncating); a zero operand gives ``(0, 0)``.
+
+    Cycle contract: fully pipelined, latency 2, one pair per cycle; a low ``o.ready`` stalls both
+    stages. Mantissas outside ``{0} u [2^15, 2^16)`` give an unspecified result.
+
+    Members
+    -------
+    i : ``In(stream.Signature(StructLayout({"a": UF, "b": UF})))``
+        UF = ``StructLayout({"mantissa": unsigned(16), "exponent": signed(8)})``.
+    o : ``Out(stream.Signature(StructLayout({"mantissa": unsigned(16), "exponent": signed(10)})))``
+        The exponent is two bits wider than a UF's: the sum of two int8 exponents and the shift is
+        not checked by the contract here (only where a factor is stored).
+    """
+
+    i: In(stream.Signature(data.StructLayout({"a": UF_LAYOUT, "b": UF_LAYOUT})))
+    o: Out(stream.Signature(data.StructLayout({"mantissa": unsigned(MANT_BITS), "exponent": signed(EXP_BITS + 2)})))
+
+    LATENCY = 2
+
+    @staticmethod
+    def model(am, ae, bm, be) -> tuple[np.ndarray, np.ndarray]:
+        """(mantissa, exponent) in numpy: the product, bit 31 chooses the shift."""
+        p = np.asarray(am, dtype=np.int64) * np.asarray(bm, dtype=np.int64)
+        shift = np.where(p >> (2 * MANT_BITS - 1), MANT_BITS, MANT_BITS - 1)
+        return p >> shift, np.where(p == 0, 0, np.asarray(ae) + np.asarray(be) + shift)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        advance = Signal()
+        valid1 = Signal()
+        p1 = Signal(2 * MANT_BITS)
+        e1 = Signal(signed(EXP_BITS + 1))
+        a, b = self.i.payload.a, self.i.payload.b
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
+        top = p1[-1]
+        with m.If(advance):
+            m.d.sync += [
+                valid1.eq(self.i.valid), p1.eq(a.mantissa * b.mantissa), e1.eq(a.exponent + b.exponent),
+                self.o.valid.eq(valid1),
+                self.o.payload.mantissa.eq(Mux(top, p1 >> MANT_BITS, p1 >> (MANT_BITS - 1))),
+                self.o.payload.exponent.eq(Mux(p1 == 0, 0, e1 + Mux(top, MANT_BITS, MANT_BITS - 1))),
+            ]
+        return m
+
+
 def quantize_int8(z: np.ndarray) -> np.ndarray:
     """The units' composition in numpy (a VectorReduce pass, QuantFactor, a QuantInt8 pass): what the
     tests compare with golden.integer.quantize_int8."""
@@ -444,4 +497,5 @@ UNITS: dict[str, object] = {
     "quant_int8": QuantInt8,
     "norm_gain": NormGain,
     "residual": ResidualAdd,
+    "factor_mul": FactorMul,
 }

@@ -29,7 +29,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
 from bitlane.golden import integer as gi
-from bitlane.hw.vector import UNITS, NormGain, QuantFactor, QuantInt8, ResidualAdd, VectorReduce, quantize_int8
+from bitlane.hw.vector import UNITS, FactorMul, NormGain, QuantFactor, QuantInt8, ResidualAdd, VectorReduce, quantize_int8
 from sim_tests import simlib
 
 TOPLEVEL = "vector"
@@ -129,6 +129,18 @@ def norm_cases(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def factor_pairs(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(am, ae, bm, be): every pair of edge mantissas (0, 2^15, 2^15 + 1, sqrt-ish, 2^16 - 1) and
+    exponents (int8 ends, 0), and random UF pairs."""
+    ms = np.array([0, gi.FACTOR_ONE, gi.FACTOR_ONE + 1, 46341, 46340, (1 << MANT) - 2, (1 << MANT) - 1])
+    es = np.array([-128, -1, 0, 1, 127])
+    grid = [a.reshape(-1) for a in np.meshgrid(ms, es, ms, es)]
+    n = 5000
+    rand = [rng.integers(gi.FACTOR_ONE, 1 << MANT, n), rng.integers(-128, 128, n),
+            rng.integers(gi.FACTOR_ONE, 1 << MANT, n), rng.integers(-128, 128, n)]
+    return tuple(np.concatenate([g, r]) for g, r in zip(grid, rand))
+
+
 def residual_reference(h, acc, f, res_frac: int) -> np.ndarray:
     """IntegerModel._residual_add itself, on a stand-in model that has only the residual format."""
     model = SimpleNamespace(int_config=SimpleNamespace(res_frac=res_frac))
@@ -190,6 +202,9 @@ def test_models_equal_reference() -> None:
         assert np.array_equal(quantize_int8(z), gi.quantize_int8(z, "test"))
         c, shift = quant_factor_reference(np.abs(z).max())
         assert np.array_equal(QuantInt8.model(z, c, shift), gi.quantize_int8(z, "test"))
+    am, ae, bm, be = factor_pairs(rng)
+    for got, want in zip(FactorMul.model(am, ae, bm, be), gi.factor_mul((am, ae), (bm, be))):
+        assert np.array_equal(got, want)
     for x, gain in norm_cases(rng):
         x16, z = NormGain.model(x, gain)
         want16, _ = gi.sum_squares(x, ONE, NO_EPS, "test")
@@ -271,6 +286,11 @@ def cases(unit: str, rng: np.random.Generator) -> tuple[dict[str, list[int]], li
         M = rng.permutation(np.concatenate([edges, rng.choice(every, 3000 - len(edges), replace=False)]))
         c, shift = quant_factor_reference(M)
         return {"i": M.tolist()}, (c | ((shift & 0x3F) << MANT)).tolist(), list(range(len(M)))
+    if unit == "factor_mul":
+        am, ae, bm, be = factor_pairs(rng)
+        mant, exp = gi.factor_mul((am, ae), (bm, be))
+        args = am | ((ae & 0xFF) << 16) | (bm << 24) | ((be & 0xFF) << 40)
+        return {"i": args.tolist()}, (mant | ((exp & 0x3FF) << 16)).tolist(), list(range(len(am)))
     if unit == "norm_gain":
         factors, elems, expected = [], [], []
         for x, gain in norm_cases(rng):
@@ -330,7 +350,8 @@ async def check_unit(dut, unit: str) -> None:
         latency, period = QuantFactor.LATENCY, QuantFactor.LATENCY + 1
         assert all(b - a == period for a, b in zip(stream, stream[1:])), stream[:10]
     else:
-        latency = {"quant_int8": QuantInt8.LATENCY, "residual": ResidualAdd.LATENCY, "norm_gain": NormGain.LATENCY}.get(unit, VectorReduce.LATENCY)
+        latency = {"quant_int8": QuantInt8.LATENCY, "residual": ResidualAdd.LATENCY, "norm_gain": NormGain.LATENCY,
+                   "factor_mul": FactorMul.LATENCY}.get(unit, VectorReduce.LATENCY)
         gaps = [b - a for a, b in zip(stream, stream[1:])]
         ends = set()
         if unit == "norm_gain":  # NormGain loads each vector's shift in a cycle of its own
