@@ -214,6 +214,32 @@ def test_models_equal_reference() -> None:
         assert np.array_equal(ResidualAdd.model(h, acc, f[0], f[1], ex, res_frac), expected)
 
 
+def test_models_compose_norm_quant() -> None:
+    """Stage 1 (`norm_quant`) from the units' models: a VectorReduce(32) pass for max|x|, NormGain,
+    VectorReduce(16) for sum(x16^2) and VectorReduce(32) for max|z|, QuantFactor and QuantInt8 for q, and
+    RsqrtFactor and FactorMul for the ratio; only the per-vector eps term is taken from the reference.
+    Equal to the reference for real scales and eps, the residual's and a sub-norm's."""
+    from bitlane.hw.nonlinear import RsqrtFactor
+    rng = np.random.default_rng(3)
+    eps = gi.factor(np.int64(round(2560 * 1e-5 * 2 ** 40)), -40)
+    for k, (x, _) in enumerate(norm_cases(rng)):
+        gain = rng.integers(1 << 14, 1 << 15, len(x)) * rng.choice([-1, 1], len(x))
+        scale = (np.int64(gi.FACTOR_ONE), np.int64(-18 - 15)) if k % 2 else gi.factor(rng.integers(1, 1 << 20), -30)
+        q_want, ratio_want = gi.norm_quant(x[None], gain, scale, eps, "test")
+        x16, z = NormGain.model(x, gain)
+        _, sumsq = VectorReduce.model(x16)
+        s = gi.normalize(x)[1][0]
+        inverse = (gi.recip16(np.maximum(scale[0], gi.FACTOR_ONE)), -gi.RECIP_SHIFT - scale[1])
+        term = gi.factor_mul(gi.factor_mul(eps, inverse), inverse)
+        ss = sumsq + gi.scale_saturating(term[0], term[1] - 2 * s, gi.EPS_LIMIT)
+        absmax_z, _ = VectorReduce.model(z)
+        c, shift = QuantFactor.model(absmax_z)
+        assert np.array_equal(QuantInt8.model(z, c, shift), q_want[0])
+        zu, ze = gi.factor(absmax_z)  # the UF of max|z|: QuantFactor's (Mu, eM) before the clamp
+        ratio = FactorMul.model(zu, ze, *RsqrtFactor.model(np.maximum(ss, 1)))
+        assert ratio[0] == ratio_want[0][0, 0] and ratio[1] == ratio_want[1][0, 0]
+
+
 # ---------------------------------------------------------------- cocotb side
 
 def elements(vectors: list[np.ndarray], width: int) -> list[int]:
