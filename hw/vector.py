@@ -6,6 +6,7 @@ bit-exact to golden/integer.py (`sum_squares`, `quantize_int8`) and contract/int
     QuantInt8      q = clamp((z >> shift) * c + 2^22 >> 23)       1 element per cycle, latency 3
     NormGain       x16 = x >> s, z = x16 * g (normalize, gain)    1 element per cycle, latency 2; 1 cycle per vector to load s
     FactorMul      UF x UF -> UF (factor_mul)                     1 per cycle, latency 2
+    EpsTerm        RMSNorm's eps term n eps / (scale 2^s)^2       once per vector: 20 cycles (Recip16 inside)
     ResidualAdd    h + round((acc >> ex) * f.m * 2^(ex+f.e+rf))   1 element per cycle, latency 4
 
 How they make `quantize_int8(z)` of a vector `z` (int32, e.g. the gain product `x16 * g`):
@@ -31,7 +32,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.intmath import (
-    ACC_BITS, EXP_BITS, FACTOR_ONE, MANT_BITS, RES_BITS, Q_MAX, Q_SHIFT, RECIP_SHIFT, WIDE_BITS, bit_length,
+    ACC_BITS, EPS_LIMIT, EXP_BITS, FACTOR_ONE, MANT_BITS, RES_BITS, Q_MAX, Q_SHIFT, RECIP_SHIFT, WIDE_BITS, bit_length,
 )
 from bitlane.hw.nonlinear import UF_LAYOUT, Recip16, _bit_length
 
@@ -47,6 +48,10 @@ Q_BITS = 8
 # The residual add's per-vector factor: UF f and the normalize shift of acc (<= 17 for int32).
 RESIDUAL_FACTOR_LAYOUT = data.StructLayout({"mantissa": unsigned(MANT_BITS), "exponent": signed(EXP_BITS),
                                             "norm_shift": unsigned(5)})
+# RMSNorm's eps term: [0, 2^46]; its exponents (two int8 exponents, the reciprocal's -31, two shifts
+# of 16 and -2s) stay inside 12 bits.
+EPS_BITS = EPS_LIMIT.bit_length()
+EPS_EXP_BITS = 12
 RESIDUAL_SHIFT_BITS = EXP_BITS + 3  # -(ex + f.e + res_frac): |.| < 2^10
 
 
@@ -480,6 +485,105 @@ class FactorMul(wiring.Component):
         return m
 
 
+class EpsTerm(wiring.Component):
+    """RMSNorm's eps term of ``sum_squares``: ``min(round(t 2^-2s), 2^46)`` with
+    ``t = EPS_n (x) inv (x) inv``, ``inv = (recip16(scale.m), -31 - scale.e)`` (``1/scale``), ``s`` the
+    vector's normalize shift; the caller adds it to ``VectorReduce(16)``'s sum of squares.
+
+    A small sequencer around one ``Recip16`` and one unsigned 16 x 16 multiplier: cycle 0 takes the
+    arguments and starts the reciprocal of ``max(scale.m, 2^15)``; when it is done (16 cycles later),
+    two cycles each form a factor product (multiply and renormalize by 15 or 16, zero stays zero),
+    and one cycle the saturating shift by ``c = t.e - 2s``: ``2^46`` when ``t.m != 0`` and
+    ``16 + c > 47``, else ``t.m << c`` (at most ``2^46``) or, for ``c < 0``, round half up
+    ``((t.m >> (-c - 1)) + 1) >> 1``.
+
+    Cycle contract: one argument at a time; taken in cycle ``t``, the result is ``o.valid`` in cycle
+    ``t + 20`` and held until read; ``i.ready`` is high when the unit holds no argument. Once per
+    norm per token, overlapped with the vector's passes.
+
+    Members
+    -------
+    i : ``In(stream.Signature(StructLayout({"scale": UF, "eps": UF, "shift": unsigned(5)})))``
+        ``scale`` the input vector's scale (UF), ``eps`` the model's ``EPS_n`` (UF, ``(0, 0)`` for none),
+        ``shift`` the normalize shift ``s`` of the vector.
+    o : ``Out(stream.Signature(unsigned(47)))``
+        The term, in ``[0, 2^46]``.
+    """
+
+    i: In(stream.Signature(data.StructLayout({"scale": UF_LAYOUT, "eps": UF_LAYOUT, "shift": unsigned(5)})))
+    o: Out(stream.Signature(unsigned(EPS_BITS)))
+
+    LATENCY = 1 + Recip16.ITERATIONS + 3
+
+    @staticmethod
+    def model(scale_m, scale_e, eps_m, eps_e, shift) -> np.ndarray:
+        """The datapath in numpy: reciprocal, two renormalized products, the saturating shift."""
+        scale_m, scale_e, eps_m, eps_e, shift = (np.asarray(a, dtype=np.int64)
+                                                 for a in (scale_m, scale_e, eps_m, eps_e, shift))
+        inv_m, inv_e = Recip16.model(np.maximum(scale_m, FACTOR_ONE)), -RECIP_SHIFT - scale_e
+        t_m, t_e = FactorMul.model(*FactorMul.model(eps_m, eps_e, inv_m, inv_e), inv_m, inv_e)
+        c = t_e - 2 * shift
+        over = (t_m != 0) & (MANT_BITS + c > EPS_BITS)
+        left = np.minimum(t_m << np.clip(c, 0, EPS_BITS - MANT_BITS), EPS_LIMIT)
+        right = ((t_m >> np.clip(-c - 1, 0, MANT_BITS)) + 1) >> 1
+        return np.where(over, EPS_LIMIT, np.where(c >= 0, left, right))
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.recip = recip = Recip16()
+        busy, sent = Signal(), Signal()
+        step = Signal(range(4))  # after the reciprocal: 0, 1 the products, 2 the shift, 3 done
+        scale_e = Signal(signed(EXP_BITS))
+        eps_m, eps_e = Signal(MANT_BITS), Signal(signed(EXP_BITS))
+        shift = Signal(5)
+        inv_m = Signal(MANT_BITS)
+        t_m, t_e = Signal(MANT_BITS), Signal(signed(EPS_EXP_BITS))
+        i = self.i.payload
+        m.d.comb += [
+            self.i.ready.eq(~busy),
+            recip.i.valid.eq(busy & ~sent),
+        ]
+        scale_m = Signal(MANT_BITS)  # registered: recip.i.payload holds while the reciprocal waits
+        m.d.comb += recip.i.payload.eq(Mux(scale_m[-1], scale_m, FACTOR_ONE))
+        with m.If(self.i.valid & ~busy):
+            m.d.sync += [busy.eq(1), sent.eq(0), step.eq(0), scale_m.eq(i.scale.mantissa),
+                         scale_e.eq(i.scale.exponent), eps_m.eq(i.eps.mantissa), eps_e.eq(i.eps.exponent),
+                         shift.eq(i.shift)]
+        with m.If(recip.i.valid & recip.i.ready):
+            m.d.sync += sent.eq(1)
+        inv_e = -RECIP_SHIFT - scale_e
+        # the factor product of (a_m, a_e) and the reciprocal, renormalized (zero stays zero)
+        a_m = Mux(step == 0, eps_m, t_m)
+        a_e = Mux(step == 0, eps_e, t_e)
+        p = Signal(2 * MANT_BITS)
+        m.d.comb += p.eq(a_m * Mux(step == 0, recip.o.payload, inv_m))
+        top = p[-1]
+        c = Signal(signed(EPS_EXP_BITS + 1))
+        m.d.comb += c.eq(t_e - 2 * shift)
+        left = (t_m << c.as_unsigned()[:5])[:EPS_BITS]
+        right = ((t_m >> (-c - 1).as_unsigned()[:5]) + 1) >> 1
+        result = Signal(EPS_BITS)
+        m.d.comb += [recip.o.ready.eq(step == 0), self.o.valid.eq(step == 3), self.o.payload.eq(result)]
+        with m.If(busy & ((step == 1) | (recip.o.valid & (step == 0)))):
+            m.d.sync += [
+                t_m.eq(Mux(top, p >> MANT_BITS, p >> (MANT_BITS - 1))),
+                t_e.eq(Mux(p == 0, 0, a_e + inv_e + Mux(top, MANT_BITS, MANT_BITS - 1))),
+                step.eq(step + 1),
+            ]
+            with m.If(step == 0):
+                m.d.sync += inv_m.eq(recip.o.payload)
+        with m.If(busy & (step == 2)):
+            m.d.sync += [
+                step.eq(3),
+                result.eq(Mux((t_m != 0) & (c > EPS_BITS - MANT_BITS), EPS_LIMIT,
+                              Mux(c >= 0, Mux(left > EPS_LIMIT, EPS_LIMIT, left),
+                                  Mux(-c - 1 > MANT_BITS, 0, right)))),
+            ]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += [busy.eq(0), step.eq(0)]
+        return m
+
+
 def quantize_int8(z: np.ndarray) -> np.ndarray:
     """The units' composition in numpy (a VectorReduce pass, QuantFactor, a QuantInt8 pass): what the
     tests compare with golden.integer.quantize_int8."""
@@ -498,4 +602,5 @@ UNITS: dict[str, object] = {
     "norm_gain": NormGain,
     "residual": ResidualAdd,
     "factor_mul": FactorMul,
+    "eps_term": EpsTerm,
 }

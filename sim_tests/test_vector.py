@@ -29,7 +29,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
 from bitlane.golden import integer as gi
-from bitlane.hw.vector import UNITS, FactorMul, NormGain, QuantFactor, QuantInt8, ResidualAdd, VectorReduce, quantize_int8
+from bitlane.hw.vector import UNITS, EpsTerm, FactorMul, NormGain, QuantFactor, QuantInt8, ResidualAdd, VectorReduce, quantize_int8
 from sim_tests import simlib
 
 TOPLEVEL = "vector"
@@ -141,6 +141,35 @@ def factor_pairs(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     return tuple(np.concatenate([g, r]) for g, r in zip(grid, rand))
 
 
+def eps_cases(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(scale_m, scale_e, eps_m, eps_e, shift) with the expected term from sum_squares' own lines:
+    real settings (the residual's scale 2^-res_frac, EPS_n of h128/h256/2B-4T), eps 0, every
+    normalize shift, mantissas and exponents at their ends, random; only cases whose rounding shift
+    stays below 64 (the reference shifts int64: beyond that numpy's shift is undefined)."""
+    n = 3000
+    sm = np.concatenate([[gi.FACTOR_ONE] * 6, rng.integers(gi.FACTOR_ONE, 1 << MANT, n), [0, 1, (1 << MANT) - 1]])
+    se = np.concatenate([[-33, -32, -30, -20, 0, 10], rng.integers(-128, 128, n // 2), rng.integers(-40, -10, n - n // 2),
+                         [-128, 127, 0]])
+    em = np.concatenate([[gi.factor(np.int64(k))[0] for k in (128 * 1e-5 * 2 ** 40, 256 * 1e-5 * 2 ** 40,
+                                                                2560 * 1e-6 * 2 ** 40, 1, 0, 65535)],
+                         rng.integers(gi.FACTOR_ONE, 1 << MANT, n), [gi.FACTOR_ONE, (1 << MANT) - 1, 0]])
+    ee = np.concatenate([[-50, -50, -50, -128, 0, 127], rng.integers(-128, 128, n // 2), rng.integers(-50, 0, n - n // 2),
+                         [-128, 127, 5]])
+    sh = np.concatenate([[0, 1, 3, 17, 31, 16], rng.integers(0, 18, n), [0, 17, 5]])
+    sm, se, em, ee, sh = (np.concatenate([a, np.resize(a, 18 * 4)]) for a in (sm, se, em, ee, sh))
+    sh[-72:] = np.arange(72) % 18
+    out = []
+    for args in zip(sm, se, em, ee, sh):
+        scale, eps = (np.int64(args[0]), np.int64(args[1])), (np.int64(args[2]), np.int64(args[3]))
+        inverse = (gi.recip16(np.maximum(scale[0], gi.FACTOR_ONE)), -gi.RECIP_SHIFT - scale[1])
+        term = gi.factor_mul(gi.factor_mul(eps, inverse), inverse)
+        c = term[1] - 2 * args[4]
+        if term[0] != 0 and c < -63:
+            continue
+        out.append((*args, int(gi.scale_saturating(term[0], c, gi.EPS_LIMIT))))
+    return tuple(np.array(a, dtype=np.int64) for a in zip(*out))
+
+
 def residual_reference(h, acc, f, res_frac: int) -> np.ndarray:
     """IntegerModel._residual_add itself, on a stand-in model that has only the residual format."""
     model = SimpleNamespace(int_config=SimpleNamespace(res_frac=res_frac))
@@ -205,6 +234,8 @@ def test_models_equal_reference() -> None:
     am, ae, bm, be = factor_pairs(rng)
     for got, want in zip(FactorMul.model(am, ae, bm, be), gi.factor_mul((am, ae), (bm, be))):
         assert np.array_equal(got, want)
+    *args, want = eps_cases(rng)
+    assert np.array_equal(EpsTerm.model(*args), want)
     for x, gain in norm_cases(rng):
         x16, z = NormGain.model(x, gain)
         want16, _ = gi.sum_squares(x, ONE, NO_EPS, "test")
@@ -312,6 +343,10 @@ def cases(unit: str, rng: np.random.Generator) -> tuple[dict[str, list[int]], li
         M = rng.permutation(np.concatenate([edges, rng.choice(every, 3000 - len(edges), replace=False)]))
         c, shift = quant_factor_reference(M)
         return {"i": M.tolist()}, (c | ((shift & 0x3F) << MANT)).tolist(), list(range(len(M)))
+    if unit == "eps_term":
+        sm, se, em, ee, sh, want = eps_cases(rng)
+        args = sm | ((se & 0xFF) << 16) | (em << 24) | ((ee & 0xFF) << 40) | (sh << 48)
+        return {"i": args.tolist()}, want.tolist(), list(range(len(sm)))
     if unit == "factor_mul":
         am, ae, bm, be = factor_pairs(rng)
         mant, exp = gi.factor_mul((am, ae), (bm, be))
@@ -372,8 +407,9 @@ async def check_unit(dut, unit: str) -> None:
     out, taken, read = await through(dut, unit, inputs, len(expected), 1.0, 1.0)
     check(out, expected, "unstalled")
     stream = taken["i"]
-    if unit == "quant_factor":
-        latency, period = QuantFactor.LATENCY, QuantFactor.LATENCY + 1
+    if unit in ("quant_factor", "eps_term"):
+        latency = QuantFactor.LATENCY if unit == "quant_factor" else EpsTerm.LATENCY
+        period = latency + 1
         assert all(b - a == period for a, b in zip(stream, stream[1:])), stream[:10]
     else:
         latency = {"quant_int8": QuantInt8.LATENCY, "residual": ResidualAdd.LATENCY, "norm_gain": NormGain.LATENCY,
@@ -391,7 +427,7 @@ async def check_unit(dut, unit: str) -> None:
         check(out, expected, f"p_valid {p_valid}, p_ready {p_ready}")
 
     # Nothing more comes out.
-    for _ in range(4 * QuantFactor.LATENCY):
+    for _ in range(4 * EpsTerm.LATENCY):
         await FallingEdge(dut.clk)
         assert not getattr(dut, f"{unit}__o__valid").value, f"{unit}: a result after the last"
 
