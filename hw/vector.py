@@ -1,20 +1,23 @@
-"""Vector unit of the integer decoder (docs/arithmetic.md, stage 1 "RMSNorm + absmax quantization"),
-bit-exact to golden/integer.py (`sum_squares`, `quantize_int8`) and contract/intmath.py.
+"""Vector unit of the integer decoder (docs/arithmetic.md, stage 1 "RMSNorm + absmax quantization" and
+stage 6 "Residual add"), bit-exact to golden/integer.py (`sum_squares`, `norm_quant`, `quantize_int8`,
+`IntegerModel._residual_add`) and contract/intmath.py (`factor_mul`).
 
     VectorReduce   max|x| and sum(x^2) of a streamed vector      1 element per cycle, result 2 cycles after `last`
+    NormGain       x16 = x >> s, z = x16 * g (normalize, gain)    1 element per cycle, latency 2; 1 cycle per vector to load s
     QuantFactor    max|z| -> (c, shift) of quantize_int8          once per vector: 17 cycles (Recip16 inside)
     QuantInt8      q = clamp((z >> shift) * c + 2^22 >> 23)       1 element per cycle, latency 3
-    NormGain       x16 = x >> s, z = x16 * g (normalize, gain)    1 element per cycle, latency 2; 1 cycle per vector to load s
-    FactorMul      UF x UF -> UF (factor_mul)                     1 per cycle, latency 2
     EpsTerm        RMSNorm's eps term n eps / (scale 2^s)^2       once per vector: 20 cycles (Recip16 inside)
+    FactorMul      UF x UF -> UF (factor_mul)                     1 per cycle, latency 2
     ResidualAdd    h + round((acc >> ex) * f.m * 2^(ex+f.e+rf))   1 element per cycle, latency 4
 
-How they make `quantize_int8(z)` of a vector `z` (int32, e.g. the gain product `x16 * g`):
-a `VectorReduce(32, squares=False)` pass gives `M = max|z|`; `QuantFactor` turns it into the
-per-vector `c = (127 * recip16(Mu)) >> 7` and `shift = eM + 1` (`(Mu, eM) = factor(M)`); a second
-pass streams `z` through `QuantInt8` with that factor. RMSNorm's statistics (`sum_squares`) are a
-`VectorReduce(16)` over the normalized mantissas `x16` (its `absmax` is the normalize shift's input
-too); the per-vector eps term is added by the caller (it is a factor product, not a vector pass).
+How they make `norm_quant(x, g, scale, eps)`: a `VectorReduce(32, squares=False)` pass over `x` gives
+`max|x|`; a `NormGain` pass turns it into the normalize shift `s` and streams `x16 = x >> s` into a
+`VectorReduce(16)` (the sum of squares) and `z = x16 * g` into a `VectorReduce(32, squares=False)`
+(`M = max|z|`) and a buffer; `QuantFactor` turns `M` into the per-vector `c = (127 * recip16(Mu)) >> 7`
+and `shift = eM + 1` (`(Mu, eM) = factor(M)`), and a last pass streams `z` through `QuantInt8`.
+`EpsTerm` gives the eps term that completes the sum of squares `ss`, and the ratio is
+`FactorMul(factor(M), RsqrtFactor(ss))` (hw/nonlinear.py). sim_tests/test_vector.py composes the
+models this way and checks `q` and the ratio against the reference.
 
 Interface: vectors are streams of elements whose payload carries a `last` bit on the vector's final
 element (`amaranth.lib.stream`, valid/ready, payload held while valid and not ready). Per-vector

@@ -1,17 +1,19 @@
 """The vector unit (hw/vector.py) against the integer reference (bitlane.golden.integer).
 
-Without a simulator, each unit's `model()` and their composition are compared with the reference:
-`VectorReduce` with `sum_squares` (eps 0) over normalized vectors, `QuantFactor` with the per-vector
-half of `quantize_int8` over every M below 2^16, every bit length's extremes and random M, and the
-composition with `quantize_int8` itself.
+Without a simulator, each unit's `model()` is compared with the reference: `VectorReduce` with
+`sum_squares` (eps 0) over normalized vectors, `NormGain` with its x16 and gain product,
+`QuantFactor` with the per-vector half of `quantize_int8` over every M below 2^16, every bit length's
+extremes and random M, `QuantInt8` with `quantize_int8`, `EpsTerm` with `sum_squares`' eps lines,
+`FactorMul` with `factor_mul`, `ResidualAdd` with `IntegerModel._residual_add`; and the models
+composed into `norm_quant` (q and ratio).
 
 Then the units, built once under Verilator side by side in `VectorUnits`, take vectors of lengths
 1..2560 (primes, powers of two and their neighbours, hidden sizes): random vectors at every
 magnitude, all -32768 / all 32767 (int32: the extremes of the gain product and of int32), zeros, a
-single nonzero, all equal. Inputs come with random gaps (the quantizer's per-vector factor with its
-own gaps) and outputs meet random backpressure; each result is compared with the reference integer
-for integer, a result held back must not change, and an unstalled run checks each unit's latency
-and throughput against its docstring.
+single nonzero, all equal; the per-vector units their edge and random arguments. Inputs come with
+random gaps (per-vector factors with their own gaps) and outputs meet random backpressure; each
+result is compared with the reference integer for integer, a result held back must not change, and
+an unstalled run checks each unit's latency and throughput against its docstring.
 """
 import os
 import random
@@ -248,8 +250,8 @@ def test_models_equal_reference() -> None:
 def test_models_compose_norm_quant() -> None:
     """Stage 1 (`norm_quant`) from the units' models: a VectorReduce(32) pass for max|x|, NormGain,
     VectorReduce(16) for sum(x16^2) and VectorReduce(32) for max|z|, QuantFactor and QuantInt8 for q, and
-    RsqrtFactor and FactorMul for the ratio; only the per-vector eps term is taken from the reference.
-    Equal to the reference for real scales and eps, the residual's and a sub-norm's."""
+    EpsTerm for the sum's eps term, RsqrtFactor and FactorMul for the ratio. Equal to the reference for
+    real scales and eps, the residual's and a sub-norm's."""
     from bitlane.hw.nonlinear import RsqrtFactor
     rng = np.random.default_rng(3)
     eps = gi.factor(np.int64(round(2560 * 1e-5 * 2 ** 40)), -40)
@@ -260,9 +262,7 @@ def test_models_compose_norm_quant() -> None:
         x16, z = NormGain.model(x, gain)
         _, sumsq = VectorReduce.model(x16)
         s = gi.normalize(x)[1][0]
-        inverse = (gi.recip16(np.maximum(scale[0], gi.FACTOR_ONE)), -gi.RECIP_SHIFT - scale[1])
-        term = gi.factor_mul(gi.factor_mul(eps, inverse), inverse)
-        ss = sumsq + gi.scale_saturating(term[0], term[1] - 2 * s, gi.EPS_LIMIT)
+        ss = sumsq + EpsTerm.model(scale[0], scale[1], eps[0], eps[1], s)
         absmax_z, _ = VectorReduce.model(z)
         c, shift = QuantFactor.model(absmax_z)
         assert np.array_equal(QuantInt8.model(z, c, shift), q_want[0])
