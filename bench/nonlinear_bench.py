@@ -1,4 +1,4 @@
-"""ECP5 resources and fmax of each nonlinear unit (hw/nonlinear.py) on the ULX3S's FPGA.
+"""ECP5 resources and fmax of each nonlinear unit (hw/nonlinear.py) and vector unit (hw/vector.py) on the ULX3S's FPGA.
 
     python bench/nonlinear_bench.py [--unit NAME ...] [--no-pnr] [--workdir DIR]
 
@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 from bitlane.contract.config import BOARD_FACTS
-from bitlane.hw.nonlinear import UNITS
+from bitlane.hw.nonlinear import UNITS as NONLINEAR_UNITS
+from bitlane.hw.vector import UNITS as VECTOR_UNITS
 from bitlane.hw.synth import fmax, resources
 
 BOARD = "ulx3s"
+UNITS = {**NONLINEAR_UNITS, **VECTOR_UNITS}
 TARGET_MHZ = 50  # issue 12: the whole board top with the decoder units must close at >= 50 MHz
 
 
