@@ -77,7 +77,9 @@ def shift_right(x: np.ndarray, s: np.ndarray, rounding: bool = False, stage: str
         value, amount = np.broadcast_arrays(x, left)
         raise WidthError(f"{stage}: value {int(value[overflow].flat[0])} << {int(amount[overflow].flat[0])} "
                          f"leaves int64")
-    right = np.maximum(s, 0)
+    # numpy takes a shift count modulo 64; from 63 on, every |x| < 2^62 (all that the left-shift
+    # guard lets through) leaves only its sign (floor) or 0 (rounding), which a count of 63 gives too
+    right = np.minimum(np.maximum(s, 0), 63)
     half = np.where(rounding & (right > 0), np.int64(1) << np.maximum(right - 1, 0), 0)
     return np.where(s > 0, (x + half) >> right, x << np.where(overflow | (x == 0), 0, left))
 

@@ -149,6 +149,12 @@ def test_shifts_round_saturate_and_never_wrap():
     assert gi.shift_right(x, -3).tolist() == [40, -40, 48, 56]            # exact left shift
     with pytest.raises(WidthError, match=r"here: value 5 << 61 leaves int64"):
         gi.shift_right(x, -61, stage="here")
+    # long right shifts: numpy would take the count modulo 64 (2^30 >> 64 rounded gave -1)
+    wide = np.array([2**30, -2**30, 2**62 - 1, -2**62 + 1, 1, -1, 0], dtype=np.int64)
+    for s in (63, 64, 65, 100, 200):
+        assert gi.shift_right(wide, s).tolist() == [0, -1, 0, -1, 0, -1, 0], s
+        assert gi.shift_right(wide, s, rounding=True).tolist() == [0] * 7, s
+    assert gi.shift_right(wide, 62, rounding=True).tolist() == [0, 0, 1, -1, 0, 0, 0]  # ±(2^62 - 1) / 2^62 rounds to ±1
     big = np.array([0, 1, 2**40, 2**62], dtype=np.int64)
     assert gi.scale_saturating(big, np.int64(100), gi.EXP_SAT).tolist() == [0, gi.EXP_SAT, gi.EXP_SAT, gi.EXP_SAT]
     assert gi.scale_saturating(big, np.int64(-40), gi.EXP_SAT).tolist() == [0, 0, 1, gi.EXP_SAT]
