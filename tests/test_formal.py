@@ -28,7 +28,6 @@ def test_every_issue_item_has_a_property():
 
 def test_sequencer_proof_depths_cover_the_longest_run():
     """The BMC depths of sequencer-addresses / core-run-timing rest on these two numbers."""
-    from bitlane.hw.lane import LaneArray
 
     cfg = config("seq", **SEQ_CONFIG)
     longest = 0
