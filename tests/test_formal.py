@@ -28,7 +28,6 @@ def test_every_issue_item_has_a_property():
 
 def test_sequencer_proof_depths_cover_the_longest_run():
     """The BMC depths of sequencer-addresses / core-run-timing rest on these two numbers."""
-
     cfg = config("seq", **SEQ_CONFIG)
     longest = 0
     for rows, cols, n in itertools.product(range(1, cfg.out_depth * cfg.lanes + 1), range(1, cfg.max_k + 1),
