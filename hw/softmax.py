@@ -52,20 +52,23 @@ class SoftmaxRow(wiring.Component):
     Pass 1 takes the row's aligned scores ``t_j`` (one per cycle, ``last`` on the final one; the
     row's length is its visible length, the masked scores are not sent), writes them into a
     ``max_len`` x 48 ``Memory`` and keeps the running maximum. Pass 2 reads them back, one per
-    cycle, through a pipeline: RAM read, ``x = max - t``, the saturating scale (priority encoder,
-    barrel shift with round half up), ``min(., EXP_SAT)``, then ``Exp2Neg`` (2 stages); each
-    ``(p_j, xs_j)`` leaves on ``o`` and ``p_j`` is added to the sum as it is read. After the row's
-    last weight is read, the sum is factored (priority encoder and shift, one cycle), ``Recip16``
-    takes the mantissa (16 cycles), and ``row`` offers the max, the sum, its factor and the
-    reciprocal until read. Then the unit takes the next row.
+    cycle, through a pipeline: RAM read, ``x = max - t``, the saturating scale (``x`` against a
+    per-row mask of the bits that saturate, barrel shift with round half up), ``min(., EXP_SAT)``,
+    then ``Exp2Neg`` (2 stages); each ``(p_j, xs_j)`` leaves on ``o`` and ``p_j`` is added to the
+    sum as it is read. After the row's last weight is read, the sum is factored (priority encoder,
+    then shift: two cycles), ``Recip16`` takes the mantissa (16 cycles), and ``row`` offers the
+    max, the sum, its factor and the reciprocal until read. Then the unit takes the next row.
+    The row's shift amounts (the saturation mask, the right shift) are registered from ``c`` when
+    ``last`` is taken.
 
     Cycle contract: for a row of ``n`` scores with the last taken in cycle ``L`` and no
     backpressure, ``o`` shows ``p_j`` in cycle ``L + 1 + LATENCY + j`` (one per cycle) and ``row``
     is valid from cycle ``L + n + LATENCY + ROW_LATENCY``; ``i.ready`` is high again the cycle
     after ``row`` is read. So a row of ``n`` scores occupies the unit for ``2 n + LATENCY +
-    ROW_LATENCY`` cycles (``2 n + 24``; plus input gaps and output stalls), about one weight every
-    two cycles; ``i.ready`` is low from the cycle after the last score until then. A low ``o.ready`` stalls the whole pass-2 pipeline; ``o.ready`` is
-    combinationally connected to nothing on the input side (``i.ready`` is a state bit).
+    ROW_LATENCY`` cycles (``2 n + 25``; plus input gaps and output stalls), about one weight every
+    two cycles; ``i.ready`` is low from the cycle after the last score until then. A low
+    ``o.ready`` stalls the whole pass-2 pipeline (Exp2Neg's stall rule); ``i.ready`` is a state
+    bit, so no path runs from ``o.ready`` or ``row.ready`` to ``i.ready``.
 
     A row longer than ``max_len`` (no ``last`` within ``max_len`` scores) is outside the
     contract. ``c`` must be the same on every score of a row; the unit uses the one given with
@@ -90,7 +93,7 @@ class SoftmaxRow(wiring.Component):
     """
 
     LATENCY = 6      # issue (RAM address), RAM data, x, scale, min, Exp2Neg x 2 -> o.valid
-    ROW_LATENCY = Recip16.ITERATIONS + 2  # sum register, factor register, Recip16
+    ROW_LATENCY = Recip16.ITERATIONS + 3  # sum, bit length, factor registers, Recip16
 
     I_LAYOUT = data.StructLayout({"t": signed(WIDE_BITS), "c": signed(SCALE_BITS), "last": 1})
     O_LAYOUT = data.StructLayout({"p": unsigned(PROB_BITS + 1), "xs": unsigned(EXP2_ARG_BITS), "last": 1})
@@ -109,15 +112,18 @@ class SoftmaxRow(wiring.Component):
 
     @staticmethod
     def model(t: np.ndarray, c: int) -> dict[str, np.ndarray | int]:
-        """The datapath in numpy: the running max, x, the scale as the gateware does it (left shift
-        of the low bits, or ((x >> (s - 1)) + 1) >> 1 for a right shift s <= 49), Exp2Neg's model,
+        """The datapath in numpy: the running max, x, the scale as the gateware does it (saturation
+        by a mask of the bits at and above 2^(15 - c), left shift of the low bits, or
+        ((x >> (s - 1)) + 1) >> 1 for a right shift s <= 49), Exp2Neg's model,
         the sum, the factor (priority encoder, shift) and Recip16's model."""
         t = np.asarray(t, dtype=np.int64)
         t_max = t[0]
         for v in t[1:]:
             t_max = max(t_max, v)
         x = t_max - t
-        over = (x != 0) & (bit_length(x) + c > EXP_SAT_LEN)
+        k = EXP_SAT_LEN - c  # bit_length(x) + c > 15 <=> x has a bit at or above 2^k
+        mask = (1 << WIDE_BITS) - 1
+        over = (x & (mask if k <= 0 else 0 if k >= WIDE_BITS else (mask << k) & mask)) != 0
         if c >= 0:
             v = np.where(x == 0, 0, (x & ((1 << EXP_SAT_LEN) - 1)) << min(c, EXP_SAT_LEN))
         else:
@@ -145,6 +151,10 @@ class SoftmaxRow(wiring.Component):
         t_max = Signal(signed(WIDE_BITS))
         c = Signal(signed(SCALE_BITS))
         total = Signal(ACC_BITS)
+        s1 = Signal(range(MAX_RIGHT))  # the row's right shift s = min(-c, 49) less one (used when c < 0)
+        over_mask = Signal(WIDE_BITS)  # the row's bits of x at and above 2^(15 - c): any set saturates
+        k = Signal(signed(SCALE_BITS + 1))
+        m.d.comb += k.eq(EXP_SAT_LEN - self.i.payload.c)
 
         # ---- pass 1
         take = self.i.valid & self.i.ready
@@ -163,17 +173,14 @@ class SoftmaxRow(wiring.Component):
         m.d.comb += [read.addr.eq(count), read.en.eq(advance)]
 
         # the scale: x * 2^c, saturating (scale_saturating with rounding)
-        length = _bit_length(x)
         left = Mux(x == 0, 0, x[:EXP_SAT_LEN] << c[:4])  # only used when not over: then c <= 15
-        s1 = Signal(range(MAX_RIGHT))  # the right shift s = min(-c, 49), less one (c < 0: s >= 1)
-        m.d.comb += s1.eq(Mux(-c > MAX_RIGHT, MAX_RIGHT - 1, -c - 1))
         right = ((x >> s1) + 1) >> 1
         with m.If(advance):
             m.d.sync += [
                 v1.eq(issue), v2.eq(v1), v3.eq(v2), v4.eq(v3),
                 l1.eq(count == end), l2.eq(l1), l3.eq(l2), l4.eq(l3), l5.eq(l4), l6.eq(l5),
                 x.eq(t_max - read.data),
-                over.eq((x != 0) & (length + c > EXP_SAT_LEN)),
+                over.eq((x & over_mask).any()),
                 v.eq(Mux(c >= 0, left, right)),
                 xs.eq(Mux(over | (v >= EXP_SAT), EXP_SAT, v)),
                 xs5.eq(xs), xs6.eq(xs5),
@@ -187,9 +194,9 @@ class SoftmaxRow(wiring.Component):
         # ---- the factor of the sum and its reciprocal
         sm = Signal(MANT_BITS)
         es = Signal(signed(EXP_BITS))
-        shift = Signal(signed(7))
+        shift = Signal(signed(7))  # bit_length(sum) - 16, registered
         shift_right, shift_left = Signal(range(ACC_BITS - MANT_BITS + 1)), Signal(range(MANT_BITS + 1))
-        m.d.comb += [shift.eq(_bit_length(total) - MANT_BITS), shift_right.eq(shift), shift_left.eq(-shift)]
+        m.d.comb += [shift_right.eq(shift), shift_left.eq(-shift)]
         m.d.comb += [
             recip.i.payload.eq(sm),
             self.row.valid.eq(recip.o.valid), recip.o.ready.eq(self.row.ready),
@@ -206,7 +213,10 @@ class SoftmaxRow(wiring.Component):
                     with m.If((count != 0) & (t_max > self.i.payload.t)):
                         m.d.sync += t_max.eq(t_max)
                     with m.If(self.i.payload.last):
-                        m.d.sync += [count.eq(0), end.eq(count), c.eq(self.i.payload.c), total.eq(0)]
+                        m.d.sync += [count.eq(0), end.eq(count), c.eq(self.i.payload.c), total.eq(0),
+                                     s1.eq(Mux(-self.i.payload.c > MAX_RIGHT, MAX_RIGHT - 1, -self.i.payload.c - 1)),
+                                     over_mask.eq(Mux(k <= 0, (1 << WIDE_BITS) - 1,
+                                                      Mux(k >= WIDE_BITS, 0, ((1 << WIDE_BITS) - 1) << k[:6])))]
                         m.next = "EMIT"
             with m.State("EMIT"):
                 m.d.comb += issue.eq(1)
@@ -219,6 +229,9 @@ class SoftmaxRow(wiring.Component):
                 with m.If(self.o.valid & self.o.ready & self.o.payload.last):
                     m.next = "FACTOR"
             with m.State("FACTOR"):
+                m.d.sync += shift.eq(_bit_length(total) - MANT_BITS)
+                m.next = "SHIFT"
+            with m.State("SHIFT"):
                 m.d.sync += [
                     sm.eq(Mux(shift > 0, total >> shift_right, total << shift_left)),
                     es.eq(Mux(total == 0, 0, shift)),

@@ -86,6 +86,8 @@ def edge_rows(rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
         (np.array([7, 3, 7, -1]), C_MAX), (np.array([7, 6, 7, 5]), 14), (np.array([7, 6, 7, 5]), 13),
         (np.array([7, 6, 7, 5]), 15), (np.array([3, 2, 1, 0]), 12),
     ]
+    for c in (0, 1, 2, 15, 16):                                         # x around the saturation bound 2^(15 - c)
+        rows.append((-np.array([0, 1 << 15, (1 << 15) + 5, (1 << 16) - 1, (1 << 14) + 3, (1 << 16) + 7]) >> c, c))
     dominant = rnd(50, 10)
     dominant[int(rng.integers(50))] = 1 << 30
     rows.append((dominant, 0))                                          # one dominant score
@@ -114,8 +116,8 @@ def test_reference_rows_equal_integer_model() -> None:
 
 def test_model_equals_reference_edges() -> None:
     rng = np.random.default_rng(2)
-    rows = edge_rows(rng) + [(rng.integers(-(1 << b), 1 << b, int(rng.integers(1, 64))), int(rng.integers(C_MIN, C_MAX)))
-                             for b in rng.integers(1, 47, 3000)]
+    rows = edge_rows(rng) + [(rng.integers(-(1 << b), 1 << b, int(rng.integers(1, 64))),
+                              int(rng.integers(C_MIN, C_MAX + 1))) for b in rng.integers(1, 47, 3000)]
     for t, c in rows:
         want, got = softmax_row(t, c), SoftmaxRow.model(t, c)
         assert all(np.array_equal(got[k], want[k]) for k in ROW_KEYS), (t, c)
@@ -214,7 +216,8 @@ async def softmax_rows(dut) -> None:
     for r, (t, _) in enumerate(rows):
         n = len(t)
         last = taken[start + n - 1]
-        assert taken[start:start + n] == list(range(taken[start], taken[start] + n)), f"row {r}: not one score per cycle"
+        assert taken[start:start + n] == list(range(taken[start], taken[start] + n)), \
+            f"row {r}: not one score per cycle"
         assert o_at[start:start + n] == list(range(last + 1 + SoftmaxRow.LATENCY, last + 1 + SoftmaxRow.LATENCY + n)), \
             f"row {r}: weights' cycles"
         assert row_at[r] == last + n + SoftmaxRow.LATENCY + SoftmaxRow.ROW_LATENCY, f"row {r}: row result's cycle"
