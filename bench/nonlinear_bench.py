@@ -18,10 +18,11 @@ from pathlib import Path
 from bitlane.contract.config import BOARD_FACTS
 from bitlane.hw.nonlinear import UNITS as NONLINEAR_UNITS
 from bitlane.hw.vector import UNITS as VECTOR_UNITS
+from bitlane.hw.softmax import SoftmaxRow
 from bitlane.hw.synth import fmax, resources
 
 BOARD = "ulx3s"
-UNITS = {**NONLINEAR_UNITS, **VECTOR_UNITS}
+UNITS = {**NONLINEAR_UNITS, **VECTOR_UNITS, "softmax_row": lambda: SoftmaxRow(256)}  # h128's context
 TARGET_MHZ = 50  # issue 12: the whole board top with the decoder units must close at >= 50 MHz
 
 
