@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import version
 from pathlib import Path
 
+from amaranth import Module
 from amaranth.back import verilog
 from amaranth.lib import wiring
 
@@ -73,6 +74,22 @@ def build(component: wiring.Component, toplevel: str, *, waves: bool | None = No
             (build_dir / "traced").touch()
 
     return cached_build(SIM_BUILD / f"{toplevel}-{key}", make)
+
+
+class UnitBank(wiring.Component):
+    """Several stream units, each behind its own ports (`NAME__i__payload`, ...), so that one
+    Verilator build serves them all; `makers` maps each name to what builds its unit."""
+
+    def __init__(self, makers: Mapping[str, Callable[[], wiring.Component]]) -> None:
+        self.units = {name: make() for name, make in makers.items()}
+        super().__init__({name: wiring.Out(unit.signature) for name, unit in self.units.items()})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        for name, unit in self.units.items():
+            m.submodules[name] = unit
+            wiring.connect(m, wiring.flipped(getattr(self, name)), unit)
+        return m
 
 
 def lint(component: wiring.Component, toplevel: str, workdir: Path) -> subprocess.CompletedProcess:

@@ -1,7 +1,7 @@
 """The nonlinear units (hw/nonlinear.py) against the integer reference (bitlane.golden.integer).
 
 Each unit's `model()` is compared with the reference function over the unit's whole input domain
-(no simulator). Then all units, built once under Verilator side by side in `NonlinearUnits`, take
+(no simulator). Then all units, built once under Verilator side by side in one `simlib.UnitBank`, take
 their whole domains through their streams: every m of recip and rsqrt, every exp2 argument below
 2 * EXP_SAT, every phase index of the sine table, random and extreme RoPE positions and
 frequencies, every x < 2^16 and every bit length of rsqrt_factor's uint48, every int8 exponent of
@@ -16,9 +16,6 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-from amaranth import Module
-from amaranth.lib import wiring
-from amaranth.lib.wiring import Out
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
@@ -32,21 +29,6 @@ from sim_tests import simlib
 TOPLEVEL = "nonlinear"
 MANT = gi.MANT_BITS
 PHASE_MASK = (1 << gi.PHASE_BITS) - 1
-
-
-class NonlinearUnits(wiring.Component):
-    """Every unit behind its own ports (`recip__i__payload`, ...), so one Verilator build serves all."""
-
-    def __init__(self) -> None:
-        self.units = {name: cls() for name, cls in UNITS.items()}
-        super().__init__({name: Out(unit.signature) for name, unit in self.units.items()})
-
-    def elaborate(self, platform) -> Module:
-        m = Module()
-        for name, unit in self.units.items():
-            m.submodules[name] = unit
-            wiring.connect(m, wiring.flipped(getattr(self, name)), unit)
-        return m
 
 
 # ---------------------------------------------------------------- the domains and the reference
@@ -238,10 +220,10 @@ simlib.cocotb_cases(globals(), UNITS, "whole_domain", check_unit)
 def test_units_whole_domain() -> None:
     """One Verilator build and one simulator run for every unit (a cocotb test each), so the
     reference is imported once."""
-    simlib.run("sim_tests.test_nonlinear", simlib.build(NonlinearUnits(), TOPLEVEL), TOPLEVEL)
+    simlib.run("sim_tests.test_nonlinear", simlib.build(simlib.UnitBank(UNITS), TOPLEVEL), TOPLEVEL)
 
 
 def test_lint_clean(tmp_path: Path) -> None:
     """verilator -Wall with the project's waivers."""
-    result = simlib.lint(NonlinearUnits(), TOPLEVEL, tmp_path)
+    result = simlib.lint(simlib.UnitBank(UNITS), TOPLEVEL, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -7,7 +7,7 @@ extremes and random M, `QuantInt8` with `quantize_int8`, `EpsTerm` with `sum_squ
 `FactorMul` with `factor_mul`, `ResidualAdd` with `IntegerModel._residual_add`; and the models
 composed into `norm_quant` (q and ratio).
 
-Then the units, built once under Verilator side by side in `VectorUnits`, take vectors of lengths
+Then the units, built once under Verilator side by side in one `simlib.UnitBank`, take vectors of lengths
 1..2560 (primes, powers of two and their neighbours, hidden sizes): random vectors at every
 magnitude, all -32768 / all 32767 (int32: the extremes of the gain product and of int32), zeros, a
 single nonzero, all equal; the per-vector units their edge and random arguments. Inputs come with
@@ -22,9 +22,6 @@ from types import SimpleNamespace
 
 import cocotb
 import numpy as np
-from amaranth import Module
-from amaranth.lib import wiring
-from amaranth.lib.wiring import Out
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
@@ -40,21 +37,6 @@ LENGTHS = [1, 2, 3, 5, 7, 13, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 2
 NO_EPS = (np.int64(0), np.int64(0))
 RES_FRAC = 18  # the residual add's res_frac port (h128's): the cases vary f.e instead
 ONE = (np.int64(gi.FACTOR_ONE), np.int64(-(MANT - 1)))  # scale 1.0 (the eps term is 0 anyway)
-
-
-class VectorUnits(wiring.Component):
-    """Every unit behind its own ports (`reduce16__i__payload`, ...), so one Verilator build serves all."""
-
-    def __init__(self) -> None:
-        self.units = {name: make() for name, make in UNITS.items()}
-        super().__init__({name: Out(unit.signature) for name, unit in self.units.items()})
-
-    def elaborate(self, platform) -> Module:
-        m = Module()
-        for name, unit in self.units.items():
-            m.submodules[name] = unit
-            wiring.connect(m, wiring.flipped(getattr(self, name)), unit)
-        return m
 
 
 # ---------------------------------------------------------------- the vectors and the reference
@@ -437,10 +419,10 @@ simlib.cocotb_cases(globals(), UNITS, "vectors", check_unit)
 
 def test_units_vectors() -> None:
     """One Verilator build and one simulator run for every unit (a cocotb test each)."""
-    simlib.run("sim_tests.test_vector", simlib.build(VectorUnits(), TOPLEVEL), TOPLEVEL)
+    simlib.run("sim_tests.test_vector", simlib.build(simlib.UnitBank(UNITS), TOPLEVEL), TOPLEVEL)
 
 
 def test_lint_clean(tmp_path: Path) -> None:
     """verilator -Wall with the project's waivers."""
-    result = simlib.lint(VectorUnits(), TOPLEVEL, tmp_path)
+    result = simlib.lint(simlib.UnitBank(UNITS), TOPLEVEL, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
