@@ -1,0 +1,470 @@
+"""The decoder engine's instruction set and its bit-exact model: one definition for gateware and host.
+
+The device runs a whole decoder step (every layer of one token) as a *program*: a list of
+`Instruction`s that the host compiles once per model (bitlane.sw.decoder_program) and loads with
+the model. The engine (bitlane.hw.decoder) fetches them one at a time and hands each to a unit:
+
+    vector ops     stream one element per cycle through a pipeline: read operands from up to three
+                   memories, write one, reduce max|y| or sum(x^2) into registers
+    scalar ops     per-vector arithmetic on 48-bit registers: priority encoder, factor product,
+                   reciprocal, rsqrt, the quantizer's factor, RMSNorm's eps term
+    TRUN           one ternary product on the existing core (activation and output memories shared)
+    KVAPPEND /     the attention unit: write K or V of the current position into the cache; one head's
+    ATTEND         scores, softmax and weighted V sum
+
+Why a program rather than a fixed state machine: the layer shape (heads, KV heads, head_dim,
+intermediate size, layers, where each weight matrix sits) is data, so one bitstream runs every model
+whose sizes fit, and the same program runs on `DecoderMachine` below, which is the gateware's
+`.model()`: the tests run a program here against golden.integer (the contract's reference) and on
+the gateware against this model, integer for integer.
+
+Memories ("banks") the operands name. Words of the general banks are signed 32-bit; `OUT` and `ACT`
+are the ternary core's output and activation memories, addressed per element:
+
+    MAIN   working vectors (residual h, norm outputs, q, attention outputs)
+    CONST  per-model constants: norm gains (int16), RoPE omega (uint32 as its two's complement)
+    COPY   second copies, so that an op never reads two operands from one bank
+    OUT    core output memory, read only: element e is lane e % lanes of word e // lanes
+    ACT    core activation memory, write only (int8): element e is byte e % k of word e // k
+
+Registers: `REGISTERS` signed 48-bit registers; R0 reads 0 and ignores writes. A UF factor occupies
+a register pair (mantissa in r, exponent in r + 1). `POS`, the token's position, is set by the
+DECODE request and read by VROPE, KVAPPEND and ATTEND.
+
+Every op's semantics is one method of `DecoderMachine` (`_op_<name>`), with the widths the hardware
+has; a value leaving its width raises `WidthError` naming the instruction, as golden.integer does.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from .intmath import (EPS_LIMIT, EXP_BITS, EXP_FRAC, EXP_SAT, FACTOR_ONE, MANT_BITS, PHASE_BITS, Q_MAX, Q_SHIFT,
+                      RECIP_SHIFT, WIDE_BITS, WidthError, cos_q14, exp2_neg, factor, factor_mul, normalize, recip16,
+                      rope_phase, rsqrt_factor, scale_saturating, shift_right, sin_q14)
+from .protocol import WireRecord, wire, wire_record
+
+REGISTERS = 64         # scalar registers (R0 reads 0)
+REG_BITS = WIDE_BITS   # each register is a signed 48-bit integer
+WORD_BITS = 32         # words of the general banks, signed
+
+
+class Bank(IntEnum):
+    MAIN = 0
+    CONST = 1
+    COPY = 2
+    OUT = 3    # ternary core output memory (read only)
+    ACT = 4    # ternary core activation memory (write only, int8)
+
+
+GENERAL_BANKS = (Bank.MAIN, Bank.CONST, Bank.COPY)
+
+
+class Op(IntEnum):
+    """The engine's operations. Field use: `r0` the result register (pair), `r1..r3` operands,
+    `a`, `b`, `c` source vectors (bank, addr), `d` the destination vector, `n` the length, `imm` a
+    signed 32-bit constant. `A[i]` is element addr + i of the a operand, and so on."""
+
+    HALT = 0       # end of program
+    # -- vector ops (one element per cycle)
+    VMAXABS = 1    # R[r0] = max_i |A[i]|
+    VSHIFT = 2     # y = shift_right(A[i], R[r1], rounding=imm & 1); D[i] = y; R[r0] = max|y|
+    VNORM = 3      # x = A[i] >> R[r1] (int16); R[r2] = sum x^2; z = x * B[i] (gain, int16); D[i] = z; R[r0] = max|z|
+    VQUANT = 4     # D[i] = clamp((shift_right(A[i], R[r1]) * R[r2] + 2^22) >> 23, -128, 127)   (D in ACT)
+    VSCALE = 5     # t = (A[i] >> R[r1]) * R[r2] (int16 x uint16); D[i] = t; R[r0] = max|t|
+    VROPE = 6      # rotate-half RoPE of one head (n = head_dim): x = A[i] >> R[r1], y = B[(i + n/2) mod n] >> R[r1],
+                   # c, s = cos, sin(POS * C[i mod n/2]); D[i] = x c -/+ y s (- for the first half); R[r0] = max|D|
+    VRESID = 7     # D[i] = B[i] + shift_right((A[i] >> R[r1]) * R[r2], R[r3], rounding=True)
+    VRELU2 = 8     # y = max(A[i] >> R[r1], 0)^2; D[i] = y; R[r0] = max|y|
+    VMUL = 9       # y = (A[i] >> R[r1]) * (B[i] >> R[r2]) (int16 x int16); D[i] = y; R[r0] = max|y|
+    # -- scalar ops
+    MOVI = 16      # R[r0] = imm
+    ADD = 17       # R[r0] = R[r1] + R[r2] + imm
+    SUB = 18       # R[r0] = R[r1] - R[r2] + imm
+    MAX = 19       # R[r0] = max(R[r1], R[r2])
+    NSHIFT = 20    # R[r0] = max(bit_length(R[r1]) - (imm - 1), 0): normalize's shift to imm-bit mantissas
+    FACTOR = 21    # pair r0 = factor(R[r1], R[r2])
+    FMUL = 22      # pair r0 = factor_mul(pair r1, pair r2)
+    RSQRT = 23     # pair r0 = rsqrt_factor(max(R[r1], 1))
+    QFACTOR = 24   # quantize_int8's per-vector constants from M = R[r1]: (Mu, eM) = factor(M);
+                   # R[r0] = 127 * recip16(max(Mu, 2^15)) >> 7, R[r0 + 1] = eM + 1
+    EPS = 25       # R[r0] = RMSNorm's eps term: t = pair r2 (x) inv (x) inv with inv = 1 / pair r1
+                   # (recip16), then min(round(t 2^(-2 R[r3])), 2^46)
+    # -- ternary core and attention unit
+    TRUN = 32      # ternary product: weights from word imm, rows n, cols b.addr; int8 input at ACT word
+                   # a.addr; int32 results at OUT word d.addr (one vector)
+    KVAPPEND = 33  # cache[layer r2][kv head r3][K if imm == 0 else V][POS] = A[0..n), exponent R[r1]
+    ATTEND = 34    # one head: q = A[0..n) with exponent R[r1] against cache[layer r2][kv head r3][0..POS];
+                   # D[0..n) = u (int16), R[r0] = eu   (see `attend_head`)
+
+
+VECTOR_OPS = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VQUANT, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2,
+                        Op.VMUL})
+
+
+@wire_record("decoder instruction")
+class Instruction(WireRecord):
+    """One instruction word (program memory word; `LOAD_PROGRAM` carries them in this byte order)."""
+
+    op: int = wire(8)
+    r0: int = wire(8, 0)
+    r1: int = wire(8, 0)
+    r2: int = wire(8, 0)
+    r3: int = wire(8, 0)
+    a_bank: int = wire(8, 0)
+    b_bank: int = wire(8, 0)
+    c_bank: int = wire(8, 0)
+    d_bank: int = wire(8, 0)
+    spare: int = wire(8, 0)
+    a_addr: int = wire(16, 0)
+    b_addr: int = wire(16, 0)
+    c_addr: int = wire(16, 0)
+    d_addr: int = wire(16, 0)
+    n: int = wire(16, 0)
+    imm: int = wire(32, 0)  # two's complement
+
+    @property
+    def imm_signed(self) -> int:
+        return self.imm - (1 << 32) if self.imm & (1 << 31) else self.imm
+
+    def __str__(self) -> str:
+        name = Op(self.op).name
+        return (f"{name} r0={self.r0} r1={self.r1} r2={self.r2} r3={self.r3} "
+                f"a={Bank(self.a_bank).name}:{self.a_addr} b={Bank(self.b_bank).name}:{self.b_addr} "
+                f"c={Bank(self.c_bank).name}:{self.c_addr} d={Bank(self.d_bank).name}:{self.d_addr} "
+                f"n={self.n} imm={self.imm_signed}")
+
+
+@dataclass(frozen=True)
+class MachineShape:
+    """Sizes of one engine: bank depths (words), the ternary core's lanes and k_per_cycle (for the OUT
+    and ACT element addressing), the attention unit's cache, and the program memory."""
+
+    bank_depth: tuple[int, int, int]  # MAIN, CONST, COPY
+    lanes: int
+    k_per_cycle: int
+    out_depth: int
+    act_depth: int
+    layers: int
+    kv_heads: int
+    head_dim: int
+    context: int
+    program_depth: int
+
+
+# ----------------------------------------------------------------------------- the attention unit's function
+
+def attend_head(qm: np.ndarray, eq: int, km: np.ndarray, ek: np.ndarray, vm: np.ndarray,
+                ev: np.ndarray) -> tuple[np.ndarray, int]:
+    """One query head against positions 0..p of its KV head (docs/arithmetic.md stages 4-5):
+    qm [d] int16, km / vm [p + 1, d] mantissas, ek / ev [p + 1] exponents. Returns u [d] int16 and eu."""
+    qm, km, vm = (np.asarray(a, dtype=np.int64) for a in (qm, km, vm))
+    ek, ev = np.asarray(ek, dtype=np.int64), np.asarray(ev, dtype=np.int64)
+    ek_max, ev_max = int(ek.max()), int(ev.max())
+    dot = km @ qm                                                         # int48: |.| <= d 2^30
+    t = dot >> (ek_max - ek)
+    x = t.max() - t
+    xs = scale_saturating(x, np.int64(eq + ek_max + EXP_FRAC), EXP_SAT)
+    p = exp2_neg(xs)
+    total = int(p.sum())
+    acc = (p >> (ev_max - ev)) @ vm                                       # int48
+    am, ea = normalize(acc[None, :])
+    am, ea = am[0], ea[0, 0]
+    sm, es = factor(np.int64(total))
+    u = (am * recip16(sm)) >> MANT_BITS
+    return u, int(ea) + ev_max - int(es) - (RECIP_SHIFT - MANT_BITS)
+
+
+# ----------------------------------------------------------------------------- the model
+
+TernaryRun = Callable[[int, int, int, np.ndarray], np.ndarray]  # (w_base, rows, cols, q int8 [cols]) -> int32 [rows]
+
+
+class ProgramError(ValueError):
+    """A program that the engine cannot run (bad bank, address out of range, bad register)."""
+
+
+class DecoderMachine:
+    """The engine's bit-exact model. `ternary(w_base, rows, cols, q)` is the core's product (the device
+    model of bitlane.sw, or a dictionary of matrices in tests).
+
+        machine = DecoderMachine(shape, ternary)
+        machine.write(Bank.CONST, 0, gains); machine.load(program)
+        machine.write(Bank.MAIN, emb_addr, row); machine.run(pos)
+        y = machine.read(Bank.MAIN, out_addr, n); ey = machine.regs[out_reg]
+    """
+
+    def __init__(self, shape: MachineShape, ternary: TernaryRun) -> None:
+        self.shape, self.ternary = shape, ternary
+        self.banks = [np.zeros(depth, dtype=np.int64) for depth in shape.bank_depth]
+        self.out = np.zeros(shape.out_depth * shape.lanes, dtype=np.int64)
+        self.act = np.zeros(shape.act_depth * shape.k_per_cycle, dtype=np.int64)
+        self.regs = np.zeros(REGISTERS, dtype=np.int64)
+        cache = (shape.layers, shape.kv_heads, 2, shape.context)
+        self.kv = np.zeros(cache + (shape.head_dim,), dtype=np.int64)
+        self.kv_exp = np.zeros(cache, dtype=np.int64)
+        self.program: list[Instruction] = []
+        self.pos = 0
+        self.executed: dict[Op, int] = {}
+
+    # -- host side
+    def load(self, program: Sequence[Instruction]) -> None:
+        if len(program) > self.shape.program_depth:
+            raise ProgramError(f"program of {len(program)} instructions exceeds the program memory "
+                               f"({self.shape.program_depth})")
+        self.program = list(program)
+
+    def write(self, bank: Bank, addr: int, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.int64)
+        self._range(bank, addr, len(values), "write")
+        self.banks[bank][addr:addr + len(values)] = self._word(values, f"write to {bank.name}")
+
+    def read(self, bank: Bank, addr: int, n: int) -> np.ndarray:
+        self._range(bank, addr, n, "read")
+        return self.banks[bank][addr:addr + n].copy()
+
+    def run(self, pos: int) -> None:
+        """Execute the program for the token at position `pos` (the KV cache holds 0..pos-1)."""
+        if not 0 <= pos < self.shape.context:
+            raise ProgramError(f"position {pos} outside the context of {self.shape.context}")
+        self.pos = pos
+        for pc, ins in enumerate(self.program):
+            if ins.op == Op.HALT:
+                return
+            try:
+                op = Op(ins.op)
+            except ValueError:
+                raise ProgramError(f"instruction {pc}: unknown op {ins.op}") from None
+            self.executed[op] = self.executed.get(op, 0) + 1
+            try:
+                getattr(self, f"_op_{op.name.lower()}")(ins)
+            except (WidthError, ProgramError) as error:
+                raise type(error)(f"instruction {pc} ({ins}): {error}") from None
+        raise ProgramError("program ran off its end without HALT")
+
+    # -- helpers
+    def _range(self, bank: int, addr: int, n: int, what: str) -> None:
+        if bank in GENERAL_BANKS:
+            depth = self.shape.bank_depth[bank]
+        elif bank == Bank.OUT:
+            depth = len(self.out)
+        elif bank == Bank.ACT:
+            depth = len(self.act)
+        else:
+            raise ProgramError(f"{what}: no bank {bank}")
+        if not (0 <= addr and addr + n <= depth):
+            raise ProgramError(f"{what}: {Bank(bank).name} {addr}..{addr + n - 1} outside its {depth} words")
+
+    def _word(self, values: np.ndarray, what: str) -> np.ndarray:
+        lo, hi = -(1 << (WORD_BITS - 1)), (1 << (WORD_BITS - 1)) - 1
+        if values.size and (values.min() < lo or values.max() > hi):
+            raise WidthError(f"{what}: value outside int{WORD_BITS}")
+        return values
+
+    def _src(self, bank: int, addr: int, n: int) -> np.ndarray:
+        self._range(bank, addr, n, "source")
+        if bank == Bank.ACT:
+            raise ProgramError("ACT is write only")
+        memory = self.out if bank == Bank.OUT else self.banks[bank]
+        return memory[addr:addr + n].copy()
+
+    def _dst(self, ins: Instruction, values: np.ndarray) -> None:
+        self._range(ins.d_bank, ins.d_addr, len(values), "destination")
+        if ins.d_bank == Bank.OUT:
+            raise ProgramError("OUT is read only")
+        if ins.d_bank == Bank.ACT:
+            if values.size and (values.min() < -128 or values.max() > 127):
+                raise WidthError("ACT element outside int8")
+            self.act[ins.d_addr:ins.d_addr + len(values)] = values
+        else:
+            self.banks[ins.d_bank][ins.d_addr:ins.d_addr + len(values)] = self._word(values, "destination")
+
+    def _operands(self, ins: Instruction, *names: str) -> list[np.ndarray]:
+        banks = [getattr(ins, f"{name}_bank") for name in names]
+        shared = {b for b in banks if banks.count(b) > 1}
+        if shared:
+            raise ProgramError(f"operands {', '.join(names)} read bank {Bank(shared.pop()).name} twice in one cycle")
+        return [self._src(getattr(ins, f"{name}_bank"), getattr(ins, f"{name}_addr"), ins.n) for name in names]
+
+    def _set(self, r: int, value) -> None:
+        value = int(value)
+        if not -(1 << (REG_BITS - 1)) <= value < 1 << (REG_BITS - 1):
+            raise WidthError(f"register {r}: value {value} outside int{REG_BITS}")
+        if not 0 <= r < REGISTERS:
+            raise ProgramError(f"no register {r}")
+        if r:
+            self.regs[r] = value
+
+    def _reg(self, r: int) -> int:
+        if not 0 <= r < REGISTERS:
+            raise ProgramError(f"no register {r}")
+        return int(self.regs[r])
+
+    def _pair(self, r: int) -> tuple[np.int64, np.int64]:
+        return np.int64(self._reg(r)), np.int64(self._reg(r + 1))
+
+    def _set_pair(self, r: int, pair) -> None:
+        self._set(r, pair[0])
+        self._set(r + 1, pair[1])
+
+    @staticmethod
+    def _int16(x: np.ndarray, what: str) -> np.ndarray:
+        if x.size and (x.min() < -(1 << 15) or x.max() >= 1 << 15):
+            raise WidthError(f"{what}: multiplier operand outside int16")
+        return x
+
+    @staticmethod
+    def _maxabs(y: np.ndarray) -> int:
+        return int(np.abs(y).max(initial=0))
+
+    # -- vector ops
+    def _op_vmaxabs(self, ins: Instruction) -> None:
+        (a,) = self._operands(ins, "a")
+        self._set(ins.r0, self._maxabs(a))
+
+    def _op_vshift(self, ins: Instruction) -> None:
+        (a,) = self._operands(ins, "a")
+        y = shift_right(a, self._reg(ins.r1), rounding=bool(ins.imm & 1))
+        self._dst(ins, y)
+        self._set(ins.r0, self._maxabs(y))
+
+    def _op_vnorm(self, ins: Instruction) -> None:
+        a, g = self._operands(ins, "a", "b")
+        x = self._int16(a >> self._reg(ins.r1), "VNORM input")
+        z = x * self._int16(g, "VNORM gain")
+        self._dst(ins, z)
+        self._set(ins.r2, int((x * x).sum()))
+        self._set(ins.r0, self._maxabs(z))
+
+    def _op_vquant(self, ins: Instruction) -> None:
+        (a,) = self._operands(ins, "a")
+        zq = self._int16(shift_right(a, self._reg(ins.r1)), "VQUANT input")
+        q = (zq * self._reg(ins.r2) + (1 << (Q_SHIFT - 1))) >> Q_SHIFT
+        self._dst(ins, np.clip(q, -Q_MAX - 1, Q_MAX))
+
+    def _op_vscale(self, ins: Instruction) -> None:
+        (a,) = self._operands(ins, "a")
+        t = self._int16(a >> self._reg(ins.r1), "VSCALE input") * self._reg(ins.r2)
+        self._dst(ins, t)
+        self._set(ins.r0, self._maxabs(t))
+
+    def _op_vrope(self, ins: Instruction) -> None:
+        if ins.n % 2:
+            raise ProgramError(f"VROPE over an odd length {ins.n}")
+        a, b = self._operands(ins, "a", "b")
+        half = ins.n // 2
+        if ins.c_bank in (ins.a_bank, ins.b_bank):
+            raise ProgramError("VROPE reads omega from the bank of another operand")
+        omega = self._src(ins.c_bank, ins.c_addr, half) & ((1 << PHASE_BITS) - 1)
+        phase = rope_phase(np.int64(self.pos), omega)
+        c, s = np.tile(cos_q14(phase), 2), np.tile(sin_q14(phase), 2)
+        shift = self._reg(ins.r1)
+        x = self._int16(a >> shift, "VROPE input")
+        y = self._int16(np.roll(b, -half) >> shift, "VROPE partner")
+        sign = np.where(np.arange(ins.n) < half, -1, 1)
+        r = x * c + sign * y * s
+        self._dst(ins, r)
+        self._set(ins.r0, self._maxabs(r))
+
+    def _op_vresid(self, ins: Instruction) -> None:
+        a, h = self._operands(ins, "a", "b")
+        t = self._int16(a >> self._reg(ins.r1), "VRESID input") * self._reg(ins.r2)
+        self._dst(ins, h + shift_right(t, self._reg(ins.r3), rounding=True))
+
+    def _op_vrelu2(self, ins: Instruction) -> None:
+        (a,) = self._operands(ins, "a")
+        x = self._int16(a >> self._reg(ins.r1), "VRELU2 input")
+        y = np.maximum(x, 0) ** 2
+        self._dst(ins, y)
+        self._set(ins.r0, self._maxabs(y))
+
+    def _op_vmul(self, ins: Instruction) -> None:
+        a, b = self._operands(ins, "a", "b")
+        y = self._int16(a >> self._reg(ins.r1), "VMUL a") * self._int16(b >> self._reg(ins.r2), "VMUL b")
+        self._dst(ins, y)
+        self._set(ins.r0, self._maxabs(y))
+
+    # -- scalar ops
+    def _op_movi(self, ins: Instruction) -> None:
+        self._set(ins.r0, ins.imm_signed)
+
+    def _op_add(self, ins: Instruction) -> None:
+        self._set(ins.r0, self._reg(ins.r1) + self._reg(ins.r2) + ins.imm_signed)
+
+    def _op_sub(self, ins: Instruction) -> None:
+        self._set(ins.r0, self._reg(ins.r1) - self._reg(ins.r2) + ins.imm_signed)
+
+    def _op_max(self, ins: Instruction) -> None:
+        self._set(ins.r0, max(self._reg(ins.r1), self._reg(ins.r2)))
+
+    def _op_nshift(self, ins: Instruction) -> None:
+        x = self._reg(ins.r1)
+        if x < 0:
+            raise ProgramError(f"NSHIFT of a negative value {x}")
+        self._set(ins.r0, max(x.bit_length() - (ins.imm_signed - 1), 0))
+
+    def _op_factor(self, ins: Instruction) -> None:
+        x = self._reg(ins.r1)
+        if x < 0:
+            raise ProgramError(f"FACTOR of a negative value {x}")
+        self._set_pair(ins.r0, factor(np.int64(x), np.int64(self._reg(ins.r2))))
+
+    def _op_fmul(self, ins: Instruction) -> None:
+        self._set_pair(ins.r0, factor_mul(self._pair(ins.r1), self._pair(ins.r2)))
+
+    def _op_rsqrt(self, ins: Instruction) -> None:
+        self._set_pair(ins.r0, rsqrt_factor(np.int64(max(self._reg(ins.r1), 1))))
+
+    def _op_qfactor(self, ins: Instruction) -> None:
+        mu, em = factor(np.int64(self._reg(ins.r1)))
+        c = (Q_MAX * recip16(np.maximum(mu, FACTOR_ONE))) >> (RECIP_SHIFT - Q_SHIFT - 1)
+        self._set(ins.r0, c)
+        self._set(ins.r0 + 1, em + 1)
+
+    def _op_eps(self, ins: Instruction) -> None:
+        scale_m, scale_e = self._pair(ins.r1)
+        inverse = (recip16(np.maximum(scale_m, FACTOR_ONE)), -RECIP_SHIFT - scale_e)
+        term = factor_mul(factor_mul(self._pair(ins.r2), inverse), inverse)
+        self._set(ins.r0, scale_saturating(term[0], term[1] - 2 * self._reg(ins.r3), EPS_LIMIT))
+
+    # -- core and attention
+    def _op_trun(self, ins: Instruction) -> None:
+        rows, cols, k, lanes = ins.n, ins.b_addr, self.shape.k_per_cycle, self.shape.lanes
+        self._range(Bank.ACT, ins.a_addr * k, cols, "TRUN input")
+        self._range(Bank.OUT, ins.d_addr * lanes, rows, "TRUN output")
+        q = self.act[ins.a_addr * k:ins.a_addr * k + cols]
+        acc = np.asarray(self.ternary(ins.imm, rows, cols, q), dtype=np.int64)
+        self.out[ins.d_addr * lanes:ins.d_addr * lanes + rows] = acc
+
+    def _cache_index(self, ins: Instruction) -> tuple[int, int]:
+        if not (0 <= ins.r2 < self.shape.layers and 0 <= ins.r3 < self.shape.kv_heads):
+            raise ProgramError(f"no KV cache for layer {ins.r2}, kv head {ins.r3}")
+        if ins.n != self.shape.head_dim:
+            raise ProgramError(f"head length {ins.n}, the cache holds {self.shape.head_dim}")
+        return ins.r2, ins.r3
+
+    def _op_kvappend(self, ins: Instruction) -> None:
+        layer, head = self._cache_index(ins)
+        (a,) = self._operands(ins, "a")
+        self.kv[layer, head, ins.imm & 1, self.pos] = self._int16(a, "KVAPPEND mantissa")
+        e = self._reg(ins.r1)
+        if not -(1 << (EXP_BITS - 1)) <= e < 1 << (EXP_BITS - 1):
+            raise WidthError(f"KVAPPEND exponent {e} outside int{EXP_BITS} (the cache stores int{EXP_BITS})")
+        self.kv_exp[layer, head, ins.imm & 1, self.pos] = e
+
+    def _op_attend(self, ins: Instruction) -> None:
+        layer, head = self._cache_index(ins)
+        (q,) = self._operands(ins, "a")
+        seen = slice(0, self.pos + 1)
+        u, eu = attend_head(self._int16(q, "ATTEND query"), self._reg(ins.r1), self.kv[layer, head, 0, seen],
+                            self.kv_exp[layer, head, 0, seen], self.kv[layer, head, 1, seen],
+                            self.kv_exp[layer, head, 1, seen])
+        self._dst(ins, u)
+        self._set(ins.r0, eu)
+
+
+__all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "ProgramError", "attend_head",
+           "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "GENERAL_BANKS", "TernaryRun"]

@@ -1,0 +1,297 @@
+"""Compile an integer model into the decoder engine's program and memory images (contract/decoder.py).
+
+The host does this once per model: `compile_decoder(model, shape)` gives the instructions of one
+decoder step (all layers of one token), the CONST bank image (norm gains, RoPE omega), where each
+ternary matrix goes in the core's weight memory, and where the engine takes the embedding row and
+leaves the final hidden state. Every per-tensor constant of golden.integer's conversion becomes an
+immediate of a MOVI, so the program and the CONST image are the whole model apart from the trits.
+
+The program follows golden.integer.IntegerModel.hidden stage by stage (docs/arithmetic.md); the test
+tests/test_decoder_program.py runs it on contract.decoder.DecoderMachine and compares every token's
+final hidden state and the KV cache with the reference, integer for integer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bitlane.contract.decoder import Bank, Instruction, MachineShape, Op, REGISTERS
+from bitlane.contract.intmath import FACTOR_ONE, MANT_BITS, TRIG_FRAC
+from bitlane.contract.packing import tiles
+from bitlane.golden.integer import IntegerModel
+
+BITLINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class DecoderFitError(ValueError):
+    """The model does not fit the engine: the message names what and by how much."""
+
+
+@dataclass
+class DecoderImage:
+    """What the host loads for decoder mode, and where the engine's inputs and outputs are."""
+
+    program: list[Instruction]
+    const: np.ndarray                     # CONST bank words from address 0
+    weights: dict[tuple[int, str], int]   # (layer, BitLinear) -> w_base (weight-memory word)
+    weight_words: int                     # weight-memory words used
+    emb_addr: int                         # MAIN: the int16 embedding row goes here
+    out_addr: int                         # MAIN: the final hidden state's int16 mantissas
+    out_exp_reg: int                      # register holding its exponent
+    bank_words: tuple[int, int, int]      # words used of MAIN, CONST, COPY
+    hidden: int = 0
+    listing: list[str] = field(default_factory=list)
+
+
+class _Registers:
+    """Named registers: one index per name for the whole program; pairs start at even indices."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}
+        self.next = 2  # R0 is zero; R1 stays free so that the first pair is aligned
+
+    def __call__(self, name: str, pair: bool = False) -> int:
+        if name not in self.names:
+            if pair and self.next % 2:
+                self.next += 1
+            self.names[name] = self.next
+            self.next += 2 if pair else 1
+            if self.next > REGISTERS:
+                raise DecoderFitError(f"the program needs more than the engine's {REGISTERS} registers")
+        return self.names[name]
+
+
+class _Memory:
+    """Bump allocation of named vectors in one bank."""
+
+    def __init__(self, bank: Bank) -> None:
+        self.bank, self.used, self.where = bank, 0, {}
+
+    def __call__(self, name: str, n: int) -> tuple[Bank, int]:
+        if name not in self.where:
+            self.where[name] = self.used
+            self.used += n
+        return self.bank, self.where[name]
+
+
+def _ins(op: Op, *, r0=0, r1=0, r2=0, r3=0, a=(0, 0), b=(0, 0), c=(0, 0), d=(0, 0), n=0, imm=0) -> Instruction:
+    return Instruction(op=int(op), r0=r0, r1=r1, r2=r2, r3=r3, a_bank=int(a[0]), b_bank=int(b[0]),
+                       c_bank=int(c[0]), d_bank=int(d[0]), a_addr=a[1], b_addr=b[1], c_addr=c[1], d_addr=d[1],
+                       n=n, imm=imm & 0xFFFFFFFF)
+
+
+def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
+    """The decoder engine's program and images for `model` on an engine of `shape`; raises
+    DecoderFitError naming what does not fit."""
+    cfg = model.int_config
+    n, m, H, KV, d = cfg.hidden, cfg.intermediate, cfg.heads, cfg.kv_heads, cfg.head_dim
+    if cfg.act != "relu2":
+        raise DecoderFitError(f"activation {cfg.act!r}: the decoder engine runs relu2 models only")
+    for what, need, have in (("head_dim", d, shape.head_dim), ("layers", cfg.layers, shape.layers),
+                             ("kv_heads", KV, shape.kv_heads)):
+        if need != have if what == "head_dim" else need > have:
+            raise DecoderFitError(f"{what} {need}: the engine's attention unit is built for {have}")
+    lanes, k = shape.lanes, shape.k_per_cycle
+    out_words = lambda rows: -(-rows // lanes)  # noqa: E731
+    R = _Registers()
+    main, const, copy = _Memory(Bank.MAIN), _Memory(Bank.CONST), _Memory(Bank.COPY)
+    prog: list[Instruction] = []
+    emit = prog.append
+
+    # ---- the CONST image: per layer four gains, the final gain, omega
+    const_words: list[np.ndarray] = []
+
+    def put_const(name: str, values: np.ndarray) -> tuple[Bank, int]:
+        place = const(name, len(values))
+        const_words.append(np.asarray(values, dtype=np.int64))
+        return place
+
+    omega = put_const("omega", np.where(model.omega >= 1 << 31, model.omega - (1 << 32), model.omega))
+    gains = {}
+    for i, layer in enumerate(model.layers):
+        for key, norm in layer.norms.items():
+            gains[i, key] = put_const(f"gain {i} {key}", norm.gain)
+    final_gain = put_const("gain final", model.final.gain)
+
+    # ---- weight placement: every BitLinear is one RUN, consecutive in weight memory
+    weights, w_next = {}, 0
+    for i, layer in enumerate(model.layers):
+        for key in BITLINEARS:
+            rows, cols = layer.trits[key].shape
+            weights[i, key] = w_next
+            rt, ks = tiles(rows, cols, lanes, k)
+            w_next += rt * ks
+
+    def movi_pair(name: str, value: tuple) -> int:
+        r = R(name, pair=True)
+        emit(_ins(Op.MOVI, r0=r, imm=int(value[0])))
+        emit(_ins(Op.MOVI, r0=r + 1, imm=int(value[1])))
+        return r
+
+    def norm_quant(src: tuple[Bank, int], length: int, gain: tuple[Bank, int], scale: int, eps: int) -> int:
+        """RMSNorm statistics and int8 quantization of src into ACT word 0; returns the ratio pair."""
+        rM, rS, rSS, rZM, rE = R("nq max"), R("nq shift"), R("nq ss"), R("nq zmax"), R("nq eps")
+        z = copy("z", max(n, m))
+        emit(_ins(Op.VMAXABS, r0=rM, a=src, n=length))
+        emit(_ins(Op.NSHIFT, r0=rS, r1=rM, imm=MANT_BITS))
+        emit(_ins(Op.VNORM, r0=rZM, r1=rS, r2=rSS, a=src, b=gain, d=z, n=length))
+        emit(_ins(Op.EPS, r0=rE, r1=scale, r2=eps, r3=rS))
+        emit(_ins(Op.ADD, r0=rSS, r1=rSS, r2=rE))
+        rQ = R("nq quant", pair=True)
+        emit(_ins(Op.QFACTOR, r0=rQ, r1=rZM))
+        emit(_ins(Op.VQUANT, r1=rQ + 1, r2=rQ, a=z, d=(Bank.ACT, 0), n=length))
+        rF, rR, ratio = R("nq fz", pair=True), R("nq rsqrt", pair=True), R("ratio", pair=True)
+        emit(_ins(Op.FACTOR, r0=rF, r1=rZM, r2=0))
+        emit(_ins(Op.RSQRT, r0=rR, r1=rSS))
+        emit(_ins(Op.FMUL, r0=ratio, r1=rF, r2=rR))
+        return ratio
+
+    def trun(layer: int, key: str, out_word: int) -> None:
+        rows, cols = model.layers[layer].trits[key].shape
+        emit(_ins(Op.TRUN, a=(Bank.ACT, 0), b=(0, cols), d=(Bank.OUT, out_word), n=rows,
+                  imm=weights[layer, key]))
+
+    def dequant(layer: int, key: str, ratio: int, slot: int = 0) -> int:
+        """f = ratio (x) C_key into factor slot `slot` (products used together take different slots)."""
+        c = movi_pair("constant", model.layers[layer].factors[key])
+        f = R(f"factor {slot}", pair=True)
+        emit(_ins(Op.FMUL, r0=f, r1=ratio, r2=c))
+        return f
+
+    def scale_head(src: tuple[Bank, int], f: int, bits: int, dst: tuple[Bank, int], rope: bool) -> int:
+        """_rope (if `rope`) and _scale of one head's accumulators into `dst`; returns the exponent register."""
+        rA, rS1, rS2, rS3, rT = R("h max"), R("h s1"), R("h s2"), R("h s3"), R("h tmax")
+        rE = R("h exp")
+        t = copy("t", max(n, d))
+        emit(_ins(Op.VMAXABS, r0=rA, a=src, n=d))
+        emit(_ins(Op.NSHIFT, r0=rS1, r1=rA, imm=MANT_BITS))
+        if rope:
+            partner, rotated = copy("partner", d), main("rotated", d)
+            emit(_ins(Op.VSHIFT, a=src, d=partner, n=d))
+            emit(_ins(Op.VROPE, r0=rT, r1=rS1, a=src, b=partner, c=omega, d=rotated, n=d))
+            emit(_ins(Op.NSHIFT, r0=rS2, r1=rT, imm=MANT_BITS))
+            emit(_ins(Op.VSCALE, r0=rT, r1=rS2, r2=f, a=rotated, d=t, n=d))
+            emit(_ins(Op.ADD, r0=rE, r1=rS1, r2=rS2, imm=-TRIG_FRAC))
+        else:
+            emit(_ins(Op.VSCALE, r0=rT, r1=rS1, r2=f, a=src, d=t, n=d))
+            emit(_ins(Op.ADD, r0=rE, r1=rS1, r2=0))
+        emit(_ins(Op.NSHIFT, r0=rS3, r1=rT, imm=bits))
+        emit(_ins(Op.VSHIFT, r1=rS3, a=t, d=dst, n=d))
+        emit(_ins(Op.ADD, r0=rE, r1=rE, r2=rS3))
+        emit(_ins(Op.ADD, r0=rE, r1=rE, r2=f + 1))
+        return rE
+
+    def residual(f: int) -> None:
+        rA, rSa, rT = R("r max"), R("r shift"), R("r out shift")
+        emit(_ins(Op.VMAXABS, r0=rA, a=(Bank.OUT, 0), n=n))
+        emit(_ins(Op.NSHIFT, r0=rSa, r1=rA, imm=MANT_BITS))
+        emit(_ins(Op.ADD, r0=rT, r1=rSa, r2=f + 1, imm=cfg.res_frac))
+        emit(_ins(Op.SUB, r0=rT, r1=0, r2=rT))
+        emit(_ins(Op.VRESID, r1=rSa, r2=f, r3=rT, a=(Bank.OUT, 0), b=h, d=h, n=n))
+
+    # ---- prologue: the embedding row into the residual's fixed point
+    emb, h = main("embedding", n), main("h", n)
+    res_scale = movi_pair("res scale", model.res_scale)
+    eps_n, eps_m = movi_pair("eps n", model.eps[n]), movi_pair("eps m", model.eps[m])
+    rEmb = R("emb shift")
+    emit(_ins(Op.MOVI, r0=rEmb, imm=cfg.emb_frac - cfg.res_frac))
+    emit(_ins(Op.VSHIFT, r1=rEmb, a=emb, d=h, n=n, imm=1))
+
+    groups = H // KV
+    o_k, o_v = out_words(H * d), out_words(H * d) + out_words(KV * d)
+    for i, layer in enumerate(model.layers):
+        # ---- attention
+        ratio = norm_quant(h, n, gains[i, "input"], res_scale, eps_n)
+        for key, word in (("q", 0), ("k", o_k), ("v", o_v)):
+            trun(i, key, word)
+        f = {key: dequant(i, key, ratio, slot) for slot, key in enumerate("qkv")}
+        for g in range(KV):
+            for key, word, kind in (("k", o_k, 0), ("v", o_v, 1)):
+                src = (Bank.OUT, word * lanes + g * d)
+                mant = main("kv mantissas", d)
+                e = scale_head(src, f[key], cfg.kv_bits, mant, rope=key == "k")
+                emit(_ins(Op.KVAPPEND, r1=e, r2=i, r3=g, a=mant, n=d, imm=kind))
+        u = main("u", H * d)
+        for hd in range(H):
+            qh = main("q head", d)
+            eq = scale_head((Bank.OUT, hd * d), f["q"], MANT_BITS, qh, rope=True)
+            emit(_ins(Op.ATTEND, r0=R(f"eu {hd}"), r1=eq, r2=i, r3=hd // groups, a=qh, d=(u[0], u[1] + hd * d),
+                      n=d))
+        rEu = R("eu max")
+        emit(_ins(Op.ADD, r0=rEu, r1=R("eu 0"), r2=0))
+        for hd in range(1, H):
+            emit(_ins(Op.MAX, r0=rEu, r1=rEu, r2=R(f"eu {hd}")))
+        rSh = R("eu shift")
+        for hd in range(H):
+            head = (u[0], u[1] + hd * d)
+            emit(_ins(Op.SUB, r0=rSh, r1=rEu, r2=R(f"eu {hd}")))
+            emit(_ins(Op.VSHIFT, r1=rSh, a=head, d=head, n=d))
+        sub = R("sub scale", pair=True)
+        emit(_ins(Op.MOVI, r0=sub, imm=FACTOR_ONE))
+        emit(_ins(Op.ADD, r0=sub + 1, r1=rEu, imm=-(MANT_BITS - 1)))
+        ratio = norm_quant(u, n, gains[i, "attn_sub"], sub, eps_n)
+        trun(i, "o", 0)
+        residual(dequant(i, "o", ratio))
+        # ---- MLP
+        ratio = norm_quant(h, n, gains[i, "post_attn"], res_scale, eps_n)
+        o_up = out_words(m)
+        trun(i, "gate", 0)
+        trun(i, "up", o_up)
+        f_gate, f_up = dequant(i, "gate", ratio, 0), dequant(i, "up", ratio, 1)
+        rG, rSg, rU, rSu, rQ, rS2 = R("g max"), R("g shift"), R("u max"), R("u shift"), R("sq max"), R("sq shift")
+        gate, up = (Bank.OUT, 0), (Bank.OUT, o_up * lanes)
+        emit(_ins(Op.VMAXABS, r0=rG, a=gate, n=m))
+        emit(_ins(Op.NSHIFT, r0=rSg, r1=rG, imm=MANT_BITS))
+        emit(_ins(Op.VMAXABS, r0=rU, a=up, n=m))
+        emit(_ins(Op.NSHIFT, r0=rSu, r1=rU, imm=MANT_BITS))
+        square, act = copy("z", max(n, m)), main("act", m)
+        emit(_ins(Op.VRELU2, r0=rQ, r1=rSg, a=gate, d=square, n=m))
+        emit(_ins(Op.NSHIFT, r0=rS2, r1=rQ, imm=MANT_BITS))
+        emit(_ins(Op.VMUL, r1=rS2, r2=rSu, a=square, b=up, d=act, n=m))
+        g_scale, act_scale = R("g scale", pair=True), R("act scale", pair=True)
+        emit(_ins(Op.FMUL, r0=g_scale, r1=f_gate, r2=f_gate))
+        emit(_ins(Op.FMUL, r0=act_scale, r1=g_scale, r2=f_up))
+        for r in (rS2, rSg, rSg, rSu):
+            emit(_ins(Op.ADD, r0=act_scale + 1, r1=act_scale + 1, r2=r))
+        ratio = norm_quant(act, m, gains[i, "ffn_sub"], act_scale, eps_m)
+        trun(i, "down", 0)
+        residual(dequant(i, "down", ratio))
+
+    # ---- final norm and the output row
+    rM, rS, rSS, rZM, rE = R("nq max"), R("nq shift"), R("nq ss"), R("nq zmax"), R("nq eps")
+    z = copy("z", max(n, m))
+    emit(_ins(Op.VMAXABS, r0=rM, a=h, n=n))
+    emit(_ins(Op.NSHIFT, r0=rS, r1=rM, imm=MANT_BITS))
+    emit(_ins(Op.VNORM, r0=rZM, r1=rS, r2=rSS, a=h, b=final_gain, d=z, n=n))
+    emit(_ins(Op.EPS, r0=rE, r1=res_scale, r2=eps_n, r3=rS))
+    emit(_ins(Op.ADD, r0=rSS, r1=rSS, r2=rE))
+    rR, cf, f = R("nq rsqrt", pair=True), movi_pair("constant", model.final_factor), R("factor 0", pair=True)
+    emit(_ins(Op.RSQRT, r0=rR, r1=rSS))
+    emit(_ins(Op.FMUL, r0=f, r1=rR, r2=cf))
+    rEx, rT, rSt, rEy = R("y shift"), R("y tmax"), R("y tshift"), R("y exp")
+    y, t = main("y", n), main("y product", n)
+    emit(_ins(Op.NSHIFT, r0=rEx, r1=rZM, imm=MANT_BITS))
+    emit(_ins(Op.VSCALE, r0=rT, r1=rEx, r2=f, a=z, d=t, n=n))
+    emit(_ins(Op.NSHIFT, r0=rSt, r1=rT, imm=MANT_BITS))
+    emit(_ins(Op.VSHIFT, r1=rSt, a=t, d=y, n=n))
+    emit(_ins(Op.ADD, r0=rEy, r1=rEx, r2=rSt))
+    emit(_ins(Op.ADD, r0=rEy, r1=rEy, r2=f + 1))
+    emit(_ins(Op.HALT))
+
+    # ---- fit checks, naming what does not fit
+    used = (main.used, const.used, copy.used)
+    for bank, need, have in zip(("MAIN", "CONST", "COPY"), used, shape.bank_depth):
+        if need > have:
+            raise DecoderFitError(f"bank {bank}: the model needs {need} words, the engine has {have} "
+                                  f"({need - have} short)")
+    if len(prog) > shape.program_depth:
+        raise DecoderFitError(f"program: {len(prog)} instructions, the engine holds {shape.program_depth} "
+                              f"({len(prog) - shape.program_depth} short)")
+    for what, need, have in (("output memory", o_v + out_words(KV * d), shape.out_depth),
+                             ("output memory", 2 * out_words(m), shape.out_depth),
+                             ("activation memory", -(-max(n, m) // k), shape.act_depth)):
+        if need > have:
+            raise DecoderFitError(f"{what}: the model needs {need} words, the core has {have}")
+    return DecoderImage(prog, np.concatenate(const_words), weights, w_next, emb[1], y[1], rEy, used, n,
+                        [str(ins) for ins in prog])

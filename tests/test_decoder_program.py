@@ -1,0 +1,109 @@
+"""The decoder engine's program (sw/decoder_program.py) on its model (contract/decoder.py) against the
+integer reference (golden/integer.py): every token's final hidden state and the whole KV cache, integer
+for integer, for the shipped h128 model and for random models of awkward shapes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitlane.contract.decoder import Bank, DecoderMachine, MachineShape, Op, ProgramError
+from bitlane.golden.integer import IntegerModel, convert
+from bitlane.sw.decoder_program import DecoderFitError, compile_decoder
+from tests.test_integer import random_model
+
+H128 = "models/bitnet-kjv-h128"
+
+
+def shape_for(model: IntegerModel, lanes: int = 16, k_per_cycle: int = 16, **changes) -> MachineShape:
+    cfg = model.int_config
+    fields = dict(bank_depth=(6 * cfg.hidden + 2 * cfg.intermediate + 4 * cfg.head_dim, 4096 * 8, 4 * cfg.intermediate + cfg.hidden),
+                  lanes=lanes, k_per_cycle=k_per_cycle, out_depth=1024, act_depth=1024, layers=cfg.layers,
+                  kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, context=cfg.max_positions, program_depth=4096)
+    fields.update(changes)
+    return MachineShape(**fields)
+
+
+def machine_for(model: IntegerModel, shape: MachineShape) -> tuple[DecoderMachine, object]:
+    image = compile_decoder(model, shape)
+    matrices = {image.weights[i, key]: layer.trits[key].astype(np.int64)
+                for i, layer in enumerate(model.layers) for key in layer.trits}
+
+    def ternary(w_base: int, rows: int, cols: int, q: np.ndarray) -> np.ndarray:
+        trits = matrices[w_base]
+        assert trits.shape == (rows, cols)
+        return trits @ q
+
+    machine = DecoderMachine(shape, ternary)
+    machine.load(image.program)
+    machine.write(Bank.CONST, 0, image.const)
+    return machine, image
+
+
+def decode_and_compare(model: IntegerModel, ids: list[int], shape: MachineShape) -> DecoderMachine:
+    machine, image = machine_for(model, shape)
+    cache = model.new_cache()
+    for pos, token in enumerate(ids):
+        y_ref, e_ref = model.hidden(np.array([[token]]), cache)
+        machine.write(Bank.MAIN, image.emb_addr, model.embedding[token])
+        machine.run(pos)
+        y = machine.read(Bank.MAIN, image.out_addr, model.int_config.hidden)
+        np.testing.assert_array_equal(y, y_ref[0, 0], err_msg=f"final hidden state, position {pos}")
+        assert machine.regs[image.out_exp_reg] == e_ref[0, 0, 0], f"final exponent, position {pos}"
+    cfg = model.int_config
+    for layer in range(cfg.layers):
+        km, ek, vm, ev = cache.layers[layer]
+        seen = slice(0, len(ids))
+        np.testing.assert_array_equal(machine.kv[layer, :, 0, seen], km[0], err_msg=f"K cache, layer {layer}")
+        np.testing.assert_array_equal(machine.kv[layer, :, 1, seen], vm[0], err_msg=f"V cache, layer {layer}")
+        np.testing.assert_array_equal(machine.kv_exp[layer, :, 0, seen], ek[0])
+        np.testing.assert_array_equal(machine.kv_exp[layer, :, 1, seen], ev[0])
+    return machine
+
+
+@pytest.fixture(scope="module")
+def h128() -> IntegerModel:
+    return IntegerModel.load(H128)
+
+
+def test_h128_program_equals_the_reference(h128):
+    rng = np.random.default_rng(1)
+    ids = [int(i) for i in rng.integers(0, h128.config.vocab_size, 40)]
+    machine = decode_and_compare(h128, ids, shape_for(h128))
+    assert machine.executed[Op.ATTEND] == 40 * h128.int_config.layers * h128.int_config.heads
+
+
+AWKWARD = [
+    # head_dim 32, two heads share one KV head, intermediate not a multiple of the lanes, 8-bit K/V
+    (dict(hidden_size=64, intermediate_size=100, num_hidden_layers=2, num_attention_heads=2,
+          num_key_value_heads=1), 8),
+    # head_dim 64 with four heads on two KV heads, intermediate 200
+    (dict(hidden_size=256, intermediate_size=200, num_hidden_layers=1, num_attention_heads=4,
+          num_key_value_heads=2), 16),
+    # hidden not a multiple of the lanes' k
+    (dict(hidden_size=96, intermediate_size=120, num_hidden_layers=1, num_attention_heads=3,
+          num_key_value_heads=3), 16),
+]
+
+
+@pytest.mark.parametrize("fields,kv_bits", AWKWARD, ids=["d32-gqa-kv8", "d64-gqa", "h96-d32"])
+def test_random_models_of_awkward_shapes(fields, kv_bits):
+    model = convert(random_model(3, vocab_size=200, max_position_embeddings=64, hidden_act="relu2", **fields),
+                    kv_bits)
+    rng = np.random.default_rng(2)
+    decode_and_compare(model, [int(i) for i in rng.integers(0, 200, 24)], shape_for(model))
+
+
+def test_fit_errors_name_what_does_not_fit(h128):
+    shape = shape_for(h128)
+    with pytest.raises(DecoderFitError, match=r"bank CONST: the model needs \d+ words, the engine has 100"):
+        compile_decoder(h128, shape_for(h128, bank_depth=(shape.bank_depth[0], 100, shape.bank_depth[2])))
+    with pytest.raises(DecoderFitError, match="program: .* instructions, the engine holds 64"):
+        compile_decoder(h128, shape_for(h128, program_depth=64))
+    with pytest.raises(DecoderFitError, match="head_dim 64: the engine's attention unit is built for 32"):
+        compile_decoder(h128, shape_for(h128, head_dim=32))
+
+
+def test_machine_refuses_positions_past_its_context(h128):
+    machine, _ = machine_for(h128, shape_for(h128))
+    with pytest.raises(ProgramError, match="position 256 outside the context of 256"):
+        machine.run(256)
