@@ -1,0 +1,177 @@
+"""The decoder engine's scalar unit: every scalar op of contract/decoder.py on 48-bit registers.
+
+Per-vector arithmetic is rare (a few dozen ops per layer against thousands of vector elements), so
+the unit is small and sequential: one adder, one priority encoder with its barrel shifter (the
+contract's ``factor``), one unsigned 16 x 16 multiplier, and the existing ``Recip16`` and
+``RsqrtFactor``; a short state machine walks each op through them.
+
+Cycle contract (from ``start`` to ``done``, inclusive of the start cycle): MOVI, ADD, SUB, MAX and
+NSHIFT 1 cycle; FACTOR 2; FMUL 3; RSQRT ``RsqrtFactor.LATENCY + 2``; QFACTOR ``Recip16.ITERATIONS + 3``;
+EPS ``Recip16.ITERATIONS + 7`` (measured by sim_tests/test_decoder_scalar.py). `scalar_cycles(op)` gives them to benchmarks.
+"""
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import enum, wiring
+from amaranth.lib.wiring import In, Out
+
+from bitlane.contract.decoder import REG_BITS, Op
+from bitlane.contract.intmath import EPS_LIMIT, FACTOR_ONE, MANT_BITS, Q_MAX, Q_SHIFT, RECIP_SHIFT
+from bitlane.hw.nonlinear import Recip16, RsqrtFactor, _bit_length
+
+EPS_SAT_BITS = EPS_LIMIT.bit_length()  # scale_saturating's limit 2^46 has 47 bits
+QUANT_RECIP_DROP = RECIP_SHIFT - Q_SHIFT - 1
+
+
+def scalar_cycles(op: Op) -> int:
+    """Cycles of one scalar op (the module docstring's table)."""
+    return {Op.FACTOR: 2, Op.FMUL: 3, Op.RSQRT: RsqrtFactor.LATENCY + 2, Op.QFACTOR: Recip16.ITERATIONS + 3,
+            Op.EPS: Recip16.ITERATIONS + 7}.get(op, 1)
+
+
+PAIR_RESULT = frozenset({Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR})
+
+
+class _Step(enum.Enum, shape=4):
+    IDLE = 0
+    MUL = 1        # FMUL: normalize the product
+    FACTOR = 2     # finish with factor(value, base)
+    RSQRT = 3      # wait for RsqrtFactor
+    QUANT = 4      # QFACTOR: factor(M) is ready, start the reciprocal
+    QUANT_WAIT = 5 # QFACTOR: wait for it, 127 x r >> 7
+    EPS_RECIP = 6  # EPS: wait for 1/scale
+    EPS_MUL1 = 7   # EPS: normalize eps (x) inv
+    EPS_MUL2 = 8   # EPS: multiply by inv again
+    EPS_MUL3 = 9   # EPS: normalize
+    EPS_TERM = 10  # EPS: t is ready
+    EPS_SHIFT = 11 # EPS: the saturating shift
+
+
+class ScalarUnit(wiring.Component):
+    """Executes one scalar op of contract/decoder.py (MOVI .. EPS).
+
+    Members
+    -------
+    start : ``In(1)``
+        One-cycle pulse while idle; samples ``op``, ``imm`` and the operands.
+    op : ``In(8)``
+        The ``Op``.
+    imm : ``In(signed(32))``
+    x1, x1b, x2, x2b, x3 : ``In(signed(48))``
+        ``R[r1], R[r1 + 1], R[r2], R[r2 + 1], R[r3]`` (pairs are UF factors: mantissa, exponent).
+    done : ``Out(1)``
+        One-cycle pulse with the result.
+    w0, w1 : ``Out(signed(48))``
+        ``R[r0]`` and, for a pair result (``PAIR_RESULT``), ``R[r0 + 1]``; valid with ``done``.
+    """
+
+    start: In(1)
+    op: In(8)
+    imm: In(signed(32))
+    x1: In(signed(REG_BITS))
+    x1b: In(signed(REG_BITS))
+    x2: In(signed(REG_BITS))
+    x2b: In(signed(REG_BITS))
+    x3: In(signed(REG_BITS))
+    done: Out(1)
+    w0: Out(signed(REG_BITS))
+    w1: Out(signed(REG_BITS))
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.recip = recip = Recip16()
+        m.submodules.rsqrt = rsqrt = RsqrtFactor()
+        step = Signal(_Step)
+        shift = Signal(signed(REG_BITS))
+        # `factor(value, base)`: the one normalizer (priority encoder + barrel shift)
+        value = Signal(REG_BITS)  # non-negative
+        base = Signal(signed(REG_BITS))
+        length = Signal(range(REG_BITS + 1))
+        m.d.comb += length.eq(_bit_length(value))
+        s = Signal(signed(8))
+        m.d.comb += s.eq(length - MANT_BITS)
+        norm_m = Signal(MANT_BITS)
+        m.d.comb += norm_m.eq(Mux(s[-1], value << (-s).as_unsigned()[:5], value >> s.as_unsigned()))
+        norm_e = Signal(signed(REG_BITS))
+        m.d.comb += norm_e.eq(Mux(value == 0, 0, base + s))
+        # the multiplier and the eps chain's state
+        mul_a, mul_b = Signal(MANT_BITS), Signal(MANT_BITS)
+        product = Signal(2 * MANT_BITS)
+        m.d.comb += product.eq(mul_a * mul_b)
+        inv_m, inv_e = Signal(MANT_BITS), Signal(signed(REG_BITS))
+        t_m, t_e = Signal(MANT_BITS), Signal(signed(REG_BITS))
+        eps_m, eps_e = Signal(MANT_BITS), Signal(signed(REG_BITS))
+        quant_shift = Signal(signed(REG_BITS))
+
+        m.d.comb += [recip.o.ready.eq(1), rsqrt.o.ready.eq(1)]
+        m.d.sync += [self.done.eq(0), recip.i.valid.eq(0), rsqrt.i.valid.eq(0)]
+
+        def finish(w0, w1=0):
+            m.d.sync += [self.done.eq(1), self.w0.eq(w0), self.w1.eq(w1), step.eq(_Step.IDLE)]
+
+        with m.Switch(step):
+            with m.Case(_Step.IDLE):
+                with m.If(self.start):
+                    with m.Switch(self.op):
+                        with m.Case(Op.MOVI):
+                            finish(self.imm)
+                        with m.Case(Op.ADD):
+                            finish(self.x1 + self.x2 + self.imm)
+                        with m.Case(Op.SUB):
+                            finish(self.x1 - self.x2 + self.imm)
+                        with m.Case(Op.MAX):
+                            finish(Mux(self.x1 > self.x2, self.x1, self.x2))
+                        with m.Case(Op.NSHIFT):
+                            bits = Signal(signed(REG_BITS))
+                            m.d.comb += bits.eq(_bit_length(self.x1.as_unsigned()) - (self.imm - 1))
+                            finish(Mux(bits > 0, bits, 0))
+                        with m.Case(Op.FACTOR):
+                            m.d.sync += [value.eq(self.x1), base.eq(self.x2), step.eq(_Step.FACTOR)]
+                        with m.Case(Op.FMUL):
+                            m.d.sync += [mul_a.eq(self.x1), mul_b.eq(self.x2), base.eq(self.x1b + self.x2b),
+                                         step.eq(_Step.MUL)]
+                        with m.Case(Op.RSQRT):
+                            m.d.sync += [rsqrt.i.valid.eq(1),
+                                         rsqrt.i.payload.eq(Mux(self.x1 > 0, self.x1, 1)), step.eq(_Step.RSQRT)]
+                        with m.Case(Op.QFACTOR):
+                            m.d.sync += [value.eq(self.x1), base.eq(0), step.eq(_Step.QUANT)]
+                        with m.Case(Op.EPS):
+                            scale_m = self.x1[:MANT_BITS]
+                            m.d.sync += [recip.i.valid.eq(1),
+                                         recip.i.payload.eq(Mux(scale_m[-1], scale_m, FACTOR_ONE)),
+                                         inv_e.eq(-RECIP_SHIFT - self.x1b), eps_m.eq(self.x2), eps_e.eq(self.x2b),
+                                         shift.eq(self.x3), step.eq(_Step.EPS_RECIP)]
+            with m.Case(_Step.MUL):
+                m.d.sync += [value.eq(product), step.eq(_Step.FACTOR)]
+            with m.Case(_Step.FACTOR):
+                finish(norm_m, norm_e)
+            with m.Case(_Step.RSQRT):
+                with m.If(rsqrt.o.valid):
+                    finish(rsqrt.o.payload.mantissa, rsqrt.o.payload.exponent)
+            with m.Case(_Step.QUANT):
+                m.d.sync += [recip.i.valid.eq(1), recip.i.payload.eq(Mux(norm_m[-1], norm_m, FACTOR_ONE)),
+                             quant_shift.eq(norm_e + 1), step.eq(_Step.QUANT_WAIT)]
+            with m.Case(_Step.QUANT_WAIT):
+                with m.If(recip.o.valid):
+                    r = recip.o.payload
+                    finish((((r << 7) - r) >> QUANT_RECIP_DROP)[:MANT_BITS], quant_shift)
+            with m.Case(_Step.EPS_RECIP):
+                with m.If(recip.o.valid):
+                    m.d.sync += [inv_m.eq(recip.o.payload), mul_a.eq(eps_m), mul_b.eq(recip.o.payload),
+                                 base.eq(eps_e + inv_e), step.eq(_Step.EPS_MUL1)]
+            with m.Case(_Step.EPS_MUL1):
+                m.d.sync += [value.eq(product), step.eq(_Step.EPS_MUL2)]
+            with m.Case(_Step.EPS_MUL2):
+                m.d.sync += [mul_a.eq(norm_m), mul_b.eq(inv_m), base.eq(norm_e + inv_e), step.eq(_Step.EPS_MUL3)]
+            with m.Case(_Step.EPS_MUL3):
+                m.d.sync += [value.eq(product), step.eq(_Step.EPS_TERM)]
+            with m.Case(_Step.EPS_TERM):
+                m.d.sync += [t_m.eq(norm_m), t_e.eq(norm_e - 2 * shift), step.eq(_Step.EPS_SHIFT)]
+            with m.Case(_Step.EPS_SHIFT):
+                # scale_saturating(t_m, c, 2^46) with c = t.e - 2s, round half up; t_m is 0 or 16 bits
+                c = t_e
+                over = (t_m != 0) & (MANT_BITS + c > EPS_SAT_BITS)
+                left = (t_m << Mux(c > EPS_SAT_BITS, EPS_SAT_BITS, c).as_unsigned()[:6])[:EPS_SAT_BITS + 1]
+                down = Mux(-c > MANT_BITS + 1, MANT_BITS + 1, -c).as_unsigned()[:5]
+                right = ((t_m >> (down - 1).as_unsigned()[:5]) + 1) >> 1  # == (t_m + 2^(down-1)) >> down
+                finish(Mux(over, EPS_LIMIT, Mux(c >= 0, Mux(left > EPS_LIMIT, EPS_LIMIT, left), right)))
+        return m
