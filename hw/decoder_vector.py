@@ -75,7 +75,7 @@ def vector_cycles(op: int, n: int) -> int:
     """Cycles one op occupies the unit, from its `start` to the first cycle another start is
     taken: n + 12 for a vector op; the least (no backpressure) for a stream op."""
     if Op(op) in STREAM_OPS:
-        return n + 5 if n else 2
+        return n + 6 if n else 3
     if Op(op) not in VECTOR_OPS:
         raise ValueError(f"{Op(op).name} is not an op of the vector unit")
     return n + VECTOR_LATENCY + 1
