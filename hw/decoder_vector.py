@@ -42,7 +42,7 @@ What the engine must respect (the model accepts a few programs the pipeline cann
   would read elements already written. VROPE's B is read out of order, so its D must not overlap B.
 - Shift counts are clamped to [-63, 63] (numpy `>>` by a negative count gives the sign, as a count
   of 63 does); the factors R[r2] of VQUANT, VSCALE and VRESID are taken as uint16 (their low 16 bits).
-- VROPE's C is a general bank; the stream ops' D is a general bank.
+- The stream ops' D is a general bank.
 - Values outside the widths that the model checks (a WidthError there) give unspecified results.
 
 Host port: while not `busy`, `host_addr` reads word `host_addr` of bank `host_bank` (0 MAIN,
@@ -221,7 +221,7 @@ class VectorUnit(wiring.Component):
             rd_ports[b], wr_ports[b] = mem.read_port(), mem.write_port()
             operand_addr = Mux(banks["a"] == b, a_ptr, Mux(banks["b"] == b, b_ptr, c_ptr))
             m.d.comb += rd_ports[b].addr.eq(Mux(active, operand_addr, self.host_addr))
-        out_elem = Mux(banks["a"] == Bank.OUT, a_ptr, b_ptr)
+        out_elem = Mux(banks["a"] == Bank.OUT, a_ptr, Mux(banks["b"] == Bank.OUT, b_ptr, c_ptr))
         out_lane = Signal(max(lane_bits, 1))
         m.d.comb += self.out_rd_addr.eq(out_elem >> lane_bits)
         m.d.sync += out_lane.eq(out_elem[:lane_bits] if lane_bits else 0)
@@ -347,19 +347,20 @@ class VectorUnit(wiring.Component):
         magnitude10 = Signal(WORD_BITS, reset_less=True)
         m.d.sync += magnitude10.eq(Mux(y9[-1], -y9, y9))
 
+        # The word gathers in the ACT data register itself: the core reads it only with act_wr_en,
+        # in the cycle after its last byte came, before the next word's first byte clears it.
         byte = Signal(range(self.k))
-        act_buffer = Signal(8 * self.k)
         act_word = Signal(16)
-        gathered = Cat(Mux(byte == j, y9[:8], Mux(byte == 0, 0, act_buffer.word_select(j, 8)))
-                       for j in range(self.k))
         m.d.sync += self.act_wr_en.eq(0)
         with m.If(valid[9] & is_vector & writes_act):
-            m.d.sync += [act_buffer.eq(gathered), byte.eq(byte + 1)]
+            m.d.sync += byte.eq(byte + 1)
+            for j in range(self.k):
+                with m.If(byte == j):
+                    m.d.sync += self.act_wr_data.word_select(j, 8).eq(y9[:8])
+                with m.Elif((byte == 0) & (j != 0)):
+                    m.d.sync += self.act_wr_data.word_select(j, 8).eq(0)
             with m.If((byte == self.k - 1) | last[9]):
-                m.d.sync += [
-                    self.act_wr_en.eq(1), self.act_wr_data.eq(gathered), self.act_wr_addr.eq(act_word),
-                    act_word.eq(act_word + 1), byte.eq(0),
-                ]
+                m.d.sync += [self.act_wr_en.eq(1), self.act_wr_addr.eq(act_word), act_word.eq(act_word + 1), byte.eq(0)]
 
         # ---- stage 10: the running max|y|; stage 11: done
         running = Signal(WORD_BITS)

@@ -95,9 +95,6 @@ def draw(rng: np.random.Generator, op: Op) -> Case:
     taken: list[tuple[Bank, int, int]] = []
     names = {Op.VNORM: "ab", Op.VROPE: "abc", Op.VRESID: "ab", Op.VMUL: "ab"}.get(op, "a")
     banks = list(rng.permutation(SOURCES))
-    if op == Op.VROPE:  # omega from a general bank
-        c = banks.pop(next(j for j, b in enumerate(banks) if b != Bank.OUT))
-        banks = banks[:2] + [c]
     fields = {}
     data: dict[Bank, list[tuple[int, np.ndarray]]] = {}
     bits = int(rng.integers(1, 33))
