@@ -35,7 +35,7 @@ BANK_DEPTH = (512, 384, 256)
 LANES, K, OUT_DEPTH, ACT_DEPTH = 4, 8, 64, 64
 SHAPE = MachineShape(bank_depth=BANK_DEPTH, lanes=LANES, k_per_cycle=K, out_depth=OUT_DEPTH, act_depth=ACT_DEPTH,
                      layers=1, kv_heads=1, head_dim=64, context=1 << 16, program_depth=1)
-CASES = 24          # per vector op
+CASES = 30          # per vector op
 SOURCES = (Bank.MAIN, Bank.CONST, Bank.COPY, Bank.OUT)
 GENERAL = (Bank.MAIN, Bank.CONST, Bank.COPY)
 LENGTHS = (1, 1, 2, 3, 5, 8, 16, 17, 31, 64, 100, 129, 200)
@@ -136,6 +136,11 @@ def draw(rng: np.random.Generator, op: Op) -> Case:
     x3 = int(rng.integers(-8, 40)) if op == Op.VRESID else int(rng.integers(-1 << 20, 1 << 20))
     if op == Op.VRESID and rng.random() < 0.2:
         x3 = int(rng.choice([0, 1, 2, 31, 32, 33, 34, 47, 63, 64, 100, -1, -16, -31]))
+    if rng.random() < 0.2:  # A all zero, or every element at an end of int16 after the shift
+        base = int(rng.choice([0, -(1 << 15), (1 << 15) - 1]))
+        shifted = base << max(s1, 0) if 0 <= s1 < 17 else 0
+        addr, _ = data[Bank(fields["a_bank"])][0]
+        data[Bank(fields["a_bank"])][0] = (addr, np.full(n, shifted, dtype=np.int64))
     imm = int(rng.integers(0, 1 << 32))
     ins = Instruction(op=int(op), r0=4, r1=1, r2=2, r3=3, n=n, imm=imm, **fields)
     pos = int(rng.choice([0, 65535, 1, int(rng.integers(0, 1 << 16))]))
@@ -318,7 +323,8 @@ async def check_op(dut, name: str) -> None:
         kinds["n"].append(ins.n)
         kinds["ACT"] += ins.d_bank == Bank.ACT
         kinds["OUT"] += Bank.OUT in case.data
-        kinds["in place"] += (ins.d_bank, ins.d_addr) in ((ins.a_bank, ins.a_addr), (ins.b_bank, ins.b_addr))
+        kinds["in place"] += op in VECTOR_OPS and (ins.d_bank, ins.d_addr) in [(b, a) for b, pieces in case.data.items()
+                                                                             for a, _ in pieces]
         cycles, y0, y2 = await bench.execute(case)
         if op in VECTOR_OPS or bench.p_ready == bench.p_valid == 1.0:
             assert cycles == vector_cycles(op, ins.n) - 1, f"{what}: done after {cycles} cycles"
