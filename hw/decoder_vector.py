@@ -3,7 +3,11 @@
 ops that feed the attention unit.
 
     VMAXABS  VSHIFT  VNORM  VQUANT  VSCALE  VROPE  VRESID  VRELU2  VMUL     n + 12 cycles each
-    KVAPPEND  ATTEND                                                       A out on att_o (, D in on att_i)
+    KVAPPEND  ATTEND                     A out on att_o (, D in on att_i)   n + 6 cycles, more under backpressure
+
+Results: R[r0] = `y0` (max|y|) for VMAXABS, VSHIFT, VNORM, VSCALE, VROPE, VRELU2 and VMUL, and
+R[r2] = `y2` (sum x^2) for VNORM; the engine writes them at `done` (VQUANT and VRESID set no
+register; ATTEND's R[r0] is the attention unit's).
 
 The unit owns the three general banks (MAIN, CONST, COPY: signed 32-bit words, one read port for
 operands and the host, one write port for D and the host) and reaches the ternary core's output
@@ -33,13 +37,14 @@ is in its memory and `y0`, `y2` hold the results (until the next start); a new o
 cycle after `done`, so an op takes `vector_cycles(op, n) = n + 12` cycles. The stream ops issue A's
 reads as the 4-entry output FIFO has room: `att_o` offers A[0..n) as int16 (the low bits of each
 word), and ATTEND writes the i-th value taken on `att_i` to D[i]; `done` comes the cycle after the
-last transfer (KVAPPEND: the n-th value taken on `att_o`; ATTEND: that and the n-th written), at
-least n + 4 cycles after start.
+last transfer (KVAPPEND: the n-th value taken on `att_o`; ATTEND: that and the n-th written): in
+cycle start + n + 5 without backpressure (start + 2 for n = 0), so `vector_cycles` gives n + 6.
 
 What the engine must respect (the model accepts a few programs the pipeline cannot run):
-- D may be an operand's vector exactly (in place: element i is read 9 cycles before it is written)
-  or disjoint from it; D starting 10 or more elements above an operand's start and overlapping it
-  would read elements already written. VROPE's B is read out of order, so its D must not overlap B.
+- D may overlap an operand's vector only where D starts at most 8 elements above it (in place,
+  D == A or D == B, is the use): element i is read 9 cycles before D[i] is written, so a D that
+  starts 9 or more above an operand's start and overlaps it would read elements already written
+  (9: in the cycle of the write). VROPE reads B out of order: its D must not overlap B.
 - Shift counts are clamped to [-63, 63] (numpy `>>` by a negative count gives the sign, as a count
   of 63 does); the factors R[r2] of VQUANT, VSCALE and VRESID are taken as uint16 (their low 16 bits).
 - The stream ops' D is a general bank.
