@@ -12,7 +12,8 @@ bytes past the vector's end zero), y0 and y2 equal the model's, `done` exactly `
 after start. At the end the three banks are read back whole and equal the model's (nothing else
 was written). VROPE uses the real omega table (rope_omega(64, 10000)) at positions 0, 65535 and
 random ones. The stream ops run A out through `att_o` and (ATTEND) values in through `att_i` to D
-under random backpressure on both.
+under random backpressure on both. While an op runs, the bench pulses `start` (with another op)
+and host writes at random: the unit must ignore both.
 """
 from __future__ import annotations
 
@@ -277,11 +278,19 @@ class Bench:
         dut.start.value = 0
         limit = start + 100 * (ins.n + 20)
         while True:
+            # while busy, a start (of another op) and host writes must change nothing
+            intrude = random.random() < 0.1
+            dut.start.value = dut.host_wr_en.value = int(intrude)
+            if intrude:
+                dut.op.value = random.choice(list(VECTOR_OPS))
+                dut.host_bank.value, dut.host_addr.value = random.randrange(3), random.randrange(256)
+                dut.host_wr_data.value = random.getrandbits(32)
             await self.tick()
             assert self.cycle < limit, "no done"
             assert dut.busy.value, "busy fell before done"
             if dut.done.value:
                 break
+        dut.start.value = dut.host_wr_en.value = 0
         y0, y2 = dut.y0.value.to_signed(), dut.y2.value.to_signed()
         await self.tick()
         assert not dut.busy.value, "busy after done"
