@@ -62,7 +62,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.decoder import REG_BITS, WORD_BITS, Bank, Op
-from bitlane.contract.intmath import MANT_BITS, PHASE_BITS, Q_MAX, Q_SHIFT
+from bitlane.contract.intmath import MANT_BITS, Q_MAX, Q_SHIFT
 from bitlane.hw import zero_init  # noqa: F401  (all-zero memory contents stay out of the netlist)
 from bitlane.hw.nonlinear import RopePhase, SinCos
 
@@ -158,7 +158,7 @@ class VectorUnit(wiring.Component):
         with m.If(self.start & ~active):
             x1, x2, x3 = self.x1, self.x2, self.x3
             numpy_right, contract = _numpy_right(x1), _contract_shift(x1)
-            vshift = (self.op == Op.VSHIFT) | (self.op == Op.VQUANT)
+            shift_right_op = (self.op == Op.VSHIFT) | (self.op == Op.VQUANT)  # the contract's shift_right
             t_r = _contract_shift(x3)[0]
             t_l = Mux(x3[-1], Mux(x3 < -33, 33, (-x3)[:LEFT_BITS + 1]), 0)  # |d| < 2^32: left <= 32
             m.d.sync += [
@@ -166,8 +166,8 @@ class VectorUnit(wiring.Component):
                 half.eq(Mux(self.op == Op.VROPE, self.n >> 1, 0)),
                 *(banks[name].eq(getattr(self, f"{name}_bank")) for name in "abcd"),
                 *(addrs[name].eq(getattr(self, f"{name}_addr")) for name in "bcd"),
-                a_right.eq(Mux(self.op == Op.VMAXABS, 0, Mux(vshift, contract[0], numpy_right))),
-                a_left.eq(Mux(vshift, contract[1], 0)),
+                a_right.eq(Mux(self.op == Op.VMAXABS, 0, Mux(shift_right_op, contract[0], numpy_right))),
+                a_left.eq(Mux(shift_right_op, contract[1], 0)),
                 a_round.eq((self.op == Op.VSHIFT) & self.imm[0]),
                 b_right.eq(Mux(self.op == Op.VMUL, _numpy_right(x2), Mux(self.op == Op.VROPE, numpy_right, 0))),
                 t_right.eq(t_r), t_left.eq(t_l),
