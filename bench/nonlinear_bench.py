@@ -18,11 +18,14 @@ from pathlib import Path
 from bitlane.contract.config import BOARD_FACTS
 from bitlane.hw.nonlinear import UNITS as NONLINEAR_UNITS
 from bitlane.hw.vector import UNITS as VECTOR_UNITS
+from bitlane.hw.decoder_vector import VectorUnit
 from bitlane.hw.softmax import SoftmaxRow
 from bitlane.hw.synth import fmax, resources
 
 BOARD = "ulx3s"
-UNITS = {**NONLINEAR_UNITS, **VECTOR_UNITS, "softmax_row": lambda: SoftmaxRow(256)}  # h128's context
+UNITS = {**NONLINEAR_UNITS, **VECTOR_UNITS, "softmax_row": lambda: SoftmaxRow(256),  # h128's context
+         # the decoder engine's vector unit: banks MAIN 2048, CONST 4096, COPY 1024 words; the ULX3S core's memories
+         "decoder_vector": lambda: VectorUnit((2048, 4096, 1024), 16, 16, 1024, 1024)}
 TARGET_MHZ = 50  # issue 12: the whole board top with the decoder units must close at >= 50 MHz
 
 
