@@ -133,15 +133,14 @@ class ModelDevice:
             return event.error_frame()
         error = self._check(event)
         if error is None:
+            self.frames_ok += 1  # before executing: a RESET clears it with the other counters
             try:
-                payload = self._execute(Cmd(event.cmd), event.payload)
-            except _Fault:
+                return p.encode_frame(Cmd(event.cmd).response, event.seq, self._execute(Cmd(event.cmd), event.payload))
+            except _Fault:  # a DECODE whose program stopped: a bad frame after all
+                self.frames_ok -= 1
                 error = ErrorCode.FAULT
-        if error is not None:
-            self.frames_bad += 1
-            return p.encode_error(error, event.cmd, event.seq)
-        self.frames_ok += 1
-        return p.encode_frame(Cmd(event.cmd).response, event.seq, payload)
+        self.frames_bad += 1
+        return p.encode_error(error, event.cmd, event.seq)
 
     def _check(self, frame: Frame) -> ErrorCode | None:
         """The checks after the CRC, in protocol order; None if the frame may run."""
