@@ -25,14 +25,15 @@ Decoder mode (protocol v2, a configuration with a `decoder`): the engine is
 contract.decoder.DecoderMachine, whose TRUN is this device's RUN product on
 its own weight memory (so weights are loaded with WRITE_WEIGHTS). A DECODE's
 cycles are the TRUNs' exact busy and stall cycles plus an estimate of every
-other instruction (`_ENGINE_COST`), until the engine's gateware pins them.
+other instruction (`_instruction_cycles`), until the engine's gateware pins them.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from bitlane.contract import protocol as p
-from bitlane.contract.decoder import REGISTERS, Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError
+from bitlane.contract.decoder import (REGISTERS, VECTOR_OPS, Bank, DecoderMachine, Instruction, MachineShape, Op,
+                                      ProgramError)
 from bitlane.contract.intmath import EXP_BITS, MANT_BITS, WidthError
 from bitlane.contract.packing import tiles, words_to_trits
 from bitlane.contract.protocol import BadFrame, Cmd, ErrorCode, Frame
@@ -48,8 +49,7 @@ WRITABLE_BANKS = (Bank.MAIN, Bank.CONST)  # WRITE_BANK's banks
 
 def _instruction_cycles(ins: Instruction, pos: int) -> int:
     """Estimated cycles of one non-TRUN instruction of a DECODE at position `pos`."""
-    if ins.op in (Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VQUANT, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2,
-                  Op.VMUL, Op.KVAPPEND):
+    if ins.op in VECTOR_OPS or ins.op == Op.KVAPPEND:
         return ins.n + _VECTOR_STAGES
     if ins.op == Op.ATTEND:  # scores (p dot products of n), the softmax row, the weighted V sum
         seen = pos + 1
@@ -135,7 +135,8 @@ class ModelDevice:
         if error is None:
             self.frames_ok += 1  # before executing: a RESET clears it with the other counters
             try:
-                return p.encode_frame(Cmd(event.cmd).response, event.seq, self._execute(Cmd(event.cmd), event.payload))
+                payload = self._execute(Cmd(event.cmd), event.payload)
+                return p.encode_frame(Cmd(event.cmd).response, event.seq, payload)
             except _Fault:  # a DECODE whose program stopped: a bad frame after all
                 self.frames_ok -= 1
                 error = ErrorCode.FAULT
