@@ -113,7 +113,8 @@ def _decoder_session(model: BitNetForCausalLM, device, forced: bool, progress: b
     (with a one-line notice where the device has a decoder the model does not fit). `forced`
     (mode=decoder): a ValueError instead of matmul mode."""
     from bitlane.golden.integer import ConversionError, convert
-    from bitlane.sw.decoder_session import DecoderFitError, DecoderSession, context_shortfall, plan_decoder
+    from bitlane.sw.decoder_program import DecoderFitError
+    from bitlane.sw.decoder_session import DecoderSession, context_shortfall, plan_decoder
 
     where = device.transport.description
     if not device.caps.decoder:

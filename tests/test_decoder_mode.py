@@ -18,7 +18,8 @@ from bitlane.contract.protocol import Cmd, ErrorCode
 from bitlane.golden.integer import IntegerModel, convert
 from bitlane.golden.perplexity import perplexity, text_ids
 from bitlane.sw import Accelerator, BitlaneError, DeviceError
-from bitlane.sw.decoder_session import DecoderRunner, load_decoder, plan_decoder
+from bitlane.sw.decoder_program import DecoderFitError
+from bitlane.sw.decoder_session import DecoderRunner, context_shortfall, load_decoder, plan_decoder
 from bitlane.sw.transport import ModelTransport
 from tests.test_integer import random_model
 
@@ -184,9 +185,27 @@ def test_cli_h128_decoder_mode_equals_int_backend(capsys):
     assert "model://sim: decoder mode" in err and "link bytes/token" in err and "device cycles/token" in err
 
 
-def test_h256_decoder_mode_equals_the_reference():
-    model = golden.load_model(H256)
-    reference = convert(model)
+@pytest.fixture(scope="module")
+def h256() -> IntegerModel:
+    return IntegerModel.load(H256)
+
+
+def test_presets_hold_the_shipped_models(h256):
+    h128 = IntegerModel.load(H128)
+    sim, ulx3s = (p.Capabilities.from_config(preset(name)) for name in ("sim", "ulx3s"))
+    for model in (h128, h256):
+        plan_decoder(model, sim)
+        assert context_shortfall(model, sim) is None
+    assert plan_decoder(h128, ulx3s).weight_words == 3328
+    assert context_shortfall(h128, ulx3s) == "context 256: the device's KV cache holds 32 positions (224 short)"
+    with pytest.raises(DecoderFitError, match="kv_heads 4: the engine's attention unit is built for 2"):
+        plan_decoder(h256, ulx3s)
+    with pytest.raises(DecoderFitError, match="the device has no decoder engine"):
+        plan_decoder(h128, p.Capabilities.from_config(preset("icebreaker")))
+
+
+def test_h256_decoder_mode_equals_the_reference(h256):
+    reference = h256
     prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     with bitlane.connect("model://sim") as acc:
         image = plan_decoder(reference, acc.caps)
