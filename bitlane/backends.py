@@ -2,9 +2,13 @@
 
 The context manager's value is what to run, called like the golden model (logits from ids, a KV
 cache): the golden model itself with its BitLinear products on the CPU (`golden`) or routed to a
-device (`model`, `sim`, `serial`: the factory plugs its product in with `model.set_int_matmul`
-and preloads the weights), or the integer-only reference converted from it (`int`). On exit it
-releases whatever it opened (device, simulator, port). `bitlane generate|perplexity --backend NAME
+device (`model`, `sim`, `serial` in matmul mode: the factory plugs its product in with
+`model.set_int_matmul` and preloads the weights), the integer-only reference converted from it
+(`int`), or the whole decoder step on a device (decoder mode: the device's DECODE between the
+host's embedding lookup and LM head, logits equal to `int`'s). A device backend takes decoder mode
+when the device reports a decoder engine and the model fits it, matmul mode otherwise (saying why
+on stderr); `mode=matmul|decoder` forces one. On exit it releases whatever it opened (device,
+simulator, port). `bitlane generate|perplexity --backend NAME
 --backend-opt KEY=VALUE` picks one; options arrive as keyword strings. Register a new backend by
 adding it to BACKENDS.
 """
@@ -21,9 +25,11 @@ from bitlane.golden import BitNetForCausalLM
 
 Backend = Callable[..., AbstractContextManager]
 
-OPTIONS_HELP = ("model, sim: preset=NAME (sim), trace=FILE.fst (sim only), url=URL, timeout=SECONDS (10); "
+MODES = ("auto", "matmul", "decoder")
+OPTIONS_HELP = ("model, sim: preset=NAME (sim), trace=FILE.fst (sim only), url=URL, timeout=SECONDS (10), "
+                f"mode={'|'.join(MODES)} (auto); "
                 f"serial: port=DEVICE (/dev/ttyUSB1), baud=N ({DEFAULT_BAUD}), window=N (1), url=URL, "
-                "timeout=SECONDS")
+                "timeout=SECONDS, mode=...")
 
 
 def golden_backend(model: BitNetForCausalLM, **options: str) -> AbstractContextManager:
@@ -52,6 +58,9 @@ def _device_backend(scheme: str) -> Backend:
         from bitlane.sw.session import DeviceSession
 
         options = dict(options)
+        mode = options.pop("mode", "auto")
+        if mode not in MODES:
+            raise ValueError(f"backend {scheme!r}: mode={mode!r}, expected one of {', '.join(MODES)}")
         timeout_text = options.pop("timeout", "10")
         try:
             timeout = float(timeout_text)
@@ -81,8 +90,16 @@ def _device_backend(scheme: str) -> Backend:
         if options:
             raise ValueError(f"backend {scheme!r}: unknown options {sorted(options)} ({OPTIONS_HELP})")
         device = connect(url, timeout=timeout, log=lambda line: print(line, file=sys.stderr))
-        session = DeviceSession(model, device, progress=sys.stderr.isatty(),  # no bar in logs
-                                report=sys.stderr, project=scheme in ("sim", "model"))
+        progress = sys.stderr.isatty()  # no bar in logs
+        try:
+            decoder = None if mode == "matmul" else _decoder_session(model, device, mode == "decoder", progress)
+        except BaseException:
+            device.close()
+            raise
+        if decoder is not None:
+            return _running(decoder, decoder.runner)
+        session = DeviceSession(model, device, progress=progress, report=sys.stderr,
+                                project=scheme in ("sim", "model"))
         return _running(session, model)
 
     factory.__doc__ = {"model": "the pure-Python functional model of the accelerator",
@@ -91,11 +108,42 @@ def _device_backend(scheme: str) -> Backend:
     return factory
 
 
+def _decoder_session(model: BitNetForCausalLM, device, forced: bool, progress: bool):
+    """A DecoderSession of `model` on `device`, or None where the device or the model says matmul mode
+    (with a one-line notice where the device has a decoder the model does not fit). `forced`
+    (mode=decoder): a ValueError instead of matmul mode."""
+    from bitlane.golden.integer import ConversionError, convert
+    from bitlane.sw.decoder_program import DecoderFitError
+    from bitlane.sw.decoder_session import DecoderSession, context_shortfall, plan_decoder
+
+    where = device.transport.description
+    if not device.caps.decoder:
+        if forced:
+            raise ValueError(f"mode=decoder: {where} has no decoder engine (its INFO record lacks the decoder "
+                             "feature bit); use mode=matmul")
+        return None
+    try:
+        int_model = convert(model)
+        image = plan_decoder(int_model, device.caps)
+        short = context_shortfall(int_model, device.caps)
+        if short is not None and not forced:
+            raise DecoderFitError(short)
+    except (DecoderFitError, ConversionError) as e:
+        if forced:
+            raise ValueError(f"mode=decoder: the model does not fit {where}'s decoder engine: {e}") from None
+        print(f"[{where}: matmul mode: the model does not fit the decoder engine: {e}]", file=sys.stderr)
+        return None
+    if short is not None:
+        print(f"[{where}: decoder mode: {short}; sequences stop at position {device.caps.dec_context}]",
+              file=sys.stderr)
+    return DecoderSession(int_model, image, device, progress=progress, report=sys.stderr)
+
+
 @contextmanager
-def _running(session: AbstractContextManager, model: BitNetForCausalLM) -> Iterator[BitNetForCausalLM]:
-    """`model`, its products on the device while the session is open."""
+def _running(session: AbstractContextManager, runner) -> Iterator[object]:
+    """`runner` (the model, or decoder mode's runner) while the session is open."""
     with session:
-        yield model
+        yield runner
 
 
 BACKENDS: dict[str, Backend] = {

@@ -13,6 +13,28 @@ FETCH_STAGES = 3  # cycles from the sequencer's address to the lanes' input regi
 
 
 @dataclass(frozen=True)
+class DecoderShape:
+    """The decoder engine of a configuration (contract/decoder.py): its banks, program memory and the
+    attention unit's KV cache. Every model whose sizes fit runs on it (sw/decoder_program.py says
+    what does not fit and by how much); `contract.decoder.MachineShape.from_config` is the engine's
+    whole shape, with the ternary core's sizes from the CoreConfig."""
+
+    layers: int  # KV cache: layers
+    kv_heads: int  # KV cache: KV heads per layer
+    head_dim: int  # the attention unit's head length (a model's head_dim must equal it)
+    context: int  # KV cache positions
+    main_depth: int  # MAIN bank words (signed 32-bit)
+    const_depth: int  # CONST bank words
+    copy_depth: int  # COPY bank words
+    program_depth: int  # program memory instructions
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 1:
+                raise ValueError(f"decoder shape: {name} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
 class CoreConfig:
     name: str
     lanes: int  # output rows computed in parallel
@@ -24,6 +46,7 @@ class CoreConfig:
     max_payload: int = 1024  # largest frame payload, bytes
     counter_bits: int = 48  # width of the hardware performance counters
     clock_hz: int = 0  # the board's PLL clock that hw/boards.py builds for; 0 where unknown (simulation)
+    decoder: DecoderShape | None = None  # the decoder engine, None where the device has none
 
     def __post_init__(self) -> None:
         for field in ("lanes", "k_per_cycle", "weight_depth", "act_depth", "out_depth", "max_k"):
@@ -94,9 +117,13 @@ class CoreConfig:
 
 
 PRESETS: dict[str, CoreConfig] = {
-    # Large, for simulation: holds a ~30M-trit model resident.
+    # Large, for simulation: holds a ~30M-trit model resident. Its decoder holds both shipped KJV models
+    # (h256 needs banks of 2240 / 6432 / 1088 words and 972 instructions) with their full context, and
+    # models of up to 8 layers and 8 KV heads of head_dim 64 whose banks fit.
     "sim": CoreConfig("sim", lanes=32, k_per_cycle=16, weight_depth=65536, act_depth=4096,
-                      out_depth=4096, max_k=16384, max_payload=4096),
+                      out_depth=4096, max_k=16384, max_payload=4096,
+                      decoder=DecoderShape(layers=8, kv_heads=8, head_dim=64, context=256, main_depth=4096,
+                                           const_depth=16384, copy_depth=2048, program_depth=2048)),
     # Small and quick to simulate: the second configuration every sim test runs on.
     "tiny": CoreConfig("tiny", lanes=4, k_per_cycle=4, weight_depth=4096, act_depth=2048,
                        out_depth=512, max_k=8192, max_payload=256),
@@ -104,9 +131,17 @@ PRESETS: dict[str, CoreConfig] = {
     "icebreaker": CoreConfig("icebreaker", lanes=4, k_per_cycle=8, weight_depth=16384, act_depth=512,
                              out_depth=256, max_k=4096, max_payload=512, counter_bits=40,
                              clock_hz=18_000_000),
-    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR.
+    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR. Its decoder is sized for h128 (3328 of the 4096
+    # weight words; banks of 1216 / 3232 / 576 words, 684 instructions) with the KV cache in the EBR left
+    # over: of 208 EBRs (18 kbit: 512 x 36 or 1024 x 18) the matmul design takes 143 (README), the
+    # banks 3 + 7 + 2 (512 words each), the program 11 (1024 x 192 bits at 1024 x 18), the engine's
+    # tables and score row about 5; the remaining ~37 hold 36 positions of h128's cache (1024 int16
+    # = one EBR per position, exponents in one more), so 32 positions. A longer context needs the
+    # cache in SDRAM (docs/sdram.md).
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
-                        out_depth=1024, max_k=8192, max_payload=1024, clock_hz=30_000_000),
+                        out_depth=1024, max_k=8192, max_payload=1024, clock_hz=30_000_000,
+                        decoder=DecoderShape(layers=4, kv_heads=2, head_dim=64, context=32, main_depth=1536,
+                                             const_depth=3584, copy_depth=1024, program_depth=1024)),
 }
 
 

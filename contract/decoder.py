@@ -45,7 +45,8 @@ import numpy as np
 from .intmath import (EPS_LIMIT, EXP_BITS, EXP_FRAC, EXP_SAT, FACTOR_ONE, MANT_BITS, PHASE_BITS, Q_MAX, Q_SHIFT,
                       RECIP_SHIFT, WIDE_BITS, WidthError, cos_q14, exp2_neg, factor, factor_mul, normalize, recip16,
                       rope_phase, rsqrt_factor, scale_saturating, shift_right, sin_q14)
-from .protocol import WireRecord, wire, wire_record
+from .config import CoreConfig
+from .protocol import Capabilities, WireRecord, wire, wire_record
 
 REGISTERS = 64         # scalar registers (R0 reads 0)
 REG_BITS = WIDE_BITS   # each register is a signed 48-bit integer
@@ -153,6 +154,20 @@ class MachineShape:
     head_dim: int
     context: int
     program_depth: int
+
+    @classmethod
+    def from_capabilities(cls, caps: Capabilities) -> "MachineShape":
+        """The engine of a device, from its INFO record (what the host compiles for)."""
+        if not caps.decoder:
+            raise ValueError("the device has no decoder engine (its INFO record lacks Feature.DECODER)")
+        return cls((caps.dec_main_depth, caps.dec_const_depth, caps.dec_copy_depth), caps.lanes, caps.k_per_cycle,
+                   caps.out_depth, caps.act_depth, caps.dec_layers, caps.dec_kv_heads, caps.dec_head_dim,
+                   caps.dec_context, caps.dec_program_depth)
+
+    @classmethod
+    def from_config(cls, config: CoreConfig) -> "MachineShape":
+        """The engine of a configuration (its `decoder`), through the INFO record it answers."""
+        return cls.from_capabilities(Capabilities.from_config(config))
 
 
 # ----------------------------------------------------------------------------- the attention unit's function

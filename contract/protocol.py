@@ -1,4 +1,4 @@
-"""bitlane wire protocol, version 1: every constant, and a sans-IO codec.
+"""bitlane wire protocol, version 2: every constant, and a sans-IO codec.
 
 This module is the single definition of every number and record in
 docs/protocol.md. The host driver, the functional model (sw/model_device.py)
@@ -37,14 +37,16 @@ from __future__ import annotations
 
 import binascii
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, field, fields
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import Any, ClassVar
+
+import numpy as np
 
 from .config import CoreConfig
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 SYNC = 0x7E
 ESC = 0x7D
@@ -69,6 +71,12 @@ class Cmd(IntEnum):
     READ_OUT = 0x05
     COUNTERS = 0x06
     RESET = 0x07
+    # 0x10-0x1F: SDRAM (docs/sdram.md)
+    # decoder mode (version 2): a device whose INFO has Feature.DECODER
+    LOAD_PROGRAM = 0x20
+    WRITE_BANK = 0x21
+    DECODE_SETUP = 0x22
+    DECODE = 0x23
     ERROR = 0xFF
 
     @property
@@ -78,6 +86,8 @@ class Cmd(IntEnum):
 
 
 REQUESTS = frozenset(c for c in Cmd if c is not Cmd.ERROR)
+# The decoder engine's commands: a device without Feature.DECODER answers them UNKNOWN_CMD.
+DECODER_REQUESTS = frozenset({Cmd.LOAD_PROGRAM, Cmd.WRITE_BANK, Cmd.DECODE_SETUP, Cmd.DECODE})
 
 
 def cmd_name(cmd: int) -> str:
@@ -92,6 +102,19 @@ class ErrorCode(IntEnum):
     BAD_ADDRESS = 0x04
     BAD_ARGUMENT = 0x05
     TRUNCATED = 0x06
+    NOT_READY = 0x07     # DECODE before a program is loaded (LOAD_PROGRAM) and set up (DECODE_SETUP)
+    BAD_POSITION = 0x08  # DECODE from a position that is neither 0 nor the next one, or past the context
+    FAULT = 0x09         # the engine stopped inside a program (a value left its width); restart at position 0
+
+
+# The error codes only decoder commands produce.
+DECODER_ERRORS = frozenset({ErrorCode.NOT_READY, ErrorCode.BAD_POSITION, ErrorCode.FAULT})
+
+
+class Feature(IntFlag):
+    """Feature bits of the capability record."""
+
+    DECODER = 0x01  # the decoder engine (contract/decoder.py) and its commands
 
 
 # ---------------------------------------------------------------- wire records
@@ -185,9 +208,53 @@ class ErrorRecord(WireRecord):
     request: int = wire(8)
 
 
+@wire_record("LOAD_PROGRAM index")
+class ProgramHeader(WireRecord):
+    """Leads a LOAD_PROGRAM payload; whole instruction records (contract.decoder.Instruction) follow."""
+
+    index: int = wire(16)  # program memory address of the first instruction
+
+
+@wire_record("WRITE_BANK address")
+class BankWriteHeader(WireRecord):
+    """Leads a WRITE_BANK payload; int32 words follow."""
+
+    addr: int = wire(32)  # word address in the bank
+    bank: int = wire(8)   # contract.decoder.Bank: MAIN or CONST
+
+
+@wire_record("DECODE_SETUP request")
+class DecodeSetup(WireRecord):
+    """Where DECODE puts each embedding row and finds each final hidden state (sw.decoder_program's
+    DecoderImage): `hidden` values from MAIN word emb_addr in, from MAIN word out_addr out, the
+    exponent in register out_exp_reg."""
+
+    hidden: int = wire(16)
+    emb_addr: int = wire(16)
+    out_addr: int = wire(16)
+    out_exp_reg: int = wire(8)
+
+
+@wire_record("DECODE request")
+class DecodeArgs(WireRecord):
+    """Leads a DECODE payload: `count` tokens from position `pos`; count int16 rows of `hidden` follow."""
+
+    pos: int = wire(16)
+    count: int = wire(16)
+
+
+@wire_record("DECODE response")
+class DecodeResponse(WireRecord):
+    """Leads a DECODE response: the engine's cycles for all its tokens (mod 2^32); count hidden states
+    (int16 x hidden, then an int8 exponent) follow."""
+
+    cycles: int = wire(32)
+
+
 @wire_record("INFO response")
 class Capabilities(WireRecord):
-    """INFO record: what the device is, as the host must know it."""
+    """INFO record: what the device is, as the host must know it. The decoder fields are 0 on a device
+    without Feature.DECODER."""
 
     version: int = wire(8)
     acc_bits: int = wire(8)
@@ -199,12 +266,35 @@ class Capabilities(WireRecord):
     out_depth: int = wire(32)
     max_k: int = wire(32)
     clock_hz: int = wire(32)
+    features: int = wire(8)  # Feature bits
+    dec_layers: int = wire(8)
+    dec_kv_heads: int = wire(8)
+    dec_head_dim: int = wire(8)
+    dec_context: int = wire(16)
+    dec_program_depth: int = wire(16)
+    dec_main_depth: int = wire(32)
+    dec_const_depth: int = wire(32)
+    dec_copy_depth: int = wire(32)
 
     @classmethod
     def from_config(cls, config: CoreConfig) -> "Capabilities":
         """The INFO record a device of this configuration answers."""
+        d = config.decoder
+        decoder = (0, 0, 0, 0, 0, 0, 0, 0, 0) if d is None else (
+            Feature.DECODER, d.layers, d.kv_heads, d.head_dim, d.context, d.program_depth, d.main_depth,
+            d.const_depth, d.copy_depth)
         return cls(PROTOCOL_VERSION, config.acc_bits, config.lanes, config.k_per_cycle, config.max_payload,
-                   config.weight_depth, config.act_depth, config.out_depth, config.max_k, config.clock_hz)
+                   config.weight_depth, config.act_depth, config.out_depth, config.max_k, config.clock_hz, *decoder)
+
+    @property
+    def decoder(self) -> bool:
+        """Has the device the decoder engine?"""
+        return bool(self.features & Feature.DECODER)
+
+    def max_decode_count(self, hidden: int) -> int:
+        """Most tokens one DECODE carries for a model of `hidden`: its request and its response both fit
+        max_payload (0: not even one)."""
+        return max(0, (self.max_payload - DecodeResponse.SIZE) // hidden_state_bytes(hidden))
 
     @property
     def weight_word_bytes(self) -> int:
@@ -245,6 +335,15 @@ ERROR_PAYLOAD_BYTES = ErrorRecord.SIZE
 CAPABILITIES_BYTES = Capabilities.SIZE
 COUNTERS_BYTES = Counters.SIZE
 RESULT_BYTES = 4  # one int32 result of READ_OUT
+BANK_WORD_BYTES = 4  # one int32 word of WRITE_BANK
+ROW_VALUE_BYTES = 2  # one int16 value of an embedding row or a final hidden state
+EXPONENT_BYTES = 1  # the int8 exponent of a final hidden state
+
+
+def hidden_state_bytes(hidden: int) -> int:
+    """One final hidden state in a DECODE response: int16 x hidden, then the int8 exponent. It is larger
+    than the request's embedding row, so it bounds the tokens per DECODE."""
+    return hidden * ROW_VALUE_BYTES + EXPONENT_BYTES
 
 
 class BitlaneError(Exception):
@@ -484,14 +583,56 @@ def unpack_error(payload: bytes) -> tuple[int, int]:
     return record.code, record.request
 
 
+def decode_setup(hidden: int, emb_addr: int, out_addr: int, out_exp_reg: int) -> bytes:
+    """DECODE_SETUP payload."""
+    return DecodeSetup(hidden, emb_addr, out_addr, out_exp_reg).pack()
+
+
+def decode_request_bytes(count: int, hidden: int) -> int:
+    """LEN of a DECODE of `count` embedding rows of `hidden` int16 values."""
+    return DecodeArgs.SIZE + count * hidden * ROW_VALUE_BYTES
+
+
+def decode_response_bytes(count: int, hidden: int) -> int:
+    """LEN of the answer to a DECODE of `count` tokens."""
+    return DecodeResponse.SIZE + count * hidden_state_bytes(hidden)
+
+
+def unpack_decode_response(payload: bytes, count: int, hidden: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """DECODE response: (cycles, final hidden states int16 [count, hidden], exponents int8 [count])."""
+    _expect_len("DECODE response", payload, decode_response_bytes(count, hidden))
+    states = np.frombuffer(payload, dtype=np.dtype([("y", "<i2", (hidden,)), ("e", "i1")]),
+                           offset=DecodeResponse.SIZE)
+    return DecodeResponse.unpack(payload[:DecodeResponse.SIZE]).cycles, states["y"].copy(), states["e"].copy()
+
+
+def pack_decode_response(cycles: int, y: np.ndarray, e: np.ndarray) -> bytes:
+    """DECODE response from the engine's outputs: y [count, hidden] and e [count], already in int16 / int8."""
+    hidden = y.shape[1]
+    states = np.zeros(len(y), dtype=np.dtype([("y", "<i2", (hidden,)), ("e", "i1")]))
+    states["y"], states["e"] = y, e
+    return DecodeResponse(cycles & 0xFFFFFFFF).pack() + states.tobytes()
+
+
 def request_length_ok(cmd: int, length: int, caps: Capabilities) -> bool:
-    """Is LEN valid for this (known) request? Failing this is BAD_LENGTH."""
+    """Is LEN valid for this (known) request? Failing this is BAD_LENGTH. (A DECODE's length also depends
+    on its count and the hidden size of DECODE_SETUP: `decode_request_bytes`, checked by the device.)"""
+    from .decoder import Instruction  # contract.decoder builds its records with this module
+
     if cmd in (Cmd.INFO, Cmd.COUNTERS, Cmd.RESET):
         return length == 0
     if cmd == Cmd.RUN:
         return length == RUN_REQUEST_BYTES
     if cmd == Cmd.READ_OUT:
         return length == READ_OUT_REQUEST_BYTES
+    if cmd == Cmd.DECODE_SETUP:
+        return length == DecodeSetup.SIZE
+    if cmd == Cmd.DECODE:
+        return length >= DecodeArgs.SIZE
+    if cmd == Cmd.LOAD_PROGRAM:
+        return length > ProgramHeader.SIZE and (length - ProgramHeader.SIZE) % Instruction.SIZE == 0
+    if cmd == Cmd.WRITE_BANK:
+        return length > BankWriteHeader.SIZE and (length - BankWriteHeader.SIZE) % BANK_WORD_BYTES == 0
     word = caps.weight_word_bytes if cmd == Cmd.WRITE_WEIGHTS else caps.act_word_bytes
     return length > ADDR_BYTES and (length - ADDR_BYTES) % word == 0
 
@@ -555,6 +696,49 @@ class HostCodec:
         step = caps.max_write_words(word_bytes) * word_bytes
         for off in range(0, len(data), step):
             yield cmd, WriteHeader(addr + off // word_bytes).pack() + bytes(data[off:off + step])
+
+    @staticmethod
+    def load_program_requests(index: int, program: Sequence[WireRecord], caps: Capabilities
+                              ) -> Iterator[tuple[Cmd, bytes]]:
+        """LOAD_PROGRAM requests for contract.decoder.Instruction records from program address `index`,
+        as many whole instructions per frame as fit."""
+        if not program:
+            raise ValueError("LOAD_PROGRAM: an empty program")
+        size = type(program[0]).SIZE
+        step = (caps.max_payload - ProgramHeader.SIZE) // size
+        for off in range(0, len(program), step):
+            yield Cmd.LOAD_PROGRAM, ProgramHeader(index + off).pack() + b"".join(
+                ins.pack() for ins in program[off:off + step])
+
+    @staticmethod
+    def write_bank_requests(bank: int, addr: int, words, caps: Capabilities) -> Iterator[tuple[Cmd, bytes]]:
+        """WRITE_BANK requests for int32 `words` from word `addr` of `bank`, as many words per frame as fit."""
+        words = np.asarray(words, dtype=np.int64)
+        if words.size == 0 or words.min() < -(1 << 31) or words.max() >= 1 << 31:
+            raise ValueError(f"WRITE_BANK: {words.size} words, expected one or more int32")
+        data = words.astype("<i4").tobytes()
+        step = (caps.max_payload - BankWriteHeader.SIZE) // BANK_WORD_BYTES * BANK_WORD_BYTES
+        for off in range(0, len(data), step):
+            yield Cmd.WRITE_BANK, BankWriteHeader(addr + off // BANK_WORD_BYTES, bank).pack() + data[off:off + step]
+
+    @staticmethod
+    def decode_requests(pos: int, rows, caps: Capabilities) -> Iterator[tuple[int, int, tuple[Cmd, bytes]]]:
+        """(first position, count, DECODE request) for int16 embedding rows [T, hidden] from position
+        `pos`, as many rows per frame as the device's max_payload lets request and answer carry."""
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[0] == 0:
+            raise ValueError(f"DECODE: expected int16 rows [tokens, hidden], got shape {rows.shape}")
+        if rows.min() < -(1 << 15) or rows.max() >= 1 << 15:
+            raise ValueError("DECODE: embedding values outside int16")
+        most = caps.max_decode_count(rows.shape[1])
+        if most < 1:
+            raise ValueError(f"DECODE: one hidden state of {rows.shape[1]} values takes "
+                             f"{decode_response_bytes(1, rows.shape[1])} bytes, more than the device's "
+                             f"max_payload {caps.max_payload}")
+        for first in range(0, len(rows), most):
+            chunk = rows[first:first + most]
+            yield pos + first, len(chunk), (Cmd.DECODE, DecodeArgs(pos + first, len(chunk)).pack()
+                                             + chunk.astype("<i2").tobytes())
 
     @staticmethod
     def read_requests(addr: int, count: int, caps: Capabilities) -> Iterator[tuple[int, int]]:

