@@ -1,0 +1,474 @@
+"""The attention unit of the integer decoder (docs/arithmetic.md, stages 4 and 5 and "KV cache"):
+the K/V cache of every layer and kv head in block RAM, and one head's attention for one query token,
+bit-exact to `IntegerModel._attention`:
+
+    dot_j  = qm . km_j                                     [int48]  j = 0..p, macs multiplies per cycle
+    t_j    = dot_j >> (ek* - ek_j)                         [int48]  ek* = max(ek_0..ek_p), a register
+    p_j, sum, factor(sum), recip16                         SoftmaxRow (hw/softmax.py), c = eq + ek* + 10
+    acc[i] = sum_j (p_j >> (ev* - ev_j)) * vm_j[i]         [int48]  macs multiplies per cycle
+    am, ea = normalize(acc);  u = (am * recip16(sm)) >> 16 [int16]
+    eu     = ea + ev* - es - 15                            (sm, es) = factor(sum)
+
+`AttentionUnit.model` is the same in numpy (the contract's primitives); tests/test_attention_model.py
+checks it equal to the reference's own "attn.out" on the shipped model and on random models, and
+sim_tests/test_attention.py checks the gateware equal to the model.
+"""
+
+import numpy as np
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from bitlane.contract.intmath import (
+    EXP_BITS, EXP_FRAC, MANT_BITS, MAX_POSITIONS, RECIP_SHIFT, WIDE_BITS, fits, normalize, shift_right,
+)
+from bitlane.hw.nonlinear import _bit_length
+from bitlane.hw.softmax import SCALE_BITS, SoftmaxRow, softmax_row
+
+# Positions are uint16 (MAX_POSITIONS); the unit uses the bits that address its context.
+POS_BITS = (MAX_POSITIONS - 1).bit_length()
+# eu = ea + ev* - es - 15 with ea in [0, 33], ev* int8, es in [0, 16]: [-159, 145]; 10 bits signed.
+EU_BITS = EXP_BITS + 2
+# Largest right shift that still matters: an int48 shifted by 47 is its sign; p <= 2^15 by 16 is 0.
+T_SHIFT_MAX = WIDE_BITS - 1
+P_SHIFT_MAX = MANT_BITS
+
+
+class AttentionOp(enum.Enum, shape=2):
+    """The command's operation."""
+    APPEND_K = 0
+    APPEND_V = 1
+    ATTEND = 2
+
+
+def command_layout(layers: int, kv_heads: int) -> data.StructLayout:
+    """The command record: op, layer, kv_head, pos (uint16) and a signed 8-bit exponent."""
+    return data.StructLayout({
+        "op": AttentionOp,
+        "layer": unsigned(max(1, (layers - 1).bit_length())),
+        "kv_head": unsigned(max(1, (kv_heads - 1).bit_length())),
+        "pos": unsigned(POS_BITS),
+        "exp": signed(EXP_BITS),
+    })
+
+
+OUTPUT_LAYOUT = data.StructLayout({"value": signed(MANT_BITS), "exponent": signed(EU_BITS), "last": unsigned(1)})
+
+
+def tree_levels(macs: int) -> int:
+    """Registered adder levels that sum `macs` products: ceil(log2(macs))."""
+    return (macs - 1).bit_length()
+
+
+def append_cycles(head_dim: int) -> int:
+    """Cycles an APPEND_K / APPEND_V occupies the unit with no input gaps: from the cycle its command
+    is taken to the cycle the next command can be (the command, one set-up cycle, d elements)."""
+    return head_dim + 2
+
+
+def attend_cycles(p: int, head_dim: int, macs: int) -> int:
+    """Cycles an ATTEND at position `p` occupies the unit with no input gaps and `o.ready` held high:
+    from the cycle its command is taken to the cycle the next command can be (the cycle after the
+    last output is taken). With G = head_dim / macs words per position and T = tree_levels(macs):
+
+        2 d + (2 p + 1) G + T + 17 + max(2 G + 4, SoftmaxRow.ROW_LATENCY)      (8 p + 172 for d 64, macs 16)
+
+    Step by step as the gateware runs it (cycle 0 takes the command):"""
+    d, G, T = head_dim, head_dim // macs, tree_levels(macs)
+    score_end = 1 + d + (p + 1) * G          # set-up, d query elements, then the last K word is read
+    last_score = score_end + 5 + T           # memory, operands, products, T tree levels, dot_j, t_p taken
+    first_weight = last_score + 1 + SoftmaxRow.LATENCY  # p_0 is taken and the first V word read
+    last_weight = first_weight + p * G       # p_p is taken: G cycles per position
+    row = max(last_weight + G - 1 + 5 + G,   # its last product in, G cycles of max |acc|, the encoder
+              last_weight + SoftmaxRow.ROW_LATENCY)  # SoftmaxRow's factor(sum) and recip16, taken
+    return row + 4 + d                       # three output stages, d outputs, then idle
+
+
+class AttentionUnit(wiring.Component):
+    """K/V cache and one head's attention for one query token (see the module docstring).
+
+    Commands come on ``cmd`` (one at a time; ``cmd.ready`` is high only when the unit is idle):
+
+    - ``APPEND_K`` / ``APPEND_V`` (``layer``, ``kv_head``, ``pos``, ``exp``): takes ``head_dim``
+      mantissas on ``i`` (int16-wide, values within ``kv_bits``; the low ``kv_bits`` bits are
+      stored) and writes them to ``cache[layer][kv_head][K|V][pos]``, stores ``exp`` as that
+      position's ``ek`` / ``ev`` and updates the running maximum of (layer, kv_head, K|V):
+      ``exp`` if ``pos == 0``, else ``max(max, exp)``. ``pos`` must be below ``context`` (not
+      checked: a larger one writes another region of the cache).
+    - ``ATTEND`` (``layer``, ``kv_head``, ``pos = p``, ``exp = eq``): takes the query head's
+      ``head_dim`` int16 mantissas ``qm`` on ``i`` and gives the ``head_dim`` outputs ``u`` on ``o``,
+      each with the exponent ``eu`` (the same on every element of the vector) and ``last`` on
+      the final one. It attends to positions ``0..p`` of (layer, kv_head), aligning to the
+      running maxima ``ek*``, ``ev*``, which are the maxima over ``0..p`` when K and V were
+      appended for positions ``0..p`` in order and nothing after ``p`` (what decoding and
+      token-by-token prefill do: append position p, attend at p). Grouped-query attention:
+      the caller passes ``kv_head = head // (heads // kv_heads)``.
+
+    Datapath: ``macs`` multipliers (one DSP each) shared by both passes. The cache is one
+    ``Memory`` of ``layers * kv_heads * 2 * context * G`` words of ``macs * kv_bits`` bits
+    (``G = head_dim / macs`` words per position; one read feeds every multiplier); the exponents
+    ``(ek, ev)`` per position and the maxima ``(ek*, ev*)`` per (layer, kv_head) are two small
+    memories with byte writes. Pass 1 reads K word by word (``G`` cycles per position), multiplies
+    by the query (held in a ring of ``G`` registers of ``macs`` lanes), sums the ``macs`` products
+    in a registered adder tree of ``T = ceil(log2 macs)`` levels, accumulates ``G`` sums into
+    ``dot_j``, shifts it to ``t_j`` and hands it to ``SoftmaxRow(context)``, whose row buffer holds
+    the scores. Pass 2 takes each weight ``p_j`` from ``SoftmaxRow`` (holding it back for ``G``
+    cycles), aligns it by ``ev* - ev_j`` and multiplies it by V word by word into ``head_dim``
+    int48 accumulators (a ring of ``G`` registers of ``macs`` lanes, one 48-bit adder per lane).
+    Then ``G`` cycles find ``bit_length(max |acc|)`` (OR of the magnitudes), a priority encoder
+    gives ``ea``, and once ``SoftmaxRow`` has the row's ``recip16`` and ``es``, an output pipeline
+    (lane select, shift by ``ea``, one more multiplier) gives ``u``, one element per cycle.
+
+    Cycle contract: an APPEND occupies the unit ``append_cycles(d) = d + 2`` cycles, an ATTEND at
+    ``p`` ``attend_cycles(p, d, macs)`` cycles (with no input gaps and ``o.ready`` high; about
+    ``2 (p + 1) G + 2 d + 40``: 8 p + 172 for d = 64, macs = 16; the function spells out each
+    step), counted from the cycle the command is taken to the cycle the next one can be. The
+    query is taken from the second cycle after the command; outputs leave one per cycle. Input
+    gaps and output backpressure only add their own cycles; ``i.ready`` and ``cmd.ready`` are
+    state bits (no path from ``o.ready`` to them).
+
+    Parameters
+    ----------
+    head_dim : int
+        ``d``, even; a multiple of ``macs``.
+    kv_heads, layers : int
+        The cache's key-value heads per layer and layers.
+    context : int
+        Positions per (layer, kv_head): the cache's depth and SoftmaxRow's row length.
+    kv_bits : int
+        Stored mantissa width, 8..16.
+    macs : int
+        Parallel multipliers (16 x ``kv_bits``, signed; 17 x ``kv_bits`` in pass 2).
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(command_layout(layers, kv_heads)))``
+        ``op`` (``AttentionOp``), ``layer``, ``kv_head``, ``pos`` (uint16), ``exp`` (int8).
+    i : ``In(stream.Signature(signed(16)))``
+        The ``head_dim`` mantissas of an APPEND or ATTEND, in element order.
+    o : ``Out(stream.Signature(StructLayout({"value": signed(16), "exponent": signed(10), "last": 1})))``
+        ``u`` in element order, ``eu`` on every element, ``last`` on the final one.
+    """
+
+    def __init__(self, head_dim: int, kv_heads: int, layers: int, context: int, kv_bits: int = MANT_BITS,
+                 macs: int = 16) -> None:
+        if head_dim < 2 or head_dim % 2:
+            raise ValueError(f"head_dim {head_dim} must be even")
+        if macs < 1 or head_dim % macs:
+            raise ValueError(f"macs {macs} must divide head_dim {head_dim}")
+        if not 8 <= kv_bits <= MANT_BITS:
+            raise ValueError(f"kv_bits {kv_bits} must be 8 to {MANT_BITS}")
+        if kv_heads < 1 or layers < 1 or not 1 <= context <= MAX_POSITIONS:
+            raise ValueError("kv_heads and layers must be >= 1, context 1 to 65536")
+        self.head_dim, self.kv_heads, self.layers, self.context = head_dim, kv_heads, layers, context
+        self.kv_bits, self.macs = kv_bits, macs
+        self.groups = head_dim // macs
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout(layers, kv_heads))),
+            "i": In(stream.Signature(signed(MANT_BITS))),
+            "o": Out(stream.Signature(OUTPUT_LAYOUT)),
+        })
+
+    def cycles(self, p: int) -> int:
+        """attend_cycles for this unit's shape."""
+        return attend_cycles(p, self.head_dim, self.macs)
+
+    @staticmethod
+    def model(qm: np.ndarray, eq: int, km: np.ndarray, ek: np.ndarray, vm: np.ndarray,
+              ev: np.ndarray) -> tuple[np.ndarray, int]:
+        """One head's attention for one query in numpy, with the contract's primitives: qm [d] int16,
+        km / vm [p + 1, d] mantissas and ek / ev [p + 1] exponents of positions 0..p (the running
+        maxima are computed here). Returns (u [d] int16, eu)."""
+        qm, km, vm = (np.asarray(a, dtype=np.int64) for a in (qm, km, vm))
+        ek, ev = np.asarray(ek, dtype=np.int64), np.asarray(ev, dtype=np.int64)
+        ek_max, ev_max = int(ek.max()), int(ev.max())
+        dot = fits("score dot product", km @ qm, WIDE_BITS)
+        t = shift_right(dot, ek_max - ek)
+        row = softmax_row(t, int(eq) + ek_max + EXP_FRAC)
+        weights = shift_right(row["p"], ev_max - ev)
+        acc = fits("weighted V sum", weights @ vm, WIDE_BITS)
+        am, ea = normalize(acc)
+        u = fits("attention output", (am * row["recip"]) >> MANT_BITS, MANT_BITS)
+        return u, int(ea[0]) + ev_max - row["exponent"] - (RECIP_SHIFT - MANT_BITS)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        d, KV, C, G, macs, kvb = self.head_dim, self.kv_heads, self.context, self.groups, self.macs, self.kv_bits
+        m.submodules.softmax = softmax = SoftmaxRow(C)
+
+        # ---- memories
+        slots = self.layers * KV
+        m.submodules.cache = cache = Memory(shape=unsigned(macs * kvb), depth=slots * 2 * C * G, init=[])
+        m.submodules.exps = exps = Memory(shape=unsigned(2 * EXP_BITS), depth=slots * C, init=[])
+        m.submodules.maxima = maxima = Memory(shape=unsigned(2 * EXP_BITS), depth=slots, init=[])
+        cache_w, cache_r = cache.write_port(), cache.read_port()
+        exps_w, exps_r = exps.write_port(granularity=EXP_BITS), exps.read_port()
+        max_w, max_r = maxima.write_port(granularity=EXP_BITS), maxima.read_port()
+
+        # ---- the command
+        pos_bits = max(1, (C - 1).bit_length())
+        op = Signal(AttentionOp)
+        is_v = Signal()
+        pos = Signal(pos_bits)
+        exp = Signal(signed(EXP_BITS))
+        slot = Signal(range(slots))
+        k_base = Signal(range(slots * 2 * C * G))  # the (layer, kv_head)'s K words; V follows C * G on
+        v_base = Signal(range(slots * 2 * C * G))
+        e_base = Signal(range(slots * C))
+        w_addr = Signal(range(slots * 2 * C * G))  # APPEND: the next word to write
+        e_addr = Signal(range(slots * C))          # APPEND: the position's exponents
+        ek_max, ev_max = max_r.data[:EXP_BITS].as_signed(), max_r.data[EXP_BITS:].as_signed()
+        ek_r, ev_r = exps_r.data[:EXP_BITS].as_signed(), exps_r.data[EXP_BITS:].as_signed()
+
+        # ---- the input: a collector of macs - 1 elements; the element completing a group goes
+        # with them straight into the cache's write port or the query ring
+        take = self.i.valid & self.i.ready
+        setup = Signal()  # the maxima are read in the set-up cycle and held
+        lane = Signal(range(macs))
+        element = Signal(range(d))
+        collector = [Signal(signed(MANT_BITS), name=f"collect{k}") for k in range(macs - 1)]
+        group_in = [*collector, self.i.payload]
+        query = [[Signal(signed(MANT_BITS), name=f"q{g}_{k}") for k in range(macs)] for g in range(G)]
+        m.d.comb += [
+            cache_w.addr.eq(w_addr),
+            cache_w.data.eq(Cat(x[:kvb] for x in group_in)),
+            exps_w.addr.eq(e_addr), exps_w.data.eq(Cat(exp, exp)),
+            max_w.addr.eq(slot),
+            max_r.addr.eq(slot), max_r.en.eq(setup),
+        ]
+        with m.If(take):
+            m.d.sync += [lane.eq(Mux(lane == macs - 1, 0, lane + 1)), element.eq(element + 1)]
+            for k in range(macs - 2):
+                m.d.sync += collector[k].eq(collector[k + 1])
+            if macs > 1:
+                m.d.sync += collector[-1].eq(self.i.payload)
+
+        # ---- passes 1 and 2 share stages 0-3: issue (memory addresses), memory data, operands, products
+        j = Signal(range(C))             # position
+        g = Signal(range(G))             # word of the position
+        r_addr = Signal(range(slots * 2 * C * G))
+        j_addr = Signal(range(slots * C))
+        issue, second = Signal(), Signal()  # a word is read this cycle; in pass 2
+        v1, v2, v3 = Signal(), Signal(), Signal()
+        s1, s2, s3 = Signal(), Signal(), Signal()           # pass 2
+        lg1, lg2, lg3 = Signal(), Signal(), Signal()        # the position's last word
+        lp1, lp2, lp3 = Signal(), Signal(), Signal()        # the last position
+        q1 = [Signal(signed(MANT_BITS), name=f"q1_{k}") for k in range(macs)]
+        p1 = Signal(MANT_BITS)                              # p_j <= 2^15
+        a2 = [Signal(signed(MANT_BITS + 1), name=f"a2_{k}") for k in range(macs)]
+        b2 = [Signal(signed(kvb), name=f"b2_{k}") for k in range(macs)]
+        t_shift2, t_shift3 = Signal(range(T_SHIFT_MAX + 1)), Signal(range(T_SHIFT_MAX + 1))
+        products = [Signal(signed(MANT_BITS + 1 + kvb), name=f"product{k}") for k in range(macs)]
+        m.d.comb += [
+            cache_r.addr.eq(r_addr), cache_r.en.eq(issue),
+            exps_r.addr.eq(j_addr), exps_r.en.eq(issue),
+        ]
+        e_diff = Signal(EXP_BITS)  # ek* - ek_j or ev* - ev_j, in [0, 255] (the maxima are maxima)
+        m.d.comb += e_diff.eq(Mux(s1, ev_max - ev_r, ek_max - ek_r))
+        weight = p1 >> Mux(e_diff > P_SHIFT_MAX, P_SHIFT_MAX, e_diff)[:(P_SHIFT_MAX).bit_length()]
+        m.d.sync += [
+            v1.eq(issue), s1.eq(second), v2.eq(v1), s2.eq(s1), v3.eq(v2), s3.eq(s2),
+            lg1.eq(g == G - 1), lg2.eq(lg1), lg3.eq(lg2),
+            lp1.eq(j == pos), lp2.eq(lp1), lp3.eq(lp2),
+            t_shift2.eq(Mux(e_diff > T_SHIFT_MAX, T_SHIFT_MAX, e_diff)), t_shift3.eq(t_shift2),
+        ]
+        with m.If(issue):
+            m.d.sync += [q1[k].eq(query[0][k]) for k in range(macs)]
+        for k in range(macs):
+            m.d.sync += [
+                a2[k].eq(Mux(s1, weight, q1[k])),
+                b2[k].eq(cache_r.data[k * kvb:(k + 1) * kvb].as_signed()),
+                products[k].eq(a2[k] * b2[k]),
+            ]
+
+        # ---- pass 1: adder tree, dot_j, t_j into SoftmaxRow
+        level, valid, last_word, last_pos, shift = list(products), v3 & ~s3, lg3, lp3, t_shift3
+        depth = 0
+        while len(level) > 1:
+            depth += 1
+            pairs = [level[k:k + 2] for k in range(0, len(level), 2)]
+            nxt = [Signal(signed(len(pair[0]) + 1), name=f"tree{depth}_{k}") for k, pair in enumerate(pairs)]
+            m.d.sync += [reg.eq(sum(pair)) for reg, pair in zip(nxt, pairs)]
+            flags = [Signal(name=f"tree{depth}_valid"), Signal(name=f"tree{depth}_lg"), Signal(name=f"tree{depth}_lp"),
+                     Signal(range(T_SHIFT_MAX + 1), name=f"tree{depth}_shift")]
+            m.d.sync += [f.eq(x) for f, x in zip(flags, (valid, last_word, last_pos, shift))]
+            level, (valid, last_word, last_pos, shift) = nxt, flags
+        dot = Signal(signed(WIDE_BITS))
+        dot_j = Signal(signed(WIDE_BITS))
+        dot_valid, dot_last = Signal(), Signal()
+        dot_shift = Signal(range(T_SHIFT_MAX + 1))
+        total = dot + level[0]
+        m.d.sync += dot_valid.eq(valid & last_word)
+        with m.If(valid):
+            m.d.sync += dot.eq(Mux(last_word, 0, total))
+            with m.If(last_word):
+                m.d.sync += [dot_j.eq(total), dot_last.eq(last_pos), dot_shift.eq(shift)]
+        m.d.sync += [
+            softmax.i.valid.eq(dot_valid),   # SoftmaxRow is ready (LOAD) throughout pass 1
+            softmax.i.payload.t.eq(dot_j >> dot_shift),
+            softmax.i.payload.last.eq(dot_last),
+        ]
+        m.d.comb += softmax.i.payload.c.eq(exp + ek_max + EXP_FRAC)
+
+        # ---- pass 2: the accumulators, a ring of G groups of macs lanes; group 0 is updated (with
+        # the products in flight) or just moved on, and goes to the back
+        ring = [[Signal(signed(WIDE_BITS), name=f"acc{gr}_{k}") for k in range(macs)] for gr in range(G)]
+        rotate, clear = Signal(), Signal()
+        add = v3 & s3
+        with m.If(clear):
+            m.d.sync += [acc.eq(0) for group in ring for acc in group]
+        with m.Elif(rotate | add):
+            for gr in range(G - 1):
+                m.d.sync += [a.eq(b) for a, b in zip(ring[gr], ring[gr + 1])]
+            m.d.sync += [ring[G - 1][k].eq(ring[0][k] + Mux(add, products[k], 0)) for k in range(macs)]
+
+        # ---- normalize: bit_length(max |acc|) as bit_length of the OR of the magnitudes
+        magnitudes = Signal(WIDE_BITS)
+        ea = Signal(range(WIDE_BITS - MANT_BITS + 2))  # 0..33
+        length = Signal(range(WIDE_BITS + 1))
+        m.d.comb += length.eq(_bit_length(magnitudes))
+
+        # ---- the output pipeline: lane select, shift by ea, multiply by recip16(sm), >> 16
+        recip = Signal(MANT_BITS)
+        eu = Signal(signed(EU_BITS))
+        out_lane = Signal(range(macs))
+        out_count = Signal(range(d + 1))
+        source = Signal()
+        advance = Signal()
+        ov1, ov2, ol1, ol2 = Signal(), Signal(), Signal(), Signal()
+        selected = Signal(signed(WIDE_BITS))
+        am = Signal(signed(MANT_BITS))
+        m.d.comb += [
+            advance.eq(~self.o.valid | self.o.ready),
+            self.o.payload.exponent.eq(eu),
+        ]
+        lanes = Signal(signed(WIDE_BITS))
+        m.d.comb += lanes.eq(ring[0][0])
+        with m.Switch(out_lane):
+            for k in range(macs):
+                with m.Case(k):
+                    m.d.comb += lanes.eq(ring[0][k])
+        with m.If(advance):
+            m.d.sync += [
+                ov1.eq(source), ol1.eq(out_count == d - 1), selected.eq(lanes),
+                ov2.eq(ov1), ol2.eq(ol1), am.eq(selected >> ea),
+                self.o.valid.eq(ov2), self.o.payload.last.eq(ol2),
+                self.o.payload.value.eq((am * recip) >> MANT_BITS),
+            ]
+        out_take = source & advance
+
+        # ---- control
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    c = self.cmd.payload
+                    m.d.sync += [
+                        op.eq(c.op), is_v.eq(c.op == AttentionOp.APPEND_V), pos.eq(c.pos[:pos_bits]), exp.eq(c.exp),
+                        slot.eq(_times(c.layer, KV) + c.kv_head),
+                    ]
+                    m.next = "SETUP"
+            with m.State("SETUP"):
+                m.d.comb += [setup.eq(1), clear.eq(1)]
+                region = _times(slot, 2 * C * G)
+                m.d.sync += [
+                    k_base.eq(region), v_base.eq(region + C * G), e_base.eq(_times(slot, C)),
+                    w_addr.eq(region + Mux(is_v, C * G, 0) + _times(pos, G)),
+                    e_addr.eq(_times(slot, C) + pos),
+                    lane.eq(0), element.eq(0), magnitudes.eq(0), dot.eq(0),
+                ]
+                m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += self.i.ready.eq(1)
+                complete = take & (lane == macs - 1)
+                with m.If(op == AttentionOp.ATTEND):
+                    with m.If(complete):
+                        for gr in range(G - 1):
+                            m.d.sync += [a.eq(b) for a, b in zip(query[gr], query[gr + 1])]
+                        m.d.sync += [a.eq(b) for a, b in zip(query[G - 1], group_in)]
+                with m.Else():
+                    m.d.comb += cache_w.en.eq(complete)
+                    with m.If(complete):
+                        m.d.sync += w_addr.eq(w_addr + 1)
+                with m.If(take & (element == d - 1)):
+                    with m.If(op == AttentionOp.ATTEND):
+                        m.d.sync += [j.eq(0), g.eq(0), r_addr.eq(k_base), j_addr.eq(e_base)]
+                        m.next = "SCORE"
+                    with m.Else():
+                        old = Mux(is_v, ev_max, ek_max)
+                        byte = Mux(is_v, 0b10, 0b01)
+                        m.d.comb += [exps_w.en.eq(byte),
+                                     max_w.en.eq(Mux((pos == 0) | (exp > old), byte, 0)),
+                                     max_w.data.eq(Cat(exp, exp))]
+                        m.next = "IDLE"
+            with m.State("SCORE"):
+                m.d.comb += issue.eq(1)
+                self._step(m, j, g, r_addr, j_addr, pos)
+                for gr in range(G - 1):
+                    m.d.sync += [a.eq(b) for a, b in zip(query[gr], query[gr + 1])]
+                m.d.sync += [a.eq(b) for a, b in zip(query[G - 1], query[0])]
+                with m.If((j == pos) & (g == G - 1)):
+                    m.d.sync += [j.eq(0), g.eq(0), r_addr.eq(v_base), j_addr.eq(e_base)]
+                    m.next = "WEIGHT"
+            with m.State("WEIGHT"):
+                first = g == 0
+                m.d.comb += [
+                    softmax.o.ready.eq(first),
+                    issue.eq(~first | softmax.o.valid), second.eq(1),
+                ]
+                with m.If(issue):
+                    self._step(m, j, g, r_addr, j_addr, pos)
+                    with m.If(first):
+                        m.d.sync += p1.eq(softmax.o.payload.p)
+                    with m.If((j == pos) & (g == G - 1)):
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):
+                with m.If(~v1 & ~v2):  # the last product is added this cycle
+                    m.next = "NORM"
+            with m.State("NORM"):
+                m.d.comb += rotate.eq(1)
+                magnitude = [Mux(acc[-1], -acc, acc)[:WIDE_BITS] for acc in ring[0]]
+                m.d.sync += [magnitudes.eq(magnitudes | _or(magnitude)), g.eq(g + 1)]
+                with m.If(g == G - 1):
+                    m.d.sync += g.eq(0)
+                    m.next = "ENCODE"
+            with m.State("ENCODE"):
+                m.d.sync += ea.eq(Mux(length > MANT_BITS - 1, length - (MANT_BITS - 1), 0))
+                m.next = "ROW"
+            with m.State("ROW"):
+                m.d.comb += softmax.row.ready.eq(1)
+                with m.If(softmax.row.valid):
+                    m.d.sync += [
+                        recip.eq(softmax.row.payload.recip),
+                        eu.eq(ea + ev_max - softmax.row.payload.factor.exponent - (RECIP_SHIFT - MANT_BITS)),
+                        out_lane.eq(0), out_count.eq(0),
+                    ]
+                    m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += source.eq(out_count != d)
+                with m.If(out_take):
+                    m.d.sync += [out_count.eq(out_count + 1), out_lane.eq(Mux(out_lane == macs - 1, 0, out_lane + 1))]
+                    m.d.comb += rotate.eq(out_lane == macs - 1)
+                with m.If(self.o.valid & self.o.ready & self.o.payload.last):
+                    m.next = "IDLE"
+        return m
+
+    def _step(self, m: Module, j: Signal, g: Signal, r_addr: Signal, j_addr: Signal, pos: Signal) -> None:
+        """One word read in a pass: the next word, position and exponent address."""
+        m.d.sync += [r_addr.eq(r_addr + 1), g.eq(g + 1)]
+        with m.If(g == self.groups - 1):
+            m.d.sync += [g.eq(0), j.eq(j + 1), j_addr.eq(j_addr + 1)]
+
+
+def _times(x, constant: int):
+    """x * constant as shifted additions (no multiplier for the address arithmetic)."""
+    terms = [x << k for k in range(constant.bit_length()) if constant >> k & 1]
+    return sum(terms[1:], terms[0]) if terms else 0
+
+
+def _or(values):
+    result = values[0]
+    for v in values[1:]:
+        result = result | v
+    return result
