@@ -1,0 +1,293 @@
+"""The decoder engine: runs one decoder step (every layer of one token) as a program, next to the
+ternary core (the instruction set and its model are contract/decoder.py).
+
+    program memory --> fetch, decode, read up to five registers --> one unit --> write back
+                                                                    |- ScalarUnit     (hw/decoder_scalar.py)
+                                                                    |- VectorUnit     (hw/decoder_vector.py; owns MAIN, CONST, COPY)
+                                                                    |- AttentionUnit  (hw/attention.py; owns the KV cache)
+                                                                    '- TernaryCore    (a RUN through `core_*`)
+
+One instruction at a time: the engine is a sequencer, not a pipeline. What costs cycles is the
+vector elements (one per cycle), the ternary products and attention, which the units stream; the
+per-instruction overhead is `ISSUE_CYCLES` + `WRITEBACK_CYCLES`. Counters split the cycles of a run by
+unit, for bench/decoder_bench.py.
+"""
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from bitlane.contract.config import CoreConfig
+from bitlane.contract.decoder import REG_BITS, REGISTERS, VECTOR_OPS, Instruction, MachineShape, Op
+from bitlane.hw.attention import AttentionOp, AttentionUnit
+from bitlane.hw.core import TernaryCore, core_signature
+from bitlane.hw.decoder_scalar import PAIR_RESULT, ScalarUnit
+from bitlane.hw.decoder_vector import VectorUnit
+from bitlane.hw.records import RunArgsLayout, layout
+
+InstructionLayout = layout(Instruction)
+# the engine's ports that face the ternary core (DecoderCore wires them inside)
+CORE_FACING = frozenset({"act_wr_addr", "act_wr_data", "act_wr_en", "out_rd_addr", "out_rd_data", "core_start",
+                         "core_run", "core_done"})
+READS = 5             # registers read per instruction: r1, r1 + 1, r2, r2 + 1, r3
+ISSUE_CYCLES = 2 + READS + 1   # fetch, decode, the register reads' last data, start
+WRITEBACK_CYCLES = 2  # R[r0], then R[r0 + 1] or R[r2]
+COUNTER_BITS = 32
+# ops that write R[r0] from the vector unit's y0 (VNORM also writes R[r2] from y2)
+VECTOR_RESULT = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VSCALE, Op.VROPE, Op.VRELU2, Op.VMUL})
+SCALAR_OPS = frozenset({Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT, Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR,
+                        Op.EPS})
+
+
+def engine_signature(shape: MachineShape) -> wiring.Signature:
+    return wiring.Signature({
+        # host side (used while not busy)
+        "prog_wr_addr": In(range(shape.program_depth)),
+        "prog_wr_data": In(InstructionLayout),
+        "prog_wr_en": In(1),
+        "host_bank": In(2),
+        "host_addr": In(16),
+        "host_wr_data": In(signed(32)),
+        "host_wr_en": In(1),
+        "host_rd_data": Out(signed(32)),
+        "reg_rd_addr": In(range(REGISTERS)),
+        "reg_rd_data": Out(signed(REG_BITS)),
+        "start": In(1),
+        "pos": In(16),
+        "busy": Out(1),
+        "done": Out(1),
+        # cycle counters of the last run: total and per unit
+        "cycles": Out(COUNTER_BITS),
+        "cycles_core": Out(COUNTER_BITS),
+        "cycles_attention": Out(COUNTER_BITS),
+        "cycles_vector": Out(COUNTER_BITS),
+        "cycles_scalar": Out(COUNTER_BITS),
+        # the ternary core's activation and output memories and its RUN
+        "act_wr_addr": Out(range(shape.act_depth)),
+        "act_wr_data": Out(8 * shape.k_per_cycle),
+        "act_wr_en": Out(1),
+        "out_rd_addr": Out(range(shape.out_depth)),
+        "out_rd_data": In(32 * shape.lanes),
+        "core_start": Out(1),
+        "core_run": Out(RunArgsLayout),
+        "core_done": In(1),
+    })
+
+
+class DecoderEngine(wiring.Component):
+    """Fetches and executes a contract/decoder.py program for the token at position `pos`.
+
+    `start` (a pulse while not `busy`) runs the program from instruction 0 to HALT; `done` pulses in
+    the last busy cycle. Between runs the host writes the program (`prog_wr_*`), the general banks
+    (`host_*`, a read answers in the next cycle) and reads registers (`reg_rd_*`, next cycle).
+    The ternary core's memories are the engine's OUT and ACT banks: `out_rd_data` is the core's output
+    word (lanes of 32 bits, sign-extended) the cycle after `out_rd_addr`.
+    """
+
+    def __init__(self, shape: MachineShape, kv_bits: int = 16, macs: int = 16) -> None:
+        self.shape, self.kv_bits, self.macs = shape, kv_bits, macs
+        super().__init__(engine_signature(shape))
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        shape = self.shape
+        m.submodules.program = program = Memory(shape=InstructionLayout, depth=shape.program_depth, init=[])
+        m.submodules.registers = registers = Memory(shape=signed(REG_BITS), depth=REGISTERS, init=[])
+        m.submodules.scalar = scalar = ScalarUnit()
+        m.submodules.vector = vector = VectorUnit(shape.bank_depth, shape.lanes, shape.k_per_cycle,
+                                                  shape.out_depth, shape.act_depth)
+        m.submodules.attention = attention = AttentionUnit(
+            head_dim=shape.head_dim, kv_heads=shape.kv_heads, layers=shape.layers, context=shape.context,
+            kv_bits=self.kv_bits, macs=self.macs)
+        prog_wr, prog_rd = program.write_port(), program.read_port()
+        reg_wr, reg_rd = registers.write_port(), registers.read_port()
+
+        ins = Signal(InstructionLayout)
+        pc = Signal(range(shape.program_depth))
+        pos = Signal(16)
+        x = [Signal(signed(REG_BITS), name=f"x{k}") for k in range(READS)]  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
+        reads = Signal(range(READS + 2))
+        op = ins.op
+
+        m.d.comb += [
+            prog_wr.addr.eq(self.prog_wr_addr), prog_wr.data.eq(self.prog_wr_data),
+            prog_wr.en.eq(self.prog_wr_en & ~self.busy),
+            prog_rd.addr.eq(pc),
+            # the host port of the banks and the core's memories go through the vector unit
+            vector.host_bank.eq(self.host_bank), vector.host_addr.eq(self.host_addr),
+            vector.host_wr_data.eq(self.host_wr_data), vector.host_wr_en.eq(self.host_wr_en & ~self.busy),
+            self.host_rd_data.eq(vector.host_rd_data),
+            self.act_wr_addr.eq(vector.act_wr_addr), self.act_wr_data.eq(vector.act_wr_data),
+            self.act_wr_en.eq(vector.act_wr_en),
+            self.out_rd_addr.eq(vector.out_rd_addr),
+            vector.out_rd_data.eq(self.out_rd_data),
+            # the vector unit streams A into the attention unit and its output into D
+            attention.i.valid.eq(vector.att_o.valid), attention.i.payload.eq(vector.att_o.payload),
+            vector.att_o.ready.eq(attention.i.ready),
+            vector.att_i.valid.eq(attention.o.valid), vector.att_i.payload.eq(attention.o.payload.value),
+            attention.o.ready.eq(vector.att_i.ready),
+        ]
+        # operands: the same five values go to every unit
+        m.d.comb += [
+            scalar.op.eq(op), scalar.imm.eq(ins.imm.as_signed()),
+            scalar.x1.eq(x[0]), scalar.x1b.eq(x[1]), scalar.x2.eq(x[2]), scalar.x2b.eq(x[3]), scalar.x3.eq(x[4]),
+            vector.op.eq(op), vector.n.eq(ins.n), vector.imm.eq(ins.imm), vector.pos.eq(pos),
+            vector.a_bank.eq(ins.a_bank), vector.b_bank.eq(ins.b_bank), vector.c_bank.eq(ins.c_bank),
+            vector.d_bank.eq(ins.d_bank), vector.a_addr.eq(ins.a_addr), vector.b_addr.eq(ins.b_addr),
+            vector.c_addr.eq(ins.c_addr), vector.d_addr.eq(ins.d_addr),
+            vector.x1.eq(x[0]), vector.x2.eq(x[2]), vector.x3.eq(x[4]),
+            attention.cmd.payload.op.eq(Mux(op == Op.ATTEND, AttentionOp.ATTEND,
+                                            Mux(ins.imm[0], AttentionOp.APPEND_V, AttentionOp.APPEND_K))),
+            attention.cmd.payload.layer.eq(ins.r2), attention.cmd.payload.kv_head.eq(ins.r3),
+            attention.cmd.payload.pos.eq(pos), attention.cmd.payload.exp.eq(x[0]),
+            self.core_run.w_base.eq(ins.imm), self.core_run.a_base.eq(ins.a_addr),
+            self.core_run.o_base.eq(ins.d_addr), self.core_run.rows.eq(ins.n), self.core_run.cols.eq(ins.b_addr),
+            self.core_run.n_vectors.eq(1),
+        ]
+        eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
+        with m.If(attention.o.valid & attention.o.ready):
+            m.d.sync += eu.eq(attention.o.payload.exponent)
+        m.d.sync += [scalar.start.eq(0), vector.start.eq(0), self.core_start.eq(0), self.done.eq(0),
+                     reg_wr.en.eq(0)]
+        # the register file: the engine's reads while busy, the host's otherwise
+        read_addr = Signal(range(REGISTERS + 1))
+        m.d.comb += [reg_rd.addr.eq(Mux(self.busy, read_addr, self.reg_rd_addr)), self.reg_rd_data.eq(reg_rd.data)]
+
+        # results waiting to be written: R[w_addr0] = w_data0, then R[w_addr1] = w_data1
+        w_data0, w_data1 = Signal(signed(REG_BITS)), Signal(signed(REG_BITS))
+        w_en0, w_en1 = Signal(), Signal()
+        w_addr0, w_addr1 = Signal(range(REGISTERS + 1)), Signal(range(REGISTERS + 1))
+        unit = Signal(4)  # which counter the current instruction's cycles go to
+        counters = [self.cycles_core, self.cycles_attention, self.cycles_vector, self.cycles_scalar]
+        with m.If(self.busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            for k, counter in enumerate(counters):
+                with m.If(unit[k]):
+                    m.d.sync += counter.eq(counter + 1)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [pc.eq(0), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
+                                 *(counter.eq(0) for counter in counters)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.sync += unit.eq(0)
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += [ins.eq(prog_rd.data), reads.eq(0), read_addr.eq(prog_rd.data.r1)]
+                m.next = "READ"
+            with m.State("READ"):
+                # in cycle k the register file shows R[sources[k - 1]] (its address went out in cycle k - 1)
+                sources = [ins.r1, ins.r1 + 1, ins.r2, ins.r2 + 1, ins.r3]
+                with m.Switch(reads):
+                    for k in range(READS + 1):
+                        with m.Case(k):
+                            if k >= 1:
+                                m.d.sync += x[k - 1].eq(reg_rd.data)
+                            if k + 1 < READS:
+                                m.d.sync += read_addr.eq(sources[k + 1])
+                m.d.sync += reads.eq(reads + 1)
+                with m.If(reads == READS):
+                    m.next = "EXECUTE"
+            with m.State("EXECUTE"):
+                m.d.sync += [w_en0.eq(0), w_en1.eq(0), w_addr0.eq(ins.r0), w_addr1.eq(ins.r0 + 1)]
+                with m.Switch(op):
+                    with m.Case(Op.HALT):
+                        m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+                        m.next = "IDLE"
+                    with m.Case(*SCALAR_OPS):
+                        m.d.sync += [scalar.start.eq(1), unit.eq(0b1000)]
+                        m.next = "WAIT"
+                    with m.Case(*VECTOR_OPS):
+                        m.d.sync += [vector.start.eq(1), unit.eq(0b0100)]
+                        m.next = "WAIT"
+                    with m.Case(Op.KVAPPEND, Op.ATTEND):
+                        with m.If(attention.cmd.ready):
+                            m.d.sync += [vector.start.eq(1), unit.eq(0b0010)]
+                            m.next = "WAIT"
+                    with m.Case(Op.TRUN):
+                        m.d.sync += [self.core_start.eq(1), unit.eq(0b0001)]
+                        m.next = "WAIT"
+                    with m.Default():  # an unknown op stops the program (the host's program is checked)
+                        m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+                        m.next = "IDLE"
+            with m.State("WAIT"):
+                with m.Switch(op):
+                    with m.Case(*SCALAR_OPS):
+                        with m.If(scalar.done):
+                            pair = Cat(*(op == o for o in PAIR_RESULT)).any()
+                            m.d.sync += [w_data0.eq(scalar.w0), w_data1.eq(scalar.w1), w_en0.eq(1), w_en1.eq(pair)]
+                            m.next = "WRITE0"
+                    with m.Case(*VECTOR_OPS):
+                        with m.If(vector.done):
+                            writes_r0 = Cat(*(op == o for o in VECTOR_RESULT)).any()
+                            m.d.sync += [w_data0.eq(vector.y0), w_data1.eq(vector.y2), w_en0.eq(writes_r0),
+                                         w_en1.eq(op == Op.VNORM), w_addr1.eq(ins.r2)]
+                            m.next = "WRITE0"
+                    with m.Case(Op.KVAPPEND):
+                        with m.If(vector.done):
+                            m.next = "WRITE0"
+                    with m.Case(Op.ATTEND):
+                        with m.If(vector.done):
+                            m.d.sync += [w_data0.eq(eu), w_en0.eq(1)]
+                            m.next = "WRITE0"
+                    with m.Case(Op.TRUN):
+                        with m.If(self.core_done):
+                            m.next = "WRITE0"
+            with m.State("WRITE0"):
+                m.d.sync += [reg_wr.addr.eq(w_addr0), reg_wr.data.eq(w_data0), reg_wr.en.eq(w_en0 & (w_addr0 != 0))]
+                m.next = "WRITE1"
+            with m.State("WRITE1"):
+                m.d.sync += [reg_wr.addr.eq(w_addr1), reg_wr.data.eq(w_data1), reg_wr.en.eq(w_en1 & (w_addr1 != 0)),
+                             pc.eq(pc + 1)]
+                m.next = "FETCH"
+        # the attention unit takes its command with the vector unit's start
+        m.d.comb += attention.cmd.valid.eq(vector.start & ((op == Op.KVAPPEND) | (op == Op.ATTEND)))
+        return m
+
+
+class DecoderCore(wiring.Component):
+    """The ternary core and the decoder engine behind one interface: the core's own ports (what the
+    v1 command processor drives: `core_signature`) plus the engine's host ports (`engine_*`). While the
+    engine runs, it owns the core's activation writes, output reads and RUN start; otherwise the v1
+    ports do, so matmul mode and decoder mode share one set of memories."""
+
+    def __init__(self, config: CoreConfig, kv_bits: int = 16, macs: int = 16) -> None:
+        if config.decoder is None:
+            raise ValueError(f"config {config.name!r} has no decoder engine")
+        shape = MachineShape.from_config(config)
+        self.config, self.shape, self.kv_bits, self.macs = config, shape, kv_bits, macs
+        engine = {name: member for name, member in engine_signature(shape).members.items()
+                  if name not in CORE_FACING}
+        super().__init__({**core_signature(config).members, **{f"engine_{name}": member
+                                                                 for name, member in engine.items()}})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.core = core = TernaryCore(self.config)
+        m.submodules.engine = engine = DecoderEngine(self.shape, self.kv_bits, self.macs)
+        for name in engine_signature(self.shape).members:
+            if name in CORE_FACING:
+                continue
+            ours, theirs = getattr(self, f"engine_{name}"), getattr(engine, name)
+            if engine_signature(self.shape).members[name].flow == wiring.In:
+                m.d.comb += theirs.eq(ours)
+            else:
+                m.d.comb += ours.eq(theirs)
+        running = engine.busy
+        m.d.comb += [
+            core.w_wr_addr.eq(self.w_wr_addr), core.w_wr_data.eq(self.w_wr_data), core.w_wr_en.eq(self.w_wr_en),
+            core.a_wr_addr.eq(Mux(running, engine.act_wr_addr, self.a_wr_addr)),
+            core.a_wr_data.eq(Mux(running, engine.act_wr_data, self.a_wr_data)),
+            core.a_wr_en.eq(Mux(running, engine.act_wr_en, self.a_wr_en)),
+            core.o_rd_addr.eq(Mux(running, engine.out_rd_addr, self.o_rd_addr)),
+            self.o_rd_data.eq(core.o_rd_data), engine.out_rd_data.eq(core.o_rd_data),
+            core.start.eq(Mux(running, engine.core_start, self.start)),
+            core.run.eq(Mux(running, engine.core_run, self.run)),
+            engine.core_done.eq(core.done),
+            self.busy.eq(core.busy), self.done.eq(core.done),
+            self.busy_cycles.eq(core.busy_cycles), self.stall_cycles.eq(core.stall_cycles),
+            core.clear_counters.eq(self.clear_counters),
+        ]
+        return m
