@@ -8,9 +8,9 @@ ternary core (the instruction set and its model are contract/decoder.py).
                                                                     '- TernaryCore    (a RUN through `core_*`)
 
 One instruction at a time: the engine is a sequencer, not a pipeline. What costs cycles is the
-vector elements (one per cycle), the ternary products and attention, which the units stream; the
-per-instruction overhead is `ISSUE_CYCLES` + `WRITEBACK_CYCLES`. Counters split the cycles of a run by
-unit, for bench/decoder_bench.py.
+vector elements, the ternary products and attention, which the units stream; each instruction adds
+`ISSUE_CYCLES` (its word is fetched while the previous one runs, its results are written as its unit
+finishes). Counters split the cycles of a run by unit, for bench/decoder_bench.py.
 """
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
@@ -29,9 +29,8 @@ InstructionLayout = layout(Instruction)
 # the engine's ports that face the ternary core (DecoderCore wires them inside)
 CORE_FACING = frozenset({"act_wr_addr", "act_wr_data", "act_wr_en", "out_rd_addr", "out_rd_data", "core_start",
                          "core_run", "core_done"})
-READS = 5             # registers read per instruction: r1, r1 + 1, r2, r2 + 1, r3
-ISSUE_CYCLES = 2 + READS + 1   # fetch, decode, the register reads' last data, start
-WRITEBACK_CYCLES = 2  # R[r0], then R[r0 + 1] or R[r2]
+READS = 5             # registers read per instruction (one port each): r1, r1 + 1, r2, r2 + 1, r3
+ISSUE_CYCLES = 3      # decode (the word was fetched while the previous instruction ran), read, start
 COUNTER_BITS = 32
 # ops that write R[r0] from the vector unit's y0 (VNORM also writes R[r2] from y2)
 VECTOR_RESULT = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VSCALE, Op.VROPE, Op.VRELU2, Op.VMUL})
@@ -100,19 +99,22 @@ class DecoderEngine(wiring.Component):
             head_dim=shape.head_dim, kv_heads=shape.kv_heads, layers=shape.layers, context=shape.context,
             kv_bits=self.kv_bits, macs=self.macs)
         prog_wr, prog_rd = program.write_port(), program.read_port()
-        reg_wr, reg_rd = registers.write_port(), registers.read_port()
+        reg_wr = registers.write_port()
+        # one read port per operand (yosys copies the small register file); transparent, so that the
+        # second result of an instruction, written while the next one reads, is seen
+        reg_rd = [registers.read_port(transparent_for=[reg_wr]) for _ in range(READS)]
 
         ins = Signal(InstructionLayout)
         pc = Signal(range(shape.program_depth))
+        fetch = Signal(range(shape.program_depth + 1))  # the program word being read: pc + 1 while executing
         pos = Signal(16)
         x = [Signal(signed(REG_BITS), name=f"x{k}") for k in range(READS)]  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
-        reads = Signal(range(READS + 2))
         op = ins.op
 
         m.d.comb += [
             prog_wr.addr.eq(self.prog_wr_addr), prog_wr.data.eq(self.prog_wr_data),
             prog_wr.en.eq(self.prog_wr_en & ~self.busy),
-            prog_rd.addr.eq(pc),
+            prog_rd.addr.eq(fetch),
             # the host port of the banks and the core's memories go through the vector unit
             vector.host_bank.eq(self.host_bank), vector.host_addr.eq(self.host_addr),
             vector.host_wr_data.eq(self.host_wr_data), vector.host_wr_en.eq(self.host_wr_en & ~self.busy),
@@ -147,16 +149,35 @@ class DecoderEngine(wiring.Component):
         eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
         with m.If(attention.o.valid & attention.o.ready):
             m.d.sync += eu.eq(attention.o.payload.exponent)
-        m.d.sync += [scalar.start.eq(0), vector.start.eq(0), self.core_start.eq(0), self.done.eq(0),
-                     reg_wr.en.eq(0)]
-        # the register file: the engine's reads while busy, the host's otherwise
-        read_addr = Signal(range(REGISTERS + 1))
-        m.d.comb += [reg_rd.addr.eq(Mux(self.busy, read_addr, self.reg_rd_addr)), self.reg_rd_data.eq(reg_rd.data)]
+        m.d.sync += [scalar.start.eq(0), vector.start.eq(0), self.core_start.eq(0), self.done.eq(0)]
+        # the register file: operands are read in DECODE from the fetched word's fields; the host reads
+        # through the first port while the engine is idle
+        fields = prog_rd.data
+        sources = [fields.r1, fields.r1 + 1, fields.r2, fields.r2 + 1, fields.r3]
+        for port, source in zip(reg_rd, sources):
+            m.d.comb += port.addr.eq(source)
+        with m.If(~self.busy):
+            m.d.comb += reg_rd[0].addr.eq(self.reg_rd_addr)
+        m.d.comb += self.reg_rd_data.eq(reg_rd[0].data)
 
-        # results waiting to be written: R[w_addr0] = w_data0, then R[w_addr1] = w_data1
-        w_data0, w_data1 = Signal(signed(REG_BITS)), Signal(signed(REG_BITS))
-        w_en0, w_en1 = Signal(), Signal()
-        w_addr0, w_addr1 = Signal(range(REGISTERS + 1)), Signal(range(REGISTERS + 1))
+        # results: R[r0] is written in the cycle the unit is done, the second result (R[r0 + 1] or
+        # R[r2]) in the next cycle, while the next instruction reads its operands
+        second_data = Signal(signed(REG_BITS))
+        second_addr = Signal(range(REGISTERS + 1))
+        second_en = Signal()
+        m.d.sync += second_en.eq(0)
+        with m.If(second_en):
+            m.d.comb += [reg_wr.addr.eq(second_addr), reg_wr.data.eq(second_data), reg_wr.en.eq(second_addr != 0)]
+
+        def retire(first=None, second=None, second_addr_value=None):
+            """The instruction is done: write its results, go to the next (fetched while it ran)."""
+            if first is not None:
+                m.d.comb += [reg_wr.addr.eq(ins.r0), reg_wr.data.eq(first[0]), reg_wr.en.eq(first[1] & (ins.r0 != 0))]
+            if second is not None:
+                m.d.sync += [second_data.eq(second[0]), second_en.eq(second[1]), second_addr.eq(second_addr_value)]
+            m.d.sync += [pc.eq(pc + 1), fetch.eq(pc + 2)]
+            m.next = "DECODE"
+
         unit = Signal(4)  # which counter the current instruction's cycles go to
         counters = [self.cycles_core, self.cycles_attention, self.cycles_vector, self.cycles_scalar]
         with m.If(self.busy):
@@ -167,31 +188,18 @@ class DecoderEngine(wiring.Component):
 
         with m.FSM():
             with m.State("IDLE"):
+                m.d.comb += prog_rd.addr.eq(0)
                 with m.If(self.start):
-                    m.d.sync += [pc.eq(0), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
+                    m.d.sync += [pc.eq(0), fetch.eq(1), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
                                  *(counter.eq(0) for counter in counters)]
-                    m.next = "FETCH"
-            with m.State("FETCH"):
-                m.d.sync += unit.eq(0)
-                m.next = "DECODE"
+                    m.next = "DECODE"
             with m.State("DECODE"):
-                m.d.sync += [ins.eq(prog_rd.data), reads.eq(0), read_addr.eq(prog_rd.data.r1)]
+                m.d.sync += [ins.eq(prog_rd.data), unit.eq(0)]
                 m.next = "READ"
             with m.State("READ"):
-                # in cycle k the register file shows R[sources[k - 1]] (its address went out in cycle k - 1)
-                sources = [ins.r1, ins.r1 + 1, ins.r2, ins.r2 + 1, ins.r3]
-                with m.Switch(reads):
-                    for k in range(READS + 1):
-                        with m.Case(k):
-                            if k >= 1:
-                                m.d.sync += x[k - 1].eq(reg_rd.data)
-                            if k + 1 < READS:
-                                m.d.sync += read_addr.eq(sources[k + 1])
-                m.d.sync += reads.eq(reads + 1)
-                with m.If(reads == READS):
-                    m.next = "EXECUTE"
+                m.d.sync += [xk.eq(port.data) for xk, port in zip(x, reg_rd)]
+                m.next = "EXECUTE"
             with m.State("EXECUTE"):
-                m.d.sync += [w_en0.eq(0), w_en1.eq(0), w_addr0.eq(ins.r0), w_addr1.eq(ins.r0 + 1)]
                 with m.Switch(op):
                     with m.Case(Op.HALT):
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
@@ -217,31 +225,20 @@ class DecoderEngine(wiring.Component):
                     with m.Case(*SCALAR_OPS):
                         with m.If(scalar.done):
                             pair = Cat(*(op == o for o in PAIR_RESULT)).any()
-                            m.d.sync += [w_data0.eq(scalar.w0), w_data1.eq(scalar.w1), w_en0.eq(1), w_en1.eq(pair)]
-                            m.next = "WRITE0"
+                            retire((scalar.w0, 1), (scalar.w1, pair), ins.r0 + 1)
                     with m.Case(*VECTOR_OPS):
                         with m.If(vector.done):
                             writes_r0 = Cat(*(op == o for o in VECTOR_RESULT)).any()
-                            m.d.sync += [w_data0.eq(vector.y0), w_data1.eq(vector.y2), w_en0.eq(writes_r0),
-                                         w_en1.eq(op == Op.VNORM), w_addr1.eq(ins.r2)]
-                            m.next = "WRITE0"
+                            retire((vector.y0, writes_r0), (vector.y2, op == Op.VNORM), ins.r2)
                     with m.Case(Op.KVAPPEND):
                         with m.If(vector.done):
-                            m.next = "WRITE0"
+                            retire()
                     with m.Case(Op.ATTEND):
                         with m.If(vector.done):
-                            m.d.sync += [w_data0.eq(eu), w_en0.eq(1)]
-                            m.next = "WRITE0"
+                            retire((eu, 1))
                     with m.Case(Op.TRUN):
                         with m.If(self.core_done):
-                            m.next = "WRITE0"
-            with m.State("WRITE0"):
-                m.d.sync += [reg_wr.addr.eq(w_addr0), reg_wr.data.eq(w_data0), reg_wr.en.eq(w_en0 & (w_addr0 != 0))]
-                m.next = "WRITE1"
-            with m.State("WRITE1"):
-                m.d.sync += [reg_wr.addr.eq(w_addr1), reg_wr.data.eq(w_data1), reg_wr.en.eq(w_en1 & (w_addr1 != 0)),
-                             pc.eq(pc + 1)]
-                m.next = "FETCH"
+                            retire()
         # the attention unit takes its command with the vector unit's start
         m.d.comb += attention.cmd.valid.eq(vector.start & ((op == Op.KVAPPEND) | (op == Op.ATTEND)))
         return m

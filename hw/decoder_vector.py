@@ -68,6 +68,7 @@ from bitlane.hw.nonlinear import RopePhase, SinCos
 
 VECTOR_LATENCY = 11             # start + n + 11: done
 STREAM_FIFO_DEPTH = 4           # A elements read ahead of att_o
+STREAM_STAGE = 2                # the pipeline stage whose A element a stream op puts into that FIFO
 SHIFT_LIMIT = 63                # shift counts are clamped to [-63, 63]
 SHIFT_BITS = 6
 LEFT_BITS = 5                   # left shifts of a 32-bit value that stay inside 34 bits: < 32
@@ -213,8 +214,12 @@ class VectorUnit(wiring.Component):
         last = [Signal(name=f"last{k}") for k in range(stages)]
         first = [Signal(name=f"first{k}") for k in range(stages)]
         m.d.comb += [valid[0].eq(issue), last[0].eq(issue & issue_last), first[0].eq(index < half)]
+        # a stream op's elements leave the pipeline at stage 2 for the FIFO: past it they would reach
+        # the next op's reductions and its `last` (the engine may start a vector op 3 cycles after a
+        # stream op's done)
         for k in range(1, stages):
-            m.d.sync += [valid[k].eq(valid[k - 1]), last[k].eq(last[k - 1]), first[k].eq(first[k - 1])]
+            keep = is_vector if k == STREAM_STAGE + 1 else 1
+            m.d.sync += [valid[k].eq(valid[k - 1] & keep), last[k].eq(last[k - 1] & keep), first[k].eq(first[k - 1])]
         with m.If(self.start & ~active & (self.n == 0) & Cat(self.op == o for o in VECTOR_OPS).any()):
             m.d.sync += last[1].eq(1)
 
@@ -377,7 +382,7 @@ class VectorUnit(wiring.Component):
         m.submodules.fifo = fifo = SyncFIFO(width=MANT_BITS, depth=STREAM_FIFO_DEPTH)
         taken_o = self.att_o.valid & self.att_o.ready
         m.d.comb += [
-            fifo.w_en.eq(valid[2] & is_stream), fifo.w_data.eq(a2[:MANT_BITS]),
+            fifo.w_en.eq(valid[STREAM_STAGE] & is_stream), fifo.w_data.eq(a2[:MANT_BITS]),
             self.att_o.valid.eq(fifo.r_rdy), self.att_o.payload.eq(fifo.r_data), fifo.r_en.eq(self.att_o.ready),
         ]
         m.d.sync += in_flight.eq(in_flight + (issue & is_stream) - taken_o)

@@ -11,7 +11,7 @@ import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge, SimTimeoutError, with_timeout
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.decoder import Bank, MachineShape
+from bitlane.contract.decoder import Bank, DecoderMachine, MachineShape
 from bitlane.contract.packing import pack_weights
 from bitlane.golden.integer import IntegerModel
 from bitlane.sw.decoder_program import DecoderImage, compile_decoder
@@ -36,6 +36,15 @@ class DecoderHarness:
     def __init__(self, dut, config: CoreConfig, shape: MachineShape, model: IntegerModel) -> None:
         self.dut, self.config, self.shape, self.model = dut, config, shape, model
         self.image: DecoderImage = compile_decoder(model, shape)
+
+    def machine(self) -> DecoderMachine:
+        """The engine's model loaded with the same program, constants and weights."""
+        matrices = {self.image.weights[i, key]: layer.trits[key].astype(np.int64)
+                    for i, layer in enumerate(self.model.layers) for key in layer.trits}
+        machine = DecoderMachine(self.shape, lambda w_base, rows, cols, q: matrices[w_base] @ q)
+        machine.load(self.image.program)
+        machine.write(Bank.CONST, 0, self.image.const)
+        return machine
 
     async def tick(self, n: int = 1) -> None:
         for _ in range(n):

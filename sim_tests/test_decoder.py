@@ -19,7 +19,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
 from bitlane.contract.config import PRESETS, DecoderShape
-from bitlane.contract.decoder import MachineShape
+from bitlane.contract.decoder import REGISTERS, Bank, MachineShape
 from bitlane.golden.integer import IntegerModel, convert
 from bitlane.hw.decoder import DecoderCore
 from sim_tests import simlib
@@ -76,10 +76,17 @@ async def decode_tokens(dut) -> None:
     harness = DecoderHarness(dut, config, MachineShape.from_config(config), model)
     await harness.load()
     cache = model.new_cache()
+    machine = harness.machine()
     log = []
     for pos, token in enumerate(ids_for(model, which, count)):
         y_ref, e_ref = model.hidden(np.array([[token]]), cache)
         y, ey, cycles = await harness.decode(token, pos)
+        machine.write(Bank.MAIN, harness.image.emb_addr, model.embedding[token])
+        machine.run(pos)
+        registers = [await harness.read_register(r) for r in range(REGISTERS)]
+        differ = [r for r in range(REGISTERS) if registers[r] != machine.regs[r]]
+        assert not differ, (f"{which} position {pos}: registers {differ} differ from the engine's model: "
+                             f"{[(registers[r], int(machine.regs[r])) for r in differ]}")
         np.testing.assert_array_equal(y, y_ref[0, 0], err_msg=f"{which}: final hidden state at position {pos}")
         assert ey == e_ref[0, 0, 0], f"{which}: exponent {ey} at position {pos}, reference {e_ref[0, 0, 0]}"
         log.append(dict(pos=pos, **vars(cycles)))
