@@ -169,16 +169,17 @@ class DecoderEngine(wiring.Component):
         with m.If(second_en):
             m.d.comb += [reg_wr.addr.eq(second_addr), reg_wr.data.eq(second_data), reg_wr.en.eq(second_addr != 0)]
 
+        unit = Signal(4)  # which counter the current instruction's cycles go to: its unit's, while it waits
+
         def retire(first=None, second=None, second_addr_value=None):
             """The instruction is done: write its results, go to the next (fetched while it ran)."""
             if first is not None:
                 m.d.comb += [reg_wr.addr.eq(ins.r0), reg_wr.data.eq(first[0]), reg_wr.en.eq(first[1] & (ins.r0 != 0))]
             if second is not None:
                 m.d.sync += [second_data.eq(second[0]), second_en.eq(second[1]), second_addr.eq(second_addr_value)]
-            m.d.sync += [pc.eq(pc + 1), fetch.eq(pc + 2)]
+            m.d.sync += [pc.eq(pc + 1), fetch.eq(pc + 2), unit.eq(0)]
             m.next = "DECODE"
 
-        unit = Signal(4)  # which counter the current instruction's cycles go to
         counters = [self.cycles_core, self.cycles_attention, self.cycles_vector, self.cycles_scalar]
         with m.If(self.busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
@@ -194,7 +195,7 @@ class DecoderEngine(wiring.Component):
                                  *(counter.eq(0) for counter in counters)]
                     m.next = "DECODE"
             with m.State("DECODE"):
-                m.d.sync += [ins.eq(prog_rd.data), unit.eq(0)]
+                m.d.sync += ins.eq(prog_rd.data)
                 m.next = "READ"
             with m.State("READ"):
                 m.d.sync += [xk.eq(port.data) for xk, port in zip(x, reg_rd)]
