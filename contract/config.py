@@ -27,11 +27,17 @@ class DecoderShape:
     const_depth: int  # CONST bank words
     copy_depth: int  # COPY bank words
     program_depth: int  # program memory instructions
+    # elements the vector unit processes per cycle (P): the banks are P elements wide, and vector
+    # operands start at multiples of P (contract/decoder.py); a power of two, at most the core's lanes
+    # and k_per_cycle (CoreConfig checks)
+    vector_lanes: int = 16
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if value < 1:
                 raise ValueError(f"decoder shape: {name} must be >= 1, got {value}")
+        if self.vector_lanes & (self.vector_lanes - 1):
+            raise ValueError(f"decoder shape: vector_lanes must be a power of two, got {self.vector_lanes}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,10 @@ class CoreConfig:
             raise ValueError(
                 f"config {self.name!r}: max_k {self.max_k} needs {self.acc_bits}-bit accumulators, "
                 "more than the 32 bits results have on the wire")
+        if self.decoder is not None and self.decoder.vector_lanes > min(self.lanes, self.k_per_cycle):
+            raise ValueError(
+                f"config {self.name!r}: the decoder's vector_lanes {self.decoder.vector_lanes} exceeds lanes "
+                f"{self.lanes} or k_per_cycle {self.k_per_cycle} (a vector word lies in one OUT / ACT word)")
         if self.max_payload < max(64, self.weight_word_bytes + 4, self.k_per_cycle + 4):
             raise ValueError(f"config {self.name!r}: max_payload {self.max_payload} cannot hold one weight word")
 
