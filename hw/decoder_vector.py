@@ -432,7 +432,7 @@ class VectorUnit(wiring.Component):
         # The word gathers in the ACT data register itself: the core reads it only with act_wr_en,
         # in the cycle after its last group came, before the next word's first group clears it.
         groups = self.k // P
-        group = Signal(range(groups))
+        group = Signal(range(max(groups, 2)))  # (a 0-width signal would lint as [-1:0])
         act_word = Signal(16)
         act_bytes = Cat(Mux(mask[9][j], y9[j][:8], 0) for j in range(P))
         m.d.sync += self.act_wr_en.eq(0)
