@@ -25,7 +25,7 @@ from bitlane.hw.synth import fmax, resources
 BOARD = "ulx3s"
 UNITS = {**NONLINEAR_UNITS, **VECTOR_UNITS, "softmax_row": lambda: SoftmaxRow(256),  # h128's context
          # the decoder engine's vector unit: banks MAIN 2048, CONST 4096, COPY 1024 words; the ULX3S core's memories
-         "decoder_vector": lambda: VectorUnit((2048, 4096, 1024), 16, 16, 1024, 1024)}
+         "decoder_vector": lambda: VectorUnit((2048, 4096, 1024), 16, 16, 1024, 1024, vector_lanes=16)}
 TARGET_MHZ = 50  # issue 12: the whole board top with the decoder units must close at >= 50 MHz
 
 

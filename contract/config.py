@@ -27,11 +27,17 @@ class DecoderShape:
     const_depth: int  # CONST bank words
     copy_depth: int  # COPY bank words
     program_depth: int  # program memory instructions
+    # elements the vector unit processes per cycle (P): the banks are P elements wide, and vector
+    # operands start at multiples of P (contract/decoder.py); a power of two, at most the core's lanes
+    # and k_per_cycle (CoreConfig checks)
+    vector_lanes: int = 16
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if value < 1:
                 raise ValueError(f"decoder shape: {name} must be >= 1, got {value}")
+        if self.vector_lanes & (self.vector_lanes - 1):
+            raise ValueError(f"decoder shape: vector_lanes must be a power of two, got {self.vector_lanes}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,10 @@ class CoreConfig:
             raise ValueError(
                 f"config {self.name!r}: max_k {self.max_k} needs {self.acc_bits}-bit accumulators, "
                 "more than the 32 bits results have on the wire")
+        if self.decoder is not None and self.decoder.vector_lanes > min(self.lanes, self.k_per_cycle):
+            raise ValueError(
+                f"config {self.name!r}: the decoder's vector_lanes {self.decoder.vector_lanes} exceeds lanes "
+                f"{self.lanes} or k_per_cycle {self.k_per_cycle} (a vector word lies in one OUT / ACT word)")
         if self.max_payload < max(64, self.weight_word_bytes + 4, self.k_per_cycle + 4):
             raise ValueError(f"config {self.name!r}: max_payload {self.max_payload} cannot hold one weight word")
 
@@ -133,15 +143,17 @@ PRESETS: dict[str, CoreConfig] = {
                              clock_hz=18_000_000),
     # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR. Its decoder is sized for h128 (3328 of the 4096
     # weight words; banks of 1216 / 3232 / 576 words, 684 instructions) with the KV cache in the EBR left
-    # over: of 208 EBRs (18 kbit: 512 x 36 or 1024 x 18) the matmul design takes 143 (README), the
-    # banks 3 + 7 + 2 (512 words each), the program 11 (1024 x 192 bits at 1024 x 18), the engine's
-    # tables and score row about 5; the remaining ~37 hold 36 positions of h128's cache (1024 int16
-    # = one EBR per position, exponents in one more), so 32 positions. A longer context needs the
-    # cache in SDRAM (docs/sdram.md).
+    # over (208 EBRs of 18 kbit, 512 x 36 or 1024 x 18). The vector unit runs 8 elements per cycle: its
+    # banks are 256 bits wide, 8 EBRs each at these depths (16 elements would double that for ~2,000
+    # fewer cycles per token). The output memory holds 512 words (15 EBRs; 1024 took 29), enough for
+    # the decoder's 48 and for matmul-mode batches of 8192 results. The KV cache then gets 32 positions
+    # of h128 (one EBR per position); a longer context needs the cache in SDRAM (docs/sdram.md).
+    # `python bench/decoder_bench.py` and the README's synthesis table measure it.
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
-                        out_depth=1024, max_k=8192, max_payload=1024, clock_hz=30_000_000,
+                        out_depth=512, max_k=8192, max_payload=1024, clock_hz=30_000_000,
                         decoder=DecoderShape(layers=4, kv_heads=2, head_dim=64, context=32, main_depth=1536,
-                                             const_depth=3584, copy_depth=1024, program_depth=1024)),
+                                             const_depth=3584, copy_depth=1024, program_depth=1024,
+                                             vector_lanes=8)),
 }
 
 

@@ -4,8 +4,8 @@ The device runs a whole decoder step (every layer of one token) as a *program*: 
 `Instruction`s that the host compiles once per model (bitlane.sw.decoder_program) and loads with
 the model. The engine (bitlane.hw.decoder) fetches them one at a time and hands each to a unit:
 
-    vector ops     stream one element per cycle through a pipeline: read operands from up to three
-                   memories, write one, reduce max|y| or sum(x^2) into registers
+    vector ops     stream `vector_lanes` (P) elements per cycle through a pipeline: read operands from
+                   up to three memories, write one, reduce max|y| or sum(x^2) into registers
     scalar ops     per-vector arithmetic on 48-bit registers: priority encoder, factor product,
                    reciprocal, rsqrt, the quantizer's factor, RMSNorm's eps term
     TRUN           one ternary product on the existing core (activation and output memories shared)
@@ -18,18 +18,24 @@ whose sizes fit, and the same program runs on `DecoderMachine` below, which is t
 `.model()`: the tests run a program here against golden.integer (the contract's reference) and on
 the gateware against this model, integer for integer.
 
-Memories ("banks") the operands name. Words of the general banks are signed 32-bit; `OUT` and `ACT`
-are the ternary core's output and activation memories, addressed per element:
+Memories ("banks") the operands name. Elements of the general banks are signed 32-bit; `OUT` and
+`ACT` are the ternary core's output and activation memories, addressed per element:
 
-    MAIN   working vectors (residual h, norm outputs, q, attention outputs)
+    MAIN   working vectors (residual h, norm outputs, q, attention outputs, the token's RoPE phases)
     CONST  per-model constants: norm gains (int16), RoPE omega (uint32 as its two's complement)
     COPY   second copies, so that an op never reads two operands from one bank
     OUT    core output memory, read only: element e is lane e % lanes of word e // lanes
     ACT    core activation memory, write only (int8): element e is byte e % k of word e // k
 
+Alignment (the vector unit reads and writes P = `MachineShape.vector_lanes` elements per cycle; a
+general bank's word is P elements, element e is lane e % P of word e // P): every operand address
+(a, b, c) and destination address (d) of an op of the vector unit (the V* ops, KVAPPEND, ATTEND) is a
+multiple of P; the length n may be anything (the last word is partial). An ACT destination starts at a
+multiple of k_per_cycle. VROPE needs P to divide n/2. The model refuses other programs (ProgramError).
+
 Registers: `REGISTERS` signed 48-bit registers; R0 reads 0 and ignores writes. A UF factor occupies
 a register pair (mantissa in r, exponent in r + 1). `POS`, the token's position, is set by the
-DECODE request and read by VROPE, KVAPPEND and ATTEND.
+DECODE request and read by VPHASE, KVAPPEND and ATTEND.
 
 Every op's semantics is one method of `DecoderMachine` (`_op_<name>`), with the widths the hardware
 has; a value leaving its width raises `WidthError` naming the instruction, as golden.integer does.
@@ -70,17 +76,20 @@ class Op(IntEnum):
     signed 32-bit constant. `A[i]` is element addr + i of the a operand, and so on."""
 
     HALT = 0       # end of program
-    # -- vector ops (one element per cycle)
+    # -- vector ops (P elements per cycle; VPHASE one)
     VMAXABS = 1    # R[r0] = max_i |A[i]|
     VSHIFT = 2     # y = shift_right(A[i], R[r1], rounding=imm & 1); D[i] = y; R[r0] = max|y|
     VNORM = 3      # x = A[i] >> R[r1] (int16); R[r2] = sum x^2; z = x * B[i] (gain, int16); D[i] = z; R[r0] = max|z|
     VQUANT = 4     # D[i] = clamp((shift_right(A[i], R[r1]) * R[r2] + 2^22) >> 23, -128, 127)   (D in ACT)
     VSCALE = 5     # t = (A[i] >> R[r1]) * R[r2] (int16 x uint16); D[i] = t; R[r0] = max|t|
     VROPE = 6      # rotate-half RoPE of one head (n = head_dim): x = A[i] >> R[r1], y = B[(i + n/2) mod n] >> R[r1],
-                   # c, s = cos, sin(POS * C[i mod n/2]); D[i] = x c -/+ y s (- for the first half); R[r0] = max|D|
+                   # (c, s) = the pair C[i mod n/2] (VPHASE's: cos in the low 16 bits, sin in the high, both
+                   # signed); D[i] = x c -/+ y s (- for the first half); R[r0] = max|D|
     VRESID = 7     # D[i] = B[i] + shift_right((A[i] >> R[r1]) * R[r2], R[r3], rounding=True)
     VRELU2 = 8     # y = max(A[i] >> R[r1], 0)^2; D[i] = y; R[r0] = max|y|
     VMUL = 9       # y = (A[i] >> R[r1]) * (B[i] >> R[r2]) (int16 x int16); D[i] = y; R[r0] = max|y|
+    VPHASE = 10    # phase = rope_phase(POS, C[i] as uint32); D[i] = cos_q14(phase) & 0xFFFF | sin_q14(phase) << 16
+                   # (signed 32-bit): the token's RoPE pairs, once per token, for every VROPE (one element per cycle)
     # -- scalar ops
     MOVI = 16      # R[r0] = imm
     ADD = 17       # R[r0] = R[r1] + R[r2] + imm
@@ -103,7 +112,8 @@ class Op(IntEnum):
 
 
 VECTOR_OPS = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VQUANT, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2,
-                        Op.VMUL})
+                        Op.VMUL, Op.VPHASE})
+ALIGNED_OPS = VECTOR_OPS | {Op.KVAPPEND, Op.ATTEND}  # the vector unit's: operands at multiples of vector_lanes
 
 
 @wire_record("decoder instruction")
@@ -141,8 +151,9 @@ class Instruction(WireRecord):
 
 @dataclass(frozen=True)
 class MachineShape:
-    """Sizes of one engine: bank depths (words), the ternary core's lanes and k_per_cycle (for the OUT
-    and ACT element addressing), the attention unit's cache, and the program memory."""
+    """Sizes of one engine: bank depths (elements), the ternary core's lanes and k_per_cycle (for the OUT
+    and ACT element addressing), the attention unit's cache, the program memory, and the vector unit's
+    elements per cycle (the alignment of vector operands)."""
 
     bank_depth: tuple[int, int, int]  # MAIN, CONST, COPY
     lanes: int
@@ -154,6 +165,13 @@ class MachineShape:
     head_dim: int
     context: int
     program_depth: int
+    vector_lanes: int = 1
+
+    def __post_init__(self) -> None:
+        p = self.vector_lanes
+        if p < 1 or p & (p - 1) or p > self.lanes or p > self.k_per_cycle:
+            raise ValueError(f"vector_lanes {p}: a power of two, at most lanes {self.lanes} and k_per_cycle "
+                             f"{self.k_per_cycle}")
 
     @classmethod
     def from_capabilities(cls, caps: Capabilities) -> "MachineShape":
@@ -162,7 +180,7 @@ class MachineShape:
             raise ValueError("the device has no decoder engine (its INFO record lacks Feature.DECODER)")
         return cls((caps.dec_main_depth, caps.dec_const_depth, caps.dec_copy_depth), caps.lanes, caps.k_per_cycle,
                    caps.out_depth, caps.act_depth, caps.dec_layers, caps.dec_kv_heads, caps.dec_head_dim,
-                   caps.dec_context, caps.dec_program_depth)
+                   caps.dec_context, caps.dec_program_depth, caps.dec_vector_lanes)
 
     @classmethod
     def from_config(cls, config: CoreConfig) -> "MachineShape":
@@ -255,12 +273,28 @@ class DecoderMachine:
                 raise ProgramError(f"instruction {pc}: unknown op {ins.op}") from None
             self.executed[op] = self.executed.get(op, 0) + 1
             try:
+                if op in ALIGNED_OPS:
+                    self._aligned(op, ins)
                 getattr(self, f"_op_{op.name.lower()}")(ins)
             except (WidthError, ProgramError) as error:
                 raise type(error)(f"instruction {pc} ({ins}): {error}") from None
         raise ProgramError("program ran off its end without HALT")
 
     # -- helpers
+    _NAMES = {Op.VNORM: "abd", Op.VROPE: "abcd", Op.VRESID: "abd", Op.VMUL: "abd", Op.VPHASE: "cd",
+              Op.VMAXABS: "a", Op.KVAPPEND: "a"}
+
+    def _aligned(self, op: Op, ins: Instruction) -> None:
+        p = self.shape.vector_lanes
+        for name in self._NAMES.get(op, "ad"):
+            addr = getattr(ins, f"{name}_addr")
+            if addr % p:
+                raise ProgramError(f"operand {name} at {addr}: not a multiple of vector_lanes {p}")
+        if op != Op.VMAXABS and ins.d_bank == Bank.ACT and ins.d_addr % self.shape.k_per_cycle:
+            raise ProgramError(f"ACT destination {ins.d_addr}: not a multiple of k_per_cycle {self.shape.k_per_cycle}")
+        if op == Op.VROPE and (ins.n // 2) % p:
+            raise ProgramError(f"VROPE over {ins.n}: vector_lanes {p} does not divide n/2")
+
     def _range(self, bank: int, addr: int, n: int, what: str) -> None:
         if bank in GENERAL_BANKS:
             depth = self.shape.bank_depth[bank]
@@ -372,10 +406,10 @@ class DecoderMachine:
         a, b = self._operands(ins, "a", "b")
         half = ins.n // 2
         if ins.c_bank in (ins.a_bank, ins.b_bank):
-            raise ProgramError("VROPE reads omega from the bank of another operand")
-        omega = self._src(ins.c_bank, ins.c_addr, half) & ((1 << PHASE_BITS) - 1)
-        phase = rope_phase(np.int64(self.pos), omega)
-        c, s = np.tile(cos_q14(phase), 2), np.tile(sin_q14(phase), 2)
+            raise ProgramError("VROPE reads its pairs from the bank of another operand")
+        pairs = self._src(ins.c_bank, ins.c_addr, half)
+        cos, sin = ((pairs & 0xFFFF) ^ 0x8000) - 0x8000, pairs >> 16
+        c, s = np.tile(cos, 2), np.tile(sin, 2)
         shift = self._reg(ins.r1)
         x = self._int16(a >> shift, "VROPE input")
         y = self._int16(np.roll(b, -half) >> shift, "VROPE partner")
@@ -383,6 +417,12 @@ class DecoderMachine:
         r = x * c + sign * y * s
         self._dst(ins, r)
         self._set(ins.r0, self._maxabs(r))
+
+    def _op_vphase(self, ins: Instruction) -> None:
+        (omega,) = self._operands(ins, "c")
+        phase = rope_phase(np.int64(self.pos), omega & ((1 << PHASE_BITS) - 1))
+        cos, sin = cos_q14(phase), sin_q14(phase)
+        self._dst(ins, (cos & 0xFFFF) + (sin << 16))
 
     def _op_vresid(self, ins: Instruction) -> None:
         a, h = self._operands(ins, "a", "b")
@@ -482,4 +522,4 @@ class DecoderMachine:
 
 
 __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "ProgramError", "attend_head",
-           "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "GENERAL_BANKS", "TernaryRun"]
+           "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "TernaryRun"]

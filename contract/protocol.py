@@ -275,14 +275,15 @@ class Capabilities(WireRecord):
     dec_main_depth: int = wire(32)
     dec_const_depth: int = wire(32)
     dec_copy_depth: int = wire(32)
+    dec_vector_lanes: int = wire(8)  # elements the decoder's vector unit processes per cycle
 
     @classmethod
     def from_config(cls, config: CoreConfig) -> "Capabilities":
         """The INFO record a device of this configuration answers."""
         d = config.decoder
-        decoder = (0, 0, 0, 0, 0, 0, 0, 0, 0) if d is None else (
+        decoder = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0) if d is None else (
             Feature.DECODER, d.layers, d.kv_heads, d.head_dim, d.context, d.program_depth, d.main_depth,
-            d.const_depth, d.copy_depth)
+            d.const_depth, d.copy_depth, d.vector_lanes)
         return cls(PROTOCOL_VERSION, config.acc_bits, config.lanes, config.k_per_cycle, config.max_payload,
                    config.weight_depth, config.act_depth, config.out_depth, config.max_k, config.clock_hz, *decoder)
 

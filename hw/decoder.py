@@ -8,9 +8,9 @@ ternary core (the instruction set and its model are contract/decoder.py).
                                                                     '- TernaryCore    (a RUN through `core_*`)
 
 One instruction at a time: the engine is a sequencer, not a pipeline. What costs cycles is the
-vector elements, the ternary products and attention, which the units stream; each instruction adds
-`ISSUE_CYCLES` (its word is fetched while the previous one runs, its results are written as its unit
-finishes). Counters split the cycles of a run by unit, for bench/decoder_bench.py.
+vector elements (`vector_lanes` per cycle), the ternary products and attention, which the units
+stream; each instruction adds `ISSUE_CYCLES` (its word is fetched while the previous one runs, its
+results are written as its unit finishes). Counters split the cycles of a run by unit, for bench/decoder_bench.py.
 """
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
@@ -94,7 +94,7 @@ class DecoderEngine(wiring.Component):
         m.submodules.registers = registers = Memory(shape=signed(REG_BITS), depth=REGISTERS, init=[])
         m.submodules.scalar = scalar = ScalarUnit()
         m.submodules.vector = vector = VectorUnit(shape.bank_depth, shape.lanes, shape.k_per_cycle,
-                                                  shape.out_depth, shape.act_depth)
+                                                  shape.out_depth, shape.act_depth, shape.vector_lanes)
         m.submodules.attention = attention = AttentionUnit(
             head_dim=shape.head_dim, kv_heads=shape.kv_heads, layers=shape.layers, context=shape.context,
             kv_bits=self.kv_bits, macs=self.macs)

@@ -1,57 +1,66 @@
 """The decoder engine's vector unit: the vector ops of contract/decoder.py, bit-exact to
-`DecoderMachine._op_v*`, one element per cycle through one fixed-length pipeline, and the two stream
-ops that feed the attention unit.
+`DecoderMachine._op_v*`, P = `vector_lanes` elements per cycle through one fixed-length pipeline,
+and the two stream ops that feed the attention unit.
 
-    VMAXABS  VSHIFT  VNORM  VQUANT  VSCALE  VROPE  VRESID  VRELU2  VMUL     n + 12 cycles each
+    VMAXABS VSHIFT VNORM VQUANT VSCALE VROPE VRESID VRELU2 VMUL   ceil(n / P) + L + 1 cycles each
+    VPHASE                                                       n + L + 1 (one element per cycle)
     KVAPPEND  ATTEND                     A out on att_o (, D in on att_i)   n + 6 cycles, more under backpressure
 
+with L = `vector_latency(P)` = 11 + ceil(log2(P) / 2) (11, 12, 12, 13, 13 for P = 1, 2, 4, 8, 16):
+`vector_cycles(op, n, P)`.
+
 Results: R[r0] = `y0` (max|y|) for VMAXABS, VSHIFT, VNORM, VSCALE, VROPE, VRELU2 and VMUL, and
-R[r2] = `y2` (sum x^2) for VNORM; the engine writes them at `done` (VQUANT and VRESID set no
+R[r2] = `y2` (sum x^2) for VNORM; the engine writes them at `done` (VQUANT, VRESID and VPHASE set no
 register; ATTEND's R[r0] is the attention unit's).
 
-The unit owns the three general banks (MAIN, CONST, COPY: signed 32-bit words, one read port for
-operands and the host, one write port for D and the host) and reaches the ternary core's output
-memory (OUT, one read address, the word the cycle after) and activation memory (ACT, one write
-port) through its ports. An op never reads two operands from one memory (the model refuses such a
-program), so each memory's read port serves the one operand (A, B or C) that names it.
+The unit owns the three general banks (MAIN, CONST, COPY: words of P signed 32-bit elements, element e
+is lane e % P of word e // P; one read port for operands and the host, one write port with a write
+enable per element for D and the host) and reaches the ternary core's output memory (OUT, one read
+address, the word the cycle after; P of its lanes are one word here: P divides lanes) and activation
+memory (ACT, one write port) through its ports. An op never reads two operands from one memory (the
+model refuses such a program), so each memory's read port serves the one operand (A, B or C) that
+names it. Operands start at multiples of P (the model's alignment rule), so word w of an operand is
+one memory word; the lanes of the last word past n are masked: not written, 0 in the reductions.
 
-The pipeline (stage k of element i is cycle start + 1 + i + k):
+The pipeline (stage k of word i is cycle start + 1 + i + k; P lanes of everything but the phase):
 
-    0   operand addresses: A[i], B[i] (VROPE: B[(i + n/2) mod n]), C[i mod n/2] (VROPE's omega)
-    1   read data; OUT's lane; the operand's bank -> a, b, c
+    0   operand word addresses: A[i], B[i] (VROPE: B[(i + n/2) mod n]), C[i mod n/2] (VROPE's pairs)
+    1   read data; OUT's group of P lanes; the operand's bank -> a, b, c
     2   barrel shifts: a by R[r1] (either direction, with a spare low bit for rounding), b by
-        R[r2] (VMUL) or R[r1] (VROPE); RopePhase takes (pos, c)
+        R[r2] (VMUL) or R[r1] (VROPE); VPHASE: RopePhase takes (pos, c) of the word's one element
     3   rounding of a (floor or half up): x
-    4-5 x and y wait for the sine (RopePhase, then SinCos: 2 + 2 cycles); multiplier operands
-    6   two signed 16 x 17 products: x * (gain | R[r2] | x | y | cos), x * x or y * sin
-    7   VROPE's sum, VQUANT's round and clamp, VRESID's barrel shift; sum of squares (VNORM)
-    8   VRESID's rounding and add to B[i]; the op's result y
-    9   D[i] = y (general banks); |y|; ACT bytes gathered into words
-    10  ACT word written; running max|y|
-    11  done (y0 = max|y|, y2 = sum x^2)
+    4-5 (VPHASE: RopePhase, then SinCos: 2 + 2 cycles); multiplier operands (VROPE: c's cos, sin)
+    6   two signed 16 x 17 products per lane: x * (gain | R[r2] | x | y | cos), x * x or y * sin
+    7   VROPE's sum, VQUANT's round and clamp, VRESID's barrel shift; x^2 into the adder tree (VNORM)
+    8   VRESID's rounding and add to B[i]; the op's result y (VPHASE: the (cos, sin) pair)
+    9   D word = y (lanes that hold elements); |y|; ACT bytes gathered into words (P bytes a cycle)
+    10  max|y| tree, two levels a stage (ceil(log2(P) / 2) stages), then the running max
+    L   done (y0 = max|y|, y2 = sum x^2)
 
 Cycle contract: `start` (a one-cycle pulse while not `busy`) samples the instruction's fields, the
 registers' values x1..x3 and the position. For a vector op, `busy` is high from the next cycle and
-`done` pulses in cycle start + n + VECTOR_LATENCY (11), the last cycle of `busy`, when every write
-is in its memory and `y0`, `y2` hold the results (until the next start); a new op can start the
-cycle after `done`, so an op takes `vector_cycles(op, n) = n + 12` cycles. The stream ops issue A's
-reads as the 4-entry output FIFO has room: `att_o` offers A[0..n) as int16 (the low bits of each
-word), and ATTEND writes the i-th value taken on `att_i` to D[i]; `done` comes the cycle after the
-last transfer (KVAPPEND: the n-th value taken on `att_o`; ATTEND: that and the n-th written): in
-cycle start + n + 5 without backpressure (start + 2 for n = 0), so `vector_cycles` gives n + 6.
+`done` pulses in cycle start + words + L (words = ceil(n / P); VPHASE: n), the last cycle of `busy`,
+when every write is in its memory and `y0`, `y2` hold the results (until the next start); a new op
+can start the cycle after `done`. The stream ops issue A's reads one element a cycle as the 4-entry
+output FIFO has room: `att_o` offers A[0..n) as int16 (the low bits of each element), and ATTEND
+writes the i-th value taken on `att_i` to D[i] (one element's write enable); `done` comes the cycle
+after the last transfer (KVAPPEND: the n-th value taken on `att_o`; ATTEND: that and the n-th
+written): in cycle start + n + 5 without backpressure (start + 2 for n = 0), so `vector_cycles`
+gives n + 6.
 
 What the engine must respect (the model accepts a few programs the pipeline cannot run):
-- D may overlap an operand's vector only where D starts at most 8 elements above it (in place,
-  D == A or D == B, is the use): element i is read 9 cycles before D[i] is written, so a D that
-  starts 9 or more above an operand's start and overlaps it would read elements already written
-  (9: in the cycle of the write). VROPE reads B out of order: its D must not overlap B.
+- D may overlap an operand's vector only where D starts at most 8 words (8 P elements) above it (in
+  place, D == A or D == B, is the use): word i is read 9 cycles before D's word i is written. VROPE
+  reads B out of order: its D must not overlap B.
 - Shift counts are clamped to [-63, 63] (numpy `>>` by a negative count gives the sign, as a count
   of 63 does); the factors R[r2] of VQUANT, VSCALE and VRESID are taken as uint16 (their low 16 bits).
-- The stream ops' D is a general bank.
+- The stream ops' D is a general bank; an ACT destination starts at a multiple of k_per_cycle (the
+  model checks both alignments).
 - Values outside the widths that the model checks (a WidthError there) give unspecified results.
 
-Host port: while not `busy`, `host_addr` reads word `host_addr` of bank `host_bank` (0 MAIN,
-1 CONST, 2 COPY) into `host_rd_data` the next cycle, and `host_wr_en` writes `host_wr_data` there.
+Host port (elements, as before): while not `busy`, `host_addr` reads element `host_addr` of bank
+`host_bank` (0 MAIN, 1 CONST, 2 COPY) into `host_rd_data` the next cycle, and `host_wr_en` writes
+`host_wr_data` there (that element only).
 """
 from __future__ import annotations
 
@@ -66,25 +75,38 @@ from bitlane.contract.intmath import MANT_BITS, Q_MAX, Q_SHIFT
 from bitlane.hw import zero_init  # noqa: F401  (all-zero memory contents stay out of the netlist)
 from bitlane.hw.nonlinear import RopePhase, SinCos
 
-VECTOR_LATENCY = 11             # start + n + 11: done
+VECTOR_LATENCY = 11             # one lane: start + n + 11: done (vector_latency(P) in general)
 STREAM_FIFO_DEPTH = 4           # A elements read ahead of att_o
 STREAM_STAGE = 2                # the pipeline stage whose A element a stream op puts into that FIFO
 SHIFT_LIMIT = 63                # shift counts are clamped to [-63, 63]
 SHIFT_BITS = 6
 LEFT_BITS = 5                   # left shifts of a 32-bit value that stay inside 34 bits: < 32
 STREAM_OPS = (Op.KVAPPEND, Op.ATTEND)
-VECTOR_OPS = (Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VQUANT, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2, Op.VMUL)
+VECTOR_OPS = (Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VQUANT, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2, Op.VMUL,
+              Op.VPHASE)
 GENERAL = (Bank.MAIN, Bank.CONST, Bank.COPY)
 
 
-def vector_cycles(op: int, n: int) -> int:
+def _tree_stages(p: int) -> int:
+    """Register stages of a reduction tree over p lanes: two levels a stage."""
+    return ((p - 1).bit_length() + 1) // 2
+
+
+def vector_latency(vector_lanes: int = 1) -> int:
+    """L: a vector op's `done` comes in cycle start + words + L."""
+    return VECTOR_LATENCY + _tree_stages(vector_lanes)
+
+
+def vector_cycles(op: int, n: int, vector_lanes: int = 1) -> int:
     """Cycles one op occupies the unit, from its `start` to the first cycle another start is
-    taken: n + 12 for a vector op; the least (no backpressure) for a stream op."""
+    taken: ceil(n / P) + L + 1 for a vector op (VPHASE: n + L + 1); the least (no backpressure)
+    for a stream op."""
     if Op(op) in STREAM_OPS:
         return n + 6 if n else 3
     if Op(op) not in VECTOR_OPS:
         raise ValueError(f"{Op(op).name} is not an op of the vector unit")
-    return n + VECTOR_LATENCY + 1
+    words = n if Op(op) == Op.VPHASE else -(-n // vector_lanes)
+    return words + vector_latency(vector_lanes) + 1
 
 
 def _numpy_right(s):
@@ -107,18 +129,22 @@ class VectorUnit(wiring.Component):
     Parameters
     ----------
     bank_depth : (int, int, int)
-        Words of MAIN, CONST, COPY.
+        Elements of MAIN, CONST, COPY.
     lanes, k_per_cycle, out_depth, act_depth : int
         The ternary core's shape: OUT element e is lane e % lanes of word e // lanes, ACT element
         e is byte e % k_per_cycle of word e // k_per_cycle (both powers of two).
+    vector_lanes : int
+        P, elements per cycle: a power of two, at most lanes and k_per_cycle.
     """
 
     def __init__(self, bank_depth: tuple[int, int, int], lanes: int, k_per_cycle: int, out_depth: int,
-                 act_depth: int) -> None:
-        for name, value in (("lanes", lanes), ("k_per_cycle", k_per_cycle)):
+                 act_depth: int, vector_lanes: int = 1) -> None:
+        for name, value in (("lanes", lanes), ("k_per_cycle", k_per_cycle), ("vector_lanes", vector_lanes)):
             if value < 1 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two, got {value}")
-        self.bank_depth, self.lanes, self.k = tuple(bank_depth), lanes, k_per_cycle
+        if vector_lanes > min(lanes, k_per_cycle):
+            raise ValueError(f"vector_lanes {vector_lanes} exceeds lanes {lanes} or k_per_cycle {k_per_cycle}")
+        self.bank_depth, self.lanes, self.k, self.p = tuple(bank_depth), lanes, k_per_cycle, vector_lanes
         self.out_depth, self.act_depth = out_depth, act_depth
         super().__init__({
             "start": In(1), "op": In(8), "n": In(16),
@@ -137,7 +163,20 @@ class VectorUnit(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
+        P = self.p
+        pb = (P - 1).bit_length()
         lane_bits, k_bits = (self.lanes - 1).bit_length(), (self.k - 1).bit_length()
+        tree = _tree_stages(P)
+        latency = vector_latency(P)
+
+        def word_addr(elem):
+            return elem >> pb
+
+        def lane_of(elem):
+            return elem[:pb] if pb else Const(0, 1)
+
+        def lanes_of(word, bits=WORD_BITS):
+            return [word.word_select(j, bits) for j in range(P)]
 
         # ---- the op, registered at start
         op = Signal(8)
@@ -151,7 +190,7 @@ class VectorUnit(wiring.Component):
         factor = Signal(MANT_BITS)
         pos = Signal(16)
         is_op = {o: Signal(name=f"is_{o.name.lower()}") for o in (*VECTOR_OPS, *STREAM_OPS)}
-        is_vector, is_stream = Signal(), Signal()
+        is_vector, is_stream, single = Signal(), Signal(), Signal()
         writes_bank = {b: Signal(name=f"writes_{b.name.lower()}") for b in GENERAL}
         writes_act = Signal()
         active = Signal()
@@ -162,10 +201,14 @@ class VectorUnit(wiring.Component):
             shift_right_op = (self.op == Op.VSHIFT) | (self.op == Op.VQUANT)  # the contract's shift_right
             t_r = _contract_shift(x3)[0]
             t_l = Mux(x3[-1], Mux(x3 < -33, 33, (-x3)[:LEFT_BITS + 1]), 0)  # |d| < 2^32: left <= 32
+            is_str = (self.op == Op.KVAPPEND) | (self.op == Op.ATTEND)
             m.d.sync += [
                 op.eq(self.op), n.eq(self.n),
                 half.eq(Mux(self.op == Op.VROPE, self.n >> 1, 0)),
-                *(banks[name].eq(getattr(self, f"{name}_bank")) for name in "abcd"),
+                # VPHASE reads only C: A and B name its bank too, so that the one read port follows C
+                *(banks[name].eq(Mux(self.op == Op.VPHASE, self.c_bank, getattr(self, f"{name}_bank")))
+                  for name in "ab"),
+                *(banks[name].eq(getattr(self, f"{name}_bank")) for name in "cd"),
                 *(addrs[name].eq(getattr(self, f"{name}_addr")) for name in "bcd"),
                 a_right.eq(Mux(self.op == Op.VMAXABS, 0, Mux(shift_right_op, contract[0], numpy_right))),
                 a_left.eq(Mux(shift_right_op, contract[1], 0)),
@@ -176,67 +219,82 @@ class VectorUnit(wiring.Component):
                 pos.eq(self.pos),
                 *(flag.eq(self.op == o) for o, flag in is_op.items()),
                 is_vector.eq(Cat(self.op == o for o in VECTOR_OPS).any()),
-                is_stream.eq((self.op == Op.KVAPPEND) | (self.op == Op.ATTEND)),
+                is_stream.eq(is_str),
+                single.eq(is_str | (self.op == Op.VPHASE)),
                 *(writes_bank[b].eq((self.d_bank == b) & (self.op != Op.VMAXABS)) for b in GENERAL),
                 writes_act.eq((self.d_bank == Bank.ACT) & (self.op != Op.VMAXABS)),
             ]
 
-        # ---- issue: one element per cycle (stream ops: while the FIFO has room)
+        # ---- issue: P elements per cycle (VPHASE one; stream ops one while the FIFO has room)
         issuing = Signal()
         index = Signal(16)
-        a_ptr, b_ptr, c_ptr = Signal(16), Signal(16), Signal(16)
+        a_ptr, b_ptr, c_ptr = Signal(16), Signal(16), Signal(16)   # element addresses
         in_flight = Signal(range(STREAM_FIFO_DEPTH + 1))  # A elements read and not yet taken on att_o
         issue, issue_last = Signal(), Signal()
+        remaining = Signal(17)
+        step = Mux(single, 1, P)
         m.d.comb += [
+            remaining.eq(n - index),
             issue.eq(issuing & (~is_stream | (in_flight < STREAM_FIFO_DEPTH))),
-            issue_last.eq(index == n - 1),
+            issue_last.eq(remaining <= step),
         ]
         with m.If(self.start & ~active):
             m.d.sync += [
                 issuing.eq(self.n != 0), index.eq(0),
-                a_ptr.eq(self.a_addr),
-                b_ptr.eq(self.b_addr + Mux(self.op == Op.VROPE, self.n >> 1, 0)),
+                a_ptr.eq(Mux(self.op == Op.VPHASE, self.c_addr, self.a_addr)),
+                b_ptr.eq(Mux(self.op == Op.VPHASE, self.c_addr, self.b_addr + Mux(self.op == Op.VROPE, self.n >> 1, 0))),
                 c_ptr.eq(self.c_addr),
             ]
         with m.Elif(issue):
-            wrap = index + 1 == half
+            wrap = is_op[Op.VROPE] & (index + P == half)
             m.d.sync += [
-                index.eq(index + 1), a_ptr.eq(a_ptr + 1),
-                b_ptr.eq(Mux(wrap, addrs["b"], b_ptr + 1)),
-                c_ptr.eq(Mux(wrap, addrs["c"], c_ptr + 1)),
+                index.eq(index + step), a_ptr.eq(a_ptr + step),
+                b_ptr.eq(Mux(wrap, addrs["b"], b_ptr + step)),
+                c_ptr.eq(Mux(wrap, addrs["c"], c_ptr + step)),
             ]
             with m.If(issue_last):
                 m.d.sync += issuing.eq(0)
 
-        # Per-stage flags: valid, last (the op's final element, or n = 0's empty token), first half.
-        stages = VECTOR_LATENCY + 1
+        # Per-stage flags: valid, last (the op's final word, or n = 0's empty token), first half, and
+        # the lanes that hold elements (past n, or all but one lane for VPHASE, are masked).
+        stages = latency + 1
         valid = [Signal(name=f"valid{k}") for k in range(stages)]
         last = [Signal(name=f"last{k}") for k in range(stages)]
         first = [Signal(name=f"first{k}") for k in range(stages)]
-        m.d.comb += [valid[0].eq(issue), last[0].eq(issue & issue_last), first[0].eq(index < half)]
-        # a stream op's elements leave the pipeline at stage 2 for the FIFO: past it they would reach
-        # the next op's reductions and its `last` (the engine may start a vector op 3 cycles after a
-        # stream op's done)
+        mask = [Signal(P, name=f"mask{k}") for k in range(stages)]
+        lane = [Signal(max(pb, 1), name=f"lane{k}") for k in range(3)]  # the element's lane (single ops)
+        mask0 = Cat(Mux(single, index[:pb] == j if pb else 1, remaining > j) for j in range(P))
+        m.d.comb += [valid[0].eq(issue), last[0].eq(issue & issue_last), first[0].eq(index < half),
+                     mask[0].eq(Mux(issue, mask0, 0)), lane[0].eq(index[:pb] if pb else 0)]
+        # a stream op's elements leave the pipeline at STREAM_STAGE for the FIFO: past it they would
+        # reach the next op's reductions and its `last` (the engine may start a vector op 3 cycles
+        # after a stream op's done)
         for k in range(1, stages):
             keep = is_vector if k == STREAM_STAGE + 1 else 1
-            m.d.sync += [valid[k].eq(valid[k - 1] & keep), last[k].eq(last[k - 1] & keep), first[k].eq(first[k - 1])]
+            m.d.sync += [valid[k].eq(valid[k - 1] & keep), last[k].eq(last[k - 1] & keep), first[k].eq(first[k - 1]),
+                         mask[k].eq(mask[k - 1])]
+        for k in range(1, 3):
+            m.d.sync += lane[k].eq(lane[k - 1])
         with m.If(self.start & ~active & (self.n == 0) & Cat(self.op == o for o in VECTOR_OPS).any()):
             m.d.sync += last[1].eq(1)
 
-        # ---- stage 0: addresses; stage 1: read data and operand selection
+        # ---- stage 0: addresses; stage 1: read data and operand selection (words of P elements)
         rd_ports, wr_ports = {}, {}
         for b in GENERAL:
-            mem = Memory(shape=signed(WORD_BITS), depth=self.bank_depth[b], init=[], attrs={"no_rw_check": 1})
+            mem = Memory(shape=unsigned(WORD_BITS * P), depth=-(-self.bank_depth[b] // P), init=[],
+                         attrs={"no_rw_check": 1})
             m.submodules[f"bank_{b.name.lower()}"] = mem
-            rd_ports[b], wr_ports[b] = mem.read_port(), mem.write_port()
+            rd_ports[b], wr_ports[b] = mem.read_port(), mem.write_port(granularity=WORD_BITS)
             operand_addr = Mux(banks["a"] == b, a_ptr, Mux(banks["b"] == b, b_ptr, c_ptr))
-            m.d.comb += rd_ports[b].addr.eq(Mux(active, operand_addr, self.host_addr))
+            m.d.comb += rd_ports[b].addr.eq(word_addr(Mux(active, operand_addr, self.host_addr)))
         out_elem = Mux(banks["a"] == Bank.OUT, a_ptr, Mux(banks["b"] == Bank.OUT, b_ptr, c_ptr))
-        out_lane = Signal(max(lane_bits, 1))
         m.d.comb += self.out_rd_addr.eq(out_elem >> lane_bits)
-        m.d.sync += out_lane.eq(out_elem[:lane_bits] if lane_bits else 0)
-        out_value = self.out_rd_data.word_select(out_lane, 32).as_signed() if lane_bits else \
-            self.out_rd_data[:32].as_signed()
+        if self.lanes > P:
+            out_group = Signal(lane_bits - pb)
+            m.d.sync += out_group.eq(out_elem[pb:lane_bits])
+            out_value = self.out_rd_data.word_select(out_group, WORD_BITS * P)
+        else:
+            out_value = self.out_rd_data
 
         def operand(name: str):
             value = out_value
@@ -245,144 +303,167 @@ class VectorUnit(wiring.Component):
             return value
 
         host_bank = Signal(2)
-        m.d.sync += host_bank.eq(self.host_bank)
-        host_data = rd_ports[Bank.MAIN].data
+        host_lane = Signal(max(pb, 1))
+        m.d.sync += [host_bank.eq(self.host_bank), host_lane.eq(lane_of(self.host_addr))]
+        host_word = rd_ports[Bank.MAIN].data
         for b in (Bank.CONST, Bank.COPY):
-            host_data = Mux(host_bank == b, rd_ports[b].data, host_data)
-        m.d.comb += self.host_rd_data.eq(host_data)
+            host_word = Mux(host_bank == b, rd_ports[b].data, host_word)
+        m.d.comb += self.host_rd_data.eq(host_word.word_select(host_lane, WORD_BITS).as_signed() if pb else
+                                         host_word.as_signed())
 
-        a2 = Signal(signed(WORD_BITS), reset_less=True)
-        b2 = Signal(signed(WORD_BITS), reset_less=True)
-        c2 = Signal(unsigned(WORD_BITS), reset_less=True)
-        m.d.sync += [a2.eq(operand("a")), b2.eq(operand("b")), c2.eq(operand("c"))]
+        a2w = Signal(WORD_BITS * P, reset_less=True)
+        b2w = Signal(WORD_BITS * P, reset_less=True)
+        c2w = Signal(WORD_BITS * P, reset_less=True)
+        m.d.sync += [a2w.eq(operand("a")), b2w.eq(operand("b")), c2w.eq(operand("c"))]
+        a2, b2, c2 = ([v.as_signed() for v in lanes_of(w)] for w in (a2w, b2w, c2w))
+        a_single2 = a2w.word_select(lane[2], WORD_BITS) if pb else a2w
+        c_single2 = c2w.word_select(lane[2], WORD_BITS) if pb else c2w
 
-        # ---- stage 2: shifts (a keeps one bit below its LSB for the rounding), the phase
-        w3 = Signal(signed(WORD_BITS + 2), reset_less=True)   # 2 a 2^-s
-        b3 = Signal(signed(WORD_BITS), reset_less=True)
-        doubled = Cat(Const(0, 1), a2).as_signed()
-        m.d.sync += [
-            w3.eq(Mux(a_left.any(), (doubled << a_left)[:WORD_BITS + 2].as_signed(), doubled >> a_right)),
-            b3.eq(b2 >> b_right),
-        ]
+        # ---- VPHASE's sine: one element per cycle, (pos, C[i]) at stage 2, (cos, sin) at stage 6
         m.submodules.phase = phase = RopePhase()
         m.submodules.sincos = sincos = SinCos()
         m.d.comb += [
-            phase.i.valid.eq(1), phase.i.payload.position.eq(pos), phase.i.payload.omega.eq(c2),
+            phase.i.valid.eq(1), phase.i.payload.position.eq(pos), phase.i.payload.omega.eq(c_single2),
             phase.o.ready.eq(1),
             sincos.i.valid.eq(phase.o.valid), sincos.i.payload.eq(phase.o.payload),
             sincos.o.ready.eq(1),
         ]
-
-        # ---- stage 3: floor or round half up: x = (w + round) >> 1
-        x4 = Signal(signed(WORD_BITS + 1), reset_less=True)
-        b4 = Signal(signed(WORD_BITS), reset_less=True)
-        m.d.sync += [x4.eq((w3 + a_round) >> 1), b4.eq(b3)]
-
-        # ---- stages 4-5: wait for the sine; the multipliers' operands
-        x5 = Signal(signed(WORD_BITS + 1), reset_less=True)
-        b5 = Signal(signed(WORD_BITS), reset_less=True)
-        m.d.sync += [x5.eq(x4), b5.eq(b4)]
-        x16, b16 = x5[:MANT_BITS].as_signed(), b5[:MANT_BITS].as_signed()
-        relu = Mux(x16[-1], 0, x16)
-        p6 = Signal(signed(MANT_BITS), reset_less=True)
-        q6 = Signal(signed(MANT_BITS + 1), reset_less=True)
-        u6 = Signal(signed(MANT_BITS), reset_less=True)
-        x6 = Signal(signed(WORD_BITS + 1), reset_less=True)
-        b6 = Signal(signed(WORD_BITS), reset_less=True)
-        uses_factor = is_op[Op.VQUANT] | is_op[Op.VSCALE] | is_op[Op.VRESID]
-        m.d.sync += [
-            p6.eq(Mux(is_op[Op.VRELU2], relu, x16)),
-            q6.eq(Mux(uses_factor, factor, Mux(is_op[Op.VRELU2], relu, b16))),
-            u6.eq(Mux(is_op[Op.VROPE], b16, x16)),
-            x6.eq(x5), b6.eq(b5),
-        ]
-
-        # ---- stage 6: the products
         trig = sincos.o.payload
-        m1 = Signal(signed(2 * MANT_BITS + 1), reset_less=True)
-        m2 = Signal(signed(2 * MANT_BITS + 1), reset_less=True)
-        x7 = Signal(signed(WORD_BITS + 1), reset_less=True)
-        b7 = Signal(signed(WORD_BITS), reset_less=True)
-        m.d.sync += [
-            m1.eq(p6 * Mux(is_op[Op.VROPE], trig.cos, q6)),
-            m2.eq(u6 * Mux(is_op[Op.VROPE], trig.sin, u6)),
-            x7.eq(x6), b7.eq(b6),
-        ]
+        trig7 = Signal(WORD_BITS, reset_less=True)
+        trig8 = Signal(WORD_BITS, reset_less=True)
+        m.d.sync += [trig7.eq(Cat(trig.cos[:MANT_BITS], trig.sin[:MANT_BITS])), trig8.eq(trig7)]
 
-        # ---- stage 7: VROPE's sum, VQUANT's code, VRESID's shift (2 t 2^-s), the sum of squares
-        rope8 = Signal(signed(2 * MANT_BITS + 2), reset_less=True)
-        quant8 = Signal(signed(8), reset_less=True)
-        w8 = Signal(signed(2 * MANT_BITS + 4), reset_less=True)
-        m1_8 = Signal(signed(2 * MANT_BITS + 1), reset_less=True)
-        x8 = Signal(signed(WORD_BITS + 1), reset_less=True)
-        b8 = Signal(signed(WORD_BITS), reset_less=True)
+        uses_factor = is_op[Op.VQUANT] | is_op[Op.VSCALE] | is_op[Op.VRESID]
+        y9 = []
+        m2s = []
+        for j in range(P):
+            def sig(name, shape):
+                return Signal(shape, name=f"{name}_l{j}", reset_less=True)
+            # ---- stage 2: shifts (a keeps one bit below its LSB for the rounding)
+            w3, b3 = sig("w3", signed(WORD_BITS + 2)), sig("b3", signed(WORD_BITS))
+            doubled = Cat(Const(0, 1), a2[j]).as_signed()
+            m.d.sync += [
+                w3.eq(Mux(a_left.any(), (doubled << a_left)[:WORD_BITS + 2].as_signed(), doubled >> a_right)),
+                b3.eq(b2[j] >> b_right),
+            ]
+            # VROPE's (cos, sin) pair waits for the multipliers
+            c3, c4, c5 = sig("c3", WORD_BITS), sig("c4", WORD_BITS), sig("c5", WORD_BITS)
+            m.d.sync += [c3.eq(c2[j]), c4.eq(c3), c5.eq(c4)]
+            # ---- stage 3: floor or round half up: x = (w + round) >> 1
+            x4, b4 = sig("x4", signed(WORD_BITS + 1)), sig("b4", signed(WORD_BITS))
+            m.d.sync += [x4.eq((w3 + a_round) >> 1), b4.eq(b3)]
+            # ---- stages 4-5: the multipliers' operands
+            x5, b5 = sig("x5", signed(WORD_BITS + 1)), sig("b5", signed(WORD_BITS))
+            m.d.sync += [x5.eq(x4), b5.eq(b4)]
+            x16, b16 = x5[:MANT_BITS].as_signed(), b5[:MANT_BITS].as_signed()
+            cos5, sin5 = c5[:MANT_BITS].as_signed(), c5[MANT_BITS:].as_signed()
+            relu = Mux(x16[-1], 0, x16)
+            p6, q6 = sig("p6", signed(MANT_BITS)), sig("q6", signed(MANT_BITS + 1))
+            u6, v6 = sig("u6", signed(MANT_BITS)), sig("v6", signed(MANT_BITS))
+            x6, b6 = sig("x6", signed(WORD_BITS + 1)), sig("b6", signed(WORD_BITS))
+            m.d.sync += [
+                p6.eq(Mux(is_op[Op.VRELU2], relu, x16)),
+                q6.eq(Mux(is_op[Op.VROPE], cos5, Mux(uses_factor, factor, Mux(is_op[Op.VRELU2], relu, b16)))),
+                u6.eq(Mux(is_op[Op.VROPE], b16, x16)),
+                v6.eq(Mux(is_op[Op.VROPE], sin5, x16)),
+                x6.eq(x5), b6.eq(b5),
+            ]
+            # ---- stage 6: the products
+            m1, m2 = sig("m1", signed(2 * MANT_BITS + 1)), sig("m2", signed(2 * MANT_BITS + 1))
+            x7, b7 = sig("x7", signed(WORD_BITS + 1)), sig("b7", signed(WORD_BITS))
+            m.d.sync += [m1.eq(p6 * q6), m2.eq(u6 * v6), x7.eq(x6), b7.eq(b6)]
+            m2s.append(Mux(mask[7][j], m2[:2 * MANT_BITS], 0))  # x^2 for VNORM: 0 <= x^2 <= 2^30
+            # ---- stage 7: VROPE's sum, VQUANT's code, VRESID's shift (2 t 2^-s)
+            rope8, quant8 = sig("rope8", signed(2 * MANT_BITS + 2)), sig("quant8", signed(8))
+            w8, m1_8 = sig("w8", signed(2 * MANT_BITS + 4)), sig("m1_8", signed(2 * MANT_BITS + 1))
+            x8, b8 = sig("x8", signed(WORD_BITS + 1)), sig("b8", signed(WORD_BITS))
+            q = (m1 + (1 << (Q_SHIFT - 1))) >> Q_SHIFT
+            t2 = Cat(Const(0, 1), m1).as_signed()
+            m.d.sync += [
+                rope8.eq(Mux(first[7], m1 - m2, m1 + m2)),
+                quant8.eq(Mux(q > Q_MAX, Q_MAX, Mux(q < -Q_MAX - 1, -Q_MAX - 1, q))),
+                w8.eq(Mux(t_left.any(), (t2 << t_left)[:len(w8)].as_signed(), t2 >> t_right)),
+                m1_8.eq(m1), x8.eq(x7), b8.eq(b7),
+            ]
+            # ---- stage 8: the op's result y
+            y = sig("y9", signed(WORD_BITS))
+            resid = (w8 + Cat(Const(1, 1), b8).as_signed()) >> 1
+            with m.Switch(op):
+                with m.Case(Op.VMAXABS, Op.VSHIFT):
+                    m.d.sync += y.eq(x8)
+                with m.Case(Op.VQUANT):
+                    m.d.sync += y.eq(quant8)
+                with m.Case(Op.VROPE):
+                    m.d.sync += y.eq(rope8)
+                with m.Case(Op.VRESID):
+                    m.d.sync += y.eq(resid)
+                with m.Case(Op.VPHASE):
+                    m.d.sync += y.eq(trig8)
+                with m.Default():
+                    m.d.sync += y.eq(m1_8)
+            y9.append(y)
+
+        # ---- sum of squares: the lanes' x^2 through an adder tree (two levels a stage), then the total
         sumsq = Signal(REG_BITS)
-        q = (m1 + (1 << (Q_SHIFT - 1))) >> Q_SHIFT
-        t2 = Cat(Const(0, 1), m1).as_signed()
-        m.d.sync += [
-            rope8.eq(Mux(first[7], m1 - m2, m1 + m2)),
-            quant8.eq(Mux(q > Q_MAX, Q_MAX, Mux(q < -Q_MAX - 1, -Q_MAX - 1, q))),
-            w8.eq(Mux(t_left.any(), (t2 << t_left)[:len(w8)].as_signed(), t2 >> t_right)),
-            m1_8.eq(m1), x8.eq(x7), b8.eq(b7),
-        ]
-        with m.If(valid[7] & is_op[Op.VNORM]):
-            m.d.sync += sumsq.eq(sumsq + m2.as_unsigned())
+        part = _reduce(m, m2s, lambda u, v: u + v, "sq")
+        with m.If(valid[7 + tree] & is_op[Op.VNORM]):
+            m.d.sync += sumsq.eq(sumsq + part)
 
-        # ---- stage 8: the op's result y
-        y9 = Signal(signed(WORD_BITS), reset_less=True)
-        resid = (w8 + Cat(Const(1, 1), b8).as_signed()) >> 1
-        with m.Switch(op):
-            with m.Case(Op.VMAXABS, Op.VSHIFT):
-                m.d.sync += y9.eq(x8)
-            with m.Case(Op.VQUANT):
-                m.d.sync += y9.eq(quant8)
-            with m.Case(Op.VROPE):
-                m.d.sync += y9.eq(rope8)
-            with m.Case(Op.VRESID):
-                m.d.sync += y9.eq(resid)
-            with m.Default():
-                m.d.sync += y9.eq(m1_8)
-
-        # ---- stage 9: D[i] = y; |y|; ACT words
+        # ---- stage 9: D = y (the word's lanes that hold elements); |y|; ACT words
         d_ptr = Signal(16)
+        y9w = Cat(*y9)
+        stream_word = Signal(signed(WORD_BITS))
+        m.d.comb += stream_word.eq(self.att_i.payload)
+        stream_value = Cat(*([stream_word] * P))
+        d_onehot = Cat(lane_of(d_ptr) == j if pb else Const(1, 1) for j in range(P))
+        host_onehot = Cat(lane_of(self.host_addr) == j if pb else Const(1, 1) for j in range(P))
+        host_value = Cat(*([self.host_wr_data] * P))
         for b in GENERAL:
             host = ~active & self.host_wr_en & (self.host_bank == b)
             from_vector = valid[9] & is_vector & writes_bank[b]
             from_stream = self.att_i.valid & self.att_i.ready & writes_bank[b]
             m.d.comb += [
-                wr_ports[b].addr.eq(Mux(active, d_ptr, self.host_addr)),
-                wr_ports[b].data.eq(Mux(active, Mux(is_stream, self.att_i.payload, y9), self.host_wr_data)),
-                wr_ports[b].en.eq(host | from_vector | from_stream),
+                wr_ports[b].addr.eq(word_addr(Mux(active, d_ptr, self.host_addr))),
+                wr_ports[b].data.eq(Mux(active, Mux(is_stream, stream_value, y9w), host_value)),
+                wr_ports[b].en.eq(Mux(host, host_onehot, 0) | Mux(from_vector, mask[9], 0) |
+                                  Mux(from_stream, d_onehot, 0)),
             ]
-        magnitude10 = Signal(WORD_BITS, reset_less=True)
-        m.d.sync += magnitude10.eq(Mux(y9[-1], -y9, y9))
+        magnitudes = []
+        for j in range(P):
+            mag = Signal(WORD_BITS, name=f"mag10_l{j}", reset_less=True)
+            m.d.sync += mag.eq(Mux(mask[9][j], Mux(y9[j][-1], -y9[j], y9[j]), 0))
+            magnitudes.append(mag)
 
         # The word gathers in the ACT data register itself: the core reads it only with act_wr_en,
-        # in the cycle after its last byte came, before the next word's first byte clears it.
-        byte = Signal(range(self.k))
+        # in the cycle after its last group came, before the next word's first group clears it.
+        groups = self.k // P
+        group = Signal(range(max(groups, 2)))  # (a 0-width signal would lint as [-1:0])
         act_word = Signal(16)
+        act_bytes = Cat(Mux(mask[9][j], y9[j][:8], 0) for j in range(P))
         m.d.sync += self.act_wr_en.eq(0)
         with m.If(valid[9] & is_vector & writes_act):
-            m.d.sync += byte.eq(byte + 1)
-            for j in range(self.k):
-                with m.If(byte == j):
-                    m.d.sync += self.act_wr_data.word_select(j, 8).eq(y9[:8])
-                with m.Elif((byte == 0) & (j != 0)):
-                    m.d.sync += self.act_wr_data.word_select(j, 8).eq(0)
-            with m.If((byte == self.k - 1) | last[9]):
-                m.d.sync += [self.act_wr_en.eq(1), self.act_wr_addr.eq(act_word), act_word.eq(act_word + 1), byte.eq(0)]
+            m.d.sync += group.eq(group + 1)
+            for g in range(groups):
+                with m.If(group == g):
+                    m.d.sync += self.act_wr_data.word_select(g, 8 * P).eq(act_bytes)
+                with m.Elif((group == 0) & (g != 0)):
+                    m.d.sync += self.act_wr_data.word_select(g, 8 * P).eq(0)
+            with m.If((group == groups - 1) | last[9]):
+                m.d.sync += [self.act_wr_en.eq(1), self.act_wr_addr.eq(act_word), act_word.eq(act_word + 1),
+                             group.eq(0)]
 
-        # ---- stage 10: the running max|y|; stage 11: done
+        # ---- stages 10..: the lanes' max|y| through a tree (two levels a stage), the running max; done
         running = Signal(WORD_BITS)
-        with m.If(valid[10]):
-            m.d.sync += running.eq(Mux(magnitude10 > running, magnitude10, running))
+        peak = _reduce(m, magnitudes, lambda u, v: Mux(u > v, u, v), "max")
+        with m.If(valid[10 + tree]):
+            m.d.sync += running.eq(Mux(peak > running, peak, running))
         m.d.comb += [self.y0.eq(running), self.y2.eq(sumsq)]
 
         # ---- the stream ops: A through the FIFO to att_o; att_i to D
         m.submodules.fifo = fifo = SyncFIFO(width=MANT_BITS, depth=STREAM_FIFO_DEPTH)
         taken_o = self.att_o.valid & self.att_o.ready
         m.d.comb += [
-            fifo.w_en.eq(valid[STREAM_STAGE] & is_stream), fifo.w_data.eq(a2[:MANT_BITS]),
+            fifo.w_en.eq(valid[STREAM_STAGE] & is_stream), fifo.w_data.eq(a_single2[:MANT_BITS]),
             self.att_o.valid.eq(fifo.r_rdy), self.att_o.payload.eq(fifo.r_data), fifo.r_en.eq(self.att_o.ready),
         ]
         m.d.sync += in_flight.eq(in_flight + (issue & is_stream) - taken_o)
@@ -393,21 +474,39 @@ class VectorUnit(wiring.Component):
         with m.If(self.att_i.valid & self.att_i.ready):
             m.d.sync += [count_i.eq(count_i + 1), d_ptr.eq(d_ptr + 1)]
         with m.If(valid[9] & is_vector):
-            m.d.sync += d_ptr.eq(d_ptr + 1)
+            m.d.sync += d_ptr.eq(d_ptr + Mux(single, 1, P))
 
         # ---- run state
         stream_done = Signal()
         finished = (count_o == n) & (is_op[Op.KVAPPEND] | (count_i == n))
         m.d.sync += stream_done.eq(active & is_stream & finished & ~stream_done)
         m.d.comb += [
-            self.done.eq(Mux(is_stream, stream_done, last[VECTOR_LATENCY])),
+            self.done.eq(Mux(is_stream, stream_done, last[latency])),
             self.busy.eq(active),
         ]
         with m.If(self.start & ~active):
             m.d.sync += [
                 active.eq(1), running.eq(0), sumsq.eq(0), d_ptr.eq(self.d_addr), count_o.eq(0), count_i.eq(0),
-                act_word.eq(self.d_addr >> k_bits), byte.eq(0),
+                act_word.eq(self.d_addr >> k_bits), group.eq(0),
             ]
         with m.Elif(self.done):
             m.d.sync += active.eq(0)
         return m
+
+
+def _reduce(m: Module, values: list, combine, name: str):
+    """Reduce `values` pairwise with `combine`: a register after every two levels of the tree (and
+    after the last), so the result comes `_tree_stages(len(values))` cycles after the values (0: the
+    value itself for one lane)."""
+    level = 0
+    while len(values) > 1:
+        values = [combine(values[j], values[j + 1]) for j in range(0, len(values), 2)]
+        level += 1
+        if level % 2 == 0 or len(values) == 1:
+            registered = []
+            for j, v in enumerate(values):
+                r = Signal(v.shape(), name=f"{name}_t{level}_{j}", reset_less=True)
+                m.d.sync += r.eq(v)
+                registered.append(r)
+            values = registered
+    return values[0]

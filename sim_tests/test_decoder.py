@@ -46,7 +46,7 @@ BUILDS = {
     # the tiny core (4 lanes x 4) with a head_dim-32 engine whose cache stores 8-bit mantissas
     "awkward": lambda: (PRESETS["tiny"].with_(decoder=DecoderShape(
         layers=2, kv_heads=1, head_dim=32, context=64, main_depth=1024, const_depth=1024, copy_depth=512,
-        program_depth=512)), dict(kv_bits=8, macs=8)),
+        program_depth=512, vector_lanes=4)), dict(kv_bits=8, macs=8)),
 }
 
 

@@ -1,7 +1,10 @@
 """The decoder engine's vector unit (hw/decoder_vector.py) against its model, contract.decoder.DecoderMachine.
 
-One Verilator build of a small `VectorUnit` (banks of 512, 384 and 256 words, 4 lanes, 8 int8 per
-ACT word) runs one cocotb test per op. Each case draws an instruction (banks, addresses, length,
+One Verilator build per P (`vector_lanes`) of a small `VectorUnit` (banks of 512, 384 and 256
+elements; P = 16 with a 32-lane core and 32 int8 per ACT word, so that P lanes are half an OUT word and
+an ACT word gathers in two cycles; P = 4 with 4 lanes and 8 int8 per ACT word) runs one cocotb test per
+op. Operands start at multiples of P (the model refuses others), lengths are any (partial last words:
+masked writes, reductions that ignore the lanes past n). Each case draws an instruction (banks, addresses, length,
 in place or not), operand vectors at a random magnitude with the int16 / int32 extremes mixed in and
 register values (shift counts of either sign and beyond the operand's width, uint16 factors), and
 runs the op on the model first; a case the model refuses (a WidthError: a value outside the widths
@@ -10,8 +13,8 @@ into the test bench's model of the core's output memory (read the cycle after th
 instruction runs once, and every written word (host port read-back of D; every ACT word write,
 bytes past the vector's end zero), y0 and y2 equal the model's, `done` exactly `vector_cycles`
 after start. At the end the three banks are read back whole and equal the model's (nothing else
-was written). VROPE uses the real omega table (rope_omega(64, 10000)) at positions 0, 65535 and
-random ones. The stream ops run A out through `att_o` and (ATTEND) values in through `att_i` to D
+was written). VPHASE uses the real omega table (rope_omega(64, 10000)) and random words at positions
+0, 65535 and random ones; VROPE reads the pairs VPHASE makes of the real table, or random words. The stream ops run A out through `att_o` and (ATTEND) values in through `att_i` to D
 under random backpressure on both. While an op runs, the bench pulses `start` (with another op)
 and host writes at random: the unit must ignore both.
 """
@@ -23,19 +26,22 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
+import pytest
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
 from bitlane.contract.decoder import Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError
 from bitlane.contract.intmath import WidthError, rope_omega
-from bitlane.hw.decoder_vector import STREAM_OPS, VECTOR_LATENCY, VECTOR_OPS, VectorUnit, vector_cycles
+from bitlane.hw.decoder_vector import STREAM_OPS, VECTOR_LATENCY, VECTOR_OPS, VectorUnit, vector_cycles, vector_latency
 from sim_tests import simlib
 
-TOPLEVEL = "decoder_vector"
+BUILDS = {16: (32, 32), 4: (4, 8)}  # P -> the core's lanes, k_per_cycle
+P = int(os.environ.get("VECTOR_LANES", "16"))
+TOPLEVEL = f"decoder_vector_p{P}"
 BANK_DEPTH = (512, 384, 256)
-LANES, K, OUT_DEPTH, ACT_DEPTH = 4, 8, 64, 64
+(LANES, K), OUT_DEPTH, ACT_DEPTH = BUILDS[P], 64, 64
 SHAPE = MachineShape(bank_depth=BANK_DEPTH, lanes=LANES, k_per_cycle=K, out_depth=OUT_DEPTH, act_depth=ACT_DEPTH,
-                     layers=1, kv_heads=1, head_dim=64, context=1 << 16, program_depth=1)
+                     layers=1, kv_heads=1, head_dim=64, context=1 << 16, program_depth=1, vector_lanes=P)
 CASES = 30          # per vector op
 SOURCES = (Bank.MAIN, Bank.CONST, Bank.COPY, Bank.OUT)
 GENERAL = (Bank.MAIN, Bank.CONST, Bank.COPY)
@@ -44,8 +50,8 @@ SETS_R0 = {Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VSCALE, Op.VROPE, Op.VRELU2, Op.V
 OMEGA = rope_omega(64, 10000.0)
 
 
-def make_unit() -> VectorUnit:
-    return VectorUnit(BANK_DEPTH, LANES, K, OUT_DEPTH, ACT_DEPTH)
+def make_unit(p: int = P) -> VectorUnit:
+    return VectorUnit(BANK_DEPTH, *BUILDS[p], OUT_DEPTH, ACT_DEPTH, vector_lanes=p)
 
 
 def depth(bank: Bank) -> int:
@@ -76,7 +82,7 @@ class Case:
         self.ins, self.data, self.x, self.pos = ins, data, x, pos
 
 
-def place(rng: np.random.Generator, bank: Bank, n: int, taken: list[tuple[Bank, int, int]], step: int = 1) -> int:
+def place(rng: np.random.Generator, bank: Bank, n: int, taken: list[tuple[Bank, int, int]], step: int = P) -> int:
     """An address for n elements in `bank`, a multiple of `step`, clear of the ranges in `taken`."""
     for _ in range(1000):
         addr = int(rng.integers(0, (depth(bank) - n) // step + 1)) * step
@@ -90,11 +96,11 @@ def draw(rng: np.random.Generator, op: Op) -> Case:
     """A random instruction of `op` and its inputs (the model may still refuse it)."""
     n = int(rng.choice(LENGTHS))
     if op == Op.VROPE:
-        n = int(rng.choice([2, 4, 8, 64, 64, 128]))
+        n = int(rng.choice([n for n in (2, 4, 8, 16, 32, 64, 64, 128) if (n // 2) % P == 0]))
     if rng.random() < 0.04 and op in (Op.VMAXABS, Op.VNORM, Op.VSCALE):
         n = 0
     taken: list[tuple[Bank, int, int]] = []
-    names = {Op.VNORM: "ab", Op.VROPE: "abc", Op.VRESID: "ab", Op.VMUL: "ab"}.get(op, "a")
+    names = {Op.VNORM: "ab", Op.VROPE: "abc", Op.VRESID: "ab", Op.VMUL: "ab", Op.VPHASE: "c"}.get(op, "a")
     banks = list(rng.permutation(SOURCES))
     fields = {}
     data: dict[Bank, list[tuple[int, np.ndarray]]] = {}
@@ -104,9 +110,16 @@ def draw(rng: np.random.Generator, op: Op) -> Case:
         addr = place(rng, bank, n, taken)
         fields[f"{name}_bank"], fields[f"{name}_addr"] = int(bank), addr
         if name == "c":
-            values = np.resize(np.where(OMEGA >= 1 << 31, OMEGA - (1 << 32), OMEGA), n // 2)  # CONST's words
+            m = n if op == Op.VPHASE else n // 2
+            values = np.resize(np.where(OMEGA >= 1 << 31, OMEGA - (1 << 32), OMEGA), m)  # CONST's words
+            if op == Op.VROPE:  # VPHASE's pairs of the table at a random position
+                phases = DecoderMachine(SHAPE, None)
+                phases.banks[Bank.CONST][:m] = values
+                phases.pos = int(rng.integers(0, 1 << 16))
+                phases._op_vphase(Instruction(op=int(Op.VPHASE), c_bank=int(Bank.CONST), d_bank=int(Bank.MAIN), n=m))
+                values = phases.banks[Bank.MAIN][:m].copy()
             if rng.random() < 0.3:
-                values = rng.integers(-(1 << 31), 1 << 31, n // 2)
+                values = rng.integers(-(1 << 31), 1 << 31, m)
             data.setdefault(bank, []).append((addr, values))
             continue
         width = 16 if (op == Op.VNORM and name == "b") else (32 if name == "b" and op == Op.VRESID else bits)
@@ -137,7 +150,7 @@ def draw(rng: np.random.Generator, op: Op) -> Case:
     x3 = int(rng.integers(-8, 40)) if op == Op.VRESID else int(rng.integers(-1 << 20, 1 << 20))
     if op == Op.VRESID and rng.random() < 0.2:
         x3 = int(rng.choice([0, 1, 2, 31, 32, 33, 34, 47, 63, 64, 100, -1, -16, -31]))
-    if rng.random() < 0.2:  # A all zero, or every element at an end of int16 after the shift
+    if rng.random() < 0.2 and op != Op.VPHASE:  # A all zero, or every element at an end of int16 after the shift
         base = int(rng.choice([0, -(1 << 15), (1 << 15) - 1]))
         shifted = base << max(s1, 0) if 0 <= s1 < 17 else 0
         addr, _ = data[Bank(fields["a_bank"])][0]
@@ -336,7 +349,7 @@ async def check_op(dut, name: str) -> None:
                                                                              for a, _ in pieces]
         cycles, y0, y2 = await bench.execute(case)
         if op in VECTOR_OPS or bench.p_ready == bench.p_valid == 1.0:
-            assert cycles == vector_cycles(op, ins.n) - 1, f"{what}: done after {cycles} cycles"
+            assert cycles == vector_cycles(op, ins.n, P) - 1, f"{what}: done after {cycles} cycles"
         if op in STREAM_OPS:
             (bank, addr), = [(b, a) for b, pieces in case.data.items() for a, _ in pieces]
             source = after.out if bank == Bank.OUT else after.banks[bank]
@@ -373,14 +386,20 @@ simlib.cocotb_cases(globals(), [op.name.lower() for op in (*VECTOR_OPS, *STREAM_
 
 def test_cycle_counts() -> None:
     assert vector_cycles(Op.VNORM, 100) == 100 + VECTOR_LATENCY + 1
+    assert vector_latency(16) == VECTOR_LATENCY + 2 and vector_latency(4) == VECTOR_LATENCY + 1
+    assert vector_cycles(Op.VNORM, 100, 16) == 7 + VECTOR_LATENCY + 2 + 1
+    assert vector_cycles(Op.VPHASE, 32, 16) == 32 + VECTOR_LATENCY + 2 + 1
 
 
-def test_decoder_vector_ops() -> None:
-    """One Verilator build; one cocotb test per op."""
-    simlib.run("sim_tests.test_decoder_vector", simlib.build(make_unit(), TOPLEVEL), TOPLEVEL)
+@pytest.mark.parametrize("p", list(BUILDS))
+def test_decoder_vector_ops(p: int) -> None:
+    """One Verilator build per P; one cocotb test per op."""
+    toplevel = f"decoder_vector_p{p}"
+    simlib.run("sim_tests.test_decoder_vector", simlib.build(make_unit(p), toplevel), toplevel,
+               env={"VECTOR_LANES": p}, name=toplevel)
 
 
 def test_lint_clean(tmp_path: Path) -> None:
     """verilator -Wall with the project's waivers."""
-    result = simlib.lint(make_unit(), TOPLEVEL, tmp_path)
+    result = simlib.lint(make_unit(16), "decoder_vector_p16", tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -63,15 +63,16 @@ class _Registers:
 
 
 class _Memory:
-    """Bump allocation of named vectors in one bank."""
+    """Bump allocation of named vectors in one bank, each at a multiple of `align` (the vector unit's
+    elements per cycle: contract/decoder.py's alignment rule)."""
 
-    def __init__(self, bank: Bank) -> None:
-        self.bank, self.used, self.where = bank, 0, {}
+    def __init__(self, bank: Bank, align: int = 1) -> None:
+        self.bank, self.align, self.used, self.where = bank, align, 0, {}
 
     def __call__(self, name: str, n: int) -> tuple[Bank, int]:
         if name not in self.where:
             self.where[name] = self.used
-            self.used += n
+            self.used += -(-n // self.align) * self.align
         return self.bank, self.where[name]
 
 
@@ -95,7 +96,10 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
     lanes, k = shape.lanes, shape.k_per_cycle
     out_words = lambda rows: -(-rows // lanes)  # noqa: E731
     R = _Registers()
-    main, const, copy = _Memory(Bank.MAIN), _Memory(Bank.CONST), _Memory(Bank.COPY)
+    P = shape.vector_lanes
+    if d % (2 * P):
+        raise DecoderFitError(f"head_dim {d}: VROPE needs a multiple of twice the vector unit's {P} lanes")
+    main, const, copy = _Memory(Bank.MAIN, P), _Memory(Bank.CONST, P), _Memory(Bank.COPY, P)
     prog: list[Instruction] = []
     emit = prog.append
 
@@ -105,6 +109,7 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
     def put_const(name: str, values: np.ndarray) -> tuple[Bank, int]:
         place = const(name, len(values))
         const_words.append(np.asarray(values, dtype=np.int64))
+        const_words.append(np.zeros(const.used - place[1] - len(values), dtype=np.int64))  # to the next word
         return place
 
     omega = put_const("omega", np.where(model.omega >= 1 << 31, model.omega - (1 << 32), model.omega))
@@ -169,7 +174,7 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
         if rope:
             partner, rotated = copy("partner", d), main("rotated", d)
             emit(_ins(Op.VSHIFT, a=src, d=partner, n=d))
-            emit(_ins(Op.VROPE, r0=rT, r1=rS1, a=src, b=partner, c=omega, d=rotated, n=d))
+            emit(_ins(Op.VROPE, r0=rT, r1=rS1, a=src, b=partner, c=phases, d=rotated, n=d))
             emit(_ins(Op.NSHIFT, r0=rS2, r1=rT, imm=MANT_BITS))
             emit(_ins(Op.VSCALE, r0=rT, r1=rS2, r2=f, a=rotated, d=t, n=d))
             emit(_ins(Op.ADD, r0=rE, r1=rS1, r2=rS2, imm=-TRIG_FRAC))
@@ -190,7 +195,10 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
         emit(_ins(Op.SUB, r0=rT, r1=0, r2=rT))
         emit(_ins(Op.VRESID, r1=rSa, r2=f, r3=rT, a=(Bank.OUT, 0), b=h, d=h, n=n))
 
-    # ---- prologue: the embedding row into the residual's fixed point
+    # ---- prologue: the token's RoPE pairs (cos, sin) for every VROPE; the embedding row into the
+    # residual's fixed point
+    phases = main("rope pairs", d // 2)
+    emit(_ins(Op.VPHASE, c=omega, d=phases, n=d // 2))
     emb, h = main("embedding", n), main("h", n)
     res_scale = movi_pair("res scale", model.res_scale)
     eps_n, eps_m = movi_pair("eps n", model.eps[n]), movi_pair("eps m", model.eps[m])

@@ -30,7 +30,7 @@ CONTEXT = 8
 # so a prefill takes several frames and a DECODE of 4 tokens is a BAD_ARGUMENT, not a framing error.
 SMALL = CoreConfig("decoder-small", lanes=4, k_per_cycle=4, weight_depth=4096, act_depth=256, out_depth=256,
                    max_k=1024, max_payload=518,
-                   decoder=DecoderShape(layers=2, kv_heads=1, head_dim=32, context=CONTEXT, main_depth=600,
+                   decoder=DecoderShape(layers=2, kv_heads=1, head_dim=32, context=CONTEXT, main_depth=600, vector_lanes=4,
                                         const_depth=700, copy_depth=200, program_depth=320))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bitlane.contract.decoder import Bank, DecoderMachine, MachineShape, Op, ProgramError
+from bitlane.contract.decoder import Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError
 from bitlane.golden.integer import IntegerModel, convert
 from bitlane.sw.decoder_program import DecoderFitError, compile_decoder
 from tests.test_integer import random_model
@@ -14,11 +14,13 @@ from tests.test_integer import random_model
 H128 = "models/bitnet-kjv-h128"
 
 
-def shape_for(model: IntegerModel, lanes: int = 16, k_per_cycle: int = 16, **changes) -> MachineShape:
+def shape_for(model: IntegerModel, lanes: int = 16, k_per_cycle: int = 16, vector_lanes: int = 16,
+              **changes) -> MachineShape:
     cfg = model.int_config
     fields = dict(bank_depth=(6 * cfg.hidden + 2 * cfg.intermediate + 4 * cfg.head_dim, 4096 * 8, 4 * cfg.intermediate + cfg.hidden),
                   lanes=lanes, k_per_cycle=k_per_cycle, out_depth=1024, act_depth=1024, layers=cfg.layers,
-                  kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, context=cfg.max_positions, program_depth=4096)
+                  kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, context=cfg.max_positions, program_depth=4096,
+                  vector_lanes=vector_lanes)
     fields.update(changes)
     return MachineShape(**fields)
 
@@ -86,11 +88,33 @@ AWKWARD = [
 
 
 @pytest.mark.parametrize("fields,kv_bits", AWKWARD, ids=["d32-gqa-kv8", "d64-gqa", "h96-d32"])
-def test_random_models_of_awkward_shapes(fields, kv_bits):
+@pytest.mark.parametrize("vector_lanes", [16, 4, 1])
+def test_random_models_of_awkward_shapes(fields, kv_bits, vector_lanes):
     model = convert(random_model(3, vocab_size=200, max_position_embeddings=64, hidden_act="relu2", **fields),
                     kv_bits)
     rng = np.random.default_rng(2)
-    decode_and_compare(model, [int(i) for i in rng.integers(0, 200, 24)], shape_for(model))
+    lanes = max(vector_lanes, 4)
+    decode_and_compare(model, [int(i) for i in rng.integers(0, 200, 24)],
+                       shape_for(model, lanes=lanes, k_per_cycle=lanes, vector_lanes=vector_lanes))
+
+
+def test_machine_enforces_alignment(h128):
+    """Vector operands at multiples of vector_lanes; VROPE's n/2 a multiple of it; ACT at k_per_cycle."""
+    shape = shape_for(h128)
+    machine = DecoderMachine(shape, lambda *args: None)
+    bad = [Instruction(op=int(Op.VMAXABS), a_bank=int(Bank.MAIN), a_addr=8, n=16),
+           Instruction(op=int(Op.VSHIFT), a_bank=int(Bank.MAIN), d_bank=int(Bank.COPY), d_addr=3, n=16),
+           Instruction(op=int(Op.VROPE), a_bank=int(Bank.OUT), b_bank=int(Bank.COPY), c_bank=int(Bank.MAIN),
+                       d_bank=int(Bank.CONST), n=48),
+           Instruction(op=int(Op.VQUANT), a_bank=int(Bank.MAIN), d_bank=int(Bank.ACT), d_addr=16, n=16,
+                       r2=0) if shape.k_per_cycle > 16 else
+           Instruction(op=int(Op.VPHASE), c_bank=int(Bank.CONST), c_addr=1, d_bank=int(Bank.MAIN), n=4),
+           Instruction(op=int(Op.ATTEND), a_bank=int(Bank.MAIN), d_bank=int(Bank.COPY), d_addr=24, r2=0, r3=0,
+                       n=h128.int_config.head_dim)]
+    for ins in bad:
+        machine.load([ins, Instruction(op=int(Op.HALT))])
+        with pytest.raises(ProgramError, match="multiple of|does not divide"):
+            machine.run(0)
 
 
 def test_fit_errors_name_what_does_not_fit(h128):

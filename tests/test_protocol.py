@@ -164,7 +164,7 @@ def test_capabilities_record():
     cfg = PRESETS["sim"]
     caps = p.Capabilities.from_config(cfg)
     raw = caps.pack()
-    assert len(raw) == 48 and raw[0] == 2 and raw[1] == cfg.acc_bits
+    assert len(raw) == 49 and raw[0] == 2 and raw[1] == cfg.acc_bits
     assert int.from_bytes(raw[2:4], "little") == cfg.lanes
     assert int.from_bytes(raw[20:24], "little") == cfg.max_k
     assert raw[28] == p.Feature.DECODER and tuple(raw[29:32]) == (8, 8, 64)
@@ -172,7 +172,8 @@ def test_capabilities_record():
     assert int.from_bytes(raw[40:44], "little") == cfg.decoder.const_depth
     assert p.Capabilities.unpack(raw) == caps and caps.decoder
     no_decoder = p.Capabilities.from_config(PRESETS["icebreaker"]).pack()
-    assert no_decoder[28:] == bytes(20) and not p.Capabilities.unpack(no_decoder).decoder
+    assert raw[48] == cfg.decoder.vector_lanes == 16
+    assert no_decoder[28:] == bytes(21) and not p.Capabilities.unpack(no_decoder).decoder
     assert caps.weight_word_bytes == cfg.weight_word_bytes
     with pytest.raises(p.ProtocolError, match="INFO"):
         p.Capabilities.unpack(raw[:-1])
