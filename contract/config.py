@@ -127,13 +127,13 @@ class CoreConfig:
 
 
 PRESETS: dict[str, CoreConfig] = {
-    # Large, for simulation: holds a ~30M-trit model resident. Its decoder holds both shipped KJV models
-    # (h256 needs banks of 2240 / 6432 / 1088 words and 972 instructions) with their full context, and
-    # models of up to 8 layers and 8 KV heads of head_dim 64 whose banks fit.
+    # Large, for simulation: holds a ~30M-trit model resident. Its decoder holds every shipped model with
+    # its full context (h512-english, the largest, needs banks of 4320 / 22048 / 2112 words and 2,692
+    # instructions), and models of up to 8 layers and 8 KV heads of head_dim 64 whose banks fit.
     "sim": CoreConfig("sim", lanes=32, k_per_cycle=16, weight_depth=65536, act_depth=4096,
                       out_depth=4096, max_k=16384, max_payload=4096,
-                      decoder=DecoderShape(layers=8, kv_heads=8, head_dim=64, context=256, main_depth=4096,
-                                           const_depth=16384, copy_depth=2048, program_depth=2048)),
+                      decoder=DecoderShape(layers=8, kv_heads=8, head_dim=64, context=256, main_depth=8192,
+                                           const_depth=32768, copy_depth=4096, program_depth=4096)),
     # Small and quick to simulate: the second configuration every sim test runs on.
     "tiny": CoreConfig("tiny", lanes=4, k_per_cycle=4, weight_depth=4096, act_depth=2048,
                        out_depth=512, max_k=8192, max_payload=256),

@@ -188,7 +188,7 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
         return rE
 
     def residual(f: int) -> None:
-        rA, rSa, rT = R("r max"), R("r shift"), R("r out shift")
+        rA, rSa, rT = R("h max"), R("h s1"), R("h s2")  # the head temporaries are free here
         emit(_ins(Op.VMAXABS, r0=rA, a=(Bank.OUT, 0), n=n))
         emit(_ins(Op.NSHIFT, r0=rSa, r1=rA, imm=MANT_BITS))
         emit(_ins(Op.ADD, r0=rT, r1=rSa, r2=f + 1, imm=cfg.res_frac))
@@ -247,7 +247,8 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
         trun(i, "gate", 0)
         trun(i, "up", o_up)
         f_gate, f_up = dequant(i, "gate", ratio, 0), dequant(i, "up", ratio, 1)
-        rG, rSg, rU, rSu, rQ, rS2 = R("g max"), R("g shift"), R("u max"), R("u shift"), R("sq max"), R("sq shift")
+        # the head temporaries are free in the MLP
+        rG, rSg, rU, rSu, rQ, rS2 = R("h max"), R("h s1"), R("h s2"), R("h s3"), R("h tmax"), R("h exp")
         gate, up = (Bank.OUT, 0), (Bank.OUT, o_up * lanes)
         emit(_ins(Op.VMAXABS, r0=rG, a=gate, n=m))
         emit(_ins(Op.NSHIFT, r0=rSg, r1=rG, imm=MANT_BITS))
@@ -277,7 +278,7 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
     rR, cf, f = R("nq rsqrt", pair=True), movi_pair("constant", model.final_factor), R("factor 0", pair=True)
     emit(_ins(Op.RSQRT, r0=rR, r1=rSS))
     emit(_ins(Op.FMUL, r0=f, r1=rR, r2=cf))
-    rEx, rT, rSt, rEy = R("y shift"), R("y tmax"), R("y tshift"), R("y exp")
+    rEx, rT, rSt, rEy = R("h s1"), R("h tmax"), R("h s3"), R("y exp")
     y, t = main("y", n), main("y product", n)
     emit(_ins(Op.NSHIFT, r0=rEx, r1=rZM, imm=MANT_BITS))
     emit(_ins(Op.VSCALE, r0=rT, r1=rEx, r2=f, a=z, d=t, n=n))
