@@ -91,7 +91,9 @@ class DecoderEngine(wiring.Component):
         m = Module()
         shape = self.shape
         m.submodules.program = program = Memory(shape=InstructionLayout, depth=shape.program_depth, init=[])
-        m.submodules.registers = registers = Memory(shape=signed(REG_BITS), depth=REGISTERS, init=[])
+        # five read ports: LUT RAM copies (block RAM would take two EBRs per copy for 64 words)
+        m.submodules.registers = registers = Memory(shape=signed(REG_BITS), depth=REGISTERS, init=[],
+                                                    attrs={"ram_style": "distributed"})
         m.submodules.scalar = scalar = ScalarUnit()
         m.submodules.vector = vector = VectorUnit(shape.bank_depth, shape.lanes, shape.k_per_cycle,
                                                   shape.out_depth, shape.act_depth, shape.vector_lanes)
