@@ -32,8 +32,8 @@ from __future__ import annotations
 import numpy as np
 
 from bitlane.contract import protocol as p
-from bitlane.contract.decoder import (REGISTERS, VECTOR_OPS, Bank, DecoderMachine, Instruction, MachineShape, Op,
-                                      ProgramError)
+from bitlane.contract.decoder import (REGISTERS, VECTOR_OPS, WRITABLE_BANKS, Bank, DecoderMachine, Instruction,
+                                      MachineShape, Op, ProgramError)
 from bitlane.contract.intmath import EXP_BITS, MANT_BITS, WidthError
 from bitlane.contract.packing import tiles, words_to_trits
 from bitlane.contract.protocol import BadFrame, Cmd, ErrorCode, Frame
@@ -44,7 +44,6 @@ from bitlane.contract.protocol import BadFrame, Cmd, ErrorCode, Frame
 _VECTOR_STAGES = 4
 _SCALAR_COST = {Op.FACTOR: 2, Op.FMUL: 2, Op.RSQRT: 8, Op.QFACTOR: 17, Op.EPS: 20}
 _SOFTMAX_OVERHEAD = 25  # SoftmaxRow: a row of p scores takes 2 p + 25 cycles (README)
-WRITABLE_BANKS = (Bank.MAIN, Bank.CONST)  # WRITE_BANK's banks
 
 
 def _instruction_cycles(ins: Instruction, pos: int) -> int:
