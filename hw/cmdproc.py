@@ -6,8 +6,9 @@ Every frame gets exactly one response. A frame changes state (memories,
 counters other than the error counters) only after every check of
 docs/protocol.md has passed, in the protocol's order: the framing checks of
 `FrameReceiver` (TRUNCATED, BAD_LENGTH at header time, BAD_CRC), then here
-UNKNOWN_CMD, BAD_LENGTH, BAD_ARGUMENT, BAD_ADDRESS. While a frame is checked,
-executed and answered, the receiver holds off the rx stream.
+UNKNOWN_CMD, NOT_READY (DECODE), BAD_LENGTH, BAD_ARGUMENT, BAD_ADDRESS,
+BAD_POSITION (DECODE). While a frame is checked, executed and answered, the
+receiver holds off the rx stream.
 
 Counters follow the functional model (sw/model_device.py): `frames_ok` /
 `frames_bad` count a frame as soon as its verdict is known, so a COUNTERS
@@ -25,8 +26,9 @@ program. Payloads are written from the staging buffer by the same byte loop as
 WRITE_* (`WRITE`); LOAD_PROGRAM's lengths and ops are checked by one pass over the
 staged instructions (`SCAN`) before anything is written. A DECODE writes each
 token's embedding row into MAIN, runs the engine and copies the final hidden state
-into a response buffer, token after token; the response, whose first field is the
-engine's cycles for all tokens, is sent from that buffer when the last token is done.
+into a response buffer (max_payload - 4 bytes, one more block RAM), token after token;
+the response, whose first field is the engine's cycles for all tokens, is sent from
+that buffer when the last token is done.
 """
 from __future__ import annotations
 

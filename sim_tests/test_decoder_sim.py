@@ -9,7 +9,7 @@ decoder engine (hw/cmdproc.py, hw/decoder.py).
   integer reference's;
 - a RESET, a corrupted frame or a cut frame in the middle of a prefill: the prefill goes on where it
   was, and after a corrupted answer the host's recovery (reset(), a new sequence) generates the
-  reference's tokens.
+  reference's tokens; a simulator that dies inside a prefill is reported in bounded time.
 
 Every answer is compared whole but a COUNTERS record's `cycles` (which count the gateware's waits for
 the host): a DECODE's `cycles` too, since the model's count of the engine's cycles equals the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 
 import numpy as np
@@ -32,7 +33,7 @@ from bitlane.contract.config import preset
 from bitlane.contract.decoder import Bank, Instruction, Op
 from bitlane.contract.protocol import Cmd, ErrorCode
 from bitlane.golden.integer import IntegerModel
-from bitlane.sw import Accelerator, ProtocolError
+from bitlane.sw import Accelerator, ProtocolError, TransportError
 from bitlane.sw.decoder_session import DecoderRunner, load_decoder, plan_decoder
 from bitlane.sw.transport import FaultyTransport, ModelTransport
 from sim_tests.test_protocol_fuzz import collect, normalized
@@ -255,6 +256,18 @@ def test_reset_and_bad_frames_in_the_middle_of_a_prefill(h128, loaded):
     reference = IntegerModel.load(H128)
     assert golden.generate(runner, ids, 8, greedy=True) == golden.generate(reference, ids, 8, greedy=True)
     pair.sim.reset()  # the pair's own link, out of step after the faulty one's frames
+
+
+def test_simulator_dying_inside_a_prefill_is_reported(h128):
+    with bitlane.connect("sim://sim", timeout=60) as acc:
+        image = plan_decoder(h128, acc.caps)
+        load_decoder(h128, image, acc)
+        runner = DecoderRunner(h128, image, acc)
+        threading.Timer(1.0, acc.transport.process.kill).start()  # well inside a prefill of 40 tokens
+        start = time.monotonic()
+        with pytest.raises(TransportError, match=r"sim://sim: simulator process \d+ exited"):
+            runner.hidden(np.arange(1, 41), 0)
+        assert time.monotonic() - start < 10
 
 
 def run_cli(capsys, *args: str) -> tuple[str, str]:
