@@ -3,9 +3,10 @@
 The bundled model is models/bitnet-kjv-h128, the smallest shipped model, which the simulator runs
 at several tokens per second (the larger English model takes ten times as long). Without it, a random
 byte-level model is made once into the user's cache folder (or a temporary folder), so the demo
-works on a fresh clone with no download. Every BitLinear product runs on the simulated
-accelerator (the Verilated gateware of the `sim` preset, built on first use) unless
-`--backend` says otherwise.
+works on a fresh clone with no download. The model runs on the simulated accelerator (the
+Verilated gateware of the `sim` preset, built on first use) unless `--backend` says otherwise:
+in decoder mode (every layer on the device) where the model fits the preset's decoder engine,
+as the bundled model does, else every BitLinear product there.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def printable(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bitlane.demo", description=__doc__)
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="sim",
-                        help="where the BitLinear products run (default: sim, the Verilated accelerator)")
+                        help="where the model runs (default: sim, the Verilated accelerator)")
     parser.add_argument("--preset", default="sim", help="accelerator preset for the model/sim backends (default: sim)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small matrices: extra threads cost more in synchronization than they gain

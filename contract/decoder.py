@@ -68,6 +68,7 @@ class Bank(IntEnum):
 
 
 GENERAL_BANKS = (Bank.MAIN, Bank.CONST, Bank.COPY)
+WRITABLE_BANKS = (Bank.MAIN, Bank.CONST)  # the banks the host writes (WRITE_BANK)
 
 
 class Op(IntEnum):
@@ -522,4 +523,5 @@ class DecoderMachine:
 
 
 __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "ProgramError", "attend_head",
-           "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "TernaryRun"]
+           "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "WRITABLE_BANKS",
+           "TernaryRun"]

@@ -6,8 +6,9 @@ Every frame gets exactly one response. A frame changes state (memories,
 counters other than the error counters) only after every check of
 docs/protocol.md has passed, in the protocol's order: the framing checks of
 `FrameReceiver` (TRUNCATED, BAD_LENGTH at header time, BAD_CRC), then here
-UNKNOWN_CMD, BAD_LENGTH, BAD_ARGUMENT, BAD_ADDRESS. While a frame is checked,
-executed and answered, the receiver holds off the rx stream.
+UNKNOWN_CMD, NOT_READY (DECODE), BAD_LENGTH, BAD_ARGUMENT, BAD_ADDRESS,
+BAD_POSITION (DECODE). While a frame is checked, executed and answered, the
+receiver holds off the rx stream.
 
 Counters follow the functional model (sw/model_device.py): `frames_ok` /
 `frames_bad` count a frame as soon as its verdict is known, so a COUNTERS
@@ -15,25 +16,66 @@ record includes the COUNTERS request itself, and RESET clears every counter,
 its own count included. `cycles` in a COUNTERS record is the cycle counter when
 the request was checked. A RUN answers with the cycles from its start pulse to
 the core's done pulse.
+
+Decoder mode (protocol v2), where the configuration has a decoder: the command
+processor drives a hw.decoder.DecoderCore through `core` (the v1 commands, as
+before) and `engine` (its host ports), and answers LOAD_PROGRAM, WRITE_BANK,
+DECODE_SETUP and DECODE with the checks, order and bytes of the functional model
+(sw/model_device.py), but for FAULT: the gateware does not check widths inside a
+program. Payloads are written from the staging buffer by the same byte loop as
+WRITE_* (`WRITE`); LOAD_PROGRAM's lengths and ops are checked by one pass over the
+staged instructions (`SCAN`) before anything is written. A DECODE writes each
+token's embedding row into MAIN, runs the engine and copies the final hidden state
+into a response buffer (max_payload - 4 bytes, one more block RAM), token after token;
+the response, whose first field is the engine's cycles for all tokens, is sent from
+that buffer when the last token is done.
 """
 from __future__ import annotations
 
+from enum import IntEnum
+
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.protocol import (ADDR_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES, ERROR_PAYLOAD_BYTES,
-                                       READ_OUT_REQUEST_BYTES, RESPONSE_FLAG, RESULT_BYTES, RUN_REQUEST_BYTES,
-                                       RUN_RESPONSE_BYTES, Capabilities, Cmd, ErrorCode)
+from bitlane.contract.decoder import REGISTERS, WRITABLE_BANKS, Bank, Instruction, MachineShape, Op
+from bitlane.contract.protocol import (ADDR_BYTES, BANK_WORD_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES,
+                                       ERROR_PAYLOAD_BYTES, READ_OUT_REQUEST_BYTES, RESPONSE_FLAG, RESULT_BYTES,
+                                       ROW_VALUE_BYTES, RUN_REQUEST_BYTES, RUN_RESPONSE_BYTES, BankWriteHeader,
+                                       Capabilities, Cmd, DecodeArgs, DecodeResponse, DecodeSetup, ErrorCode,
+                                       ProgramHeader)
 
 from .core import core_signature
+from .decoder import engine_host_signature
 from .framing import BodyByte, FrameReceiver, FrameSender, StreamRegister, Stuffer, Unstuffer
-from .records import CountersLayout, ReadOutLayout, RunArgsLayout
+from .records import (BankWriteHeaderLayout, CountersLayout, DecodeArgsLayout, DecodeSetupLayout, ProgramHeaderLayout,
+                      ReadOutLayout, RunArgsLayout)
 
 
 def ceil_div(value, divisor: int):
     return (value + divisor - 1) // divisor
+
+
+class Target(IntEnum):
+    """Where the WRITE loop stores the words it assembles from the staged payload (the last three only
+    with the decoder engine)."""
+
+    WEIGHTS = 0  # WRITE_WEIGHTS: weight memory
+    ACT = 1      # WRITE_ACT: activation memory
+    PROGRAM = 2  # LOAD_PROGRAM: program memory
+    BANK = 3     # WRITE_BANK: an int32 word of MAIN or CONST
+    EMBED = 4    # DECODE: an int16 embedding value, sign-extended into MAIN
+
+
+def word_bytes(config: CoreConfig) -> dict[Target, int]:
+    """Bytes per word of each write target the configuration has."""
+    sizes = {Target.WEIGHTS: config.weight_word_bytes, Target.ACT: config.act_word_bytes}
+    if config.decoder is not None:
+        sizes |= {Target.PROGRAM: Instruction.SIZE, Target.BANK: BANK_WORD_BYTES, Target.EMBED: ROW_VALUE_BYTES}
+    return sizes
 
 
 class CommandProcessor(wiring.Component):
@@ -42,20 +84,26 @@ class CommandProcessor(wiring.Component):
     `rx`: host -> device bytes, `tx`: device -> host bytes (tx honours
     backpressure), `core`: to hw.core.TernaryCore. `o_rd_data` must hold its
     value while `o_rd_addr` holds still (a read port that is always enabled).
+    With a decoder in the configuration, `engine` drives the engine's host ports
+    of hw.decoder.DecoderCore (whose `core_port` is `core`'s counterpart).
     """
 
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
-        super().__init__({
+        members = {
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
             "core": Out(core_signature(config).flip()),
-        })
+        }
+        if config.decoder is not None:
+            members["engine"] = Out(engine_host_signature(MachineShape.from_config(config)).flip())
+        super().__init__(members)
 
     def elaborate(self, platform) -> Module:
         m = Module()
         cfg = self.config
         core = self.core
+        dec = cfg.decoder  # None: no decoder engine, only the v1 commands
 
         m.submodules.unstuffer = unstuffer = Unstuffer()
         m.submodules.receiver = receiver = FrameReceiver(cfg.max_payload)
@@ -105,7 +153,8 @@ class CommandProcessor(wiring.Component):
             run_o_end.eq(run.o_base + run.n_vectors * row_tiles),
         ]
         known, length_ok, args_ok, addr_ok = Signal(), Signal(), Signal(), Signal()
-        m.d.comb += [args_ok.eq(1), addr_ok.eq(1)]
+        ready, pos_ok = Signal(), Signal()  # decoder mode's NOT_READY and BAD_POSITION checks
+        m.d.comb += [args_ok.eq(1), addr_ok.eq(1), ready.eq(1), pos_ok.eq(1)]
         with m.Switch(frame.cmd):
             with m.Case(Cmd.INFO, Cmd.COUNTERS, Cmd.RESET):
                 m.d.comb += [known.eq(1), length_ok.eq(frame.length == 0)]
@@ -126,7 +175,111 @@ class CommandProcessor(wiring.Component):
                              args_ok.eq((read.count != 0) & (read.count <= cfg.max_payload // RESULT_BYTES)),
                              addr_ok.eq(read_end <= cfg.out_depth * cfg.lanes)]
 
-        # ---- the response: 4 header bytes, then a record or the READ_OUT results
+        # ---- WRITE_* and the decoder's loads: staged payload bytes -> words -> a memory
+        sizes = word_bytes(cfg)
+        target = Signal(range(len(sizes)))
+        word_bits = 8 * max(sizes.values())
+        word = Signal(word_bits)  # bytes shift in at the top: the last word_bytes bytes are the word
+        word_byte = Signal(range(max(sizes.values())))
+        last_word_byte = Signal.like(word_byte)
+        with m.Switch(target):
+            for which, size in sizes.items():
+                with m.Case(which):
+                    m.d.comb += last_word_byte.eq(size - 1)
+        # next staged byte to fetch (LOAD_PROGRAM's SCAN steps over whole instructions)
+        ptr = Signal(range(cfg.max_payload + (1 if dec is None else Instruction.SIZE)))
+        write_end = frame.length if dec is None else Signal(16)  # the staged byte after the last one to write
+        fetched = Signal()  # receiver.buf_data holds staged byte ptr - 1
+        store = Signal()  # word is complete: write it
+        word_addr = Signal(32)
+        m.d.comb += [
+            core.w_wr_data.eq(word[word_bits - cfg.weight_word_bits:]),
+            core.a_wr_data.eq(word[word_bits - 8 * cfg.act_word_bytes:]),
+            core.w_wr_addr.eq(word_addr), core.a_wr_addr.eq(word_addr),
+            receiver.buf_addr.eq(ptr),
+        ]
+
+        def start_write(which, addr, first, end=frame.length):
+            """WRITE staged bytes first ..= end - 1 as words of `which` from word `addr`."""
+            m.d.sync += [target.eq(which), word_addr.eq(addr), ptr.eq(first), word_byte.eq(0)]
+            if dec is not None:
+                m.d.sync += write_end.eq(end)
+            m.next = "WRITE"
+
+        # ---- decoder mode: what LOAD_PROGRAM and DECODE_SETUP leave for DECODE, the decoder commands'
+        # checks (from registers behind the frame, as above), and the DECODE loop
+        if dec is not None:
+            engine, shape = self.engine, MachineShape.from_config(cfg)
+            main_depth = shape.bank_depth[Bank.MAIN]
+            program_args = data.View(ProgramHeaderLayout, receiver.args[:ProgramHeaderLayout.size])
+            bank_args = data.View(BankWriteHeaderLayout, receiver.args[:BankWriteHeaderLayout.size])
+            setup_args = data.View(DecodeSetupLayout, receiver.args[:DecodeSetupLayout.size])
+            decode_args = data.View(DecodeArgsLayout, receiver.args[:DecodeArgsLayout.size])
+            program_loaded = Signal()  # a LOAD_PROGRAM has succeeded
+            setup_done = Signal()  # `setup` holds a DECODE_SETUP
+            setup = Signal(DecodeSetupLayout)
+            next_pos = Signal(range(dec.context + 1))  # where a DECODE may continue the KV cache
+            # LOAD_PROGRAM: SCAN counts the staged instructions and checks their ops
+            instructions, bad_op, program_end = Signal(16), Signal(), Signal(17)
+            m.d.sync += program_end.eq(program_args.index + instructions)
+            # WRITE_BANK: the words after the header, the end of their range
+            bank_len = Signal(16)
+            m.d.comb += bank_len.eq(frame.length - BankWriteHeader.SIZE)
+            bank_words, bank_rest, bank_end = Signal(16), Signal(range(BANK_WORD_BYTES)), Signal(33)
+            m.d.sync += [bank_words.eq(bank_len >> exact_log2(BANK_WORD_BYTES)), bank_rest.eq(bank_len[:exact_log2(BANK_WORD_BYTES)]),
+                         bank_end.eq(bank_args.addr + bank_words)]
+            # DECODE_SETUP: the ends of the input and the output row
+            emb_end, out_end = Signal(17), Signal(17)
+            m.d.sync += [emb_end.eq(setup_args.emb_addr + setup_args.hidden),
+                         out_end.eq(setup_args.out_addr + setup_args.hidden)]
+            # DECODE: the request's length for its count, the answer's length (once the request's is right, it
+            # is the request's plus one exponent byte per token: no division), the positions it takes
+            decode_values, decode_len_ok = Signal(32), Signal()
+            decode_reply, decode_pos_end = Signal(17), Signal(17)
+            m.d.sync += [decode_values.eq(decode_args.count * setup.hidden),
+                         decode_len_ok.eq(frame.length == DecodeArgs.SIZE + decode_values * ROW_VALUE_BYTES),
+                         decode_reply.eq(frame.length + decode_args.count),
+                         decode_pos_end.eq(decode_args.pos + decode_args.count)]
+            with m.Switch(frame.cmd):
+                with m.Case(Cmd.LOAD_PROGRAM):
+                    m.d.comb += [known.eq(1),
+                                 length_ok.eq((frame.length > ProgramHeader.SIZE) & (ptr == frame.length)),
+                                 args_ok.eq(~bad_op), addr_ok.eq(program_end <= dec.program_depth)]
+                with m.Case(Cmd.WRITE_BANK):
+                    m.d.comb += [known.eq(1),
+                                 length_ok.eq((frame.length > BankWriteHeader.SIZE) & (bank_rest == 0)),
+                                 args_ok.eq(Cat(*(bank_args.bank == b for b in WRITABLE_BANKS)).any()),
+                                 addr_ok.eq(Cat(*((bank_args.bank == b) & (bank_end <= shape.bank_depth[b])
+                                                  for b in WRITABLE_BANKS)).any())]
+                with m.Case(Cmd.DECODE_SETUP):
+                    m.d.comb += [known.eq(1), length_ok.eq(frame.length == DecodeSetup.SIZE),
+                                 args_ok.eq((setup_args.hidden != 0) & (setup_args.out_exp_reg != 0)
+                                            & (setup_args.out_exp_reg < REGISTERS)),
+                                 addr_ok.eq((emb_end <= main_depth) & (out_end <= main_depth))]
+                with m.Case(Cmd.DECODE):
+                    m.d.comb += [known.eq(1), ready.eq(program_loaded & setup_done),
+                                 length_ok.eq((frame.length >= DecodeArgs.SIZE) & decode_len_ok),
+                                 args_ok.eq((decode_args.count != 0) & (decode_reply <= cfg.max_payload)),
+                                 pos_ok.eq(((decode_args.pos == 0) | (decode_args.pos == next_pos))
+                                           & (decode_pos_end <= dec.context))]
+            # the DECODE loop: tokens to go, the engine's cycles so far, the hidden states in the response buffer
+            tokens_left, values_left = Signal(16), Signal(16)
+            decode_cycles = Signal(8 * DecodeResponse.SIZE)
+            high_byte = Signal(8)
+            m.submodules.states = states = Memory(shape=8, depth=cfg.max_payload - DecodeResponse.SIZE, init=[])
+            states_wr, states_rd = states.write_port(), states.read_port()
+            state_ptr = Signal(range(cfg.max_payload - DecodeResponse.SIZE + 1))
+            m.d.comb += [
+                states_wr.addr.eq(state_ptr), states_rd.addr.eq(state_ptr),
+                engine.prog_wr_addr.eq(word_addr), engine.prog_wr_data.eq(word[word_bits - 8 * Instruction.SIZE:]),
+                engine.host_addr.eq(word_addr),
+                engine.host_wr_data.eq(Mux(target == Target.EMBED,
+                                           word[word_bits - 8 * ROW_VALUE_BYTES:].as_signed(),
+                                           word[word_bits - 8 * BANK_WORD_BYTES:].as_signed())),
+                engine.reg_rd_addr.eq(setup.out_exp_reg),
+            ]
+
+        # ---- the response: 4 header bytes, then a record, the READ_OUT results or DECODE's hidden states
         reply_cmd = Signal(8)
         reply_len = Signal(16)
         error_code = Signal(8)
@@ -139,13 +292,14 @@ class CommandProcessor(wiring.Component):
                      counters.frames_bad.eq(frames_bad), counters.dropped_bytes.eq(dropped)]
         with m.Switch(reply_cmd):
             with m.Case(Cmd.INFO.response):
-                # no decoder engine in the gateware yet (issue 17): its INFO says so, and its commands are unknown
-                m.d.comb += record.eq(int.from_bytes(Capabilities.from_config(cfg.with_(decoder=None)).pack(),
-                                                     "little"))
+                m.d.comb += record.eq(int.from_bytes(Capabilities.from_config(cfg).pack(), "little"))
             with m.Case(Cmd.COUNTERS.response):
                 m.d.comb += record.eq(counters.as_value())
             with m.Case(Cmd.RUN.response):
                 m.d.comb += record.eq(run_cycles)
+            if dec is not None:
+                with m.Case(Cmd.DECODE.response):
+                    m.d.comb += record.eq(decode_cycles)
             with m.Case(Cmd.ERROR):
                 m.d.comb += record.eq(Cat(error_code, frame.cmd))
         index = Signal(16)  # header / record byte being sent
@@ -154,23 +308,6 @@ class CommandProcessor(wiring.Component):
             m.d.sync += [frames_bad.eq(frames_bad + 1), error_code.eq(code), reply_cmd.eq(Cmd.ERROR),
                          reply_len.eq(ERROR_PAYLOAD_BYTES), index.eq(0)]
             m.next = "HEADER"
-
-        # ---- WRITE_*: staged payload bytes -> words -> core
-        is_weights = Signal()
-        word_bits = max(cfg.weight_word_bits, 8 * cfg.act_word_bytes)
-        word = Signal(word_bits)  # bytes shift in at the top: the last word_bytes bytes are the word
-        word_byte = Signal(range(max(cfg.weight_word_bytes, cfg.act_word_bytes)))
-        last_word_byte = Mux(is_weights, cfg.weight_word_bytes - 1, cfg.act_word_bytes - 1)
-        ptr = Signal(range(cfg.max_payload + 1))  # next staged byte to fetch
-        fetched = Signal()  # receiver.buf_data holds staged byte ptr - 1
-        store = Signal()  # word is complete: write it
-        word_addr = Signal(32)
-        m.d.comb += [
-            core.w_wr_data.eq(word[word_bits - cfg.weight_word_bits:]),
-            core.a_wr_data.eq(word[word_bits - 8 * cfg.act_word_bytes:]),
-            core.w_wr_addr.eq(word_addr), core.a_wr_addr.eq(word_addr),
-            receiver.buf_addr.eq(ptr),
-        ]
 
         # ---- RUN
         m.d.comb += core.run.eq(run)
@@ -191,15 +328,33 @@ class CommandProcessor(wiring.Component):
                         m.next = "SETTLE"
             with m.State("SETTLE"):  # the check registers catch up with the frame
                 m.next = "DECIDE"
+                if dec is not None:
+                    with m.If(frame.cmd == Cmd.LOAD_PROGRAM):
+                        m.d.sync += [ptr.eq(ProgramHeader.SIZE), instructions.eq(0), bad_op.eq(0)]
+                        m.next = "SCAN"
+            if dec is not None:
+                with m.State("SCAN"):  # the op of every staged instruction, and where they end
+                    more = ptr < frame.length
+                    with m.If(more):
+                        m.d.sync += [ptr.eq(ptr + Instruction.SIZE), instructions.eq(instructions + 1)]
+                    m.d.sync += fetched.eq(more)
+                    with m.If(fetched & ~Cat(*(receiver.buf_data == op for op in Op)).any()):
+                        m.d.sync += bad_op.eq(1)
+                    with m.If(~more & ~fetched):
+                        m.next = "DECIDE"
             with m.State("DECIDE"):
                 with m.If(~known):
                     reject(ErrorCode.UNKNOWN_CMD)
+                with m.Elif(~ready):
+                    reject(ErrorCode.NOT_READY)
                 with m.Elif(~length_ok):
                     reject(ErrorCode.BAD_LENGTH)
                 with m.Elif(~args_ok):
                     reject(ErrorCode.BAD_ARGUMENT)
                 with m.Elif(~addr_ok):
                     reject(ErrorCode.BAD_ADDRESS)
+                with m.Elif(~pos_ok):
+                    reject(ErrorCode.BAD_POSITION)
                 with m.Else():
                     m.d.sync += [frames_ok.eq(frames_ok + 1), reply_cmd.eq(frame.cmd | RESPONSE_FLAG), reply_len.eq(0),
                                  index.eq(0), cycles_snapshot.eq(cycles)]
@@ -212,9 +367,8 @@ class CommandProcessor(wiring.Component):
                         with m.Case(Cmd.RESET):
                             m.d.comb += clear.eq(1)
                         with m.Case(Cmd.WRITE_WEIGHTS, Cmd.WRITE_ACT):
-                            m.d.sync += [is_weights.eq(frame.cmd == Cmd.WRITE_WEIGHTS), word_addr.eq(write_addr),
-                                         ptr.eq(ADDR_BYTES), word_byte.eq(0)]
-                            m.next = "WRITE"
+                            start_write(Mux(frame.cmd == Cmd.WRITE_WEIGHTS, Target.WEIGHTS, Target.ACT),
+                                        write_addr, ADDR_BYTES)
                         with m.Case(Cmd.RUN):
                             m.d.sync += reply_len.eq(RUN_RESPONSE_BYTES)
                             m.next = "RUN_START"
@@ -222,8 +376,23 @@ class CommandProcessor(wiring.Component):
                             m.d.sync += [reply_len.eq(read.count * RESULT_BYTES), remaining.eq(read.count),
                                          out_word.eq(read.addr // cfg.lanes), out_lane.eq(read.addr % cfg.lanes),
                                          out_byte.eq(0)]
+                        if dec is not None:
+                            with m.Case(Cmd.LOAD_PROGRAM):
+                                m.d.sync += program_loaded.eq(1)
+                                start_write(Target.PROGRAM, program_args.index, ProgramHeader.SIZE)
+                            with m.Case(Cmd.WRITE_BANK):
+                                m.d.sync += engine.host_bank.eq(bank_args.bank)
+                                start_write(Target.BANK, bank_args.addr, BankWriteHeader.SIZE)
+                            with m.Case(Cmd.DECODE_SETUP):
+                                m.d.sync += [setup.eq(setup_args), setup_done.eq(1)]
+                            with m.Case(Cmd.DECODE):
+                                m.d.sync += [reply_len.eq(decode_reply), tokens_left.eq(decode_args.count),
+                                             engine.pos.eq(decode_args.pos), engine.host_bank.eq(Bank.MAIN),
+                                             decode_cycles.eq(0), state_ptr.eq(0)]
+                                start_write(Target.EMBED, setup.emb_addr, DecodeArgs.SIZE,
+                                            DecodeArgs.SIZE + setup.hidden * ROW_VALUE_BYTES)
             with m.State("WRITE"):
-                more = ptr != frame.length
+                more = ptr != write_end
                 with m.If(more):
                     m.d.sync += ptr.eq(ptr + 1)
                 m.d.sync += [fetched.eq(more), store.eq(0)]
@@ -234,10 +403,47 @@ class CommandProcessor(wiring.Component):
                     with m.Else():
                         m.d.sync += word_byte.eq(word_byte + 1)
                 with m.If(store):
-                    m.d.comb += [core.w_wr_en.eq(is_weights), core.a_wr_en.eq(~is_weights)]
+                    m.d.comb += [core.w_wr_en.eq(target == Target.WEIGHTS), core.a_wr_en.eq(target == Target.ACT)]
+                    if dec is not None:
+                        m.d.comb += [engine.prog_wr_en.eq(target == Target.PROGRAM),
+                                     engine.host_wr_en.eq((target == Target.BANK) | (target == Target.EMBED))]
                     m.d.sync += word_addr.eq(word_addr + 1)
                 with m.If(~more & ~fetched & ~store):
                     m.next = "HEADER"
+                    if dec is not None:
+                        with m.If(target == Target.EMBED):  # a DECODE's embedding row is in MAIN
+                            m.next = "DECODE_START"
+            if dec is not None:
+                with m.State("DECODE_START"):
+                    m.d.comb += engine.start.eq(1)
+                    m.next = "DECODE_WAIT"
+                with m.State("DECODE_WAIT"):
+                    with m.If(engine.done):
+                        m.d.sync += [decode_cycles.eq(decode_cycles + engine.cycles), word_addr.eq(setup.out_addr),
+                                     values_left.eq(setup.hidden)]
+                        m.next = "STATE_READ"
+                with m.State("STATE_READ"):  # host_rd_data follows word_addr a cycle later
+                    m.next = "STATE_LOW"
+                with m.State("STATE_LOW"):  # an int16 mantissa, little-endian; the next word is read meanwhile
+                    m.d.comb += [states_wr.en.eq(1), states_wr.data.eq(engine.host_rd_data[:8])]
+                    m.d.sync += [high_byte.eq(engine.host_rd_data[8:16]), state_ptr.eq(state_ptr + 1),
+                                 word_addr.eq(word_addr + 1)]
+                    m.next = "STATE_HIGH"
+                with m.State("STATE_HIGH"):
+                    m.d.comb += [states_wr.en.eq(1), states_wr.data.eq(high_byte)]
+                    m.d.sync += [state_ptr.eq(state_ptr + 1), values_left.eq(values_left - 1)]
+                    m.next = "STATE_LOW"
+                    with m.If(values_left == 1):
+                        m.next = "STATE_EXPONENT"
+                with m.State("STATE_EXPONENT"):  # the int8 exponent; then the next token, or the answer
+                    m.d.comb += [states_wr.en.eq(1), states_wr.data.eq(engine.reg_rd_data[:8])]
+                    m.d.sync += [state_ptr.eq(state_ptr + 1), tokens_left.eq(tokens_left - 1),
+                                 engine.pos.eq(engine.pos + 1)]
+                    with m.If(tokens_left == 1):
+                        m.d.sync += next_pos.eq(engine.pos + 1)
+                        m.next = "HEADER"
+                    with m.Else():  # the staged rows follow each other: ptr is at the next one
+                        start_write(Target.EMBED, setup.emb_addr, ptr, write_end + setup.hidden * ROW_VALUE_BYTES)
             with m.State("RUN_START"):
                 m.d.comb += core.start.eq(1)
                 m.d.sync += run_cycles.eq(0)
@@ -268,6 +474,21 @@ class CommandProcessor(wiring.Component):
                     m.d.sync += index.eq(index + 1)
                     with m.If(last):
                         m.next = "FINISH"
+                    if dec is not None:  # a DECODE answer: its hidden states follow the cycles
+                        with m.Elif((reply_cmd == Cmd.DECODE.response) & (index == DecodeResponse.SIZE - 1)):
+                            m.d.sync += state_ptr.eq(0)
+                            m.next = "STATES_LOAD"
+            if dec is not None:
+                with m.State("STATES_LOAD"):  # the response buffer answers a cycle after state_ptr
+                    m.next = "STATES_SEND"
+                with m.State("STATES_SEND"):
+                    last = index == reply_len - 1
+                    m.d.comb += [body.valid.eq(1), body.payload.last.eq(last), body.payload.data.eq(states_rd.data)]
+                    with m.If(body.ready):
+                        m.d.sync += [index.eq(index + 1), state_ptr.eq(state_ptr + 1)]
+                        m.next = "STATES_LOAD"
+                        with m.If(last):
+                            m.next = "FINISH"
             with m.State("READ_LOAD"):  # o_rd_data follows out_word one cycle later
                 m.next = "READ_SEND"
             with m.State("READ_SEND"):

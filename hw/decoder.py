@@ -73,6 +73,22 @@ def engine_signature(shape: MachineShape) -> wiring.Signature:
     })
 
 
+def engine_host_signature(shape: MachineShape) -> wiring.Signature:
+    """The engine's ports that face the host: DecoderCore's `engine_*` ports, which the command processor
+    (hw/cmdproc.py) drives through its flipped `engine` port."""
+    return wiring.Signature({name: member for name, member in engine_signature(shape).members.items()
+                             if name not in CORE_FACING})
+
+
+class PortGroup:
+    """Some of a component's ports as an interface of their own (`signature`, one attribute per member),
+    so that `wiring.connect` joins them to a matching port of another component."""
+
+    def __init__(self, signature: wiring.Signature, ports: dict) -> None:
+        self.signature = signature
+        self.__dict__.update(ports)
+
+
 class DecoderEngine(wiring.Component):
     """Fetches and executes a contract/decoder.py program for the token at position `pos`.
 
@@ -258,20 +274,28 @@ class DecoderCore(wiring.Component):
             raise ValueError(f"config {config.name!r} has no decoder engine")
         shape = MachineShape.from_config(config)
         self.config, self.shape, self.kv_bits, self.macs = config, shape, kv_bits, macs
-        engine = {name: member for name, member in engine_signature(shape).members.items()
-                  if name not in CORE_FACING}
-        super().__init__({**core_signature(config).members, **{f"engine_{name}": member
-                                                                 for name, member in engine.items()}})
+        engine = {f"engine_{name}": member for name, member in engine_host_signature(shape).members.items()}
+        super().__init__({**core_signature(config).members, **engine})
+
+    @property
+    def core_port(self) -> PortGroup:
+        """The ternary core's ports (`core_signature`), as TernaryCore has them."""
+        signature = core_signature(self.config)
+        return PortGroup(signature, {name: getattr(self, name) for name in signature.members})
+
+    @property
+    def engine_port(self) -> PortGroup:
+        """The `engine_*` ports under their engine names (`engine_host_signature`)."""
+        signature = engine_host_signature(self.shape)
+        return PortGroup(signature, {name: getattr(self, f"engine_{name}") for name in signature.members})
 
     def elaborate(self, platform) -> Module:
         m = Module()
         m.submodules.core = core = TernaryCore(self.config)
         m.submodules.engine = engine = DecoderEngine(self.shape, self.kv_bits, self.macs)
-        for name in engine_signature(self.shape).members:
-            if name in CORE_FACING:
-                continue
+        for name, member in engine_host_signature(self.shape).members.items():
             ours, theirs = getattr(self, f"engine_{name}"), getattr(engine, name)
-            if engine_signature(self.shape).members[name].flow == wiring.In:
+            if member.flow == wiring.In:
                 m.d.comb += theirs.eq(ours)
             else:
                 m.d.comb += ours.eq(theirs)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from amaranth.lib import data
 
-from bitlane.contract.protocol import Counters, ReadOutRequest, RunArgs, WireRecord
+from bitlane.contract.protocol import (BankWriteHeader, Counters, DecodeArgs, DecodeSetup, ProgramHeader,
+                                       ReadOutRequest, RunArgs, WireRecord)
 
 
 def layout(record: type[WireRecord]) -> data.StructLayout:
@@ -21,3 +22,7 @@ def layout(record: type[WireRecord]) -> data.StructLayout:
 RunArgsLayout = layout(RunArgs)
 ReadOutLayout = layout(ReadOutRequest)
 CountersLayout = layout(Counters)
+ProgramHeaderLayout = layout(ProgramHeader)
+BankWriteHeaderLayout = layout(BankWriteHeader)
+DecodeSetupLayout = layout(DecodeSetup)
+DecodeArgsLayout = layout(DecodeArgs)

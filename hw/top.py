@@ -1,4 +1,5 @@
-"""bitlane's top level: the command processor in front of the compute core.
+"""bitlane's top level: the command processor in front of the compute core (hw/core.py), or in front of
+the core with the decoder engine (hw/decoder.py's DecoderCore) where the configuration has a decoder.
 
 One clock domain, `sync`. The generated Verilog (hw/verilog.py) has exactly
 these ports, which the sim transport's C++ harness drives:
@@ -18,6 +19,7 @@ from bitlane.contract.config import CoreConfig
 
 from .cmdproc import CommandProcessor
 from .core import TernaryCore
+from .decoder import DecoderCore
 
 
 class BitlaneTop(wiring.Component):
@@ -31,8 +33,13 @@ class BitlaneTop(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         m.submodules.cmdproc = cmdproc = CommandProcessor(self.config)
-        m.submodules.core = core = TernaryCore(self.config)
         wiring.connect(m, wiring.flipped(self.rx), cmdproc.rx)
         wiring.connect(m, cmdproc.tx, wiring.flipped(self.tx))
-        wiring.connect(m, cmdproc.core, core)
+        if self.config.decoder is None:
+            m.submodules.core = core = TernaryCore(self.config)
+            wiring.connect(m, cmdproc.core, core)
+        else:  # the decoder engine beside the core, sharing its memories (protocol v2's decoder mode)
+            m.submodules.core = core = DecoderCore(self.config)
+            wiring.connect(m, cmdproc.core, core.core_port)
+            wiring.connect(m, cmdproc.engine, core.engine_port)
         return m

@@ -17,8 +17,8 @@ from bitlane.hw.decoder_vector import VectorUnit
 from sim_tests import simlib
 
 WAIVERS = Path(__file__).with_name("lint_waivers.vlt")
-# Decoder units not yet inside the top, at the sizes bench/nonlinear_bench.py synthesizes (their
-# own tests lint the smaller shapes they simulate).
+# Decoder units at the sizes bench/nonlinear_bench.py synthesizes (the tops of the presets with a decoder lint
+# them at theirs; their own tests lint the smaller shapes they simulate).
 DECODER_UNITS = {"decoder_vector": lambda: VectorUnit((2048, 4096, 1024), 16, 16, 1024, 1024, vector_lanes=16)}
 PORTS = {"clk", "rst", "rx__payload", "rx__valid", "rx__ready", "tx__payload", "tx__valid", "tx__ready"}
 

@@ -9,6 +9,11 @@ storm, and a product computed after it must be exact. Options (environment):
     BITLANE_FUZZ_FRAMES=N    frames per seed (default 2000)
     BITLANE_FUZZ_SEEDS=N     number of seeds (default 3; make test runs 6000 frames in ~5 s)
 
+The decoder storm does the same for protocol v2's decoder commands on `model://sim` and `sim://sim`
+with the shipped h128 model loaded (BITLANE_FUZZ_DECODER_FRAMES, default 400 per seed, 2 seeds):
+LOAD_PROGRAM, WRITE_BANK, DECODE_SETUP and DECODE right or wrong in one way, among garbage, broken
+frames and v1 requests; afterwards the device must decode the reference's hidden states.
+
 Longer run: BITLANE_FUZZ_SEED=100 BITLANE_FUZZ_SEEDS=10 BITLANE_FUZZ_FRAMES=20000 \
     .venv/bin/python -m pytest -s sim_tests/test_protocol_fuzz.py
 """
@@ -30,6 +35,9 @@ CFG = preset("tiny")
 SEED = int(os.environ.get("BITLANE_FUZZ_SEED", "0"))
 SEEDS = int(os.environ.get("BITLANE_FUZZ_SEEDS", "3"))
 FRAMES = int(os.environ.get("BITLANE_FUZZ_FRAMES", "2000"))
+DECODER_FRAMES = int(os.environ.get("BITLANE_FUZZ_DECODER_FRAMES", "400"))
+DECODER_SEEDS = 2
+H128 = "models/bitnet-kjv-h128"
 BATCH = 40  # frames written before their answers are collected (keeps the TCP buffers small)
 
 
@@ -245,3 +253,198 @@ def test_protocol_storm(pair, seed):
     np.testing.assert_array_equal(device.matmul(t, q), t.astype(np.int64) @ q.astype(np.int64))
     print(f"\nseed {seed}: {FRAMES} frames, {total_bytes} bytes, {total_answers} answers, sent {sorted(maker.kinds.items())}, "
           f"answers {sorted(tally.items())}, final counters {sim_counters}")
+
+
+class DecoderStormMaker(StormMaker):
+    """Random decoder-mode traffic for a configuration with a decoder on which `image` (a compiled model)
+    is loaded, biased towards the edges of every check. The frames a device accepts keep it able to
+    run the model: LOAD_PROGRAM and CONST writes rewrite what is there, DECODE_SETUP is the image's,
+    MAIN is the program's scratch (it reads no word it has not written), DECODE continues the sequence
+    or restarts it. `next_pos()` is the device's next position as the model has it when a frame is made."""
+
+    def __init__(self, cfg, rng: np.random.Generator, model, image, next_pos) -> None:
+        super().__init__(cfg, rng)
+        self.model, self.image, self.next_pos = model, image, next_pos
+        self.shape = cfg.decoder
+
+    def load_program(self) -> bytes:
+        from bitlane.contract.decoder import Instruction, Op
+        program, depth = self.image.program, self.shape.program_depth
+        most = (self.cfg.max_payload - p.ProgramHeader.SIZE) // Instruction.SIZE
+        n = int(self.rng.choice([1, self._int(1, 8), most]))
+        index = self._int(0, len(program) - 1)
+        body = b"".join(ins.pack() for ins in (program + [Instruction(Op.HALT)] * n)[index:index + n])
+        r = self.rng.random()
+        if r < 0.15:  # an op outside the instruction set in one of them
+            i = self._int(0, n - 1) * Instruction.SIZE
+            op = int(self.rng.choice([10, 15, 26, 31, 35, 99, 0xFF]))
+            body = body[:i] + bytes([op]) + body[i + 1:]
+        elif r < 0.3:  # past the program memory
+            index = int(self.rng.choice([depth - n + 1, depth, self._int(depth - n + 1, 0xFFFF)]))
+        elif r < 0.4:  # a part instruction
+            body = body[:-self._int(1, Instruction.SIZE - 1)] if self.rng.random() < 0.5 else body + self._bytes(1)
+        return p.encode_frame(Cmd.LOAD_PROGRAM, self._seq(), p.ProgramHeader(index).pack() + body)
+
+    def write_bank(self) -> bytes:
+        from bitlane.contract.decoder import Bank
+        most = (self.cfg.max_payload - p.BankWriteHeader.SIZE) // p.BANK_WORD_BYTES
+        n = int(self.rng.choice([1, self._int(1, 16), most]))
+        if self.rng.random() < 0.5:  # CONST: the image's own words
+            bank, depth = Bank.CONST, self.shape.const_depth
+            addr = self._int(0, max(0, len(self.image.const) - n))
+            words = np.asarray(self.image.const[addr:addr + n], dtype=np.int64)
+            words = np.concatenate([words, np.zeros(n - len(words), dtype=np.int64)])
+        else:  # MAIN: anything
+            bank, depth = Bank.MAIN, self.shape.main_depth
+            addr = self._int(0, depth - n)
+            words = self.rng.integers(-1 << 31, 1 << 31, n)
+        data = words.astype("<i4").tobytes()
+        r = self.rng.random()
+        if r < 0.15:
+            bank = int(self.rng.choice([Bank.COPY, Bank.OUT, Bank.ACT, 5, 0xFF]))
+        elif r < 0.3:
+            addr = self._edge(depth - n)
+        elif r < 0.4:
+            data = data[:-self._int(1, 3)] if self.rng.random() < 0.7 else b""
+        return p.encode_frame(Cmd.WRITE_BANK, self._seq(), p.BankWriteHeader(addr & 0xFFFFFFFF, bank).pack() + data)
+
+    def decode_setup(self) -> bytes:
+        from bitlane.contract.decoder import REGISTERS
+        im, main = self.image, self.shape.main_depth
+        fields = [im.hidden, im.emb_addr, im.out_addr, im.out_exp_reg]
+        r = self.rng.random()
+        if r < 0.6:
+            which = self._int(0, 3)
+            fields[which] = int(self.rng.choice(
+                [[0, main, main + 1, 0xFFFF], [main - im.hidden + 1, main, 0xFFFF],
+                 [main - im.hidden + 1, 0xFFFF], [0, REGISTERS, 0xFF]][which]))
+        payload = p.decode_setup(*fields)
+        if r > 0.9:
+            payload = payload[:-1] if self.rng.random() < 0.5 else payload + b"\x00"
+        return p.encode_frame(Cmd.DECODE_SETUP, self._seq(), payload)
+
+    def decode(self) -> bytes:
+        hidden, context = self.image.hidden, self.shape.context
+        count = self._int(1, 2)
+        pos = 0 if self.rng.random() < 0.2 or self.next_pos() + count > context else self.next_pos()
+        r = self.rng.random()
+        if r < 0.1:
+            pos = int(self.rng.choice([self.next_pos() + 1, max(1, self.next_pos() - 1), context, 0xFFFF]))
+        elif r < 0.15:
+            count = 0
+        elif r < 0.2:
+            count = p.Capabilities.from_config(self.cfg).max_decode_count(hidden) + 1  # LEN > max_payload
+        rows = self.model.embedding[self.rng.integers(0, len(self.model.embedding), count)].astype("<i2").tobytes()
+        payload = p.DecodeArgs(pos, count).pack() + rows
+        if 0.2 <= r < 0.3:  # a row too short or too long, or the count wrong for the rows
+            payload = payload[:-2] if r < 0.24 else payload + bytes(2 * hidden) if r < 0.27 else \
+                p.DecodeArgs(pos, count + 1).pack() + rows
+        return p.encode_frame(Cmd.DECODE, self._seq(), payload)
+
+    def frame(self) -> bytes:
+        r = self.rng.random()
+        if r < 0.08:
+            kind, data = "garbage", self.garbage()
+        elif r < 0.14:
+            kind, data = "length-limit", self.length_limit()
+        else:
+            kind = str(self.rng.choice(["LOAD_PROGRAM", "WRITE_BANK", "DECODE_SETUP", "DECODE", "INFO", "RESET",
+                                        "COUNTERS-bad", "unknown"], p=[.2, .2, .15, .25, .06, .04, .04, .06]))
+            if kind == "INFO":
+                data = p.encode_frame(Cmd.INFO, self._seq())
+            elif kind == "RESET":
+                data = p.encode_frame(Cmd.RESET, self._seq())
+            elif kind == "COUNTERS-bad":
+                data = p.encode_frame(Cmd.COUNTERS, self._seq(), self._bytes(self._int(1, 4)))
+            elif kind == "unknown":
+                data = p.encode_frame(int(self.rng.choice([0, 8, 0x24, 0x2F, 0xA3, 0xFF])), self._seq(),
+                                      self._bytes(self._int(0, 6)))
+            else:
+                data = getattr(self, kind.lower())()
+            if self.rng.random() < 0.1:
+                kind, data = "broken", self.broken(data)
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        return data
+
+    def length_limit(self) -> bytes:
+        """Frames whose LEN sits at a limit, of the decoder commands and the v1 requests that leave the
+        memories alone."""
+        cmd = int(self.rng.choice(sorted(p.DECODER_REQUESTS) + [Cmd.INFO, Cmd.COUNTERS, Cmd.RESET, 0x42]))
+        length = int(self.rng.choice([0, 1, p.DecodeArgs.SIZE, p.DecodeSetup.SIZE, self.cfg.max_payload,
+                                      self.cfg.max_payload + 1, 0xFFFF]))
+        if length > self.cfg.max_payload:
+            body = bytes((cmd, self._seq(), length & 0xFF, length >> 8)) + self._bytes(self._int(0, 8))
+            return bytes([SYNC]) + p.stuff(body)
+        # zeros: none of these lengths is a whole LOAD_PROGRAM (2 + 24 n), a DECODE of them counts 0 tokens
+        return p.encode_frame(cmd, self._seq(), bytes(length))
+
+
+@pytest.fixture(scope="module")
+def decoder_pair():
+    """sim://sim and model://sim with h128 loaded."""
+    from bitlane.golden.integer import IntegerModel
+    from bitlane.sw import Accelerator
+    from bitlane.sw.decoder_session import load_decoder, plan_decoder
+
+    model = IntegerModel.load(H128)
+    device = bitlane.connect("sim://sim", timeout=60)
+    twin = Accelerator(ModelTransport(preset("sim")))
+    image = plan_decoder(model, device.caps)
+    for acc in (device, twin):
+        load_decoder(model, image, acc)
+    yield device, twin, model, image
+    device.close()
+
+
+@pytest.mark.parametrize("seed", range(SEED, SEED + DECODER_SEEDS))
+def test_decoder_storm(decoder_pair, seed):
+    device, twin, model, image = decoder_pair
+    cfg = preset("sim")
+    state = twin.transport.device
+    rng = np.random.default_rng(seed)
+    maker = DecoderStormMaker(cfg, rng, model, image, lambda: state.next_pos)
+    sim = device.transport
+    device.reset()
+    twin.reset()
+    tally: dict[str, int] = {}
+    decoded = 0
+    for start in range(0, DECODER_FRAMES, BATCH):
+        batch, expected = b"", b""
+        for _ in range(min(BATCH, DECODER_FRAMES - start)):  # each frame made once the model has the one before
+            data = maker.frame()
+            twin.transport.write(data)
+            expected += twin.transport.read(0)
+            batch += data
+        batch += p.encode_frame(Cmd.INFO, 0x5A)  # ends the batch in step: the device is hunting after it
+        twin.transport.write(p.encode_frame(Cmd.INFO, 0x5A))
+        expected += twin.transport.read(0)
+        sim.write(batch)
+        got = collect(sim, answers(expected), timeout=120)
+        if got != expected and normalized(got) != normalized(expected):
+            exp_events, got_events = normalized(expected), normalized(got)
+            first = next((i for i, (a, b) in enumerate(zip(exp_events, got_events)) if a != b), None)
+            pytest.fail(f"seed {seed}, frames {start}..: answer {first} differs: model "
+                        f"{exp_events[first] if first is not None else None} sim "
+                        f"{got_events[first] if first is not None else None}")
+        for event in p.FrameDecoder().feed(expected):
+            name = (p.ErrorCode(event.payload[0]).name if event.cmd == Cmd.ERROR
+                    else f"{p.cmd_name(event.cmd & ~p.RESPONSE_FLAG)} ok")
+            tally[name] = tally.get(name, 0) + 1
+            if event.cmd == Cmd.DECODE.response:
+                decoded += (len(event.payload) - p.DecodeResponse.SIZE) // p.hidden_state_bytes(image.hidden)
+    assert not tally.get("FAULT"), "the model faulted: the storm must keep the program runnable"
+    for code in ("BAD_POSITION", "BAD_ARGUMENT", "BAD_ADDRESS", "BAD_LENGTH", "BAD_CRC", "TRUNCATED", "UNKNOWN_CMD",
+                 "DECODE ok", "LOAD_PROGRAM ok", "WRITE_BANK ok", "DECODE_SETUP ok"):
+        assert code in tally, f"the storm missed {code}: {tally}"
+    assert without_cycles(device.counters()) == without_cycles(twin.counters())
+    # the device still decodes the reference's hidden states, from position 0 (and so does its twin, which
+    # keeps the two in step for the next seed)
+    ids = np.array([5, 17, 42])
+    y, e = model.hidden(ids[None], None)
+    request = p.DecodeArgs(0, 3).pack() + model.embedding[ids].astype("<i2").tobytes()
+    answer = device.request(Cmd.DECODE, request)
+    assert answer == twin.request(Cmd.DECODE, request)
+    _, y_dev, e_dev = p.unpack_decode_response(answer, 3, image.hidden)
+    assert np.array_equal(y_dev, y[0]) and np.array_equal(e_dev, e[0, :, 0])
+    print(f"\nseed {seed}: {DECODER_FRAMES} frames, {decoded} tokens decoded, sent {sorted(maker.kinds.items())}, "
+          f"answers {sorted(tally.items())}")

@@ -24,37 +24,63 @@ structure and equal its counts (sim_tests/test_sim_transport.py checks);
 Decoder mode (protocol v2, a configuration with a `decoder`): the engine is
 contract.decoder.DecoderMachine, whose TRUN is this device's RUN product on
 its own weight memory (so weights are loaded with WRITE_WEIGHTS). A DECODE's
-cycles are the TRUNs' exact busy and stall cycles plus an estimate of every
-other instruction (`_instruction_cycles`), until the engine's gateware pins them.
+cycles are the TRUNs' exact busy and stall cycles plus every instruction's
+engine cycles (`_instruction_cycles`), which equal the gateware's count for the
+programs of sw/decoder_program.py (sim_tests/test_decoder_sim.py checks).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from bitlane.contract import protocol as p
-from bitlane.contract.decoder import (REGISTERS, VECTOR_OPS, Bank, DecoderMachine, Instruction, MachineShape, Op,
-                                      ProgramError)
+from bitlane.contract.decoder import (REGISTERS, VECTOR_OPS, WRITABLE_BANKS, Bank, DecoderMachine, Instruction,
+                                      MachineShape, Op, ProgramError)
 from bitlane.contract.intmath import EXP_BITS, MANT_BITS, WidthError
 from bitlane.contract.packing import tiles, words_to_trits
 from bitlane.contract.protocol import BadFrame, Cmd, ErrorCode, Frame
 
-# Estimated engine cycles of an instruction other than TRUN (which costs what a RUN costs): a vector
-# op streams n elements through a pipeline of about this many stages; a scalar op takes its unit's
-# latency (README: RsqrtFactor 8, QuantFactor 17, EpsTerm 20, FactorMul 2 cycles).
-_VECTOR_STAGES = 4
-_SCALAR_COST = {Op.FACTOR: 2, Op.FMUL: 2, Op.RSQRT: 8, Op.QFACTOR: 17, Op.EPS: 20}
-_SOFTMAX_OVERHEAD = 25  # SoftmaxRow: a row of p scores takes 2 p + 25 cycles (README)
-WRITABLE_BANKS = (Bank.MAIN, Bank.CONST)  # WRITE_BANK's banks
+# Engine cycles of a DECODE (hw/decoder.py runs one instruction at a time), as the gateware of the sim
+# preset counts them (sim_tests/test_decoder_sim.py): every instruction but HALT takes the engine's fetch,
+# decode, six register-read, execute and two write-back cycles, plus its unit's cycles from start to
+# done: a vector op n + 12 (hw/decoder_vector.py), KVAPPEND n + 6, ATTEND the attention unit's
+# (hw/attention.py, 16 multipliers) + 4 to drain its output, a scalar op its latency (hw/decoder_scalar.py)
+# + 1, TRUN its RUN's cycles + 1. HALT stops the program in its execute cycle.
+_INSTRUCTION_OVERHEAD = 11
+_HALT_CYCLES = 9
+_VECTOR_LATENCY = 12
+_APPEND_LATENCY = 6
+_ATTEND_DRAIN = 4
+_TRUN_HANDSHAKE = 1
+_SCALAR_COST = {Op.FACTOR: 3, Op.FMUL: 4, Op.RSQRT: 11, Op.QFACTOR: 20, Op.EPS: 24}  # others 2
+_ATTEND_MACS = 16  # the attention unit's multipliers (hw/decoder.py's default)
+_ATTEND_FIXED = 17  # set-up, memory, operand and output stages of an ATTEND
+_SOFTMAX_ROW_LATENCY = 19  # SoftmaxRow's factor(sum) and reciprocal after the last score
+
+
+def _attend_cycles(pos: int, head_dim: int) -> int:
+    """The attention unit's cycles of one ATTEND at position `pos` (hw/attention.py attend_cycles)."""
+    words = head_dim // _ATTEND_MACS  # K / V words per position
+    levels = (_ATTEND_MACS - 1).bit_length()  # the dot product's adder tree
+    return (2 * head_dim + (2 * pos + 1) * words + levels + _ATTEND_FIXED
+            + max(2 * words + 4, _SOFTMAX_ROW_LATENCY))
 
 
 def _instruction_cycles(ins: Instruction, pos: int) -> int:
-    """Estimated cycles of one non-TRUN instruction of a DECODE at position `pos`."""
-    if ins.op in VECTOR_OPS or ins.op == Op.KVAPPEND:
-        return ins.n + _VECTOR_STAGES
-    if ins.op == Op.ATTEND:  # scores (p dot products of n), the softmax row, the weighted V sum
-        seen = pos + 1
-        return 2 * seen * ins.n + 2 * seen + _SOFTMAX_OVERHEAD + _VECTOR_STAGES
-    return _SCALAR_COST.get(Op(ins.op), 1)
+    """Engine cycles of one instruction of a DECODE at position `pos`; a TRUN's RUN cycles are counted
+    by the product itself."""
+    if ins.op == Op.HALT:
+        return _HALT_CYCLES
+    if ins.op in VECTOR_OPS:
+        unit = ins.n + _VECTOR_LATENCY
+    elif ins.op == Op.KVAPPEND:
+        unit = ins.n + _APPEND_LATENCY
+    elif ins.op == Op.ATTEND:
+        unit = _attend_cycles(pos, ins.n) + _ATTEND_DRAIN
+    elif ins.op == Op.TRUN:
+        unit = _TRUN_HANDSHAKE
+    else:
+        unit = _SCALAR_COST.get(Op(ins.op), 2)
+    return _INSTRUCTION_OVERHEAD + unit
 
 
 def _fits(values: np.ndarray, bits: int) -> bool:
@@ -245,8 +271,7 @@ class ModelDevice:
                 engine.write(Bank.MAIN, s.emb_addr, row)
                 engine.run(a.pos + i)
                 y[i], e[i] = engine.read(Bank.MAIN, s.out_addr, s.hidden), engine.regs[s.out_exp_reg]
-                other += sum(_instruction_cycles(ins, a.pos + i)
-                             for ins in self.program[:self._halt()] if ins.op != Op.TRUN)
+                other += sum(_instruction_cycles(ins, a.pos + i) for ins in self.program[:self._halt()])
         except (WidthError, ProgramError):
             self.next_pos = 0
             raise _Fault from None

@@ -86,8 +86,9 @@ def build_key(config, flags: list[str], env: dict[str, str]) -> str:
 
 
 def expected_build_s(config) -> int:
-    """Rough first-build time of a simulated board on a busy 2-core machine (tiny ~20 s, sim ~60 s)."""
-    return 10 * round((20 + config.lanes * config.k_per_cycle / 12) / 10)
+    """Rough first-build time of a simulated board on a busy 2-core machine (tiny ~20 s, sim ~150 s with
+    its decoder engine)."""
+    return 10 * round((20 + config.lanes * config.k_per_cycle / 12 + (90 if config.decoder else 0)) / 10)
 
 
 def verilate(out_dir: Path, write_sources: Callable[[Path], list[str]], flags: list[str], what: str,
