@@ -3,8 +3,8 @@ itself checked equal to the integer reference in tests/test_attention_model.py).
 
 Four shapes, built once side by side in one `simlib.UnitBank`: h128's (head_dim 64, 2 kv heads,
 4 layers) at kv_bits 16 with 16 multipliers and at kv_bits 8 with 8, head_dim 32 with one kv head,
-kv_bits 16 and 4 multipliers, and head_dim 32 with one word per position (32 multipliers,
-kv_bits 12). Each takes a command script like a decoder's (append K and V of a position, attend
+kv_bits 16 and 4 multipliers, and head_dim 12 with one word per position (12 multipliers: an adder
+tree with an odd level; kv_bits 12). Each takes a command script like a decoder's (append K and V of a position, attend
 at it) over several layers and kv heads: random caches and queries at every magnitude; positions 0
 and context - 1; all-equal scores; one dominant score; the mantissa extremes (-2^(kv_bits-1),
 -32768, 32767); exponents far apart so that scores shift to their sign and weights vanish; the
@@ -38,10 +38,10 @@ from tests.test_attention_model import SHIPPED, attention_steps, shipped_ids
 
 TOPLEVEL = "attention"
 CONFIGS = {
-    "h128": dict(head_dim=64, kv_heads=2, layers=4, context=40, kv_bits=16, macs=16),
-    "h128_kv8": dict(head_dim=64, kv_heads=2, layers=4, context=40, kv_bits=8, macs=8),
-    "d32": dict(head_dim=32, kv_heads=1, layers=2, context=24, kv_bits=16, macs=4),
-    "d32_wide": dict(head_dim=32, kv_heads=2, layers=1, context=12, kv_bits=12, macs=32),
+    "h128": dict(head_dim=64, kv_heads=2, layers=4, context=24, kv_bits=16, macs=16),
+    "h128_kv8": dict(head_dim=64, kv_heads=2, layers=4, context=24, kv_bits=8, macs=8),
+    "d32": dict(head_dim=32, kv_heads=1, layers=2, context=20, kv_bits=16, macs=4),
+    "d12_wide": dict(head_dim=12, kv_heads=2, layers=1, context=12, kv_bits=12, macs=12),
 }
 REAL_TOKENS = 16  # decoding steps of the shipped model's real cache (h128 shapes)
 
