@@ -159,8 +159,8 @@ class AttentionUnit(wiring.Component):
             raise ValueError(f"macs {macs} must divide head_dim {head_dim}")
         if not 8 <= kv_bits <= MANT_BITS:
             raise ValueError(f"kv_bits {kv_bits} must be 8 to {MANT_BITS}")
-        if kv_heads < 1 or layers < 1 or not 1 <= context <= MAX_POSITIONS:
-            raise ValueError("kv_heads and layers must be >= 1, context 1 to 65536")
+        if kv_heads < 1 or layers < 1 or not 2 <= context <= MAX_POSITIONS:
+            raise ValueError("kv_heads and layers must be >= 1, context 2 to 65536")
         self.head_dim, self.kv_heads, self.layers, self.context = head_dim, kv_heads, layers, context
         self.kv_bits, self.macs = kv_bits, macs
         self.groups = head_dim // macs
@@ -200,8 +200,8 @@ class AttentionUnit(wiring.Component):
         # ---- memories
         slots = self.layers * KV
         m.submodules.cache = cache = Memory(shape=unsigned(macs * kvb), depth=slots * 2 * C * G, init=[])
-        m.submodules.exps = exps = Memory(shape=unsigned(2 * EXP_BITS), depth=slots * C, init=[])
-        m.submodules.maxima = maxima = Memory(shape=unsigned(2 * EXP_BITS), depth=slots, init=[])
+        m.submodules.exps = exps = Memory(shape=unsigned(2 * EXP_BITS), depth=slots * C, init=[])  # context >= 2: depth >= 2
+        m.submodules.maxima = maxima = Memory(shape=unsigned(2 * EXP_BITS), depth=max(slots, 2), init=[])  # no 0-bit address
         cache_w, cache_r = cache.write_port(), cache.read_port()
         exps_w, exps_r = exps.write_port(granularity=EXP_BITS), exps.read_port()
         max_w, max_r = maxima.write_port(granularity=EXP_BITS), maxima.read_port()
@@ -212,12 +212,12 @@ class AttentionUnit(wiring.Component):
         is_v = Signal()
         pos = Signal(pos_bits)
         exp = Signal(signed(EXP_BITS))
-        slot = Signal(range(slots))
+        slot = Signal(range(max(slots, 2)))
         k_base = Signal(range(slots * 2 * C * G))  # the (layer, kv_head)'s K words; V follows C * G on
         v_base = Signal(range(slots * 2 * C * G))
-        e_base = Signal(range(slots * C))
+        e_base = Signal(range(max(slots * C, 2)))
         w_addr = Signal(range(slots * 2 * C * G))  # APPEND: the next word to write
-        e_addr = Signal(range(slots * C))          # APPEND: the position's exponents
+        e_addr = Signal(range(max(slots * C, 2)))          # APPEND: the position's exponents
         ek_max, ev_max = max_r.data[:EXP_BITS].as_signed(), max_r.data[EXP_BITS:].as_signed()
         ek_r, ev_r = exps_r.data[:EXP_BITS].as_signed(), exps_r.data[EXP_BITS:].as_signed()
 
@@ -225,7 +225,7 @@ class AttentionUnit(wiring.Component):
         # with them straight into the cache's write port or the query ring
         take = self.i.valid & self.i.ready
         setup = Signal()  # the maxima are read in the set-up cycle and held
-        lane = Signal(range(macs))
+        lane = Signal(range(max(macs, 2)))
         element = Signal(range(d))
         collector = [Signal(signed(MANT_BITS), name=f"collect{k}") for k in range(macs - 1)]
         group_in = [*collector, self.i.payload]
@@ -245,10 +245,10 @@ class AttentionUnit(wiring.Component):
                 m.d.sync += collector[-1].eq(self.i.payload)
 
         # ---- passes 1 and 2 share stages 0-3: issue (memory addresses), memory data, operands, products
-        j = Signal(range(C))             # position
-        g = Signal(range(G))             # word of the position
+        j = Signal(range(max(C, 2)))             # position
+        g = Signal(range(max(G, 2)))             # word of the position
         r_addr = Signal(range(slots * 2 * C * G))
-        j_addr = Signal(range(slots * C))
+        j_addr = Signal(range(max(slots * C, 2)))
         issue, second = Signal(), Signal()  # a word is read this cycle; in pass 2
         v1, v2, v3 = Signal(), Signal(), Signal()
         s1, s2, s3 = Signal(), Signal(), Signal()           # pass 2
@@ -332,7 +332,7 @@ class AttentionUnit(wiring.Component):
         # ---- the output pipeline: lane select, shift by ea, multiply by recip16(sm), >> 16
         recip = Signal(MANT_BITS)
         eu = Signal(signed(EU_BITS))
-        out_lane = Signal(range(macs))
+        out_lane = Signal(range(max(macs, 2)))
         out_count = Signal(range(d + 1))
         source = Signal()
         advance = Signal()
