@@ -27,7 +27,6 @@ BOARD = "ulx3s"
 UNITS = {**NONLINEAR_UNITS, **VECTOR_UNITS, "softmax_row": lambda: SoftmaxRow(256),  # h128's context
          # the decoder engine's vector unit: banks MAIN 2048, CONST 4096, COPY 1024 words; the ULX3S core's memories
          "decoder_vector": lambda: VectorUnit((2048, 4096, 1024), 16, 16, 1024, 1024, vector_lanes=16),
-
          # h128's cache (d 64, 2 kv heads, 4 layers): all 256 positions at kv_bits 8 (128 EBR); at kv_bits 16
          # the full cache (4.2 Mbit) exceeds the ECP5-85F's 3.7 Mbit of EBR, so 128 positions
          "attention_kv8": lambda: AttentionUnit(64, 2, 4, 256, kv_bits=8, macs=16),
