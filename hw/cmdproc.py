@@ -226,7 +226,8 @@ class CommandProcessor(wiring.Component):
             bank_len = Signal(16)
             m.d.comb += bank_len.eq(frame.length - BankWriteHeader.SIZE)
             bank_words, bank_rest, bank_end = Signal(16), Signal(range(BANK_WORD_BYTES)), Signal(33)
-            m.d.sync += [bank_words.eq(bank_len >> exact_log2(BANK_WORD_BYTES)), bank_rest.eq(bank_len[:exact_log2(BANK_WORD_BYTES)]),
+            word_shift = exact_log2(BANK_WORD_BYTES)
+            m.d.sync += [bank_words.eq(bank_len >> word_shift), bank_rest.eq(bank_len[:word_shift]),
                          bank_end.eq(bank_args.addr + bank_words)]
             # DECODE_SETUP: the ends of the input and the output row
             emb_end, out_end = Signal(17), Signal(17)

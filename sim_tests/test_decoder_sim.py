@@ -168,7 +168,8 @@ def test_decoder_errors_equal_the_model_and_change_nothing(h128):
             pair.rejected(code, Cmd.WRITE_BANK, payload)
 
         # LOAD_PROGRAM's checks (the ops of every instruction are checked before any is written)
-        depth, halt, bad = shape.program_depth, Instruction(Op.HALT).pack(), Instruction(99).pack()
+        unused = [v for v in range(256) if v not in Op._value2member_map_]  # no op of the instruction set
+        depth, halt, bad = shape.program_depth, Instruction(Op.HALT).pack(), Instruction(unused[0]).pack()
         for payload, code in [
                 (p.ProgramHeader(0).pack(), ErrorCode.BAD_LENGTH),
                 (b"\x00", ErrorCode.BAD_LENGTH),
@@ -176,9 +177,10 @@ def test_decoder_errors_equal_the_model_and_change_nothing(h128):
                 (p.ProgramHeader(0).pack() + halt[:-1], ErrorCode.BAD_LENGTH),
                 (p.ProgramHeader(depth).pack() + bad + halt[:-1], ErrorCode.BAD_LENGTH),  # length first
                 (p.ProgramHeader(0).pack() + bad, ErrorCode.BAD_ARGUMENT),
-                (p.ProgramHeader(0).pack() + halt * 3 + Instruction(10).pack() + halt, ErrorCode.BAD_ARGUMENT),
+                (p.ProgramHeader(0).pack() + halt * 3 + Instruction(unused[len(unused) // 2]).pack() + halt,
+                 ErrorCode.BAD_ARGUMENT),
                 (p.ProgramHeader(0).pack() + halt * 4 + Instruction(0xFF).pack(), ErrorCode.BAD_ARGUMENT),
-                (p.ProgramHeader(depth).pack() + Instruction(35).pack(), ErrorCode.BAD_ARGUMENT),  # before addresses
+                (p.ProgramHeader(depth).pack() + Instruction(unused[1]).pack(), ErrorCode.BAD_ARGUMENT),  # ops first
                 (p.ProgramHeader(depth - 1).pack() + halt * 2, ErrorCode.BAD_ADDRESS),
                 (p.ProgramHeader(0xFFFF).pack() + halt, ErrorCode.BAD_ADDRESS)]:
             pair.rejected(code, Cmd.LOAD_PROGRAM, payload)

@@ -277,7 +277,7 @@ class DecoderStormMaker(StormMaker):
         r = self.rng.random()
         if r < 0.15:  # an op outside the instruction set in one of them
             i = self._int(0, n - 1) * Instruction.SIZE
-            op = int(self.rng.choice([10, 15, 26, 31, 35, 99, 0xFF]))
+            op = int(self.rng.choice([v for v in range(256) if v not in Op._value2member_map_]))
             body = body[:i] + bytes([op]) + body[i + 1:]
         elif r < 0.3:  # past the program memory
             index = int(self.rng.choice([depth - n + 1, depth, self._int(depth - n + 1, 0xFFFF)]))
