@@ -24,6 +24,8 @@ class CoreConfig:
     max_payload: int = 1024  # largest frame payload, bytes
     counter_bits: int = 48  # width of the hardware performance counters
     clock_hz: int = 0  # the board's PLL clock that hw/boards.py builds for; 0 where unknown (simulation)
+    sdram_words: int = 0  # 16-bit words of SDRAM behind the MEM_* commands (docs/sdram.md); 0 = none
+    sdram_clock_hz: int = 0  # the SDRAM controller's clock (hw/sdram_port.py); 0 without SDRAM
 
     def __post_init__(self) -> None:
         for field in ("lanes", "k_per_cycle", "weight_depth", "act_depth", "out_depth", "max_k"):
@@ -50,6 +52,11 @@ class CoreConfig:
                 "more than the 32 bits results have on the wire")
         if self.max_payload < max(64, self.weight_word_bytes + 4, self.k_per_cycle + 4):
             raise ValueError(f"config {self.name!r}: max_payload {self.max_payload} cannot hold one weight word")
+        if self.sdram_words < 0 or self.sdram_words & (self.sdram_words - 1):
+            raise ValueError(f"config {self.name!r}: sdram_words must be 0 or a power of two, got {self.sdram_words}")
+        if bool(self.sdram_words) != bool(self.sdram_clock_hz):
+            raise ValueError(f"config {self.name!r}: sdram_words ({self.sdram_words}) and sdram_clock_hz "
+                             f"({self.sdram_clock_hz}) must be given together")
 
     @property
     def acc_bits(self) -> int:
@@ -104,9 +111,10 @@ PRESETS: dict[str, CoreConfig] = {
     "icebreaker": CoreConfig("icebreaker", lanes=4, k_per_cycle=8, weight_depth=16384, act_depth=512,
                              out_depth=256, max_k=4096, max_payload=512, counter_bits=40,
                              clock_hz=18_000_000),
-    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR.
+    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR; its 32 MB SDRAM (16M x 16 bit) at 100 MHz.
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
-                        out_depth=1024, max_k=8192, max_payload=1024, clock_hz=30_000_000),
+                        out_depth=1024, max_k=8192, max_payload=1024, clock_hz=30_000_000,
+                        sdram_words=1 << 24, sdram_clock_hz=100_000_000),
 }
 
 

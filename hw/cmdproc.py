@@ -15,6 +15,12 @@ record includes the COUNTERS request itself, and RESET clears every counter,
 its own count included. `cycles` in a COUNTERS record is the cycle counter when
 the request was checked. A RUN answers with the cycles from its start pulse to
 the core's done pulse.
+
+With SDRAM (`config.sdram_words`), the MEM_* commands use the `mem` port (hw/sdram_port.py:
+requests and write words out, read words in, in order): MEM_WRITE sends one write request
+and the frame's words, MEM_READ one read request whose words go straight into the response,
+MEM_CRC read requests of up to 65,536 words while a CRC-32 takes one word per cycle.
+Without SDRAM every MEM_* region is outside the (empty) memory: BAD_ADDRESS.
 """
 from __future__ import annotations
 
@@ -24,12 +30,26 @@ from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.config import CoreConfig
 from bitlane.contract.protocol import (ADDR_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES, ERROR_PAYLOAD_BYTES,
+                                       MEM_CRC_RESPONSE_BYTES, MEM_LENGTH_RULES, MEM_WORD_BYTES,
                                        READ_OUT_REQUEST_BYTES, RESPONSE_FLAG, RESULT_BYTES, RUN_REQUEST_BYTES,
-                                       RUN_RESPONSE_BYTES, Capabilities, Cmd, ErrorCode)
+                                       RUN_RESPONSE_BYTES, Capabilities, Cmd, ErrorCode, MemReadRequest, MemRegion)
 
 from .core import core_signature
+from .crc import crc32_step
 from .framing import BodyByte, FrameReceiver, FrameSender, StreamRegister, Stuffer, Unstuffer
-from .records import CountersLayout, ReadOutLayout, RunArgsLayout
+from .records import CountersLayout, ReadOutLayout, RunArgsLayout, layout
+from .sdram_port import CONTROLLER_COUNT_BITS, mem_port_signature
+
+MemRegionLayout = layout(MemRegion)
+MemReadLayout = layout(MemReadRequest)
+MEM_WORD_BITS = 8 * MEM_WORD_BYTES
+assert set(MEM_LENGTH_RULES) == {Cmd.MEM_WRITE, Cmd.MEM_CRC, Cmd.MEM_READ}  # the lengths checked below
+
+
+def mem_signature(config: CoreConfig):
+    """The command processor's SDRAM port: one SDRAM word per port word."""
+    return mem_port_signature(addr_bits=(config.sdram_words - 1).bit_length(), data_width=MEM_WORD_BITS,
+                              count_bits=CONTROLLER_COUNT_BITS)
 
 
 def ceil_div(value, divisor: int):
@@ -42,15 +62,19 @@ class CommandProcessor(wiring.Component):
     `rx`: host -> device bytes, `tx`: device -> host bytes (tx honours
     backpressure), `core`: to hw.core.TernaryCore. `o_rd_data` must hold its
     value while `o_rd_addr` holds still (a read port that is always enabled).
+    `mem` (only with `config.sdram_words`): to hw.sdram_port.SdramPort.
     """
 
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
-        super().__init__({
+        members = {
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
             "core": Out(core_signature(config).flip()),
-        })
+        }
+        if config.sdram_words:
+            members["mem"] = Out(mem_signature(config))
+        super().__init__(members)
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -104,6 +128,17 @@ class CommandProcessor(wiring.Component):
             run_a_end.eq(run.a_base + run.n_vectors * k_steps),
             run_o_end.eq(run.o_base + run.n_vectors * row_tiles),
         ]
+        # MEM_* regions (SDRAM words), staged like the others
+        mem_region = data.View(MemRegionLayout, receiver.args[:MemRegionLayout.size])
+        mem_read = data.View(MemReadLayout, receiver.args[:MemReadLayout.size])
+        mem_write_words = Signal(16)
+        mem_write_end, mem_crc_end, mem_read_end = Signal(33), Signal(33), Signal(33)
+        m.d.sync += [
+            mem_write_words.eq(data_len // MEM_WORD_BYTES),
+            mem_write_end.eq(write_addr + mem_write_words),
+            mem_crc_end.eq(mem_region.addr + mem_region.count),
+            mem_read_end.eq(mem_read.addr + mem_read.count),
+        ]
         known, length_ok, args_ok, addr_ok = Signal(), Signal(), Signal(), Signal()
         m.d.comb += [args_ok.eq(1), addr_ok.eq(1)]
         with m.Switch(frame.cmd):
@@ -125,6 +160,26 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += [known.eq(1), length_ok.eq(frame.length == READ_OUT_REQUEST_BYTES),
                              args_ok.eq((read.count != 0) & (read.count <= cfg.max_payload // RESULT_BYTES)),
                              addr_ok.eq(read_end <= cfg.out_depth * cfg.lanes)]
+            with m.Case(Cmd.MEM_WRITE):
+                m.d.comb += [known.eq(1), length_ok.eq((frame.length > ADDR_BYTES) & (data_len % MEM_WORD_BYTES == 0)),
+                             addr_ok.eq(mem_write_end <= cfg.sdram_words)]
+            with m.Case(Cmd.MEM_CRC):
+                m.d.comb += [known.eq(1), length_ok.eq(frame.length == MemRegion.SIZE),
+                             args_ok.eq(mem_region.count != 0), addr_ok.eq(mem_crc_end <= cfg.sdram_words)]
+            with m.Case(Cmd.MEM_READ):
+                m.d.comb += [known.eq(1), length_ok.eq(frame.length == MemReadRequest.SIZE),
+                             args_ok.eq((mem_read.count != 0) & (mem_read.count <= cfg.max_payload // MEM_WORD_BYTES)),
+                             addr_ok.eq(mem_read_end <= cfg.sdram_words)]
+
+        # ---- MEM_*: the SDRAM port (its states are at the end of the FSM)
+        mem = self.mem if cfg.sdram_words else None
+        mem_addr = Signal(32)  # next request's first word
+        mem_count = Signal(16)  # its words - 1
+        mem_lo = Signal(8)  # MEM_WRITE: the word's low byte; MEM_READ: sending the high byte
+        mem_words_left = Signal(32)  # MEM_READ, MEM_CRC: words still to come
+        mem_requests_left = Signal(32)  # MEM_CRC: words not yet requested
+        mem_crc = Signal(32, init=0xFFFFFFFF)  # MEM_CRC: the complemented CRC-32 register (hw/crc.py)
+        chunk = 1 << CONTROLLER_COUNT_BITS  # most words one request moves
 
         # ---- the response: 4 header bytes, then a record or the READ_OUT results
         reply_cmd = Signal(8)
@@ -146,6 +201,8 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += record.eq(run_cycles)
             with m.Case(Cmd.ERROR):
                 m.d.comb += record.eq(Cat(error_code, frame.cmd))
+            with m.Case(Cmd.MEM_CRC.response):
+                m.d.comb += record.eq(~mem_crc)
         index = Signal(16)  # header / record byte being sent
 
         def reject(code):
@@ -220,6 +277,21 @@ class CommandProcessor(wiring.Component):
                             m.d.sync += [reply_len.eq(read.count * RESULT_BYTES), remaining.eq(read.count),
                                          out_word.eq(read.addr // cfg.lanes), out_lane.eq(read.addr % cfg.lanes),
                                          out_byte.eq(0)]
+                        if mem is not None:  # without SDRAM no MEM_* frame gets here
+                            with m.Case(Cmd.MEM_WRITE):
+                                m.d.sync += [mem_addr.eq(write_addr), mem_count.eq(mem_write_words - 1),
+                                             ptr.eq(ADDR_BYTES)]
+                                m.next = "MEM_WRITE_REQUEST"
+                            with m.Case(Cmd.MEM_READ):
+                                m.d.sync += [reply_len.eq(mem_read.count * MEM_WORD_BYTES),
+                                             mem_addr.eq(mem_read.addr), mem_count.eq(mem_read.count - 1),
+                                             mem_words_left.eq(mem_read.count), mem_lo.eq(0)]
+                                m.next = "MEM_READ_REQUEST"
+                            with m.Case(Cmd.MEM_CRC):
+                                m.d.sync += [reply_len.eq(MEM_CRC_RESPONSE_BYTES), mem_addr.eq(mem_region.addr),
+                                             mem_words_left.eq(mem_region.count),
+                                             mem_requests_left.eq(mem_region.count), mem_crc.eq(0xFFFFFFFF)]
+                                m.next = "MEM_CRC"
             with m.State("WRITE"):
                 more = ptr != frame.length
                 with m.If(more):
@@ -256,6 +328,9 @@ class CommandProcessor(wiring.Component):
                             m.next = "FINISH"
                         with m.Elif(reply_cmd == Cmd.READ_OUT.response):
                             m.next = "READ_LOAD"
+                        if mem is not None:
+                            with m.Elif(reply_cmd == Cmd.MEM_READ.response):
+                                m.next = "MEM_READ_SEND"
                         with m.Else():
                             m.next = "RECORD"
             with m.State("RECORD"):
@@ -284,6 +359,66 @@ class CommandProcessor(wiring.Component):
             with m.State("FINISH"):
                 m.d.comb += receiver.frame.ready.eq(1)
                 m.next = "IDLE"
+
+            if mem is not None:
+                # MEM_WRITE: one request, then the staged bytes in pairs. receiver.buf_data is the
+                # byte at `ptr` one cycle later: REQUEST/FETCH present the low byte's address,
+                # LOW takes it and presents the high byte's, HIGH sends the word.
+                with m.State("MEM_WRITE_REQUEST"):
+                    m.d.comb += [mem.req.valid.eq(1), mem.req.payload.addr.eq(mem_addr),
+                                 mem.req.payload.count.eq(mem_count), mem.req.payload.write.eq(1)]
+                    with m.If(mem.req.ready):
+                        m.d.sync += ptr.eq(ptr + 1)
+                        m.next = "MEM_WRITE_LOW"
+                with m.State("MEM_WRITE_FETCH"):
+                    m.d.sync += ptr.eq(ptr + 1)
+                    m.next = "MEM_WRITE_LOW"
+                with m.State("MEM_WRITE_LOW"):
+                    m.d.sync += mem_lo.eq(receiver.buf_data)
+                    m.next = "MEM_WRITE_HIGH"
+                with m.State("MEM_WRITE_HIGH"):
+                    m.d.comb += [mem.w_data.valid.eq(1), mem.w_data.payload.eq(Cat(mem_lo, receiver.buf_data))]
+                    with m.If(mem.w_data.ready):
+                        m.d.sync += ptr.eq(ptr + 1)
+                        with m.If(ptr == frame.length - 1):
+                            m.next = "HEADER"
+                        with m.Else():
+                            m.next = "MEM_WRITE_FETCH"
+
+                # MEM_READ: one request, then its words straight into the response, low byte first.
+                with m.State("MEM_READ_REQUEST"):
+                    m.d.comb += [mem.req.valid.eq(1), mem.req.payload.addr.eq(mem_addr),
+                                 mem.req.payload.count.eq(mem_count), mem.req.payload.write.eq(0)]
+                    with m.If(mem.req.ready):
+                        m.next = "HEADER"
+                with m.State("MEM_READ_SEND"):
+                    high = mem_lo[0]
+                    last = (mem_words_left == 1) & high
+                    m.d.comb += [body.valid.eq(mem.r_data.valid), body.payload.last.eq(last),
+                                 body.payload.data.eq(Mux(high, mem.r_data.payload[8:], mem.r_data.payload[:8]))]
+                    with m.If(body.ready & mem.r_data.valid):
+                        m.d.sync += mem_lo.eq(~high)
+                        with m.If(high):
+                            m.d.comb += mem.r_data.ready.eq(1)
+                            m.d.sync += mem_words_left.eq(mem_words_left - 1)
+                            with m.If(last):
+                                m.next = "FINISH"
+
+                # MEM_CRC: read requests of up to `chunk` words go out while the words come back
+                # and go through the CRC, one per cycle; the response follows the last word.
+                with m.State("MEM_CRC"):
+                    whole = mem_requests_left >= chunk
+                    m.d.comb += [mem.req.valid.eq(mem_requests_left != 0), mem.req.payload.addr.eq(mem_addr),
+                                 mem.req.payload.count.eq(Mux(whole, chunk - 1, mem_requests_left - 1)),
+                                 mem.req.payload.write.eq(0), mem.r_data.ready.eq(1)]
+                    with m.If(mem.req.valid & mem.req.ready):
+                        m.d.sync += [mem_addr.eq(mem_addr + chunk),
+                                     mem_requests_left.eq(Mux(whole, mem_requests_left - chunk, 0))]
+                    with m.If(mem.r_data.valid):
+                        m.d.sync += [mem_crc.eq(crc32_step(mem_crc, mem.r_data.payload, MEM_WORD_BYTES)),
+                                     mem_words_left.eq(mem_words_left - 1)]
+                        with m.If(mem_words_left == 1):
+                            m.next = "HEADER"
 
         with m.If(clear):  # after the FSM: RESET wins over this cycle's counting
             m.d.sync += [cycles.eq(0), frames_ok.eq(0), frames_bad.eq(0), dropped.eq(0)]

@@ -1,13 +1,22 @@
 """bitlane's top level: the command processor in front of the compute core.
 
-One clock domain, `sync`. The generated Verilog (hw/verilog.py) has exactly
-these ports, which the sim transport's C++ harness drives:
+One clock domain, `sync`, for a configuration without SDRAM. The generated Verilog
+(hw/verilog.py) has exactly these ports, which the sim transport's C++ harness drives:
 
     clk, rst                              clock, synchronous active-high reset
     rx__payload[7:0], rx__valid, rx__ready    host -> device bytes (rx__ready is an output)
     tx__payload[7:0], tx__valid, tx__ready    device -> host bytes (tx__ready is an input)
 
 A byte moves on a rising clock edge where valid and ready are both high.
+
+A configuration with SDRAM (`sdram_words`) adds the SDRAM port (hw/sdram_port.py), which the
+command processor's MEM_* commands use: its controller runs in a second domain, `sdram`, at
+`sdram_clock_hz`, with the ports
+
+    sdram_clk, sdram_rst                  the controller's clock and reset
+    sdram__cke, sdram__cs_n, sdram__ras_n, sdram__cas_n, sdram__we_n, sdram__ba, sdram__a,
+    sdram__dqm, sdram__dq_o, sdram__dq_oe (outputs), sdram__dq_i (input)
+                                          the SDRAM pins (hw/sdram.py), registered in `sdram`
 """
 
 from amaranth import Module
@@ -18,15 +27,26 @@ from bitlane.contract.config import CoreConfig
 
 from .cmdproc import CommandProcessor
 from .core import TernaryCore
+from .sdram_port import BOARD_READ_DELAY, SdramPort
 
 
 class BitlaneTop(wiring.Component):
-    rx: In(stream.Signature(8))
-    tx: Out(stream.Signature(8))
+    """Command processor, compute core and, with `config.sdram_words`, the SDRAM port.
 
-    def __init__(self, config: CoreConfig) -> None:
+    `sdram_read_delay` is the SDRAM controller's capture delay: the ULX3S's (`BOARD_READ_DELAY`)
+    by default, so that the simulators run the board's gateware."""
+
+    def __init__(self, config: CoreConfig, *, sdram_read_delay: int = BOARD_READ_DELAY) -> None:
         self.config = config
-        super().__init__()
+        members = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8))}
+        self.sdram_port = None
+        if config.sdram_words:
+            self.sdram_port = SdramPort(config.sdram_clock_hz, read_delay=sdram_read_delay)
+            if self.sdram_port.words != config.sdram_words:
+                raise ValueError(f"config {config.name!r}: sdram_words {config.sdram_words} is not the "
+                                 f"SDRAM's {self.sdram_port.words} words")
+            members["sdram"] = Out(self.sdram_port.pins.signature)
+        super().__init__(members)
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -35,4 +55,8 @@ class BitlaneTop(wiring.Component):
         wiring.connect(m, wiring.flipped(self.rx), cmdproc.rx)
         wiring.connect(m, cmdproc.tx, wiring.flipped(self.tx))
         wiring.connect(m, cmdproc.core, core)
+        if self.sdram_port is not None:
+            m.submodules.sdram_port = port = self.sdram_port
+            wiring.connect(m, cmdproc.mem, port.mem)
+            wiring.connect(m, port.pins, wiring.flipped(self.sdram))
         return m

@@ -138,7 +138,7 @@ def test_error_frame_and_device_error():
 
 
 def test_response_codes():
-    assert [c.response for c in sorted(p.REQUESTS)] == [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87]
+    assert [c.response for c in sorted(p.REQUESTS)] == [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A]
     assert Cmd.ERROR == 0xFF and ErrorCode.TRUNCATED == 6
 
 
@@ -160,9 +160,12 @@ def test_capabilities_record():
     cfg = PRESETS["sim"]
     caps = p.Capabilities.from_config(cfg)
     raw = caps.pack()
-    assert len(raw) == 28 and raw[0] == 1 and raw[1] == cfg.acc_bits
+    assert len(raw) == 32 and raw[0] == 1 and raw[1] == cfg.acc_bits
     assert int.from_bytes(raw[2:4], "little") == cfg.lanes
     assert int.from_bytes(raw[20:24], "little") == cfg.max_k
+    assert int.from_bytes(raw[28:32], "little") == cfg.sdram_words == 0
+    ulx3s = p.Capabilities.from_config(PRESETS["ulx3s"])
+    assert ulx3s.sdram_words == 1 << 24 and ulx3s.sdram_bytes == 32 << 20
     assert p.Capabilities.unpack(raw) == caps
     assert caps.weight_word_bytes == cfg.weight_word_bytes
     with pytest.raises(p.ProtocolError, match="INFO"):
@@ -186,3 +189,26 @@ def test_request_length_rules():
     assert p.request_length_ok(Cmd.WRITE_WEIGHTS, 8, caps)
     assert not p.request_length_ok(Cmd.WRITE_WEIGHTS, 4, caps)  # no word
     assert not p.request_length_ok(Cmd.WRITE_ACT, 7, caps)  # partial word
+
+
+def test_mem_records_and_requests():
+    """MEM_* payloads, LEN rules, frame splitting, and the CRC (zlib's CRC-32)."""
+    from bitlane.contract.config import PRESETS
+    caps = p.Capabilities.from_config(PRESETS["ulx3s"])
+    assert p.mem_write(0x01020304, b"\xAA\xBB") == bytes([4, 3, 2, 1, 0xAA, 0xBB])
+    assert p.mem_crc(0x01020304, 0x05060708) == bytes([4, 3, 2, 1, 8, 7, 6, 5])
+    assert p.mem_read(0x01020304, 0x0506) == bytes([4, 3, 2, 1, 6, 5])
+    assert p.MemCrc.unpack(bytes([1, 2, 3, 4])).crc == 0x04030201
+    assert p.crc32(b"123456789") == 0xCBF43926 and p.crc32(b"6789", p.crc32(b"12345")) == 0xCBF43926
+    for cmd, good, bad in [(Cmd.MEM_WRITE, [6, 8, 1024], [4, 5, 7, 0]), (Cmd.MEM_CRC, [8], [0, 7, 9]),
+                           (Cmd.MEM_READ, [6], [0, 5, 7])]:
+        assert all(p.request_length_ok(cmd, n, caps) for n in good), cmd
+        assert not any(p.request_length_ok(cmd, n, caps) for n in bad), cmd
+    data = bytes(range(256)) * 5  # 640 words: 510 + 130 with a 1024-byte payload
+    requests = list(p.HostCodec.mem_write_requests(100, data, caps))
+    assert [len(payload) for _, payload in requests] == [1024, 4 + 260]
+    assert p.unpack_addr(requests[1][1]) == (100 + 510, data[1020:])
+    with pytest.raises(ValueError, match="whole number"):
+        list(p.HostCodec.mem_write_requests(0, b"abc", caps))
+    reads = [p.MemReadRequest.unpack(payload) for _, payload in p.HostCodec.mem_read_requests(7, 600, caps)]
+    assert reads == [p.MemReadRequest(7, 512), p.MemReadRequest(519, 88)]
