@@ -27,6 +27,8 @@ every other SDRAM pin goes through an IO register. The capture delay that phase 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Const, DomainRenamer, Module, Mux, Signal
 from amaranth.lib import data, fifo, io, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
@@ -34,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from .sdram import SdramController, SdramError, SdramGeometry, SdramTiming, sdram_pins_signature
 
-__all__ = ["PHASE_DEG", "PHASE_READ_DELAY", "IO_REGISTER_DELAY", "BOARD_READ_DELAY",
+__all__ = ["PHASE_DEG", "PHASE_READ_DELAY", "IO_REGISTER_DELAY", "BOARD_READ_DELAY", "SdramSetup", "sdram_setup",
            "mem_request_layout", "mem_port_signature", "SdramPort", "sdram_io"]
 
 PHASE_DEG = 202.5  # SDRAM clock behind the controller's: p ~ 5.6 ns at 100 MHz (docs/sdram.md)
@@ -43,6 +45,31 @@ IO_REGISTER_DELAY = 2  # an output and an input IO register on the read path
 BOARD_READ_DELAY = PHASE_READ_DELAY + IO_REGISTER_DELAY
 
 CONTROLLER_COUNT_BITS = 16  # a controller request moves up to 65,536 SDRAM words
+
+
+@dataclass(frozen=True)
+class SdramSetup:
+    """What a design's SDRAM port is built with: BitlaneTop builds its port from this, and the
+    simulators set their SDRAM model up from it (hw/sim/build.py), so both see one definition."""
+    sdram_hz: int
+    read_delay: int = BOARD_READ_DELAY
+    timing: SdramTiming = SdramTiming()
+    geometry: SdramGeometry = SdramGeometry()
+
+    def port(self, **kw) -> "SdramPort":
+        return SdramPort(self.sdram_hz, read_delay=self.read_delay, timing=self.timing, geometry=self.geometry, **kw)
+
+
+def sdram_setup(config) -> SdramSetup | None:
+    """The SDRAM of a CoreConfig (None without): the ULX3S's part, clocked at `sdram_clock_hz`,
+    with the ULX3S's read delay. The part must have `sdram_words` words."""
+    if not config.sdram_words:
+        return None
+    setup = SdramSetup(config.sdram_clock_hz)
+    if setup.geometry.words != config.sdram_words:
+        raise SdramError(f"config {config.name!r}: sdram_words {config.sdram_words} is not the SDRAM's "
+                         f"{setup.geometry.words} words")
+    return setup
 
 
 def mem_request_layout(addr_bits: int, count_bits: int) -> data.StructLayout:
@@ -98,7 +125,7 @@ class SdramPort(wiring.Component):
         if self.shift >= min(geometry.addr_bits, CONTROLLER_COUNT_BITS):
             raise SdramError(f"ratio {ratio} is too large for a {geometry.words}-word SDRAM")
         self.ratio, self.domain, self.sdram_domain, self.fifo_depth = ratio, domain, sdram_domain, fifo_depth
-        self.geometry = geometry
+        self.geometry, self.timing, self.read_delay, self.sdram_hz = geometry, timing, read_delay, sdram_hz
         self.controller = SdramController(sdram_hz, timing=timing, geometry=geometry,
                                           count_bits=CONTROLLER_COUNT_BITS, read_delay=read_delay)
         super().__init__({

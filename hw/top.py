@@ -27,25 +27,21 @@ from bitlane.contract.config import CoreConfig
 
 from .cmdproc import CommandProcessor
 from .core import TernaryCore
-from .sdram_port import BOARD_READ_DELAY, SdramPort
+from .sdram import sdram_pins_signature
+from .sdram_port import sdram_setup
 
 
 class BitlaneTop(wiring.Component):
-    """Command processor, compute core and, with `config.sdram_words`, the SDRAM port.
+    """Command processor, compute core and, with `config.sdram_words`, the SDRAM port
+    (`sdram_setup(config)`: the ULX3S's part and read delay, so that the simulators run the
+    board's gateware)."""
 
-    `sdram_read_delay` is the SDRAM controller's capture delay: the ULX3S's (`BOARD_READ_DELAY`)
-    by default, so that the simulators run the board's gateware."""
-
-    def __init__(self, config: CoreConfig, *, sdram_read_delay: int = BOARD_READ_DELAY) -> None:
+    def __init__(self, config: CoreConfig) -> None:
         self.config = config
+        self.sdram_setup = sdram_setup(config)
         members = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8))}
-        self.sdram_port = None
-        if config.sdram_words:
-            self.sdram_port = SdramPort(config.sdram_clock_hz, read_delay=sdram_read_delay)
-            if self.sdram_port.words != config.sdram_words:
-                raise ValueError(f"config {config.name!r}: sdram_words {config.sdram_words} is not the "
-                                 f"SDRAM's {self.sdram_port.words} words")
-            members["sdram"] = Out(self.sdram_port.pins.signature)
+        if self.sdram_setup is not None:
+            members["sdram"] = Out(sdram_pins_signature(self.sdram_setup.geometry))
         super().__init__(members)
 
     def elaborate(self, platform) -> Module:
@@ -55,8 +51,8 @@ class BitlaneTop(wiring.Component):
         wiring.connect(m, wiring.flipped(self.rx), cmdproc.rx)
         wiring.connect(m, cmdproc.tx, wiring.flipped(self.tx))
         wiring.connect(m, cmdproc.core, core)
-        if self.sdram_port is not None:
-            m.submodules.sdram_port = port = self.sdram_port
+        if self.sdram_setup is not None:
+            m.submodules.sdram_port = port = self.sdram_setup.port()
             wiring.connect(m, cmdproc.mem, port.mem)
             wiring.connect(m, port.pins, wiring.flipped(self.sdram))
         return m
