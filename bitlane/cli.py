@@ -133,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=_bench_list(), formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("names", nargs="*", metavar="NAME", help="e.g. driver golden (default: all)")
 
+    load = sub.add_parser("sdram-load", help="put a file into a device's SDRAM, verified by CRC, unless it is there",
+                          description="Write FILE into the SDRAM of the device at --device from word --addr with a "
+                                      "progress bar (bytes/s), then check the device's CRC-32 of the region. If the "
+                                      "device already holds the file there (its CRC matches), nothing is written. "
+                                      "A file larger than the SDRAM is refused before anything is written.")
+    load.add_argument("file", metavar="FILE", help="the blob to load")
+    load.add_argument("--device", required=True, metavar="URL",
+                      help="model://ulx3s, sim://ulx3s or serial://DEVICE?baud=3000000 (a ULX3S)")
+    load.add_argument("--addr", type=int, default=0, metavar="WORD", help="first 16-bit SDRAM word (0)")
+    load.add_argument("--force", action="store_true", help="write even if the device already holds the file")
+
     sub.add_parser("hw", help="hardware tools (build, program, ...): see `bitlane hw --help`", add_help=False)
     return parser
 
@@ -322,6 +333,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_sdram_load(args: argparse.Namespace) -> int:
+    from bitlane import connect
+    from bitlane.sw.sdram import check_fits, load_blob
+
+    size = os.path.getsize(args.file)
+    with connect(args.device, log=lambda line: print(line, file=sys.stderr)) as device:
+        check_fits(device.caps, size, args.addr, args.device)  # before reading a file that cannot fit
+        with open(args.file, "rb") as f:
+            result = load_blob(device, f.read(), args.addr, progress=True, force=args.force)
+    print(result.summary())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hw"]:
@@ -331,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # model text may hold anything; never die on encoding
         sys.stdout.reconfigure(errors="replace")
     command = {"generate": cmd_generate, "info": cmd_info, "make-model": cmd_make_model,
-               "perplexity": cmd_perplexity, "bench": cmd_bench}[args.command]
+               "perplexity": cmd_perplexity, "bench": cmd_bench, "sdram-load": cmd_sdram_load}[args.command]
     try:
         return command(args)
     except BrokenPipeError:  # stdout closed early, e.g. piped into head: stop quietly

@@ -53,6 +53,8 @@ class CoreConfig:
     counter_bits: int = 48  # width of the hardware performance counters
     clock_hz: int = 0  # the board's PLL clock that hw/boards.py builds for; 0 where unknown (simulation)
     decoder: DecoderShape | None = None  # the decoder engine, None where the device has none
+    sdram_words: int = 0  # 16-bit words of SDRAM behind the MEM_* commands (docs/sdram.md); 0 = none
+    sdram_clock_hz: int = 0  # the SDRAM controller's clock (hw/sdram_port.py); 0 without SDRAM
 
     def __post_init__(self) -> None:
         for field in ("lanes", "k_per_cycle", "weight_depth", "act_depth", "out_depth", "max_k"):
@@ -83,6 +85,11 @@ class CoreConfig:
                 f"{self.lanes} or k_per_cycle {self.k_per_cycle} (a vector word lies in one OUT / ACT word)")
         if self.max_payload < max(64, self.weight_word_bytes + 4, self.k_per_cycle + 4):
             raise ValueError(f"config {self.name!r}: max_payload {self.max_payload} cannot hold one weight word")
+        if self.sdram_words < 0 or self.sdram_words & (self.sdram_words - 1):
+            raise ValueError(f"config {self.name!r}: sdram_words must be 0 or a power of two, got {self.sdram_words}")
+        if bool(self.sdram_words) != bool(self.sdram_clock_hz):
+            raise ValueError(f"config {self.name!r}: sdram_words ({self.sdram_words}) and sdram_clock_hz "
+                             f"({self.sdram_clock_hz}) must be given together")
 
     @property
     def acc_bits(self) -> int:
@@ -141,7 +148,7 @@ PRESETS: dict[str, CoreConfig] = {
     "icebreaker": CoreConfig("icebreaker", lanes=4, k_per_cycle=8, weight_depth=16384, act_depth=512,
                              out_depth=256, max_k=4096, max_payload=512, counter_bits=40,
                              clock_hz=18_000_000),
-    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR. Its decoder is sized for h128 (3328 of the 4096
+    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR; its 32 MB SDRAM (16M x 16 bit) at 100 MHz. Its decoder is sized for h128 (3328 of the 4096
     # weight words; banks of 1216 / 3232 / 576 words, 684 instructions) with the KV cache in the EBR left
     # over (208 EBRs of 18 kbit, 512 x 36 or 1024 x 18). The vector unit runs 8 elements per cycle: its
     # banks are 256 bits wide, 8 EBRs each at these depths (16 elements would double that for ~2,000
@@ -151,6 +158,7 @@ PRESETS: dict[str, CoreConfig] = {
     # `python bench/decoder_bench.py` and the README's synthesis table measure it.
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
                         out_depth=512, max_k=8192, max_payload=1024, clock_hz=30_000_000,
+                        sdram_words=1 << 24, sdram_clock_hz=100_000_000,
                         decoder=DecoderShape(layers=4, kv_heads=2, head_dim=64, context=32, main_depth=1536,
                                              const_depth=3584, copy_depth=1024, program_depth=1024,
                                              vector_lanes=8)),
@@ -169,6 +177,15 @@ def preset(name: str) -> CoreConfig:
 DEFAULT_BAUD = 3_000_000  # every board's UART rate unless told otherwise
 UART_BITS_PER_BYTE = 10  # 8N1
 
+# FTDI USB-UART bridges (FT231X, FT2232H: FTDI AN232B-04, "Data Throughput, Latency and Handshaking") hold
+# received bytes until a full USB packet is there, the event character arrives, or the latency timer
+# (1-255 ms, 16 ms from the factory) expires since the last packet. A response's last short packet
+# therefore waits for the timer. The host sets the timer: Linux's ftdi_sio exposes it as
+# /sys/bus/usb-serial/devices/<tty>/latency_timer (sw/transport.py sets 1 ms where it may).
+FTDI_DEFAULT_LATENCY_S = 0.016
+FTDI_MIN_LATENCY_S = 0.001
+USB_FRAME_S = {"full": 1e-3, "high": 125e-6}  # a full-speed frame, a high-speed microframe
+
 
 @dataclass(frozen=True, kw_only=True)
 class BoardFacts:
@@ -185,7 +202,14 @@ class BoardFacts:
     osc_hz: int  # the board's oscillator, the PLL's input
     baud: int = DEFAULT_BAUD
     max_baud: int  # what the board's USB-UART bridge can do
-    usb_uart: str  # the USB-UART bridge chip
+    usb_uart: str  # the USB-UART bridge chip (FTDI)
+    usb_speed: str  # its USB speed: "full" or "high" (USB_FRAME_S)
+
+    def usb_round_trip_s(self, latency_timer_s: float = FTDI_MIN_LATENCY_S) -> float:
+        """What USB adds to one request/response round trip: the request waits for the bus's next frame,
+        the response's last short packet for the bridge's latency timer (the projection's figure: the timer
+        at its 1 ms minimum; FTDI_DEFAULT_LATENCY_S is what an unconfigured host gets)."""
+        return USB_FRAME_S[self.usb_speed] + latency_timer_s
 
     def facts(self) -> dict[str, object]:
         """These fields as keyword arguments (for a subclass that adds its own)."""
@@ -196,8 +220,9 @@ BOARD_FACTS: dict[str, BoardFacts] = {
     # FT2232H (high-speed USB): up to 12 Mbaud, which needs >= 48 MHz here (4 cycles per bit).
     "icebreaker": BoardFacts(name="icebreaker", family="ice40", device="up5k", package="sg48",
                              core=PRESETS["icebreaker"], osc_hz=12_000_000, max_baud=12_000_000,
-                             usb_uart="FT2232H"),
+                             usb_uart="FT2232H", usb_speed="high"),
     # FT231X (full-speed USB): up to 3 Mbaud.
     "ulx3s": BoardFacts(name="ulx3s", family="ecp5", device="85k", package="CABGA381",
-                        core=PRESETS["ulx3s"], osc_hz=25_000_000, max_baud=3_000_000, usb_uart="FT231X"),
+                        core=PRESETS["ulx3s"], osc_hz=25_000_000, max_baud=3_000_000, usb_uart="FT231X",
+                        usb_speed="full"),
 }

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import binascii
 import struct
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, field, fields
 from enum import IntEnum, IntFlag
@@ -71,7 +72,9 @@ class Cmd(IntEnum):
     READ_OUT = 0x05
     COUNTERS = 0x06
     RESET = 0x07
-    # 0x10-0x1F: SDRAM (docs/sdram.md)
+    MEM_WRITE = 0x08  # SDRAM (the MEM_* section at the end), a device whose INFO has sdram_words
+    MEM_CRC = 0x09
+    MEM_READ = 0x0A
     # decoder mode (version 2): a device whose INFO has Feature.DECODER
     LOAD_PROGRAM = 0x20
     WRITE_BANK = 0x21
@@ -276,6 +279,7 @@ class Capabilities(WireRecord):
     dec_const_depth: int = wire(32)
     dec_copy_depth: int = wire(32)
     dec_vector_lanes: int = wire(8)  # elements the decoder's vector unit processes per cycle
+    sdram_words: int = wire(32)  # 16-bit words the MEM_* commands address; 0 = no SDRAM
 
     @classmethod
     def from_config(cls, config: CoreConfig) -> "Capabilities":
@@ -285,7 +289,8 @@ class Capabilities(WireRecord):
             Feature.DECODER, d.layers, d.kv_heads, d.head_dim, d.context, d.program_depth, d.main_depth,
             d.const_depth, d.copy_depth, d.vector_lanes)
         return cls(PROTOCOL_VERSION, config.acc_bits, config.lanes, config.k_per_cycle, config.max_payload,
-                   config.weight_depth, config.act_depth, config.out_depth, config.max_k, config.clock_hz, *decoder)
+                   config.weight_depth, config.act_depth, config.out_depth, config.max_k, config.clock_hz, *decoder,
+                   config.sdram_words)
 
     @property
     def decoder(self) -> bool:
@@ -313,6 +318,15 @@ class Capabilities(WireRecord):
     def max_write_words(self, word_bytes: int) -> int:
         """Whole words one WRITE_* frame carries after its address."""
         return (self.max_payload - ADDR_BYTES) // word_bytes
+
+    @property
+    def sdram_bytes(self) -> int:
+        return self.sdram_words * MEM_WORD_BYTES
+
+    @property
+    def max_mem_read_count(self) -> int:
+        """Largest MEM_READ count (SDRAM words per response frame)."""
+        return self.max_payload // MEM_WORD_BYTES
 
 
 @wire_record("COUNTERS response")
@@ -626,6 +640,8 @@ def request_length_ok(cmd: int, length: int, caps: Capabilities) -> bool:
         return length == RUN_REQUEST_BYTES
     if cmd == Cmd.READ_OUT:
         return length == READ_OUT_REQUEST_BYTES
+    if cmd in MEM_LENGTH_RULES:
+        return MEM_LENGTH_RULES[cmd](length)
     if cmd == Cmd.DECODE_SETUP:
         return length == DecodeSetup.SIZE
     if cmd == Cmd.DECODE:
@@ -747,3 +763,86 @@ class HostCodec:
         most = caps.max_read_count
         for first in range(addr, addr + count, most):
             yield first, min(most, addr + count - first)
+
+    @staticmethod
+    def mem_write_requests(addr: int, data: bytes, caps: Capabilities) -> Iterator[tuple[Cmd, bytes]]:
+        """MEM_WRITE requests for `data` (whole 16-bit words) from SDRAM word `addr`, as many words per
+        frame as fit."""
+        if len(data) % MEM_WORD_BYTES:
+            raise ValueError(f"MEM_WRITE: {len(data)} bytes is not a whole number of {MEM_WORD_BYTES}-byte words")
+        step = caps.max_write_words(MEM_WORD_BYTES) * MEM_WORD_BYTES
+        for off in range(0, len(data), step):
+            yield Cmd.MEM_WRITE, mem_write(addr + off // MEM_WORD_BYTES, data[off:off + step])
+
+    @staticmethod
+    def mem_read_requests(addr: int, count: int, caps: Capabilities) -> Iterator[tuple[Cmd, bytes]]:
+        """MEM_READ requests that read `count` SDRAM words from word `addr`."""
+        most = caps.max_mem_read_count
+        for first in range(addr, addr + count, most):
+            yield Cmd.MEM_READ, mem_read(first, min(most, addr + count - first))
+
+
+# ---------------------------------------------------------------- SDRAM (MEM_*)
+#
+# The board's SDRAM (CoreConfig.sdram_words 16-bit words, reported in the INFO record) as one
+# flat array of 16-bit words, little-endian on the wire: MEM_WRITE stores a region, MEM_READ
+# returns one, MEM_CRC returns the CRC-32 of one without sending it (to verify a load, and to
+# tell whether a model is still loaded). Words never written read as whatever the chip holds.
+
+MEM_WORD_BYTES = 2  # an SDRAM word
+
+
+@wire_record("MEM_CRC request")
+class MemRegion(WireRecord):
+    """MEM_CRC request: `count` SDRAM words from word `addr`."""
+
+    addr: int = wire(32)
+    count: int = wire(32)
+
+
+@wire_record("MEM_READ request")
+class MemReadRequest(WireRecord):
+    """MEM_READ request: `count` SDRAM words from word `addr`."""
+
+    addr: int = wire(32)
+    count: int = wire(16)
+
+
+@wire_record("MEM_CRC response")
+class MemCrc(WireRecord):
+    """MEM_CRC response: `crc32` of the region's bytes."""
+
+    crc: int = wire(32)
+
+
+MEM_CRC_REQUEST_BYTES = MemRegion.SIZE
+MEM_READ_REQUEST_BYTES = MemReadRequest.SIZE
+MEM_CRC_RESPONSE_BYTES = MemCrc.SIZE
+
+# LEN rules of the MEM_* requests (request_length_ok): MEM_WRITE is an address and whole words.
+MEM_LENGTH_RULES = {
+    Cmd.MEM_WRITE: lambda length: length > ADDR_BYTES and (length - ADDR_BYTES) % MEM_WORD_BYTES == 0,
+    Cmd.MEM_CRC: lambda length: length == MEM_CRC_REQUEST_BYTES,
+    Cmd.MEM_READ: lambda length: length == MEM_READ_REQUEST_BYTES,
+}
+
+
+def crc32(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """The CRC of MEM_CRC: CRC-32/ISO-HDLC (zlib's, reflected poly 0xEDB88320, init and xorout
+    0xFFFFFFFF); `crc` continues a running CRC over several pieces. crc32(b"123456789") == 0xCBF43926."""
+    return zlib.crc32(data, crc)
+
+
+def mem_write(addr: int, data: bytes | bytearray) -> bytes:
+    """MEM_WRITE payload: SDRAM word address, then whole 16-bit words."""
+    return WriteHeader(addr).pack() + bytes(data)
+
+
+def mem_crc(addr: int, count: int) -> bytes:
+    """MEM_CRC payload."""
+    return MemRegion(addr, count).pack()
+
+
+def mem_read(addr: int, count: int) -> bytes:
+    """MEM_READ payload."""
+    return MemReadRequest(addr, count).pack()

@@ -150,6 +150,14 @@ def _cmdproc_run():
     return _cmdproc(18, (Cmd.RUN,), plain=True)()
 
 
+def _cmdproc_mem():
+    from bitlane.contract.protocol import Cmd
+
+    from .props_cmdproc import RejectedFrameWritesNothing
+    return RejectedFrameWritesNothing(cap=8, cmds=(Cmd.MEM_WRITE, Cmd.MEM_CRC, Cmd.MEM_READ), plain=True,
+                                      sdram_words=64, sdram_clock_hz=100_000_000)
+
+
 def _uart():
     from .props_uart import UartLoopback
     return UartLoopback(max_divisor=UART_MAX_DIVISOR, nth=2)
@@ -314,6 +322,17 @@ PROPERTIES: list[Property] = [
         "BMC", 32, "the complete RUN frame is 25 wire bytes; its check and start take 4 more cycles",
         _cmdproc_run, M("hw/cmdproc.py", "& (run_o_end <= cfg.out_depth))]",
                         "& (run_o_end <= cfg.out_depth + 1))]")),
+    Property(
+        "rejected-mem-frame-touches-nothing", 4,
+        "as rejected-frame-writes-nothing for MEM_WRITE / MEM_CRC / MEM_READ frames on a command "
+        "processor with SDRAM (64 words), all 8 argument bytes free, frames whose bytes need no "
+        "escaping, the memory port's answers free: a request, a write word or a read-word pop "
+        "happens only for a frame that passes every check, and every request lies inside the "
+        "frame's region",
+        "BMC", 28, "the longest complete frame with 8 payload bytes is 15 wire bytes; its checks, "
+        "request and two write words take at most 10 more cycles",
+        _cmdproc_mem, M("hw/cmdproc.py", "addr_ok.eq(mem_crc_end <= cfg.sdram_words)",
+                        "addr_ok.eq(mem_crc_end <= cfg.sdram_words + 1)")),
     Property(
         "uart-loopback", 8,
         f"UartRx of UartTx's pin at the same divisor (any of 4..{UART_MAX_DIVISOR}) returns each "

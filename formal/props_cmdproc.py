@@ -6,7 +6,8 @@ from amaranth.asserts import AnyConst, AnySeq
 from amaranth.hdl import Assert, Assume
 from amaranth.lib import wiring
 
-from bitlane.contract.protocol import ADDR_BYTES, READ_OUT_REQUEST_BYTES, RESULT_BYTES, RUN_REQUEST_BYTES, Cmd
+from bitlane.contract.protocol import (ADDR_BYTES, MEM_CRC_REQUEST_BYTES, MEM_READ_REQUEST_BYTES, MEM_WORD_BYTES,
+                                       READ_OUT_REQUEST_BYTES, RESULT_BYTES, RUN_REQUEST_BYTES, Cmd)
 
 from .common import Harness, config
 
@@ -25,7 +26,9 @@ class RejectedFrameWritesNothing(Harness):
     max_payload, known CMD, LEN for the CMD, arguments, addresses, in wide arithmetic). Then a
     weight write, an activation write, a RUN start or a counter clear happens only for an
     acceptable frame of exactly that command, whatever its CRC, and writes land only inside the
-    frame's address range."""
+    frame's address range. With SDRAM (`sdram_words` among the fields), likewise on the memory
+    port: a request, write word or read-word pop only for an acceptable MEM_* frame, requests
+    inside its region (the port's answers free)."""
 
     def __init__(self, cap: int = 18, cmds: tuple | None = None, plain: bool = False, **fields) -> None:
         self.cfg = config("cmdproc", lanes=4, k_per_cycle=2, **fields)
@@ -41,9 +44,11 @@ class RejectedFrameWritesNothing(Harness):
         m.submodules.stuffer = stuffer = Stuffer()
         wiring.connect(m, stuffer.o, dut.rx)
         m.d.comb += dut.tx.ready.eq(AnySeq(1))
-        for path, member, value in dut.core.signature.flatten(dut.core):
-            if member.flow == wiring.In:  # the core's outputs, as the command processor sees them
-                m.d.comb += value.eq(AnySeq(len(value)))
+        ports = [dut.core] + ([dut.mem] if cfg.sdram_words else [])
+        for port in ports:
+            for path, member, value in port.signature.flatten(port):
+                if member.flow == wiring.In:  # the core's (memory port's) outputs, as the command processor sees them
+                    m.d.comb += value.eq(AnySeq(len(value)))
 
         cmd, seq, length, crc = AnyConst(8), AnyConst(8), AnyConst(16), AnyConst(16)
         if self.cmds is not None:
@@ -88,6 +93,13 @@ class RejectedFrameWritesNothing(Harness):
         is_run, is_read, is_reset = cmd == Cmd.RUN, cmd == Cmd.READ_OUT, cmd == Cmd.RESET
         is_nolen = (cmd == Cmd.INFO) | (cmd == Cmd.COUNTERS) | is_reset
         write_len_ok = lambda word: (length > ADDR_BYTES) & ((length - ADDR_BYTES) % word == 0)  # noqa: E731
+        words_m = (length - ADDR_BYTES) // MEM_WORD_BYTES
+        m_count32, m_count16 = le(payload, 4, 4), le(payload, 4, 2)
+        is_mw, is_mc, is_mr = cmd == Cmd.MEM_WRITE, cmd == Cmd.MEM_CRC, cmd == Cmd.MEM_READ
+        mem_ok = Mux(is_mw, write_len_ok(MEM_WORD_BYTES) & (addr + words_m <= cfg.sdram_words), Mux(
+            is_mc, (length == MEM_CRC_REQUEST_BYTES) & (m_count32 != 0) & (addr + m_count32 <= cfg.sdram_words), Mux(
+                is_mr, (length == MEM_READ_REQUEST_BYTES) & (m_count16 != 0)
+                & (m_count16 <= cfg.max_payload // MEM_WORD_BYTES) & (addr + m_count16 <= cfg.sdram_words), 0)))
         acceptable = Signal()
         m.d.comb += acceptable.eq(
             complete & (length <= cfg.max_payload) & Mux(is_nolen, length == 0, Mux(
@@ -99,7 +111,7 @@ class RejectedFrameWritesNothing(Harness):
                             is_read, (length == READ_OUT_REQUEST_BYTES) & (r_count != 0)
                             & (r_count <= cfg.max_payload // RESULT_BYTES)
                             & (r_addr + r_count <= cfg.out_depth * cfg.lanes),
-                            0))))))
+                            mem_ok))))))
 
         core = dut.core
         m.d.comb += [
@@ -112,3 +124,14 @@ class RejectedFrameWritesNothing(Harness):
             m.d.comb += Assert((core.w_wr_addr >= addr) & (core.w_wr_addr < addr + words_w))
         with m.If(core.a_wr_en):
             m.d.comb += Assert((core.a_wr_addr >= addr) & (core.a_wr_addr < addr + words_a))
+        if cfg.sdram_words:
+            mem, req = dut.mem, dut.mem.req.payload
+            region = Mux(is_mw, words_m, Mux(is_mc, m_count32, m_count16))
+            m.d.comb += [
+                Assert(~mem.req.valid | (acceptable & (is_mw | is_mc | is_mr))),
+                Assert(~mem.w_data.valid | (acceptable & is_mw)),
+                Assert(~mem.r_data.ready | (acceptable & (is_mc | is_mr))),
+            ]
+            with m.If(mem.req.valid):
+                m.d.comb += Assert((req.write == is_mw) & (req.addr >= addr)
+                                   & (req.addr + req.count + 1 <= addr + region))

@@ -6,12 +6,17 @@ Each board is the same three parts:
     UART pins      -> UartStreamBridge -> BitlaneTop (command processor + core)
     LEDs           <- heartbeat (clock running, out of reset) and UART error indicator
 
-`BoardLogic` is everything inside the `sync` domain, with the serial pins and
-LEDs as plain ports: the UART-level board simulation (hw/sim/uart_harness.cpp)
+A board with SDRAM (the ULX3S) adds a fourth part: the PLL also makes the `sdram` domain's
+clock and the SDRAM chip's phase-shifted clock, BitlaneTop's SDRAM port (hw/sdram_port.py)
+runs the controller in `sdram`, and its pins leave through IO registers (docs/sdram.md).
+
+`BoardLogic` is everything inside the clock domains, with the serial pins, LEDs and
+SDRAM pins as plain ports: the UART-level board simulation (hw/sim/uart_harness.cpp)
 and the gate-level check Verilate exactly this, with the PLL bypassed.
 `BoardTop` wraps it with the board's pins, PLL and reset for amaranth-boards.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -23,10 +28,12 @@ from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.config import BOARD_FACTS, BoardFacts, CoreConfig
 
+from .sdram_port import PHASE_DEG, sdram_io
 from .top import BitlaneTop
 from .uart import UartStreamBridge, baud_divisor
 
-__all__ = ["BoardError", "Board", "BOARDS", "board", "BoardLogic", "BoardTop", "ice40_pll", "ecp5_pll"]
+__all__ = ["BoardError", "Board", "BOARDS", "board", "BoardLogic", "BoardTop", "ice40_pll", "ecp5_pll",
+           "ecp5_pll_clocks", "ecp5_pll_instance"]
 
 
 class BoardError(ValueError):
@@ -87,6 +94,73 @@ def ecp5_pll(in_hz: int, out_hz: int) -> Ecp5Pll:
     if not candidates:
         raise BoardError(f"ECP5 PLL cannot make exactly {out_hz / 1e6:g} MHz from {in_hz / 1e6:g} MHz")
     return min(candidates, key=lambda c: c[0])[1]
+
+
+ECP5_PLL_OUTPUTS = ("CLKOP", "CLKOS", "CLKOS2", "CLKOS3")
+
+
+@dataclass(frozen=True)
+class Ecp5Output:
+    """One EHXPLLL output: f = VCO / div, phase (CPHASE, FPHASE) in VCO periods and eighths."""
+    hz: int
+    div: int
+    cphase: int
+    fphase: int
+
+
+@dataclass(frozen=True)
+class Ecp5Clocks:
+    """EHXPLLL with CLKOP fed back and up to three more outputs of the same VCO (CLKOS, CLKOS2,
+    CLKOS3, in that order): VCO = f_in * CLKFB_DIV / CLKI_DIV * CLKOP's div."""
+    in_hz: int
+    clki_div: int
+    clkfb_div: int
+    outputs: tuple[Ecp5Output, ...]
+
+
+def ecp5_pll_clocks(in_hz: int, outputs: Sequence[tuple[int, float]]) -> Ecp5Clocks:
+    """Exact EHXPLLL settings for (frequency, degrees behind CLKOP) per output, CLKOP first, VCO
+    nearest 600 MHz. Phases are in 1/8 VCO period steps from CLKOP's zero phase, as ecppll sets them."""
+    if not 1 <= len(outputs) <= len(ECP5_PLL_OUTPUTS):
+        raise BoardError(f"an EHXPLLL has 1 to {len(ECP5_PLL_OUTPUTS)} outputs, not {len(outputs)}")
+    op_hz = outputs[0][0]
+    base = ecp5_pll(in_hz, op_hz)  # CLKI_DIV and CLKFB_DIV for CLKOP
+    candidates = []
+    for op_div in range(1, 129):
+        vco = op_hz * op_div
+        if not 400e6 <= vco <= 800e6 or any(vco % hz or vco // hz > 128 for hz, _ in outputs):
+            continue
+        zero = op_div // 2 - 1
+        outs = []
+        for hz, degrees in outputs:
+            div = int(vco // hz)
+            eighths = round(degrees / 360 * div * 8)
+            outs.append(Ecp5Output(hz, div, zero + eighths // 8, eighths % 8))
+        candidates.append((abs(vco - 600e6), Ecp5Clocks(in_hz, base.clki_div, base.clkfb_div, tuple(outs))))
+    if not candidates:
+        raise BoardError("ECP5 PLL cannot make exactly " + ", ".join(f"{hz / 1e6:g}" for hz, _ in outputs)
+                         + f" MHz from one VCO and {in_hz / 1e6:g} MHz")
+    return min(candidates, key=lambda c: c[0])[1]
+
+
+def ecp5_pll_instance(clocks: Ecp5Clocks, clki, outputs: Sequence[Signal], locked: Signal) -> Instance:
+    """The EHXPLLL of `clocks`: `outputs` are its CLKOP, CLKOS, ... signals, CLKOP fed back."""
+    params = dict(
+        a_FREQUENCY_PIN_CLKI=str(clocks.in_hz / 1e6),
+        a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+        p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+        p_DPHASE_SOURCE="DISABLED", p_CLKI_DIV=clocks.clki_div, p_CLKFB_DIV=clocks.clkfb_div,
+        p_FEEDBK_PATH="CLKOP",
+        i_CLKI=clki, i_CLKFB=outputs[0], i_RST=0, i_STDBY=0,
+        i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0,
+        o_LOCK=locked)
+    n = len(clocks.outputs)
+    for name, mux, out, signal in zip(ECP5_PLL_OUTPUTS[:n], "ABCD"[:n], clocks.outputs, outputs, strict=True):
+        params.update({f"a_FREQUENCY_PIN_{name}": str(out.hz / 1e6), f"p_OUTDIVIDER_MUX{mux}": f"DIV{mux}",
+                       f"p_{name}_ENABLE": "ENABLED", f"p_{name}_DIV": out.div,
+                       f"p_{name}_CPHASE": out.cphase, f"p_{name}_FPHASE": out.fphase,
+                       f"i_EN{name}": 0, f"o_{name}": signal})
+    return Instance("EHXPLLL", **params)
 
 
 # ---------------------------------------------------------------- boards
@@ -157,22 +231,33 @@ def board(name: str) -> Board:
 # ---------------------------------------------------------------- gateware
 
 class BoardLogic(wiring.Component):
-    """UART + bitlane top + status LEDs: everything a board runs in its `sync` domain."""
+    """UART + bitlane top + status LEDs: everything a board runs in its `sync` domain, and in
+    its `sdram` domain where the configuration has SDRAM.
 
-    uart_rx: In(1, init=1)
-    uart_tx: Out(1, init=1)
-    led_heartbeat: Out(1)  # blinks about twice a second while clocked and out of reset
-    led_error: Out(1)  # lit once a framing error or an rx overrun was seen, until reset
+    Members
+    -------
+    uart_rx, uart_tx: the serial pins (idle high)
+    led_heartbeat: blinks about twice a second while clocked and out of reset
+    led_error: lit once a framing error or an rx overrun was seen, until reset
+    sdram: Out(sdram_pins_signature), only with SDRAM: the controller's pins (`sdram` domain)
+    """
 
     def __init__(self, core: CoreConfig, divisor: int) -> None:
         self.core = core
         self.divisor = divisor
-        super().__init__()
+        self._top = BitlaneTop(core)
+        members = {"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1), "led_heartbeat": Out(1),
+                   "led_error": Out(1)}
+        if core.sdram_words:
+            members["sdram"] = Out(self._top.sdram.signature)
+        super().__init__(members)
 
     def elaborate(self, platform) -> Module:
         m = Module()
         m.submodules.uart = uart = UartStreamBridge()
-        m.submodules.top = top = BitlaneTop(self.core)
+        m.submodules.top = top = self._top
+        if self.core.sdram_words:
+            wiring.connect(m, top.sdram, wiring.flipped(self.sdram))
         m.d.comb += [
             uart.divisor.eq(self.divisor),
             uart.rx_pin.eq(self.uart_rx),
@@ -218,23 +303,17 @@ class BoardTop(Elaboratable):
                 i_PACKAGEPIN=osc.io, i_RESETB=1, i_BYPASS=0,
                 o_PLLOUTGLOBAL=pll_clk, o_LOCK=locked)
         elif spec.family == "ecp5":
-            pll = ecp5_pll(spec.osc_hz, spec.core.clock_hz)
             osc = platform.request(platform.default_clk)
-            m.submodules.pll = Instance(
-                "EHXPLLL",
-                a_FREQUENCY_PIN_CLKI=str(spec.osc_hz / 1e6),
-                a_FREQUENCY_PIN_CLKOP=str(spec.core.clock_hz / 1e6),
-                a_ICP_CURRENT="12", a_LPF_RESISTOR="8",
-                a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
-                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
-                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
-                p_CLKI_DIV=pll.clki_div, p_CLKFB_DIV=pll.clkfb_div,
-                p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=pll.clkop_div,
-                p_CLKOP_CPHASE=pll.clkop_div // 2 - 1, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
-                i_CLKI=osc.i, i_CLKFB=pll_clk, i_RST=0, i_STDBY=0,
-                i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
-                i_PLLWAKESYNC=0, i_ENCLKOP=0,
-                o_CLKOP=pll_clk, o_LOCK=locked)
+            if spec.core.sdram_words:
+                # CLKOP: the controller's `sdram` domain (fed back), CLKOS: the SDRAM chip's clock,
+                # PHASE_DEG behind it (docs/sdram.md), CLKOS2: the core's `sync` domain.
+                sdram_hz = spec.core.sdram_clock_hz
+                clocks = ecp5_pll_clocks(spec.osc_hz, [(sdram_hz, 0), (sdram_hz, PHASE_DEG), (spec.core.clock_hz, 0)])
+                sdram_clk, sdram_chip_clk = Signal(), Signal()
+                m.submodules.pll = ecp5_pll_instance(clocks, osc.i, [sdram_clk, sdram_chip_clk, pll_clk], locked)
+            else:
+                clocks = ecp5_pll_clocks(spec.osc_hz, [(spec.core.clock_hz, 0)])
+                m.submodules.pll = ecp5_pll_instance(clocks, osc.i, [pll_clk], locked)
         else:
             raise BoardError(f"{spec.name}: no PLL for family {spec.family!r}")
         # No clock constraint on pll_clk: nextpnr derives the PLL output's from the oscillator's.
@@ -254,6 +333,13 @@ class BoardTop(Elaboratable):
             (por_timer != por_cycles) | button.i, domain="sync")
 
         m.submodules.logic = logic = BoardLogic(spec.core, spec.divisor)
+        if spec.core.sdram_words:
+            m.domains.sdram = ClockDomain("sdram")
+            m.domains.sdram_clk = ClockDomain("sdram_clk", reset_less=True, local=True)
+            m.d.comb += [ClockSignal("sdram").eq(sdram_clk), ClockSignal("sdram_clk").eq(sdram_chip_clk)]
+            m.submodules.sdram_reset_sync = ResetSynchronizer(
+                (por_timer != por_cycles) | button.i, domain="sdram")
+            sdram_io(m, platform, logic.sdram, domain="sdram", clock_domain="sdram_clk")
         uart = platform.request("uart", 0)
         m.d.comb += [
             logic.uart_rx.eq(uart.rx.i),

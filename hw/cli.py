@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         "verilog", help="write the Verilog of the top level (command processor + compute core)",
         description="Write the Verilog of BitlaneTop for a preset. The top module has the ports clk, rst, "
                     "rx__payload[7:0], rx__valid, rx__ready (host -> device bytes), "
-                    "tx__payload[7:0], tx__valid, tx__ready (device -> host bytes).")
+                    "tx__payload[7:0], tx__valid, tx__ready (device -> host bytes); a preset with SDRAM (ulx3s) adds "
+                    "sdram_clk, sdram_rst and the SDRAM pins sdram__* (see hw/top.py).")
     verilog.add_argument("--preset", required=True, choices=list(PRESETS), help="accelerator configuration (contract/config.py)")
     verilog.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
     verilog.add_argument("--name", default=TOP_NAME, help=f"top module name (default: {TOP_NAME})")

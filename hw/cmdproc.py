@@ -29,6 +29,12 @@ token's embedding row into MAIN, runs the engine and copies the final hidden sta
 into a response buffer (max_payload - 4 bytes, one more block RAM), token after token;
 the response, whose first field is the engine's cycles for all tokens, is sent from
 that buffer when the last token is done.
+
+With SDRAM (`config.sdram_words`), the MEM_* commands use the `mem` port (hw/sdram_port.py:
+requests and write words out, read words in, in order): MEM_WRITE sends one write request
+and the frame's words, MEM_READ one read request whose words go straight into the response,
+MEM_CRC read requests of up to 65,536 words while a CRC-32 takes one word per cycle.
+Without SDRAM every MEM_* region is outside the (empty) memory: BAD_ADDRESS.
 """
 from __future__ import annotations
 
@@ -43,16 +49,30 @@ from amaranth.utils import exact_log2
 from bitlane.contract.config import CoreConfig
 from bitlane.contract.decoder import REGISTERS, WRITABLE_BANKS, Bank, Instruction, MachineShape, Op
 from bitlane.contract.protocol import (ADDR_BYTES, BANK_WORD_BYTES, CAPABILITIES_BYTES, COUNTERS_BYTES,
-                                       ERROR_PAYLOAD_BYTES, READ_OUT_REQUEST_BYTES, RESPONSE_FLAG, RESULT_BYTES,
-                                       ROW_VALUE_BYTES, RUN_REQUEST_BYTES, RUN_RESPONSE_BYTES, BankWriteHeader,
-                                       Capabilities, Cmd, DecodeArgs, DecodeResponse, DecodeSetup, ErrorCode,
+                                       ERROR_PAYLOAD_BYTES, MEM_CRC_RESPONSE_BYTES, MEM_LENGTH_RULES, MEM_WORD_BYTES,
+                                       READ_OUT_REQUEST_BYTES, RESPONSE_FLAG, RESULT_BYTES, ROW_VALUE_BYTES,
+                                       RUN_REQUEST_BYTES, RUN_RESPONSE_BYTES, BankWriteHeader, Capabilities, Cmd,
+                                       DecodeArgs, DecodeResponse, DecodeSetup, ErrorCode, MemReadRequest, MemRegion,
                                        ProgramHeader)
 
 from .core import core_signature
+from .crc import crc32_step
 from .decoder import engine_host_signature
 from .framing import BodyByte, FrameReceiver, FrameSender, StreamRegister, Stuffer, Unstuffer
 from .records import (BankWriteHeaderLayout, CountersLayout, DecodeArgsLayout, DecodeSetupLayout, ProgramHeaderLayout,
-                      ReadOutLayout, RunArgsLayout)
+                      ReadOutLayout, RunArgsLayout, layout)
+from .sdram_port import CONTROLLER_COUNT_BITS, mem_port_signature
+
+MemRegionLayout = layout(MemRegion)
+MemReadLayout = layout(MemReadRequest)
+MEM_WORD_BITS = 8 * MEM_WORD_BYTES
+assert set(MEM_LENGTH_RULES) == {Cmd.MEM_WRITE, Cmd.MEM_CRC, Cmd.MEM_READ}  # the lengths checked below
+
+
+def mem_signature(config: CoreConfig):
+    """The command processor's SDRAM port: one SDRAM word per port word."""
+    return mem_port_signature(addr_bits=(config.sdram_words - 1).bit_length(), data_width=MEM_WORD_BITS,
+                              count_bits=CONTROLLER_COUNT_BITS)
 
 
 def ceil_div(value, divisor: int):
@@ -86,6 +106,7 @@ class CommandProcessor(wiring.Component):
     value while `o_rd_addr` holds still (a read port that is always enabled).
     With a decoder in the configuration, `engine` drives the engine's host ports
     of hw.decoder.DecoderCore (whose `core_port` is `core`'s counterpart).
+    `mem` (only with `config.sdram_words`): to hw.sdram_port.SdramPort.
     """
 
     def __init__(self, config: CoreConfig) -> None:
@@ -97,6 +118,8 @@ class CommandProcessor(wiring.Component):
         }
         if config.decoder is not None:
             members["engine"] = Out(engine_host_signature(MachineShape.from_config(config)).flip())
+        if config.sdram_words:
+            members["mem"] = Out(mem_signature(config))
         super().__init__(members)
 
     def elaborate(self, platform) -> Module:
@@ -152,6 +175,17 @@ class CommandProcessor(wiring.Component):
             run_a_end.eq(run.a_base + run.n_vectors * k_steps),
             run_o_end.eq(run.o_base + run.n_vectors * row_tiles),
         ]
+        # MEM_* regions (SDRAM words), staged like the others
+        mem_region = data.View(MemRegionLayout, receiver.args[:MemRegionLayout.size])
+        mem_read = data.View(MemReadLayout, receiver.args[:MemReadLayout.size])
+        mem_write_words = Signal(16)
+        mem_write_end, mem_crc_end, mem_read_end = Signal(33), Signal(33), Signal(33)
+        m.d.sync += [
+            mem_write_words.eq(data_len // MEM_WORD_BYTES),
+            mem_write_end.eq(write_addr + mem_write_words),
+            mem_crc_end.eq(mem_region.addr + mem_region.count),
+            mem_read_end.eq(mem_read.addr + mem_read.count),
+        ]
         known, length_ok, args_ok, addr_ok = Signal(), Signal(), Signal(), Signal()
         ready, pos_ok = Signal(), Signal()  # decoder mode's NOT_READY and BAD_POSITION checks
         m.d.comb += [args_ok.eq(1), addr_ok.eq(1), ready.eq(1), pos_ok.eq(1)]
@@ -174,6 +208,26 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += [known.eq(1), length_ok.eq(frame.length == READ_OUT_REQUEST_BYTES),
                              args_ok.eq((read.count != 0) & (read.count <= cfg.max_payload // RESULT_BYTES)),
                              addr_ok.eq(read_end <= cfg.out_depth * cfg.lanes)]
+            with m.Case(Cmd.MEM_WRITE):
+                m.d.comb += [known.eq(1), length_ok.eq((frame.length > ADDR_BYTES) & (data_len % MEM_WORD_BYTES == 0)),
+                             addr_ok.eq(mem_write_end <= cfg.sdram_words)]
+            with m.Case(Cmd.MEM_CRC):
+                m.d.comb += [known.eq(1), length_ok.eq(frame.length == MemRegion.SIZE),
+                             args_ok.eq(mem_region.count != 0), addr_ok.eq(mem_crc_end <= cfg.sdram_words)]
+            with m.Case(Cmd.MEM_READ):
+                m.d.comb += [known.eq(1), length_ok.eq(frame.length == MemReadRequest.SIZE),
+                             args_ok.eq((mem_read.count != 0) & (mem_read.count <= cfg.max_payload // MEM_WORD_BYTES)),
+                             addr_ok.eq(mem_read_end <= cfg.sdram_words)]
+
+        # ---- MEM_*: the SDRAM port (its states are at the end of the FSM)
+        mem = self.mem if cfg.sdram_words else None
+        mem_addr = Signal(32)  # next request's first word
+        mem_count = Signal(16)  # its words - 1
+        mem_lo = Signal(8)  # MEM_WRITE: the word's low byte; MEM_READ: sending the high byte
+        mem_words_left = Signal(32)  # MEM_READ, MEM_CRC: words still to come
+        mem_requests_left = Signal(32)  # MEM_CRC: words not yet requested
+        mem_crc = Signal(32, init=0xFFFFFFFF)  # MEM_CRC: the complemented CRC-32 register (hw/crc.py)
+        chunk = 1 << CONTROLLER_COUNT_BITS  # most words one request moves
 
         # ---- WRITE_* and the decoder's loads: staged payload bytes -> words -> a memory
         sizes = word_bytes(cfg)
@@ -303,6 +357,8 @@ class CommandProcessor(wiring.Component):
                     m.d.comb += record.eq(decode_cycles)
             with m.Case(Cmd.ERROR):
                 m.d.comb += record.eq(Cat(error_code, frame.cmd))
+            with m.Case(Cmd.MEM_CRC.response):
+                m.d.comb += record.eq(~mem_crc)
         index = Signal(16)  # header / record byte being sent
 
         def reject(code):
@@ -392,6 +448,21 @@ class CommandProcessor(wiring.Component):
                                              decode_cycles.eq(0), state_ptr.eq(0)]
                                 start_write(Target.EMBED, setup.emb_addr, DecodeArgs.SIZE,
                                             DecodeArgs.SIZE + setup.hidden * ROW_VALUE_BYTES)
+                        if mem is not None:  # without SDRAM no MEM_* frame gets here
+                            with m.Case(Cmd.MEM_WRITE):
+                                m.d.sync += [mem_addr.eq(write_addr), mem_count.eq(mem_write_words - 1),
+                                             ptr.eq(ADDR_BYTES)]
+                                m.next = "MEM_WRITE_REQUEST"
+                            with m.Case(Cmd.MEM_READ):
+                                m.d.sync += [reply_len.eq(mem_read.count * MEM_WORD_BYTES),
+                                             mem_addr.eq(mem_read.addr), mem_count.eq(mem_read.count - 1),
+                                             mem_words_left.eq(mem_read.count), mem_lo.eq(0)]
+                                m.next = "MEM_READ_REQUEST"
+                            with m.Case(Cmd.MEM_CRC):
+                                m.d.sync += [reply_len.eq(MEM_CRC_RESPONSE_BYTES), mem_addr.eq(mem_region.addr),
+                                             mem_words_left.eq(mem_region.count),
+                                             mem_requests_left.eq(mem_region.count), mem_crc.eq(0xFFFFFFFF)]
+                                m.next = "MEM_CRC"
             with m.State("WRITE"):
                 more = ptr != write_end
                 with m.If(more):
@@ -465,6 +536,9 @@ class CommandProcessor(wiring.Component):
                             m.next = "FINISH"
                         with m.Elif(reply_cmd == Cmd.READ_OUT.response):
                             m.next = "READ_LOAD"
+                        if mem is not None:
+                            with m.Elif(reply_cmd == Cmd.MEM_READ.response):
+                                m.next = "MEM_READ_SEND"
                         with m.Else():
                             m.next = "RECORD"
             with m.State("RECORD"):
@@ -508,6 +582,66 @@ class CommandProcessor(wiring.Component):
             with m.State("FINISH"):
                 m.d.comb += receiver.frame.ready.eq(1)
                 m.next = "IDLE"
+
+            if mem is not None:
+                # MEM_WRITE: one request, then the staged bytes in pairs. receiver.buf_data is the
+                # byte at `ptr` one cycle later: REQUEST/FETCH present the low byte's address,
+                # LOW takes it and presents the high byte's, HIGH sends the word.
+                with m.State("MEM_WRITE_REQUEST"):
+                    m.d.comb += [mem.req.valid.eq(1), mem.req.payload.addr.eq(mem_addr),
+                                 mem.req.payload.count.eq(mem_count), mem.req.payload.write.eq(1)]
+                    with m.If(mem.req.ready):
+                        m.d.sync += ptr.eq(ptr + 1)
+                        m.next = "MEM_WRITE_LOW"
+                with m.State("MEM_WRITE_FETCH"):
+                    m.d.sync += ptr.eq(ptr + 1)
+                    m.next = "MEM_WRITE_LOW"
+                with m.State("MEM_WRITE_LOW"):
+                    m.d.sync += mem_lo.eq(receiver.buf_data)
+                    m.next = "MEM_WRITE_HIGH"
+                with m.State("MEM_WRITE_HIGH"):
+                    m.d.comb += [mem.w_data.valid.eq(1), mem.w_data.payload.eq(Cat(mem_lo, receiver.buf_data))]
+                    with m.If(mem.w_data.ready):
+                        m.d.sync += ptr.eq(ptr + 1)
+                        with m.If(ptr == frame.length - 1):
+                            m.next = "HEADER"
+                        with m.Else():
+                            m.next = "MEM_WRITE_FETCH"
+
+                # MEM_READ: one request, then its words straight into the response, low byte first.
+                with m.State("MEM_READ_REQUEST"):
+                    m.d.comb += [mem.req.valid.eq(1), mem.req.payload.addr.eq(mem_addr),
+                                 mem.req.payload.count.eq(mem_count), mem.req.payload.write.eq(0)]
+                    with m.If(mem.req.ready):
+                        m.next = "HEADER"
+                with m.State("MEM_READ_SEND"):
+                    high = mem_lo[0]
+                    last = (mem_words_left == 1) & high
+                    m.d.comb += [body.valid.eq(mem.r_data.valid), body.payload.last.eq(last),
+                                 body.payload.data.eq(Mux(high, mem.r_data.payload[8:], mem.r_data.payload[:8]))]
+                    with m.If(body.ready & mem.r_data.valid):
+                        m.d.sync += mem_lo.eq(~high)
+                        with m.If(high):
+                            m.d.comb += mem.r_data.ready.eq(1)
+                            m.d.sync += mem_words_left.eq(mem_words_left - 1)
+                            with m.If(last):
+                                m.next = "FINISH"
+
+                # MEM_CRC: read requests of up to `chunk` words go out while the words come back
+                # and go through the CRC, one per cycle; the response follows the last word.
+                with m.State("MEM_CRC"):
+                    whole = mem_requests_left >= chunk
+                    m.d.comb += [mem.req.valid.eq(mem_requests_left != 0), mem.req.payload.addr.eq(mem_addr),
+                                 mem.req.payload.count.eq(Mux(whole, chunk - 1, mem_requests_left - 1)),
+                                 mem.req.payload.write.eq(0), mem.r_data.ready.eq(1)]
+                    with m.If(mem.req.valid & mem.req.ready):
+                        m.d.sync += [mem_addr.eq(mem_addr + chunk),
+                                     mem_requests_left.eq(Mux(whole, mem_requests_left - chunk, 0))]
+                    with m.If(mem.r_data.valid):
+                        m.d.sync += [mem_crc.eq(crc32_step(mem_crc, mem.r_data.payload, MEM_WORD_BYTES)),
+                                     mem_words_left.eq(mem_words_left - 1)]
+                        with m.If(mem_words_left == 1):
+                            m.next = "HEADER"
 
         with m.If(clear):  # after the FSM: RESET wins over this cycle's counting
             m.d.sync += [cycles.eq(0), frames_ok.eq(0), frames_bad.eq(0), dropped.eq(0)]

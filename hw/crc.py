@@ -10,7 +10,7 @@ from amaranth import Cat, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from bitlane.contract.protocol import CRC_INIT, crc16
+from bitlane.contract.protocol import CRC_INIT, crc16, crc32
 
 
 def crc16_step(crc: Value, byte: Value) -> Value:
@@ -48,3 +48,23 @@ class CRC16(wiring.Component):
         with m.If(self.valid):
             m.d.sync += state.eq(crc16_step(Mux(self.first, CRC_INIT, state), self.data))
         return m
+
+
+def crc32_step(register: Value, data: Value, nbytes: int) -> Value:
+    """MEM_CRC's CRC-32 register after feeding the `nbytes` bytes of `data` (little-endian, low
+    byte first) into `register`, several bytes per cycle.
+
+    `register` is the complement of the running value of `contract.protocol.crc32` (the one
+    definition of the polynomial): start it at 0xFFFFFFFF (crc32's init 0), and the CRC of
+    what was fed is ~register. The step is linear over GF(2) in that register, so, as for
+    `crc16_step`, each output bit is an XOR found by feeding unit vectors through the reference.
+    """
+    mask = 0xFFFFFFFF
+
+    def step(reg: int, value: int) -> int:  # the reference, on the complemented register
+        return ~crc32(value.to_bytes(nbytes, "little"), ~reg & mask) & mask
+
+    inputs = [register[i] for i in range(32)] + [data[i] for i in range(8 * nbytes)]
+    effects = [step(1 << i, 0) for i in range(32)] + [step(0, 1 << j) for j in range(8 * nbytes)]
+    return Cat(*(Cat(*(bit for bit, effect in zip(inputs, effects) if effect >> out & 1)).xor()
+                 for out in range(32)))

@@ -21,22 +21,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal
-from amaranth.lib import io, wiring
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Module, Mux, Signal
+from amaranth.lib import wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import Out
 
-from .boards import board, ecp5_pll
+from .boards import board, ecp5_pll_clocks, ecp5_pll_instance
 from .build import BuildError, parse_nextpnr_report, yowasp_environment
 from .sdram import SdramController, SdramGeometry, sdram_pins_signature
+from .sdram_port import IO_REGISTER_DELAY, PHASE_DEG, PHASE_READ_DELAY, sdram_io
 
 __all__ = ["SdramSelfTest", "Ulx3sSdramSelfTest", "IO_REGISTER_DELAY"]
 
 CLOCK_HZ = 100_000_000
-OSC_HZ = 25_000_000
-PHASE_DEG = 202.5  # docs/sdram.md: p ~ 5.6 ns at 100 MHz, capture one cycle after CL
-PHASE_READ_DELAY = 1
-IO_REGISTER_DELAY = 2  # an output and an input IO register on the read path
+OSC_HZ = board("ulx3s").osc_hz
 LFSR_TAPS = 0xB400  # x^16 + x^14 + x^13 + x^11 + 1, maximal length
 
 
@@ -130,46 +128,18 @@ class Ulx3sSdramSelfTest(Elaboratable):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        pll = ecp5_pll(OSC_HZ, self.clock_hz)
-        # CLKOS phase in 1/8 VCO periods; CPHASE = div/2 - 1 is the PLL's zero phase.
-        eighths = round(self.phase_deg / 360 * pll.clkop_div * 8)
+        # CLKOP: the controller's clock; CLKOS: the SDRAM chip's, phase_deg behind it.
+        clocks = ecp5_pll_clocks(OSC_HZ, [(self.clock_hz, 0), (self.clock_hz, self.phase_deg)])
         sync_clk, sdram_clk, locked = Signal(), Signal(), Signal()
         osc = platform.request(platform.default_clk)
-        m.submodules.pll = Instance(
-            "EHXPLLL",
-            a_FREQUENCY_PIN_CLKI=str(OSC_HZ / 1e6),
-            a_FREQUENCY_PIN_CLKOP=str(self.clock_hz / 1e6),
-            a_FREQUENCY_PIN_CLKOS=str(self.clock_hz / 1e6),
-            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
-            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
-            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
-            p_CLKI_DIV=pll.clki_div, p_CLKFB_DIV=pll.clkfb_div,
-            p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=pll.clkop_div,
-            p_CLKOP_CPHASE=pll.clkop_div // 2 - 1, p_CLKOP_FPHASE=0,
-            p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=pll.clkop_div,
-            p_CLKOS_CPHASE=pll.clkop_div // 2 - 1 + eighths // 8, p_CLKOS_FPHASE=eighths % 8,
-            p_FEEDBK_PATH="CLKOP",
-            i_CLKI=osc.i, i_CLKFB=sync_clk, i_RST=0, i_STDBY=0,
-            i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
-            i_PLLWAKESYNC=0, i_ENCLKOP=0, i_ENCLKOS=0,
-            o_CLKOP=sync_clk, o_CLKOS=sdram_clk, o_LOCK=locked)
+        m.submodules.pll = ecp5_pll_instance(clocks, osc.i, [sync_clk, sdram_clk], locked)
         m.domains.sync = ClockDomain("sync")
         m.domains.sdram_clk = ClockDomain("sdram_clk", reset_less=True)
         m.d.comb += [ClockSignal("sync").eq(sync_clk), ClockSignal("sdram_clk").eq(sdram_clk)]
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
         m.submodules.test = test = SdramSelfTest(self.clock_hz, read_delay=self.read_delay + IO_REGISTER_DELAY)
-        pins = platform.request("sdram", 0, dir="-")
-        m.submodules.clk_buf = clk_buf = io.DDRBuffer("o", pins.clk, o_domain="sdram_clk")
-        m.d.comb += [clk_buf.o[0].eq(1), clk_buf.o[1].eq(0)]  # rises with sdram_clk
-        # The resource's control pins are active-low PinsN: the buffers take active-high values.
-        for name, value in (("clk_en", test.pins.cke), ("cs", ~test.pins.cs_n), ("we", ~test.pins.we_n),
-                            ("ras", ~test.pins.ras_n), ("cas", ~test.pins.cas_n), ("ba", test.pins.ba),
-                            ("a", test.pins.a), ("dqm", test.pins.dqm)):
-            m.submodules[f"{name}_buf"] = buf = io.FFBuffer("o", getattr(pins, name))
-            m.d.comb += buf.o.eq(value)
-        m.submodules.dq_buf = dq_buf = io.FFBuffer("io", pins.dq)
-        m.d.comb += [dq_buf.o.eq(test.pins.dq_o), dq_buf.oe.eq(test.pins.dq_oe), test.pins.dq_i.eq(dq_buf.i)]
+        sdram_io(m, platform, test.pins, domain="sync", clock_domain="sdram_clk")
 
         leds = [platform.request("led", i).o for i in range(8)]
         m.d.comb += [leds[0].eq(test.passes[0]), leds[1].eq(test.error)]

@@ -1,14 +1,23 @@
 """bitlane's top level: the command processor in front of the compute core (hw/core.py), or in front of
 the core with the decoder engine (hw/decoder.py's DecoderCore) where the configuration has a decoder.
 
-One clock domain, `sync`. The generated Verilog (hw/verilog.py) has exactly
-these ports, which the sim transport's C++ harness drives:
+One clock domain, `sync`, for a configuration without SDRAM. The generated Verilog
+(hw/verilog.py) has exactly these ports, which the sim transport's C++ harness drives:
 
     clk, rst                              clock, synchronous active-high reset
     rx__payload[7:0], rx__valid, rx__ready    host -> device bytes (rx__ready is an output)
     tx__payload[7:0], tx__valid, tx__ready    device -> host bytes (tx__ready is an input)
 
 A byte moves on a rising clock edge where valid and ready are both high.
+
+A configuration with SDRAM (`sdram_words`) adds the SDRAM port (hw/sdram_port.py), which the
+command processor's MEM_* commands use: its controller runs in a second domain, `sdram`, at
+`sdram_clock_hz`, with the ports
+
+    sdram_clk, sdram_rst                  the controller's clock and reset
+    sdram__cke, sdram__cs_n, sdram__ras_n, sdram__cas_n, sdram__we_n, sdram__ba, sdram__a,
+    sdram__dqm, sdram__dq_o, sdram__dq_oe (outputs), sdram__dq_i (input)
+                                          the SDRAM pins (hw/sdram.py), registered in `sdram`
 """
 
 from amaranth import Module
@@ -20,15 +29,22 @@ from bitlane.contract.config import CoreConfig
 from .cmdproc import CommandProcessor
 from .core import TernaryCore
 from .decoder import DecoderCore
+from .sdram import sdram_pins_signature
+from .sdram_port import sdram_setup
 
 
 class BitlaneTop(wiring.Component):
-    rx: In(stream.Signature(8))
-    tx: Out(stream.Signature(8))
+    """Command processor, compute core and, with `config.sdram_words`, the SDRAM port
+    (`sdram_setup(config)`: the ULX3S's part and read delay, so that the simulators run the
+    board's gateware)."""
 
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
-        super().__init__()
+        self.sdram_setup = sdram_setup(config)
+        members = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8))}
+        if self.sdram_setup is not None:
+            members["sdram"] = Out(sdram_pins_signature(self.sdram_setup.geometry))
+        super().__init__(members)
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -42,4 +58,8 @@ class BitlaneTop(wiring.Component):
             m.submodules.core = core = DecoderCore(self.config)
             wiring.connect(m, cmdproc.core, core.core_port)
             wiring.connect(m, cmdproc.engine, core.engine_port)
+        if self.sdram_setup is not None:
+            m.submodules.sdram_port = port = self.sdram_setup.port()
+            wiring.connect(m, cmdproc.mem, port.mem)
+            wiring.connect(m, port.pins, wiring.flipped(self.sdram))
         return m

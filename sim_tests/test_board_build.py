@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from bitlane.hw.boards import BOARDS, BoardError, board, ecp5_pll, ice40_pll
+from bitlane.hw.boards import BOARDS, BoardError, board, ecp5_pll, ecp5_pll_clocks, ice40_pll
 from bitlane.hw.build import build_board, yowasp_environment
 from bitlane.hw.uart import UartConfigError, baud_divisor
 
@@ -40,6 +40,25 @@ def test_ecp5_pll_matches_ecppll(out_mhz: int, tmp_path) -> None:
             for label in ("Refclk divisor", "Feedback divisor", "clkout0 divisor")]
     got = ecp5_pll(25_000_000, out_mhz * 1_000_000)
     assert [got.clki_div, got.clkfb_div, got.clkop_div] == want
+
+
+def test_ecp5_pll_clocks_match_ecppll(tmp_path) -> None:
+    """The ULX3S's three clocks (SDRAM controller, SDRAM chip 202.5 deg behind, core): every
+    divider and phase parameter as ecppll writes them."""
+    from bitlane.hw.sdram_port import PHASE_DEG
+    spec = board("ulx3s")
+    sdram_hz, core_hz = spec.core.sdram_clock_hz, spec.core.clock_hz
+    subprocess.run([tool("yowasp-ecppll"), "-i", str(spec.osc_hz / 1e6), "-o", str(sdram_hz / 1e6),
+                    "--clkout1", str(sdram_hz / 1e6), "--phase1", str(PHASE_DEG), "--clkout2", str(core_hz / 1e6),
+                    "-f", "pll.v"], capture_output=True, text=True, check=True, cwd=tmp_path)
+    want = {k: int(v) for k, v in re.findall(r"\.(\w+)\((\d+)\)", (tmp_path / "pll.v").read_text())}
+    clocks = ecp5_pll_clocks(spec.osc_hz, [(sdram_hz, 0), (sdram_hz, PHASE_DEG), (core_hz, 0)])
+    got = {"CLKI_DIV": clocks.clki_div, "CLKFB_DIV": clocks.clkfb_div}
+    for name, out in zip(("CLKOP", "CLKOS", "CLKOS2"), clocks.outputs):
+        got.update({f"{name}_DIV": out.div, f"{name}_CPHASE": out.cphase, f"{name}_FPHASE": out.fphase})
+    assert got == want
+    with pytest.raises(BoardError, match="one VCO"):
+        ecp5_pll_clocks(25_000_000, [(100_000_000, 0), (33_000_000, 0)])
 
 
 def test_impossible_clocks_and_bauds_are_refused() -> None:

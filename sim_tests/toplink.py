@@ -32,8 +32,9 @@ class LinkError(AssertionError):
 
 class HostLink:
     def __init__(self, dut, cfg: CoreConfig, rng: np.random.Generator, *,
-                 rx_gap: float = 0.3, tx_stall: float = 0.3) -> None:
+                 rx_gap: float = 0.3, tx_stall: float = 0.3, period_ps: int = PERIOD_NS * 1000) -> None:
         self.dut, self.cfg, self.rng = dut, cfg, rng
+        self.period_ps = period_ps
         self.rx_gap, self.tx_stall = rx_gap, tx_stall  # probabilities of an idle rx / a stalled tx cycle
         self.outgoing = bytearray()
         self.codec = p.HostCodec()
@@ -44,7 +45,7 @@ class HostLink:
 
     async def start(self) -> None:
         dut = self.dut
-        cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+        cocotb.start_soon(Clock(dut.clk, self.period_ps, unit="ps").start())
         dut.rx__valid.value = 0
         dut.rx__payload.value = 0
         dut.tx__ready.value = 0

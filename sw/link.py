@@ -102,6 +102,8 @@ class Link:
     def _wait_s(self, cmd: Cmd, payload: bytes) -> float:
         if cmd == Cmd.DECODE:  # the engine's cycles per token are the program's: the base timeout each
             return self.timeout * max(1, p.DecodeArgs.unpack(payload[:p.DecodeArgs.SIZE]).count)
+        if cmd == Cmd.MEM_CRC:  # a word per cycle
+            return self.timeout + p.MemRegion.unpack(payload).count / SLOWEST_CYCLES_PER_S
         if cmd != Cmd.RUN:
             return self.timeout
         a = p.RunArgs.unpack(payload)
@@ -183,3 +185,18 @@ class Link:
     def counters(self) -> dict[str, int]:
         """Device counters since connect / reset: cycles, busy_cycles, stall_cycles, frames_ok, ..."""
         return p.Counters.unpack(self.request(Cmd.COUNTERS)).as_dict()
+
+    # ------------------------------------------------------------ SDRAM (MEM_*)
+
+    def mem_write(self, addr: int, data: bytes) -> None:
+        """Write `data` (whole 16-bit words, little-endian) to the SDRAM from word `addr`, as many
+        words per frame as fit, pipelined (sw/sdram.py loads blobs with a progress bar)."""
+        self.transact(p.HostCodec.mem_write_requests(addr, data, self.caps))
+
+    def mem_read(self, addr: int, count: int) -> bytes:
+        """`count` SDRAM words from word `addr`, as bytes (little-endian words)."""
+        return b"".join(self.transact(p.HostCodec.mem_read_requests(addr, count, self.caps)))
+
+    def mem_crc(self, addr: int, count: int) -> int:
+        """The device's CRC-32 (`contract.protocol.crc32`) of `count` SDRAM words from word `addr`."""
+        return p.MemCrc.unpack(self.request(Cmd.MEM_CRC, p.mem_crc(addr, count))).crc

@@ -19,7 +19,8 @@ structure and equal its counts (sim_tests/test_sim_transport.py checks);
   stage counts defined in contract/config.py, which the gateware is built from;
 * the command processor moves about one byte per cycle, so each received and
   each transmitted byte adds a cycle to `cycles`; the gateware's `cycles`
-  also counts the cycles it waits for the host, which a model cannot know.
+  also counts the cycles it waits for the host, which a model cannot know;
+  a MEM_CRC adds a cycle per word (the gateware's CRC takes a word per cycle).
 
 Decoder mode (protocol v2, a configuration with a `decoder`): the engine is
 contract.decoder.DecoderMachine, whose TRUN is this device's RUN product on
@@ -27,6 +28,10 @@ its own weight memory (so weights are loaded with WRITE_WEIGHTS). A DECODE's
 cycles are the TRUNs' exact busy and stall cycles plus every instruction's
 engine cycles (`_instruction_cycles`), which equal the gateware's count for the
 programs of sw/decoder_program.py (sim_tests/test_decoder_sim.py checks).
+
+The SDRAM (`config.sdram_words`, MEM_* commands) is a zeroed array, allocated at the first
+MEM_* command that passes the checks; on the gateware and a board never-written words hold
+whatever the chip (or the simulator's SDRAM model) has.
 """
 from __future__ import annotations
 
@@ -108,6 +113,7 @@ class ModelDevice:
         # when a write touches its words. float32 is exact here: every partial sum is an integer
         # of magnitude <= cols * 128 <= 65535 * 128 < 2**24.
         self._matrices: dict[tuple[int, int, int], np.ndarray] = {}
+        self._sdram: np.ndarray | None = None  # 16-bit SDRAM words, see `sdram`
         self.decoder = p.FrameDecoder(config.max_payload)
         self._counter_mask = (1 << config.counter_bits) - 1
         self._clear_counters()
@@ -125,6 +131,13 @@ class ModelDevice:
         self.cycles = self.busy_cycles = self.stall_cycles = 0
         self.frames_ok = self.frames_bad = 0
         self.decoder.dropped_bytes = 0
+
+    @property
+    def sdram(self) -> np.ndarray:
+        """The SDRAM's words (allocated on first use: calloc'd, so untouched pages cost nothing)."""
+        if self._sdram is None:
+            self._sdram = np.zeros(self.config.sdram_words, dtype="<u2")
+        return self._sdram
 
     def counters(self) -> p.Counters:
         m, m32 = self._counter_mask, 0xFFFFFFFF
@@ -202,6 +215,22 @@ class ModelDevice:
             rt, ks = tiles(a.rows, a.cols, cfg.lanes, cfg.k_per_cycle)
             if (a.w_base + rt * ks > cfg.weight_depth or a.a_base + a.n_vectors * ks > cfg.act_depth
                     or a.o_base + a.n_vectors * rt > cfg.out_depth):
+                return ErrorCode.BAD_ADDRESS
+        elif cmd == Cmd.MEM_WRITE:
+            addr, data = p.unpack_addr(payload)
+            if addr + len(data) // p.MEM_WORD_BYTES > cfg.sdram_words:
+                return ErrorCode.BAD_ADDRESS
+        elif cmd == Cmd.MEM_CRC:
+            region = p.MemRegion.unpack(payload)
+            if region.count == 0:
+                return ErrorCode.BAD_ARGUMENT
+            if region.addr + region.count > cfg.sdram_words:
+                return ErrorCode.BAD_ADDRESS
+        elif cmd == Cmd.MEM_READ:
+            request = p.MemReadRequest.unpack(payload)
+            if not 1 <= request.count <= self.caps.max_mem_read_count:
+                return ErrorCode.BAD_ARGUMENT
+            if request.addr + request.count > cfg.sdram_words:
                 return ErrorCode.BAD_ADDRESS
         return None
 
@@ -329,6 +358,17 @@ class ModelDevice:
         if cmd == Cmd.READ_OUT:
             addr, count = p.unpack_read_out_request(payload)
             return self.out.reshape(-1)[addr:addr + count].astype("<i4").tobytes()
+        if cmd == Cmd.MEM_WRITE:
+            addr, data = p.unpack_addr(payload)
+            self.sdram[addr:addr + len(data) // p.MEM_WORD_BYTES] = np.frombuffer(data, dtype="<u2")
+            return b""
+        if cmd == Cmd.MEM_READ:
+            request = p.MemReadRequest.unpack(payload)
+            return self.sdram[request.addr:request.addr + request.count].tobytes()
+        if cmd == Cmd.MEM_CRC:
+            region = p.MemRegion.unpack(payload)
+            self.cycles += region.count
+            return p.MemCrc(p.crc32(self.sdram[region.addr:region.addr + region.count])).pack()
         assert cmd == Cmd.RUN
         return p.pack_run_response(self._run(p.RunArgs.unpack(payload)))
 

@@ -139,10 +139,10 @@ def test_error_frame_and_device_error():
 
 
 def test_response_codes():
-    assert [c.response for c in sorted(p.REQUESTS)] == [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87,
+    assert [c.response for c in sorted(p.REQUESTS)] == [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A,
                                                          0xA0, 0xA1, 0xA2, 0xA3]
     assert sorted(p.DECODER_REQUESTS) == [0x20, 0x21, 0x22, 0x23]
-    assert not any(0x10 <= c <= 0x1F for c in p.REQUESTS)  # the SDRAM commands' range
+    assert sorted(p.MEM_LENGTH_RULES) == [0x08, 0x09, 0x0A]
     assert Cmd.ERROR == 0xFF and ErrorCode.TRUNCATED == 6 and ErrorCode.FAULT == 9
 
 
@@ -164,7 +164,7 @@ def test_capabilities_record():
     cfg = PRESETS["sim"]
     caps = p.Capabilities.from_config(cfg)
     raw = caps.pack()
-    assert len(raw) == 49 and raw[0] == 2 and raw[1] == cfg.acc_bits
+    assert len(raw) == 53 and raw[0] == 2 and raw[1] == cfg.acc_bits
     assert int.from_bytes(raw[2:4], "little") == cfg.lanes
     assert int.from_bytes(raw[20:24], "little") == cfg.max_k
     assert raw[28] == p.Feature.DECODER and tuple(raw[29:32]) == (8, 8, 64)
@@ -173,7 +173,10 @@ def test_capabilities_record():
     assert p.Capabilities.unpack(raw) == caps and caps.decoder
     no_decoder = p.Capabilities.from_config(PRESETS["icebreaker"]).pack()
     assert raw[48] == cfg.decoder.vector_lanes == 16
-    assert no_decoder[28:] == bytes(21) and not p.Capabilities.unpack(no_decoder).decoder
+    assert no_decoder[28:49] == bytes(21) and not p.Capabilities.unpack(no_decoder).decoder
+    assert int.from_bytes(raw[49:53], "little") == cfg.sdram_words == 0
+    ulx3s = p.Capabilities.from_config(PRESETS["ulx3s"])
+    assert ulx3s.sdram_words == 1 << 24 and ulx3s.sdram_bytes == 32 << 20
     assert caps.weight_word_bytes == cfg.weight_word_bytes
     with pytest.raises(p.ProtocolError, match="INFO"):
         p.Capabilities.unpack(raw[:-1])
@@ -219,3 +222,26 @@ def test_decode_payloads():
         list(p.HostCodec.decode_requests(0, np.zeros((1, 600)), caps))
     with pytest.raises(ValueError, match="outside int16"):
         list(p.HostCodec.decode_requests(0, np.full((1, 8), 1 << 15), caps))
+
+
+def test_mem_records_and_requests():
+    """MEM_* payloads, LEN rules, frame splitting, and the CRC (zlib's CRC-32)."""
+    from bitlane.contract.config import PRESETS
+    caps = p.Capabilities.from_config(PRESETS["ulx3s"])
+    assert p.mem_write(0x01020304, b"\xAA\xBB") == bytes([4, 3, 2, 1, 0xAA, 0xBB])
+    assert p.mem_crc(0x01020304, 0x05060708) == bytes([4, 3, 2, 1, 8, 7, 6, 5])
+    assert p.mem_read(0x01020304, 0x0506) == bytes([4, 3, 2, 1, 6, 5])
+    assert p.MemCrc.unpack(bytes([1, 2, 3, 4])).crc == 0x04030201
+    assert p.crc32(b"123456789") == 0xCBF43926 and p.crc32(b"6789", p.crc32(b"12345")) == 0xCBF43926
+    for cmd, good, bad in [(Cmd.MEM_WRITE, [6, 8, 1024], [4, 5, 7, 0]), (Cmd.MEM_CRC, [8], [0, 7, 9]),
+                           (Cmd.MEM_READ, [6], [0, 5, 7])]:
+        assert all(p.request_length_ok(cmd, n, caps) for n in good), cmd
+        assert not any(p.request_length_ok(cmd, n, caps) for n in bad), cmd
+    data = bytes(range(256)) * 5  # 640 words: 510 + 130 with a 1024-byte payload
+    requests = list(p.HostCodec.mem_write_requests(100, data, caps))
+    assert [len(payload) for _, payload in requests] == [1024, 4 + 260]
+    assert p.unpack_addr(requests[1][1]) == (100 + 510, data[1020:])
+    with pytest.raises(ValueError, match="whole number"):
+        list(p.HostCodec.mem_write_requests(0, b"abc", caps))
+    reads = [p.MemReadRequest.unpack(payload) for _, payload in p.HostCodec.mem_read_requests(7, 600, caps)]
+    assert reads == [p.MemReadRequest(7, 512), p.MemReadRequest(519, 88)]

@@ -7,6 +7,10 @@
 // picks a free port), serves one client, and exits when that client closes the
 // connection or the parent process dies.
 //
+// A design with SDRAM (the ulx3s preset) runs its SDRAM controller's clock beside the
+// core's and has the timing-checking SDRAM model on its pins (sdram_bus.h); a broken
+// SDRAM rule ends the simulator with a message on stderr (exit code 3).
+//
 // Speed: the model is clocked cycle after cycle and the socket is serviced
 // only every POLL_CYCLES cycles, when a response frame has just been sent
 // completely, or when the device is idle. "Idle" is known without peeking
@@ -35,6 +39,7 @@
 #include "Vbitlane_sim.h"
 #include "harness.h"
 #include "loopback.h"
+#include "sdram_bus.h"
 
 namespace {
 
@@ -114,25 +119,11 @@ int main(int argc, char** argv) {
   auto context = std::make_unique<VerilatedContext>();
   auto top = std::make_unique<Vbitlane_sim>(context.get());
   harness::Waveform trace(PROGRAM, *context, *top, options.trace_path);
-  uint64_t cycle = 0;
-  // One clock cycle; `sample` runs between the falling and the rising edge, where the handshake
-  // signals of this cycle are settled.
-  auto step = [&](auto&& sample) {
-    top->clk = 0;
-    top->eval();
-    trace.dump(2 * cycle);
-    sample();
-    top->clk = 1;
-    top->eval();
-    trace.dump(2 * cycle + 1);
-    ++cycle;
-  };
+  harness::BoardClocks clocks(PROGRAM, *top, trace);
 
   top->rx_valid = 0;
   top->tx_ready = 1;
-  top->rst = 1;
-  for (int i = 0; i < 4; ++i) step([] {});
-  top->rst = 0;
+  clocks.reset(4);
 
   std::vector<uint8_t> rx, tx;  // bytes from the host not yet taken / bytes for the host not yet sent
   size_t rx_head = 0;
@@ -143,9 +134,9 @@ int main(int argc, char** argv) {
   uint8_t chunk[65536];
 
   for (;;) {
-    if (cycle >= next_service || flush_now || rx_head == rx.size()) {
+    if (clocks.cycles() >= next_service || flush_now || rx_head == rx.size()) {
       bool idle = rx_head == rx.size() && responses.frames() >= requests.frames();
-      if (rx_head == rx.size() && !idle && !flush_now && cycle < next_service) {
+      if (rx_head == rx.size() && !idle && !flush_now && clocks.cycles() < next_service) {
         // input drained but the device is still working on a request: keep clocking
       } else {
         while (!tx.empty()) {
@@ -181,7 +172,7 @@ int main(int argc, char** argv) {
             goto done;
           }
         }
-        next_service = cycle + POLL_CYCLES;
+        next_service = clocks.cycles() + POLL_CYCLES;
         flush_now = false;
       }
     }
@@ -191,7 +182,7 @@ int main(int argc, char** argv) {
     if (have_rx) top->rx_data = rx[rx_head];
     bool rx_fire, tx_fire;
     uint8_t tx_byte;
-    step([&] {
+    clocks.cycle([&] {
       rx_fire = have_rx && top->rx_ready;
       tx_fire = top->tx_valid;  // tx_ready is always 1: the harness buffers all output
       tx_byte = top->tx_data;
@@ -206,7 +197,7 @@ int main(int argc, char** argv) {
 done:
   trace.close();
   top->final();
-  std::fprintf(stderr, "bitlane-sim: %llu cycles\n", static_cast<unsigned long long>(cycle));
+  std::fprintf(stderr, "bitlane-sim: %llu cycles\n", static_cast<unsigned long long>(clocks.cycles()));
   close(conn);
   return 0;
 }

@@ -14,6 +14,10 @@
 // mid-bit (a low stop bit is counted and reported at exit, as a USB-UART
 // bridge would flag it).
 //
+// A board with SDRAM (the ULX3S) runs its SDRAM controller's clock beside the core's and has
+// the timing-checking SDRAM model on its pins (sdram_bus.h); a broken SDRAM rule ends the
+// simulator with a message on stderr (exit code 3).
+//
 // Idle: when every host byte has been sent, both lines are quiet and as many
 // response frames came back as request frames went in, nothing can happen
 // until the host sends more, so the harness blocks in poll() instead of
@@ -40,6 +44,7 @@
 #include "Vbitlane_board.h"
 #include "harness.h"
 #include "loopback.h"
+#include "sdram_bus.h"
 
 namespace {
 
@@ -188,20 +193,9 @@ int main(int argc, char** argv) {
   auto context = std::make_unique<VerilatedContext>();
   auto board = std::make_unique<Vbitlane_board>(context.get());
   harness::Waveform trace(PROGRAM, *context, *board, options.trace_path);
-  uint64_t cycle = 0;
-  auto step = [&]() {
-    board->clk = 0;
-    board->eval();
-    trace.dump(2 * cycle);
-    board->clk = 1;
-    board->eval();
-    trace.dump(2 * cycle + 1);
-    ++cycle;
-  };
+  harness::BoardClocks clocks(PROGRAM, *board, trace);
   board->uart_rx = 1;
-  board->rst = 1;
-  for (int i = 0; i < 4; ++i) step();
-  board->rst = 0;
+  clocks.reset(4);
 
   LineSender sender{uint32_t(divisor)};
   LineReceiver receiver{uint32_t(divisor)};
@@ -212,7 +206,7 @@ int main(int argc, char** argv) {
 
   for (;;) {
     bool idle = sender.idle() && receiver.idle() && responses.frames() >= requests.frames();
-    if (cycle >= next_service || idle) {
+    if (clocks.cycles() >= next_service || idle) {
       while (!to_host.empty()) {
         ssize_t n = send(conn, to_host.data(), to_host.size(), 0);
         if (n > 0) {
@@ -242,16 +236,16 @@ int main(int argc, char** argv) {
           goto done;
         }
       }
-      next_service = cycle + POLL_CYCLES;
+      next_service = clocks.cycles() + POLL_CYCLES;
     }
 
     board->uart_rx = sender.level();
-    step();
+    clocks.cycle([] {});
     int byte = receiver.sample(board->uart_tx);
     if (byte >= 0) {
       to_host.push_back(uint8_t(byte));
       responses.push(uint8_t(byte));
-      if (responses.frames() >= requests.frames()) next_service = cycle;  // answer complete: send now
+      if (responses.frames() >= requests.frames()) next_service = clocks.cycles();  // answer complete: send now
     }
   }
 
@@ -259,7 +253,7 @@ done:
   trace.close();
   board->final();
   std::fprintf(stderr, "bitlane-uart-sim: %llu cycles, %llu framing errors on uart_tx\n",
-               static_cast<unsigned long long>(cycle),
+               static_cast<unsigned long long>(clocks.cycles()),
                static_cast<unsigned long long>(receiver.framing_errors()));
   close(conn);
   return 0;

@@ -1,0 +1,220 @@
+"""The board's SDRAM as a memory port of the core's clock domain.
+
+    core domain (`sync`)                       |  SDRAM domain (`sdram`, 100 MHz on the ULX3S)
+    mem.req    --> AsyncFIFO ------------------+-> SdramController.req     (addresses scaled)
+    mem.w_data --> AsyncFIFO ------------------+-> serializer --> .w_data  (ratio words each)
+    mem.r_data <-- AsyncFIFO <-----------------+-- deserializer <-- .r_data
+                                               |   SdramController.pins --> pins
+
+`SdramPort` runs `hw/sdram.py`'s controller in its own clock domain and crosses every stream
+to and from the core's domain through `amaranth.lib.fifo.AsyncFIFO`s (Gray-coded pointers
+through two-flop synchronizers), so the two clocks may be anything. The core sees a plain
+request/response port (`mem_port_signature`):
+
+- `req`: `addr` (in port words), `count` (port words - 1), `write`. Requests are served one
+  after the other, in order: a read after a write to the same words returns what was written.
+- `w_data`: the words of write requests, in order.
+- `r_data`: the words of read requests, in order; the consumer may stall at will.
+
+A port word is `ratio` SDRAM words (16 bits each, the lowest first), so a core clocked slower
+than the SDRAM can still take its whole bandwidth: 16 bits at 100 MHz is 53 bits at 30 MHz.
+
+Board clocking (docs/sdram.md): the controller's clock and the SDRAM chip's clock come from
+one EHXPLLL, the chip's `PHASE_DEG` behind the controller's and forwarded through an ODDRX1F;
+every other SDRAM pin goes through an IO register. The capture delay that phase needs
+(`PHASE_READ_DELAY`) plus the two IO registers on the read path is the controller's
+`BOARD_READ_DELAY`; the simulators delay the model's read words by the same amount.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Const, DomainRenamer, Module, Mux, Signal
+from amaranth.lib import data, fifo, io, stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.wiring import In, Out
+
+from .sdram import SdramController, SdramError, SdramGeometry, SdramTiming, sdram_pins_signature
+
+__all__ = ["PHASE_DEG", "PHASE_READ_DELAY", "IO_REGISTER_DELAY", "BOARD_READ_DELAY", "SdramSetup", "sdram_setup",
+           "mem_request_layout", "mem_port_signature", "SdramPort", "sdram_io"]
+
+PHASE_DEG = 202.5  # SDRAM clock behind the controller's: p ~ 5.6 ns at 100 MHz (docs/sdram.md)
+PHASE_READ_DELAY = 1  # that phase captures read data one cycle after CL
+IO_REGISTER_DELAY = 2  # an output and an input IO register on the read path
+BOARD_READ_DELAY = PHASE_READ_DELAY + IO_REGISTER_DELAY
+
+CONTROLLER_COUNT_BITS = 16  # a controller request moves up to 65,536 SDRAM words
+
+
+@dataclass(frozen=True)
+class SdramSetup:
+    """What a design's SDRAM port is built with: BitlaneTop builds its port from this, and the
+    simulators set their SDRAM model up from it (hw/sim/build.py), so both see one definition."""
+    sdram_hz: int
+    read_delay: int = BOARD_READ_DELAY
+    timing: SdramTiming = SdramTiming()
+    geometry: SdramGeometry = SdramGeometry()
+
+    def port(self, **kw) -> "SdramPort":
+        return SdramPort(self.sdram_hz, read_delay=self.read_delay, timing=self.timing, geometry=self.geometry, **kw)
+
+
+def sdram_setup(config) -> SdramSetup | None:
+    """The SDRAM of a CoreConfig (None without): the ULX3S's part, clocked at `sdram_clock_hz`,
+    with the ULX3S's read delay. The part must have `sdram_words` words."""
+    if not config.sdram_words:
+        return None
+    setup = SdramSetup(config.sdram_clock_hz)
+    if setup.geometry.words != config.sdram_words:
+        raise SdramError(f"config {config.name!r}: sdram_words {config.sdram_words} is not the SDRAM's "
+                         f"{setup.geometry.words} words")
+    return setup
+
+
+def mem_request_layout(addr_bits: int, count_bits: int) -> data.StructLayout:
+    return data.StructLayout({
+        "addr": addr_bits,  # first port word
+        "count": count_bits,  # port words to move, minus one
+        "write": 1,
+    })
+
+
+def mem_port_signature(*, addr_bits: int, data_width: int, count_bits: int) -> wiring.Signature:
+    """A memory port as its user sees it: requests and write words out, read words in."""
+    return wiring.Signature({
+        "req": Out(stream.Signature(mem_request_layout(addr_bits, count_bits))),
+        "w_data": Out(stream.Signature(data_width)),
+        "r_data": In(stream.Signature(data_width)),
+    })
+
+
+class SdramPort(wiring.Component):
+    """`SdramController` in the `sdram_domain`, behind async FIFOs, as a port of `domain`.
+
+    Parameters
+    ----------
+    sdram_hz:
+        The `sdram_domain`'s clock; the controller's timings are converted to it.
+    ratio:
+        SDRAM words per port word (a power of two).
+    read_delay, timing, geometry:
+        Passed to the controller (`read_delay`: the board's capture delay, `BOARD_READ_DELAY`
+        on the ULX3S).
+    fifo_depth:
+        Depth of the write-data and read-data FIFOs (port words); the request FIFO holds 4.
+
+    Members
+    -------
+    mem: In(mem_port_signature)
+        The port, in `domain`: `addr_bits` = the SDRAM's word address bits less log2(ratio),
+        `count_bits` = 16 less log2(ratio), `data_width` = 16 * ratio.
+    pins: Out(sdram_pins_signature)
+        The controller's SDRAM pins, in `sdram_domain`.
+    init_done: Out(1)
+        The controller has initialized the SDRAM (synchronized into `domain`). Requests made
+        before are held in the FIFO until then.
+    """
+
+    def __init__(self, sdram_hz: int, *, ratio: int = 1, read_delay: int = BOARD_READ_DELAY,
+                 timing: SdramTiming = SdramTiming(), geometry: SdramGeometry = SdramGeometry(),
+                 domain: str = "sync", sdram_domain: str = "sdram", fifo_depth: int = 16) -> None:
+        if ratio < 1 or ratio & (ratio - 1):
+            raise SdramError(f"ratio {ratio} is not a power of two")
+        self.shift = ratio.bit_length() - 1
+        if self.shift >= min(geometry.addr_bits, CONTROLLER_COUNT_BITS):
+            raise SdramError(f"ratio {ratio} is too large for a {geometry.words}-word SDRAM")
+        self.ratio, self.domain, self.sdram_domain, self.fifo_depth = ratio, domain, sdram_domain, fifo_depth
+        self.geometry, self.timing, self.read_delay, self.sdram_hz = geometry, timing, read_delay, sdram_hz
+        self.controller = SdramController(sdram_hz, timing=timing, geometry=geometry,
+                                          count_bits=CONTROLLER_COUNT_BITS, read_delay=read_delay)
+        super().__init__({
+            "mem": In(mem_port_signature(addr_bits=geometry.addr_bits - self.shift,
+                                         data_width=geometry.data_width * ratio,
+                                         count_bits=CONTROLLER_COUNT_BITS - self.shift)),
+            "pins": Out(sdram_pins_signature(geometry)),
+            "init_done": Out(1),
+        })
+
+    @property
+    def words(self) -> int:
+        """Port words the SDRAM holds."""
+        return self.geometry.words >> self.shift
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        core, sdram, g = self.domain, self.sdram_domain, self.geometry
+        m.submodules.controller = ctrl = DomainRenamer({"sync": sdram})(self.controller)
+        wiring.connect(m, ctrl.pins, wiring.flipped(self.pins))
+        m.submodules.init_done = FFSynchronizer(ctrl.init_done, self.init_done, o_domain=core)
+
+        # ---- requests: scaled to SDRAM words on the core side, then across
+        m.submodules.req_fifo = req_fifo = fifo.AsyncFIFO(
+            width=ctrl.req.payload.shape().size, depth=4, w_domain=core, r_domain=sdram)
+        request = Signal(ctrl.req.payload.shape())
+        m.d.comb += [
+            request.addr.eq(self.mem.req.payload.addr << self.shift),
+            request.count.eq(Cat(Const(self.ratio - 1, self.shift), self.mem.req.payload.count)),
+            request.write.eq(self.mem.req.payload.write),
+            req_fifo.w_data.eq(request),
+            req_fifo.w_en.eq(self.mem.req.valid),
+            self.mem.req.ready.eq(req_fifo.w_rdy),
+            ctrl.req.payload.eq(req_fifo.r_data),
+            ctrl.req.valid.eq(req_fifo.r_rdy),
+            req_fifo.r_en.eq(ctrl.req.ready),
+        ]
+
+        # ---- write words: across, then `ratio` SDRAM words each, lowest first
+        m.submodules.w_fifo = w_fifo = fifo.AsyncFIFO(
+            width=len(self.mem.w_data.payload), depth=self.fifo_depth, w_domain=core, r_domain=sdram)
+        wiring.connect(m, wiring.flipped(self.mem.w_data), w_fifo.w_stream)
+        if self.ratio == 1:
+            wiring.connect(m, w_fifo.r_stream, ctrl.w_data)
+        else:
+            word = Signal(len(self.mem.w_data.payload))
+            left = Signal(range(self.ratio + 1))  # SDRAM words of `word` not yet written
+            sent = ctrl.w_data.valid & ctrl.w_data.ready
+            take = w_fifo.r_rdy & ((left == 0) | ((left == 1) & sent))
+            m.d.comb += [ctrl.w_data.valid.eq(left != 0), ctrl.w_data.payload.eq(word[:g.data_width]),
+                         w_fifo.r_en.eq(take)]
+            with m.If(take):
+                m.d[sdram] += [word.eq(w_fifo.r_data), left.eq(self.ratio)]
+            with m.Elif(sent):
+                m.d[sdram] += [word.eq(word >> g.data_width), left.eq(left - 1)]
+
+        # ---- read words: `ratio` SDRAM words into one, then across
+        m.submodules.r_fifo = r_fifo = fifo.AsyncFIFO(
+            width=len(self.mem.r_data.payload), depth=self.fifo_depth, w_domain=sdram, r_domain=core)
+        wiring.connect(m, r_fifo.r_stream, wiring.flipped(self.mem.r_data))
+        if self.ratio == 1:
+            wiring.connect(m, ctrl.r_data, r_fifo.w_stream)
+        else:
+            word = Signal(len(self.mem.r_data.payload))
+            have = Signal(range(self.ratio + 1))  # SDRAM words in `word`
+            push = (have == self.ratio) & r_fifo.w_rdy
+            take = ctrl.r_data.valid & ctrl.r_data.ready
+            m.d.comb += [ctrl.r_data.ready.eq((have != self.ratio) | push),
+                         r_fifo.w_data.eq(word), r_fifo.w_en.eq(push)]
+            with m.If(take):  # each word in at the top: after `ratio` of them the first is lowest
+                m.d[sdram] += [word.eq(Cat(word[g.data_width:], ctrl.r_data.payload)),
+                               have.eq(Mux(push, 1, have + 1))]
+            with m.Elif(push):
+                m.d[sdram] += have.eq(0)
+        return m
+
+
+def sdram_io(m: Module, platform, pins: wiring.PureInterface, *, domain: str, clock_domain: str) -> None:
+    """The ULX3S's SDRAM pins for the `pins` of a controller clocked by `domain`: the chip's clock
+    forwarded from `clock_domain` (the PLL's phase-shifted output) through an ODDRX1F, every other
+    pin through an IO register of `domain` (so that all of them see the same clock-to-pad delay,
+    docs/sdram.md)."""
+    board_pins = platform.request("sdram", 0, dir="-")
+    m.submodules.sdram_clk_buf = clk_buf = io.DDRBuffer("o", board_pins.clk, o_domain=clock_domain)
+    m.d.comb += [clk_buf.o[0].eq(1), clk_buf.o[1].eq(0)]  # rises with clock_domain's clock
+    # The resource's control pins are active-low PinsN: the buffers take active-high values.
+    for name, value in (("clk_en", pins.cke), ("cs", ~pins.cs_n), ("we", ~pins.we_n), ("ras", ~pins.ras_n),
+                        ("cas", ~pins.cas_n), ("ba", pins.ba), ("a", pins.a), ("dqm", pins.dqm)):
+        m.submodules[f"sdram_{name}_buf"] = buf = io.FFBuffer("o", getattr(board_pins, name), o_domain=domain)
+        m.d.comb += buf.o.eq(value)
+    m.submodules.sdram_dq_buf = dq_buf = io.FFBuffer("io", board_pins.dq, i_domain=domain, o_domain=domain)
+    m.d.comb += [dq_buf.o.eq(pins.dq_o), dq_buf.oe.eq(pins.dq_oe), pins.dq_i.eq(dq_buf.i)]
