@@ -15,13 +15,15 @@ takes one at a time.
 """
 from __future__ import annotations
 
+import os
 import select
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from bitlane.contract.config import DEFAULT_BAUD, CoreConfig
+from bitlane.contract.config import DEFAULT_BAUD, FTDI_MIN_LATENCY_S, CoreConfig
 from bitlane.contract.protocol import BitlaneError
 
 
@@ -85,8 +87,36 @@ class ModelTransport(Transport):
         self._closed = True
 
 
+# Linux's ftdi_sio: one directory per USB serial tty, with the bridge's latency timer in milliseconds
+USB_SERIAL_SYSFS = Path("/sys/bus/usb-serial/devices")
+
+
+def tune_ftdi_latency(device: str, warn=None) -> int | None:
+    """Set the latency timer of an FTDI bridge behind tty `device` to its 1 ms minimum, where the OS lets
+    us (contract/config.py says why it matters: a response's last packet waits for it). Returns the timer
+    in ms now in effect, or None where the device is no ftdi_sio tty; `warn` (default: stderr) gets one
+    line saying how to set it when we may not."""
+    path = USB_SERIAL_SYSFS / Path(os.path.realpath(device)).name / "latency_timer"
+    try:
+        ms = int(path.read_text())
+    except (OSError, ValueError):
+        return None
+    want = round(FTDI_MIN_LATENCY_S * 1e3)
+    if ms <= want:
+        return ms
+    try:
+        path.write_text(f"{want}\n")
+        return want
+    except OSError:
+        (warn or (lambda line: print(line, file=sys.stderr)))(
+            f"{device}: the USB-UART's latency timer is {ms} ms, so each response may wait {ms} ms; "
+            f"`echo {want} | sudo tee {path}` sets it to {want} ms")
+        return ms
+
+
 class SerialTransport(Transport):
-    """pyserial: a UART device path or any pyserial URL."""
+    """pyserial: a UART device path or any pyserial URL. For a local FTDI tty, opening sets the bridge's
+    latency timer to 1 ms where permitted (`tune_ftdi_latency`; `latency_timer_ms` says what holds)."""
 
     def __init__(self, url: str, baud: int = DEFAULT_BAUD, pipeline_depth: int = 1, write_timeout: float = 30.0) -> None:
         import serial
@@ -98,6 +128,7 @@ class SerialTransport(Transport):
         except (serial.SerialException, ValueError, OSError) as e:
             raise TransportError(f"cannot open {self.description}: {e}") from None
         self._serial_exception = serial.SerialException
+        self.latency_timer_ms = None if "://" in url else tune_ftdi_latency(url)
 
     def write(self, data: bytes) -> None:
         try:
