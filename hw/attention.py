@@ -14,6 +14,8 @@ checks it equal to the reference's own "attn.out" on the shipped model and on ra
 sim_tests/test_attention.py checks the gateware equal to the model.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
@@ -33,6 +35,8 @@ EU_BITS = EXP_BITS + 2
 # Largest right shift that still matters: an int48 shifted by 47 is its sign; p <= 2^15 by 16 is 0.
 T_SHIFT_MAX = WIDE_BITS - 1
 P_SHIFT_MAX = MANT_BITS
+# Data bits of one block RAM (an ECP5 EBR without its parity bits); the cache is split to fit.
+EBR_BITS = 1 << 14
 
 
 class AttentionOp(enum.Enum, shape=2):
@@ -54,6 +58,12 @@ def command_layout(layers: int, kv_heads: int) -> data.StructLayout:
 
 
 OUTPUT_LAYOUT = data.StructLayout({"value": signed(MANT_BITS), "exponent": signed(EU_BITS), "last": unsigned(1)})
+
+
+def cache_slice_bits(depth: int) -> int:
+    """Bits of each of the cache's memories: as many as one block RAM of EBR_BITS holds at `depth`
+    words (an ECP5 DP16KD: 16384 x 1, 8192 x 2, 4096 x 4, 2048 x 8, ...); 1 beyond."""
+    return max(1, EBR_BITS >> (depth - 1).bit_length())
 
 
 def tree_levels(macs: int) -> int:
@@ -105,9 +115,11 @@ class AttentionUnit(wiring.Component):
       token-by-token prefill do: append position p, attend at p). Grouped-query attention:
       the caller passes ``kv_head = head // (heads // kv_heads)``.
 
-    Datapath: ``macs`` multipliers (one DSP each) shared by both passes. The cache is one
-    ``Memory`` of ``layers * kv_heads * 2 * context * G`` words of ``macs * kv_bits`` bits
-    (``G = head_dim / macs`` words per position; one read feeds every multiplier); the exponents
+    Datapath: ``macs`` multipliers (one DSP each) shared by both passes. The cache holds
+    ``layers * kv_heads * 2 * context * G`` words of ``macs * kv_bits`` bits (``G = head_dim /
+    macs`` words per position; one read feeds every multiplier), split into memories of
+    ``cache_slice_bits(depth)`` bits side by side so that each is one block RAM (no cascade
+    multiplexers: 16384 x 1 on the ECP5 for h128's cache at kv_bits 8); the exponents
     ``(ek, ev)`` per position and the maxima ``(ek*, ev*)`` per (layer, kv_head) are two small
     memories with byte writes. Pass 1 reads K word by word (``G`` cycles per position), multiplies
     by the query (held in a ring of ``G`` registers of ``macs`` lanes), sums the ``macs`` products
@@ -199,10 +211,9 @@ class AttentionUnit(wiring.Component):
 
         # ---- memories
         slots = self.layers * KV
-        m.submodules.cache = cache = Memory(shape=unsigned(macs * kvb), depth=slots * 2 * C * G, init=[])
         m.submodules.exps = exps = Memory(shape=unsigned(2 * EXP_BITS), depth=slots * C, init=[])  # context >= 2: depth >= 2
         m.submodules.maxima = maxima = Memory(shape=unsigned(2 * EXP_BITS), depth=max(slots, 2), init=[])  # no 0-bit address
-        cache_w, cache_r = cache.write_port(), cache.read_port()
+        cache_w, cache_r = self._cache(m, macs * kvb, slots * 2 * C * G)
         exps_w, exps_r = exps.write_port(granularity=EXP_BITS), exps.read_port()
         max_w, max_r = maxima.write_port(granularity=EXP_BITS), maxima.read_port()
 
@@ -343,12 +354,10 @@ class AttentionUnit(wiring.Component):
             advance.eq(~self.o.valid | self.o.ready),
             self.o.payload.exponent.eq(eu),
         ]
-        lanes = Signal(signed(WIDE_BITS))
-        m.d.comb += lanes.eq(ring[0][0])
-        with m.Switch(out_lane):
-            for k in range(macs):
-                with m.Case(k):
-                    m.d.comb += lanes.eq(ring[0][k])
+        # group 0's first lane leaves directly, the others through a shift register (no macs-way mux)
+        later = [Signal(signed(WIDE_BITS), name=f"later{k}") for k in range(macs - 1)]
+        first_lane = out_lane == 0
+        lanes = Mux(first_lane, ring[0][0], later[0]) if later else ring[0][0]
         with m.If(advance):
             m.d.sync += [
                 ov1.eq(source), ol1.eq(out_count == d - 1), selected.eq(lanes),
@@ -428,7 +437,7 @@ class AttentionUnit(wiring.Component):
                     m.next = "NORM"
             with m.State("NORM"):
                 m.d.comb += rotate.eq(1)
-                magnitude = [Mux(acc[-1], -acc, acc)[:WIDE_BITS] for acc in ring[0]]
+                magnitude = [((acc.as_unsigned() ^ acc[-1].replicate(WIDE_BITS)) + acc[-1])[:WIDE_BITS] for acc in ring[0]]
                 m.d.sync += [magnitudes.eq(magnitudes | _or(magnitude)), g.eq(g + 1)]
                 with m.If(g == G - 1):
                     m.d.sync += g.eq(0)
@@ -449,10 +458,31 @@ class AttentionUnit(wiring.Component):
                 m.d.comb += source.eq(out_count != d)
                 with m.If(out_take):
                     m.d.sync += [out_count.eq(out_count + 1), out_lane.eq(Mux(out_lane == macs - 1, 0, out_lane + 1))]
-                    m.d.comb += rotate.eq(out_lane == macs - 1)
+                    m.d.comb += rotate.eq(first_lane)
+                    m.d.sync += [a.eq(Mux(first_lane, b, c)) for a, b, c in zip(later, ring[0][1:], later[1:] + [0])]
                 with m.If(self.o.valid & self.o.ready & self.o.payload.last):
                     m.next = "IDLE"
         return m
+
+    @staticmethod
+    def _cache(m: Module, width: int, depth: int) -> tuple[SimpleNamespace, SimpleNamespace]:
+        """The cache: `depth` words of `width` bits, as memories of `cache_slice_bits(depth)` bits each
+        side by side (one block RAM each when the depth fits one), so that no output multiplexers
+        cascade block RAMs. Returns a write and a read port (addr, data, en) that drive them all."""
+        cells = {"addr": unsigned((depth - 1).bit_length()), "data": unsigned(width), "en": unsigned(1)}
+        ports = [SimpleNamespace(**{k: Signal(v, name=f"cache_{kind}_{k}") for k, v in cells.items()})
+                 for kind in ("w", "r")]
+        w, r = ports
+        step = cache_slice_bits(depth)
+        for n, lo in enumerate(range(0, width, step)):
+            bits = min(step, width - lo)
+            m.submodules[f"cache{n}"] = mem = Memory(shape=unsigned(bits), depth=depth, init=[])
+            write, read = mem.write_port(), mem.read_port()
+            m.d.comb += [
+                write.addr.eq(w.addr), write.data.eq(w.data[lo:lo + bits]), write.en.eq(w.en),
+                read.addr.eq(r.addr), read.en.eq(r.en), r.data[lo:lo + bits].eq(read.data),
+            ]
+        return w, r
 
     def _step(self, m: Module, j: Signal, g: Signal, r_addr: Signal, j_addr: Signal, pos: Signal) -> None:
         """One word read in a pass: the next word, position and exponent address."""
