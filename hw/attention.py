@@ -25,6 +25,7 @@ from amaranth.lib.wiring import In, Out
 from bitlane.contract.intmath import (
     EXP_BITS, EXP_FRAC, MANT_BITS, MAX_POSITIONS, RECIP_SHIFT, WIDE_BITS, fits, normalize, shift_right,
 )
+from bitlane.contract.decoder import append_cycles, attend_cycles, tree_levels  # noqa: F401  (the unit's cycles)
 from bitlane.hw.nonlinear import _bit_length
 from bitlane.hw.softmax import SCALE_BITS, SoftmaxRow, softmax_row
 
@@ -64,35 +65,6 @@ def cache_slice_bits(depth: int) -> int:
     """Bits of each of the cache's memories: as many as one block RAM of EBR_BITS holds at `depth`
     words (an ECP5 DP16KD: 16384 x 1, 8192 x 2, 4096 x 4, 2048 x 8, ...); 1 beyond."""
     return max(1, EBR_BITS >> (depth - 1).bit_length())
-
-
-def tree_levels(macs: int) -> int:
-    """Registered adder levels that sum `macs` products: ceil(log2(macs))."""
-    return (macs - 1).bit_length()
-
-
-def append_cycles(head_dim: int) -> int:
-    """Cycles an APPEND_K / APPEND_V occupies the unit with no input gaps: from the cycle its command
-    is taken to the cycle the next command can be (the command, one set-up cycle, d elements)."""
-    return head_dim + 2
-
-
-def attend_cycles(p: int, head_dim: int, macs: int) -> int:
-    """Cycles an ATTEND at position `p` occupies the unit with no input gaps and `o.ready` held high:
-    from the cycle its command is taken to the cycle the next command can be (the cycle after the
-    last output is taken). With G = head_dim / macs words per position and T = tree_levels(macs):
-
-        2 d + (2 p + 1) G + T + 18 + max(2 G + 5, SoftmaxRow.ROW_LATENCY)      (8 p + 173 for d 64, macs 16)
-
-    Step by step as the gateware runs it (cycle 0 takes the command):"""
-    d, G, T = head_dim, head_dim // macs, tree_levels(macs)
-    score_end = 1 + d + (p + 1) * G          # set-up, d query elements, then the last K word is read
-    last_score = score_end + 6 + T           # memory, its register, operands, products, T tree levels, dot_j, t_p
-    first_weight = last_score + 1 + SoftmaxRow.LATENCY  # p_0 is taken and the first V word read
-    last_weight = first_weight + p * G       # p_p is taken: G cycles per position
-    row = max(last_weight + G - 1 + 6 + G,   # its last product in, G cycles of max |acc|, the encoder
-              last_weight + SoftmaxRow.ROW_LATENCY)  # SoftmaxRow's factor(sum) and recip16, taken
-    return row + 4 + d                       # three output stages, d outputs, then idle
 
 
 class AttentionUnit(wiring.Component):
