@@ -31,6 +31,10 @@ class DecoderShape:
     # operands start at multiples of P (contract/decoder.py); a power of two, at most the core's lanes
     # and k_per_cycle (CoreConfig checks)
     vector_lanes: int = 16
+    # the attention unit's multipliers (one DSP each): a score or weighted-V pass reads head_dim /
+    # attention_macs cache words per position (contract/decoder.py `attend_cycles`), and the cache's
+    # words are attention_macs mantissas wide; a divisor of head_dim. Not in the INFO record.
+    attention_macs: int = 16
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -38,6 +42,9 @@ class DecoderShape:
                 raise ValueError(f"decoder shape: {name} must be >= 1, got {value}")
         if self.vector_lanes & (self.vector_lanes - 1):
             raise ValueError(f"decoder shape: vector_lanes must be a power of two, got {self.vector_lanes}")
+        if self.head_dim % self.attention_macs:
+            raise ValueError(f"decoder shape: attention_macs {self.attention_macs} must divide head_dim "
+                             f"{self.head_dim}")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ has; a value leaving its width raises `WidthError` naming the instruction, as go
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from enum import IntEnum
 
 import numpy as np
@@ -52,6 +52,7 @@ from .intmath import (EPS_LIMIT, EXP_BITS, EXP_FRAC, EXP_SAT, FACTOR_ONE, MANT_B
                       RECIP_SHIFT, WIDE_BITS, WidthError, cos_q14, exp2_neg, factor, factor_mul, normalize, recip16,
                       rope_phase, rsqrt_factor, scale_saturating, shift_right, sin_q14)
 from .config import CoreConfig
+from .packing import tiles
 from .protocol import Capabilities, WireRecord, wire, wire_record
 
 REGISTERS = 64         # scalar registers (R0 reads 0)
@@ -167,12 +168,17 @@ class MachineShape:
     context: int
     program_depth: int
     vector_lanes: int = 1
+    # the attention unit's multipliers: only its speed depends on it, and the INFO record does not
+    # carry it (from_capabilities assumes the default; from_config has the configuration's)
+    attention_macs: int = 16
 
     def __post_init__(self) -> None:
         p = self.vector_lanes
         if p < 1 or p & (p - 1) or p > self.lanes or p > self.k_per_cycle:
             raise ValueError(f"vector_lanes {p}: a power of two, at most lanes {self.lanes} and k_per_cycle "
                              f"{self.k_per_cycle}")
+        if self.attention_macs < 1 or self.head_dim % self.attention_macs:
+            raise ValueError(f"attention_macs {self.attention_macs} must divide head_dim {self.head_dim}")
 
     @classmethod
     def from_capabilities(cls, caps: Capabilities) -> "MachineShape":
@@ -185,8 +191,10 @@ class MachineShape:
 
     @classmethod
     def from_config(cls, config: CoreConfig) -> "MachineShape":
-        """The engine of a configuration (its `decoder`), through the INFO record it answers."""
-        return cls.from_capabilities(Capabilities.from_config(config))
+        """The engine of a configuration (its `decoder`), through the INFO record it answers, with the
+        attention unit's multipliers (which that record lacks)."""
+        shape = cls.from_capabilities(Capabilities.from_config(config))
+        return replace(shape, attention_macs=config.decoder.attention_macs)
 
 
 # ----------------------------------------------------------------------------- the attention unit's function
@@ -522,6 +530,148 @@ class DecoderMachine:
         self._set(ins.r0, eu)
 
 
+# ----------------------------------------------------------------------------- the engine's cycles
+#
+# One definition of how many cycles each instruction takes on the gateware (hw/decoder.py and its
+# units are built to these numbers and their sim tests measure them), used by the functional model
+# (a DECODE's `cycles`, sw/model_device.py) and bench/decoder_bench.py.
+
+ISSUE_CYCLES = 3          # the engine's decode, register read and start cycles of every instruction
+TRUN_HANDSHAKE = 1        # the cycle a TRUN's `core_done` is seen, past its RUN's cycles
+VECTOR_STAGES = 11        # the vector unit's pipeline for one lane: start + words + 11 is done
+STREAM_CYCLES = 6         # a stream op (KVAPPEND, ATTEND's query) past its n elements, one a cycle
+ATTEND_DRAIN = 4          # an ATTEND's last output through the vector unit to D, past the attention unit's
+RECIP_CYCLES = MANT_BITS  # Recip16: one quotient bit a cycle (hw/nonlinear.py Recip16.ITERATIONS)
+RSQRT_CYCLES = 8          # RsqrtFactor's pipeline (hw/nonlinear.py RsqrtFactor.LATENCY)
+SOFTMAX_LATENCY = 6       # SoftmaxRow: score taken to its first weight (hw/softmax.py)
+SOFTMAX_ROW_LATENCY = RECIP_CYCLES + 3  # SoftmaxRow: factor(sum) and recip16 after the last score
+ATTEND_FIXED = 18         # AttentionUnit: set-up, memory, its register, operand, product and output stages
+# the scalar unit's cycles from start to done (hw/decoder_scalar.py), 1 for the ops not named
+SCALAR_CYCLES = {Op.FACTOR: 2, Op.FMUL: 3, Op.RSQRT: RSQRT_CYCLES + 2, Op.QFACTOR: RECIP_CYCLES + 3,
+                 Op.EPS: RECIP_CYCLES + 7}
+SCALAR_OPS = frozenset({Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT, Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR,
+                        Op.EPS})
+
+
+def tree_stages(p: int) -> int:
+    """Register stages of the vector unit's reduction trees over p lanes: two levels a stage."""
+    return ((p - 1).bit_length() + 1) // 2
+
+
+def vector_latency(vector_lanes: int = 1) -> int:
+    """L: a vector op's `done` comes in cycle start + words + L (hw/decoder_vector.py)."""
+    return VECTOR_STAGES + tree_stages(vector_lanes)
+
+
+def vector_cycles(op: int, n: int, vector_lanes: int = 1) -> int:
+    """Cycles one op occupies the vector unit, from its `start` to the first cycle another start is
+    taken: ceil(n / P) + L + 1 for a vector op (VPHASE: n + L + 1); the least (no backpressure)
+    for a stream op."""
+    if op in (Op.KVAPPEND, Op.ATTEND):
+        return n + STREAM_CYCLES if n else 3
+    if op not in VECTOR_OPS:
+        raise ValueError(f"{Op(op).name} is not an op of the vector unit")
+    words = n if op == Op.VPHASE else -(-n // vector_lanes)
+    return words + vector_latency(vector_lanes) + 1
+
+
+def scalar_cycles(op: int) -> int:
+    """The scalar unit's cycles of one op, from `start` to `done`."""
+    return SCALAR_CYCLES.get(Op(op), 1)
+
+
+def tree_levels(macs: int) -> int:
+    """Registered adder levels of the attention unit's dot product over `macs` products."""
+    return (macs - 1).bit_length()
+
+
+def append_cycles(head_dim: int) -> int:
+    """Cycles an APPEND_K / APPEND_V occupies the attention unit with no input gaps: from the cycle its
+    command is taken to the cycle the next command can be (the command, one set-up cycle, d elements)."""
+    return head_dim + 2
+
+
+def attend_cycles(p: int, head_dim: int, macs: int) -> int:
+    """Cycles an ATTEND at position `p` occupies the attention unit (hw/attention.py) with no input gaps
+    and its output taken at once: from the cycle its command is taken to the cycle the next command
+    can be. With G = head_dim / macs words per position and T = tree_levels(macs):
+
+        2 d + (2 p + 1) G + T + 18 + max(2 G + 5, SOFTMAX_ROW_LATENCY)      (8 p + 173 for d 64, macs 16)
+
+    Step by step as the gateware runs it (cycle 0 takes the command):"""
+    d, G, T = head_dim, head_dim // macs, tree_levels(macs)
+    score_end = 1 + d + (p + 1) * G          # set-up, d query elements, then the last K word is read
+    last_score = score_end + 6 + T           # memory, its register, operands, products, T tree levels, dot_j, t_p
+    first_weight = last_score + 1 + SOFTMAX_LATENCY  # p_0 is taken and the first V word read
+    last_weight = first_weight + p * G       # p_p is taken: G cycles per position
+    row = max(last_weight + G - 1 + 6 + G,   # its last product in, G cycles of max |acc|, the encoder
+              last_weight + SOFTMAX_ROW_LATENCY)  # SoftmaxRow's factor(sum) and recip16, taken
+    return row + 4 + d                       # three output stages, d outputs, then idle
+
+
+CYCLE_CLASSES = ("core", "attention", "vector", "scalar", "issue")
+
+
+@dataclass
+class DecodeCycles:
+    """One DECODE token's engine cycles, split as the engine's counters split them: the ternary core's
+    TRUNs (`runs` of them its RUNs' own cycles), the attention unit's KVAPPEND and ATTEND, the vector and
+    scalar units, and the engine's issue cycles."""
+
+    core: int = 0
+    attention: int = 0
+    vector: int = 0
+    scalar: int = 0
+    issue: int = 0
+    runs: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.core + self.attention + self.vector + self.scalar + self.issue
+
+    def __add__(self, other: "DecodeCycles") -> "DecodeCycles":
+        return DecodeCycles(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+def run_cycles(rows: int, cols: int, lanes: int, k_per_cycle: int, run_overhead: int) -> int:
+    """One vector's RUN on the ternary core: its busy cycles and its stall cycles (CoreConfig.run_overhead)."""
+    row_tiles, k_steps = tiles(rows, cols, lanes, k_per_cycle)
+    return row_tiles * k_steps + run_overhead
+
+
+def instruction_cycles(ins: Instruction, pos: int, shape: MachineShape, run_overhead: int) -> DecodeCycles:
+    """Engine cycles of one instruction of a DECODE at position `pos` on an engine of `shape` whose core
+    stalls `run_overhead` cycles per RUN: every instruction, HALT included, takes ISSUE_CYCLES, and every
+    other one its unit's cycles from start to done (the engine counts them to the unit)."""
+    op = Op(ins.op)
+    cycles = DecodeCycles(issue=ISSUE_CYCLES)
+    if op in VECTOR_OPS:
+        cycles.vector = vector_cycles(op, ins.n, shape.vector_lanes)
+    elif op == Op.KVAPPEND:
+        cycles.attention = vector_cycles(op, ins.n, shape.vector_lanes)
+    elif op == Op.ATTEND:
+        cycles.attention = attend_cycles(pos, ins.n, shape.attention_macs) + ATTEND_DRAIN
+    elif op == Op.TRUN:
+        cycles.runs = run_cycles(ins.n, ins.b_addr, shape.lanes, shape.k_per_cycle, run_overhead)
+        cycles.core = cycles.runs + TRUN_HANDSHAKE
+    elif op in SCALAR_OPS:
+        cycles.scalar = scalar_cycles(op) + 1
+    return cycles
+
+
+def decode_cycles(program: Sequence[Instruction], pos: int, shape: MachineShape, run_overhead: int) -> DecodeCycles:
+    """Engine cycles of one DECODE token at position `pos`: the program up to and including its first HALT
+    (what the gateware's counters give, for the programs of sw/decoder_program.py)."""
+    total = DecodeCycles()
+    for ins in program:
+        total = total + instruction_cycles(ins, pos, shape, run_overhead)
+        if ins.op == Op.HALT:
+            break
+    return total
+
+
 __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "ProgramError", "attend_head",
            "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "WRITABLE_BANKS",
-           "TernaryRun"]
+           "TernaryRun", "DecodeCycles", "decode_cycles", "instruction_cycles", "vector_cycles", "vector_latency",
+           "scalar_cycles", "attend_cycles", "append_cycles", "tree_levels", "tree_stages", "run_cycles",
+           "CYCLE_CLASSES", "SCALAR_OPS"]

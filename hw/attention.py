@@ -14,6 +14,8 @@ checks it equal to the reference's own "attn.out" on the shipped model and on ra
 sim_tests/test_attention.py checks the gateware equal to the model.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
@@ -23,6 +25,7 @@ from amaranth.lib.wiring import In, Out
 from bitlane.contract.intmath import (
     EXP_BITS, EXP_FRAC, MANT_BITS, MAX_POSITIONS, RECIP_SHIFT, WIDE_BITS, fits, normalize, shift_right,
 )
+from bitlane.contract.decoder import append_cycles, attend_cycles, tree_levels  # noqa: F401  (the unit's cycles)
 from bitlane.hw.nonlinear import _bit_length
 from bitlane.hw.softmax import SCALE_BITS, SoftmaxRow, softmax_row
 
@@ -33,6 +36,8 @@ EU_BITS = EXP_BITS + 2
 # Largest right shift that still matters: an int48 shifted by 47 is its sign; p <= 2^15 by 16 is 0.
 T_SHIFT_MAX = WIDE_BITS - 1
 P_SHIFT_MAX = MANT_BITS
+# Data bits of one block RAM (an ECP5 EBR without its parity bits); the cache is split to fit.
+EBR_BITS = 1 << 14
 
 
 class AttentionOp(enum.Enum, shape=2):
@@ -56,33 +61,10 @@ def command_layout(layers: int, kv_heads: int) -> data.StructLayout:
 OUTPUT_LAYOUT = data.StructLayout({"value": signed(MANT_BITS), "exponent": signed(EU_BITS), "last": unsigned(1)})
 
 
-def tree_levels(macs: int) -> int:
-    """Registered adder levels that sum `macs` products: ceil(log2(macs))."""
-    return (macs - 1).bit_length()
-
-
-def append_cycles(head_dim: int) -> int:
-    """Cycles an APPEND_K / APPEND_V occupies the unit with no input gaps: from the cycle its command
-    is taken to the cycle the next command can be (the command, one set-up cycle, d elements)."""
-    return head_dim + 2
-
-
-def attend_cycles(p: int, head_dim: int, macs: int) -> int:
-    """Cycles an ATTEND at position `p` occupies the unit with no input gaps and `o.ready` held high:
-    from the cycle its command is taken to the cycle the next command can be (the cycle after the
-    last output is taken). With G = head_dim / macs words per position and T = tree_levels(macs):
-
-        2 d + (2 p + 1) G + T + 17 + max(2 G + 4, SoftmaxRow.ROW_LATENCY)      (8 p + 172 for d 64, macs 16)
-
-    Step by step as the gateware runs it (cycle 0 takes the command):"""
-    d, G, T = head_dim, head_dim // macs, tree_levels(macs)
-    score_end = 1 + d + (p + 1) * G          # set-up, d query elements, then the last K word is read
-    last_score = score_end + 5 + T           # memory, operands, products, T tree levels, dot_j, t_p taken
-    first_weight = last_score + 1 + SoftmaxRow.LATENCY  # p_0 is taken and the first V word read
-    last_weight = first_weight + p * G       # p_p is taken: G cycles per position
-    row = max(last_weight + G - 1 + 5 + G,   # its last product in, G cycles of max |acc|, the encoder
-              last_weight + SoftmaxRow.ROW_LATENCY)  # SoftmaxRow's factor(sum) and recip16, taken
-    return row + 4 + d                       # three output stages, d outputs, then idle
+def cache_slice_bits(depth: int) -> int:
+    """Bits of each of the cache's memories: as many as one block RAM of EBR_BITS holds at `depth`
+    words (an ECP5 DP16KD: 16384 x 1, 8192 x 2, 4096 x 4, 2048 x 8, ...); 1 beyond."""
+    return max(1, EBR_BITS >> (depth - 1).bit_length())
 
 
 class AttentionUnit(wiring.Component):
@@ -105,9 +87,11 @@ class AttentionUnit(wiring.Component):
       token-by-token prefill do: append position p, attend at p). Grouped-query attention:
       the caller passes ``kv_head = head // (heads // kv_heads)``.
 
-    Datapath: ``macs`` multipliers (one DSP each) shared by both passes. The cache is one
-    ``Memory`` of ``layers * kv_heads * 2 * context * G`` words of ``macs * kv_bits`` bits
-    (``G = head_dim / macs`` words per position; one read feeds every multiplier); the exponents
+    Datapath: ``macs`` multipliers (one DSP each) shared by both passes. The cache holds
+    ``layers * kv_heads * 2 * context * G`` words of ``macs * kv_bits`` bits (``G = head_dim /
+    macs`` words per position; one read feeds every multiplier), split into memories of
+    ``cache_slice_bits(depth)`` bits side by side so that each is one block RAM (no cascade
+    multiplexers: 16384 x 1 on the ECP5 for h128's cache at kv_bits 8); the exponents
     ``(ek, ev)`` per position and the maxima ``(ek*, ev*)`` per (layer, kv_head) are two small
     memories with byte writes. Pass 1 reads K word by word (``G`` cycles per position), multiplies
     by the query (held in a ring of ``G`` registers of ``macs`` lanes), sums the ``macs`` products
@@ -122,7 +106,7 @@ class AttentionUnit(wiring.Component):
 
     Cycle contract: an APPEND occupies the unit ``append_cycles(d) = d + 2`` cycles, an ATTEND at
     ``p`` ``attend_cycles(p, d, macs)`` cycles (with no input gaps and ``o.ready`` high; about
-    ``2 (p + 1) G + 2 d + 40``: 8 p + 172 for d = 64, macs = 16; the function spells out each
+    ``2 (p + 1) G + 2 d + 40``: 8 p + 173 for d = 64, macs = 16; the function spells out each
     step), counted from the cycle the command is taken to the cycle the next one can be. The
     query is taken from the second cycle after the command; outputs leave one per cycle. Input
     gaps and output backpressure only add their own cycles; ``i.ready`` and ``cmd.ready`` are
@@ -199,10 +183,9 @@ class AttentionUnit(wiring.Component):
 
         # ---- memories
         slots = self.layers * KV
-        m.submodules.cache = cache = Memory(shape=unsigned(macs * kvb), depth=slots * 2 * C * G, init=[])
         m.submodules.exps = exps = Memory(shape=unsigned(2 * EXP_BITS), depth=slots * C, init=[])  # context >= 2: depth >= 2
         m.submodules.maxima = maxima = Memory(shape=unsigned(2 * EXP_BITS), depth=max(slots, 2), init=[])  # no 0-bit address
-        cache_w, cache_r = cache.write_port(), cache.read_port()
+        cache_w, cache_r = self._cache(m, macs * kvb, slots * 2 * C * G)
         exps_w, exps_r = exps.write_port(granularity=EXP_BITS), exps.read_port()
         max_w, max_r = maxima.write_port(granularity=EXP_BITS), maxima.read_port()
 
@@ -250,40 +233,41 @@ class AttentionUnit(wiring.Component):
         r_addr = Signal(range(slots * 2 * C * G))
         j_addr = Signal(range(max(slots * C, 2)))
         issue, second = Signal(), Signal()  # a word is read this cycle; in pass 2
-        v1, v2, v3 = Signal(), Signal(), Signal()
-        s1, s2, s3 = Signal(), Signal(), Signal()           # pass 2
-        lg1, lg2, lg3 = Signal(), Signal(), Signal()        # the position's last word
-        lp1, lp2, lp3 = Signal(), Signal(), Signal()        # the last position
-        q1 = [Signal(signed(MANT_BITS), name=f"q1_{k}") for k in range(macs)]
-        p1 = Signal(MANT_BITS)                              # p_j <= 2^15
-        a2 = [Signal(signed(MANT_BITS + 1), name=f"a2_{k}") for k in range(macs)]
+        # stage k's flags: valid, pass 2, the position's last word, the last position
+        v = [Signal(name=f"valid{k}") for k in range(1, 5)]
+        sec = [Signal(name=f"second{k}") for k in range(1, 5)]
+        lg = [Signal(name=f"last_word{k}") for k in range(1, 5)]
+        lp = [Signal(name=f"last_pos{k}") for k in range(1, 5)]
+        p1, p2 = Signal(MANT_BITS), Signal(MANT_BITS)       # p_j <= 2^15
+        q2 = [Signal(signed(MANT_BITS), name=f"q2_{k}") for k in range(macs)]
         b2 = [Signal(signed(kvb), name=f"b2_{k}") for k in range(macs)]
-        t_shift2, t_shift3 = Signal(range(T_SHIFT_MAX + 1)), Signal(range(T_SHIFT_MAX + 1))
+        a3 = [Signal(signed(MANT_BITS + 1), name=f"a3_{k}") for k in range(macs)]
+        b3 = [Signal(signed(kvb), name=f"b3_{k}") for k in range(macs)]
+        e_diff = Signal(EXP_BITS)  # ek* - ek_j or ev* - ev_j, in [0, 255] (the maxima are maxima)
+        t_shift3, t_shift4 = Signal(range(T_SHIFT_MAX + 1)), Signal(range(T_SHIFT_MAX + 1))
         products = [Signal(signed(MANT_BITS + 1 + kvb), name=f"product{k}") for k in range(macs)]
         m.d.comb += [
             cache_r.addr.eq(r_addr), cache_r.en.eq(issue),
             exps_r.addr.eq(j_addr), exps_r.en.eq(issue),
         ]
-        e_diff = Signal(EXP_BITS)  # ek* - ek_j or ev* - ev_j, in [0, 255] (the maxima are maxima)
-        m.d.comb += e_diff.eq(Mux(s1, ev_max - ev_r, ek_max - ek_r))
-        weight = p1 >> Mux(e_diff > P_SHIFT_MAX, P_SHIFT_MAX, e_diff)[:(P_SHIFT_MAX).bit_length()]
+        weight = p2 >> Mux(e_diff > P_SHIFT_MAX, P_SHIFT_MAX, e_diff)[:P_SHIFT_MAX.bit_length()]
         m.d.sync += [
-            v1.eq(issue), s1.eq(second), v2.eq(v1), s2.eq(s1), v3.eq(v2), s3.eq(s2),
-            lg1.eq(g == G - 1), lg2.eq(lg1), lg3.eq(lg2),
-            lp1.eq(j == pos), lp2.eq(lp1), lp3.eq(lp2),
-            t_shift2.eq(Mux(e_diff > T_SHIFT_MAX, T_SHIFT_MAX, e_diff)), t_shift3.eq(t_shift2),
+            v[0].eq(issue), sec[0].eq(second), lg[0].eq(g == G - 1), lp[0].eq(j == pos),
+            *(later.eq(earlier) for flags in (v, sec, lg, lp) for earlier, later in zip(flags, flags[1:])),
+            # stage 2: the block RAMs' data registered (their clock-to-output is slow), the exponent
+            # difference; the query group read in stage 0 is at the back of the ring now
+            e_diff.eq(Mux(sec[0], ev_max - ev_r, ek_max - ek_r)), p2.eq(p1),
+            *(a.eq(b) for a, b in zip(q2, query[G - 1])),
+            *(b2[k].eq(cache_r.data[k * kvb:(k + 1) * kvb].as_signed()) for k in range(macs)),
+            # stage 3: the operands; stage 4: the products
+            t_shift3.eq(Mux(e_diff > T_SHIFT_MAX, T_SHIFT_MAX, e_diff)), t_shift4.eq(t_shift3),
+            *(a3[k].eq(Mux(sec[1], weight, q2[k])) for k in range(macs)),
+            *(a.eq(b) for a, b in zip(b3, b2)),
+            *(products[k].eq(a3[k] * b3[k]) for k in range(macs)),
         ]
-        with m.If(issue):
-            m.d.sync += [q1[k].eq(query[0][k]) for k in range(macs)]
-        for k in range(macs):
-            m.d.sync += [
-                a2[k].eq(Mux(s1, weight, q1[k])),
-                b2[k].eq(cache_r.data[k * kvb:(k + 1) * kvb].as_signed()),
-                products[k].eq(a2[k] * b2[k]),
-            ]
 
         # ---- pass 1: adder tree, dot_j, t_j into SoftmaxRow
-        level, valid, last_word, last_pos, shift = list(products), v3 & ~s3, lg3, lp3, t_shift3
+        level, valid, last_word, last_pos, shift = list(products), v[3] & ~sec[3], lg[3], lp[3], t_shift4
         depth = 0
         while len(level) > 1:
             depth += 1
@@ -315,7 +299,7 @@ class AttentionUnit(wiring.Component):
         # the products in flight) or just moved on, and goes to the back
         ring = [[Signal(signed(WIDE_BITS), name=f"acc{gr}_{k}") for k in range(macs)] for gr in range(G)]
         rotate, clear = Signal(), Signal()
-        add = v3 & s3
+        add = v[3] & sec[3]
         with m.If(clear):
             m.d.sync += [acc.eq(0) for group in ring for acc in group]
         with m.Elif(rotate | add):
@@ -343,12 +327,10 @@ class AttentionUnit(wiring.Component):
             advance.eq(~self.o.valid | self.o.ready),
             self.o.payload.exponent.eq(eu),
         ]
-        lanes = Signal(signed(WIDE_BITS))
-        m.d.comb += lanes.eq(ring[0][0])
-        with m.Switch(out_lane):
-            for k in range(macs):
-                with m.Case(k):
-                    m.d.comb += lanes.eq(ring[0][k])
+        # group 0's first lane leaves directly, the others through a shift register (no macs-way mux)
+        later = [Signal(signed(WIDE_BITS), name=f"later{k}") for k in range(macs - 1)]
+        first_lane = out_lane == 0
+        lanes = Mux(first_lane, ring[0][0], later[0]) if later else ring[0][0]
         with m.If(advance):
             m.d.sync += [
                 ov1.eq(source), ol1.eq(out_count == d - 1), selected.eq(lanes),
@@ -424,11 +406,11 @@ class AttentionUnit(wiring.Component):
                     with m.If((j == pos) & (g == G - 1)):
                         m.next = "DRAIN"
             with m.State("DRAIN"):
-                with m.If(~v1 & ~v2):  # the last product is added this cycle
+                with m.If(~v[0] & ~v[1] & ~v[2]):  # the last product is added this cycle
                     m.next = "NORM"
             with m.State("NORM"):
                 m.d.comb += rotate.eq(1)
-                magnitude = [Mux(acc[-1], -acc, acc)[:WIDE_BITS] for acc in ring[0]]
+                magnitude = [((acc.as_unsigned() ^ acc[-1].replicate(WIDE_BITS)) + acc[-1])[:WIDE_BITS] for acc in ring[0]]
                 m.d.sync += [magnitudes.eq(magnitudes | _or(magnitude)), g.eq(g + 1)]
                 with m.If(g == G - 1):
                     m.d.sync += g.eq(0)
@@ -449,10 +431,31 @@ class AttentionUnit(wiring.Component):
                 m.d.comb += source.eq(out_count != d)
                 with m.If(out_take):
                     m.d.sync += [out_count.eq(out_count + 1), out_lane.eq(Mux(out_lane == macs - 1, 0, out_lane + 1))]
-                    m.d.comb += rotate.eq(out_lane == macs - 1)
+                    m.d.comb += rotate.eq(first_lane)
+                    m.d.sync += [a.eq(Mux(first_lane, b, c)) for a, b, c in zip(later, ring[0][1:], later[1:] + [0])]
                 with m.If(self.o.valid & self.o.ready & self.o.payload.last):
                     m.next = "IDLE"
         return m
+
+    @staticmethod
+    def _cache(m: Module, width: int, depth: int) -> tuple[SimpleNamespace, SimpleNamespace]:
+        """The cache: `depth` words of `width` bits, as memories of `cache_slice_bits(depth)` bits each
+        side by side (one block RAM each when the depth fits one), so that no output multiplexers
+        cascade block RAMs. Returns a write and a read port (addr, data, en) that drive them all."""
+        cells = {"addr": unsigned((depth - 1).bit_length()), "data": unsigned(width), "en": unsigned(1)}
+        ports = [SimpleNamespace(**{k: Signal(v, name=f"cache_{kind}_{k}") for k, v in cells.items()})
+                 for kind in ("w", "r")]
+        w, r = ports
+        step = cache_slice_bits(depth)
+        for n, lo in enumerate(range(0, width, step)):
+            bits = min(step, width - lo)
+            m.submodules[f"cache{n}"] = mem = Memory(shape=unsigned(bits), depth=depth, init=[])
+            write, read = mem.write_port(), mem.read_port()
+            m.d.comb += [
+                write.addr.eq(w.addr), write.data.eq(w.data[lo:lo + bits]), write.en.eq(w.en),
+                read.addr.eq(r.addr), read.en.eq(r.en), r.data[lo:lo + bits].eq(read.data),
+            ]
+        return w, r
 
     def _step(self, m: Module, j: Signal, g: Signal, r_addr: Signal, j_addr: Signal, pos: Signal) -> None:
         """One word read in a pass: the next word, position and exponent address."""

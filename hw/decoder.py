@@ -18,7 +18,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.decoder import REG_BITS, REGISTERS, VECTOR_OPS, Instruction, MachineShape, Op
+from bitlane.contract.decoder import ISSUE_CYCLES, REG_BITS, REGISTERS, SCALAR_OPS, VECTOR_OPS, Instruction, MachineShape, Op
 from bitlane.hw.attention import AttentionOp, AttentionUnit
 from bitlane.hw.core import TernaryCore, core_signature
 from bitlane.hw.decoder_scalar import PAIR_RESULT, ScalarUnit
@@ -30,12 +30,9 @@ InstructionLayout = layout(Instruction)
 CORE_FACING = frozenset({"act_wr_addr", "act_wr_data", "act_wr_en", "out_rd_addr", "out_rd_data", "core_start",
                          "core_run", "core_done"})
 READS = 5             # registers read per instruction (one port each): r1, r1 + 1, r2, r2 + 1, r3
-ISSUE_CYCLES = 3      # decode (the word was fetched while the previous instruction ran), read, start
 COUNTER_BITS = 32
 # ops that write R[r0] from the vector unit's y0 (VNORM also writes R[r2] from y2)
 VECTOR_RESULT = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VSCALE, Op.VROPE, Op.VRELU2, Op.VMUL})
-SCALAR_OPS = frozenset({Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT, Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR,
-                        Op.EPS})
 
 
 def engine_signature(shape: MachineShape) -> wiring.Signature:
@@ -99,8 +96,8 @@ class DecoderEngine(wiring.Component):
     word (lanes of 32 bits, sign-extended) the cycle after `out_rd_addr`.
     """
 
-    def __init__(self, shape: MachineShape, kv_bits: int = 16, macs: int = 16) -> None:
-        self.shape, self.kv_bits, self.macs = shape, kv_bits, macs
+    def __init__(self, shape: MachineShape, kv_bits: int = 16) -> None:
+        self.shape, self.kv_bits = shape, kv_bits
         super().__init__(engine_signature(shape))
 
     def elaborate(self, platform) -> Module:
@@ -115,7 +112,7 @@ class DecoderEngine(wiring.Component):
                                                   shape.out_depth, shape.act_depth, shape.vector_lanes)
         m.submodules.attention = attention = AttentionUnit(
             head_dim=shape.head_dim, kv_heads=shape.kv_heads, layers=shape.layers, context=shape.context,
-            kv_bits=self.kv_bits, macs=self.macs)
+            kv_bits=self.kv_bits, macs=shape.attention_macs)
         prog_wr, prog_rd = program.write_port(), program.read_port()
         reg_wr = registers.write_port()
         # one read port per operand (yosys copies the small register file); transparent, so that the
@@ -269,11 +266,11 @@ class DecoderCore(wiring.Component):
     engine runs, it owns the core's activation writes, output reads and RUN start; otherwise the v1
     ports do, so matmul mode and decoder mode share one set of memories."""
 
-    def __init__(self, config: CoreConfig, kv_bits: int = 16, macs: int = 16) -> None:
+    def __init__(self, config: CoreConfig, kv_bits: int = 16) -> None:
         if config.decoder is None:
             raise ValueError(f"config {config.name!r} has no decoder engine")
         shape = MachineShape.from_config(config)
-        self.config, self.shape, self.kv_bits, self.macs = config, shape, kv_bits, macs
+        self.config, self.shape, self.kv_bits = config, shape, kv_bits
         engine = {f"engine_{name}": member for name, member in engine_host_signature(shape).members.items()}
         super().__init__({**core_signature(config).members, **engine})
 
@@ -292,7 +289,7 @@ class DecoderCore(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         m.submodules.core = core = TernaryCore(self.config)
-        m.submodules.engine = engine = DecoderEngine(self.shape, self.kv_bits, self.macs)
+        m.submodules.engine = engine = DecoderEngine(self.shape, self.kv_bits)
         for name, member in engine_host_signature(self.shape).members.items():
             ours, theirs = getattr(self, f"engine_{name}"), getattr(engine, name)
             if member.flow == wiring.In:

@@ -7,25 +7,21 @@ contract's ``factor``), one unsigned 16 x 16 multiplier, and the existing ``Reci
 
 Cycle contract (from ``start`` to ``done``, inclusive of the start cycle): MOVI, ADD, SUB, MAX and
 NSHIFT 1 cycle; FACTOR 2; FMUL 3; RSQRT ``RsqrtFactor.LATENCY + 2``; QFACTOR ``Recip16.ITERATIONS + 3``;
-EPS ``Recip16.ITERATIONS + 7`` (measured by sim_tests/test_decoder_scalar.py). `scalar_cycles(op)` gives them to benchmarks.
+EPS ``Recip16.ITERATIONS + 7`` (measured by sim_tests/test_decoder_scalar.py): contract/decoder.py's `scalar_cycles(op)`.
 """
 
 from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from bitlane.contract.decoder import REG_BITS, Op
+from bitlane.contract.decoder import RECIP_CYCLES, REG_BITS, RSQRT_CYCLES, Op, scalar_cycles
 from bitlane.contract.intmath import EPS_LIMIT, FACTOR_ONE, MANT_BITS, Q_MAX, Q_SHIFT, RECIP_SHIFT
 from bitlane.hw.nonlinear import Recip16, RsqrtFactor, _bit_length
 
 EPS_SAT_BITS = EPS_LIMIT.bit_length()  # scale_saturating's limit 2^46 has 47 bits
 QUANT_RECIP_DROP = RECIP_SHIFT - Q_SHIFT - 1
-
-
-def scalar_cycles(op: Op) -> int:
-    """Cycles of one scalar op (the module docstring's table)."""
-    return {Op.FACTOR: 2, Op.FMUL: 3, Op.RSQRT: RsqrtFactor.LATENCY + 2, Op.QFACTOR: Recip16.ITERATIONS + 3,
-            Op.EPS: Recip16.ITERATIONS + 7}.get(op, 1)
+# the contract's cycle model (contract/decoder.py SCALAR_CYCLES) counts these units' latencies
+assert Recip16.ITERATIONS == RECIP_CYCLES and RsqrtFactor.LATENCY == RSQRT_CYCLES, "contract/decoder.py's cycles"
 
 
 PAIR_RESULT = frozenset({Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR})

@@ -70,12 +70,13 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from bitlane.contract.decoder import REG_BITS, WORD_BITS, Bank, Op
+from bitlane.contract.decoder import (REG_BITS, STREAM_CYCLES, VECTOR_STAGES, WORD_BITS, Bank, Op, tree_stages,
+                                      vector_cycles, vector_latency)
 from bitlane.contract.intmath import MANT_BITS, Q_MAX, Q_SHIFT
 from bitlane.hw import zero_init  # noqa: F401  (all-zero memory contents stay out of the netlist)
 from bitlane.hw.nonlinear import RopePhase, SinCos
 
-VECTOR_LATENCY = 11             # one lane: start + n + 11: done (vector_latency(P) in general)
+VECTOR_LATENCY = VECTOR_STAGES  # one lane: start + n + 11: done (vector_latency(P) in general)
 STREAM_FIFO_DEPTH = 4           # A elements read ahead of att_o
 STREAM_STAGE = 2                # the pipeline stage whose A element a stream op puts into that FIFO
 SHIFT_LIMIT = 63                # shift counts are clamped to [-63, 63]
@@ -85,28 +86,6 @@ STREAM_OPS = (Op.KVAPPEND, Op.ATTEND)
 VECTOR_OPS = (Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VQUANT, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2, Op.VMUL,
               Op.VPHASE)
 GENERAL = (Bank.MAIN, Bank.CONST, Bank.COPY)
-
-
-def _tree_stages(p: int) -> int:
-    """Register stages of a reduction tree over p lanes: two levels a stage."""
-    return ((p - 1).bit_length() + 1) // 2
-
-
-def vector_latency(vector_lanes: int = 1) -> int:
-    """L: a vector op's `done` comes in cycle start + words + L."""
-    return VECTOR_LATENCY + _tree_stages(vector_lanes)
-
-
-def vector_cycles(op: int, n: int, vector_lanes: int = 1) -> int:
-    """Cycles one op occupies the unit, from its `start` to the first cycle another start is
-    taken: ceil(n / P) + L + 1 for a vector op (VPHASE: n + L + 1); the least (no backpressure)
-    for a stream op."""
-    if Op(op) in STREAM_OPS:
-        return n + 6 if n else 3
-    if Op(op) not in VECTOR_OPS:
-        raise ValueError(f"{Op(op).name} is not an op of the vector unit")
-    words = n if Op(op) == Op.VPHASE else -(-n // vector_lanes)
-    return words + vector_latency(vector_lanes) + 1
 
 
 def _numpy_right(s):
@@ -166,7 +145,7 @@ class VectorUnit(wiring.Component):
         P = self.p
         pb = (P - 1).bit_length()
         lane_bits, k_bits = (self.lanes - 1).bit_length(), (self.k - 1).bit_length()
-        tree = _tree_stages(P)
+        tree = tree_stages(P)
         latency = vector_latency(P)
 
         def word_addr(elem):
@@ -496,7 +475,7 @@ class VectorUnit(wiring.Component):
 
 def _reduce(m: Module, values: list, combine, name: str):
     """Reduce `values` pairwise with `combine`: a register after every two levels of the tree (and
-    after the last), so the result comes `_tree_stages(len(values))` cycles after the values (0: the
+    after the last), so the result comes `tree_stages(len(values))` cycles after the values (0: the
     value itself for one lane)."""
     level = 0
     while len(values) > 1:

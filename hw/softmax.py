@@ -21,6 +21,7 @@ from bitlane.contract.intmath import (
     ACC_BITS, EXP_BITS, EXP_SAT, MANT_BITS, PROB_BITS, WIDE_BITS, bit_length, exp2_neg, factor, fits, recip16,
     scale_saturating,
 )
+from bitlane.contract.decoder import SOFTMAX_LATENCY, SOFTMAX_ROW_LATENCY
 from bitlane.hw.nonlinear import EXP2_ARG_BITS, UF_LAYOUT, Exp2Neg, Recip16, _bit_length
 
 # The row's exponent c = eq + ek* + EXP_FRAC: two int8 exponents and 10, so 10 bits signed.
@@ -92,8 +93,9 @@ class SoftmaxRow(wiring.Component):
         ``recip16(mantissa)``.
     """
 
-    LATENCY = 6      # issue (RAM address), RAM data, x, scale, min, Exp2Neg x 2 -> o.valid
-    ROW_LATENCY = Recip16.ITERATIONS + 3  # sum, bit length, factor registers, Recip16
+    # (contract/decoder.py's cycle model counts them: SOFTMAX_LATENCY, SOFTMAX_ROW_LATENCY)
+    LATENCY = SOFTMAX_LATENCY  # issue (RAM address), RAM data, x, scale, min, Exp2Neg x 2 -> o.valid
+    ROW_LATENCY = SOFTMAX_ROW_LATENCY  # sum, bit length, factor registers, Recip16 (RECIP_CYCLES)
 
     I_LAYOUT = data.StructLayout({"t": signed(WIDE_BITS), "c": signed(SCALE_BITS), "last": 1})
     O_LAYOUT = data.StructLayout({"p": unsigned(PROB_BITS + 1), "xs": unsigned(EXP2_ARG_BITS), "last": 1})

@@ -7,6 +7,9 @@ integer reference (golden/integer.py), integer for integer.
   exercised (a wrong cache entry changes every later token).
 - A random model of awkward shape: head_dim 32, two query heads sharing one KV head, 8-bit K/V cache
   mantissas, intermediate size 100 (not a multiple of the 16 lanes), hidden 64.
+
+Every token's cycles, in total and per unit (the engine's counters), must equal contract/decoder.py's
+`decode_cycles`, the one cycle model that the functional model and bench/decoder_bench.py use.
 """
 import json
 import os
@@ -19,7 +22,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
 from bitlane.contract.config import PRESETS, DecoderShape
-from bitlane.contract.decoder import REGISTERS, Bank, MachineShape
+from bitlane.contract.decoder import CYCLE_CLASSES, REGISTERS, Bank, MachineShape, decode_cycles
 from bitlane.golden.integer import IntegerModel, convert
 from bitlane.hw.decoder import DecoderCore
 from sim_tests import simlib
@@ -42,11 +45,11 @@ ULX3S = PRESETS["ulx3s"]
 # build -> (core configuration with its decoder, attention unit options)
 BUILDS = {
     # the ULX3S core with its decoder at h128's full context (what the SDRAM cache gives it)
-    "h128": lambda: (ULX3S.with_(decoder=replace(ULX3S.decoder, context=256)), dict(kv_bits=16, macs=16)),
+    "h128": lambda: (ULX3S.with_(decoder=replace(ULX3S.decoder, context=256)), dict(kv_bits=16)),
     # the tiny core (4 lanes x 4) with a head_dim-32 engine whose cache stores 8-bit mantissas
     "awkward": lambda: (PRESETS["tiny"].with_(decoder=DecoderShape(
         layers=2, kv_heads=1, head_dim=32, context=64, main_depth=1024, const_depth=1024, copy_depth=512,
-        program_depth=512, vector_lanes=4)), dict(kv_bits=8, macs=8)),
+        program_depth=512, vector_lanes=4, attention_macs=8)), dict(kv_bits=8)),
 }
 
 
@@ -89,6 +92,10 @@ async def decode_tokens(dut) -> None:
                              f"{[(registers[r], int(machine.regs[r])) for r in differ]}")
         np.testing.assert_array_equal(y, y_ref[0, 0], err_msg=f"{which}: final hidden state at position {pos}")
         assert ey == e_ref[0, 0, 0], f"{which}: exponent {ey} at position {pos}, reference {e_ref[0, 0, 0]}"
+        model_cycles = decode_cycles(harness.image.program, pos, harness.shape, config.run_overhead)
+        measured = dict(vars(cycles), issue=cycles.overhead)
+        modelled = {name: getattr(model_cycles, name) for name in ("total", *CYCLE_CLASSES)}
+        assert measured == modelled, f"{which} position {pos}: cycles {measured}, the contract's model {modelled}"
         log.append(dict(pos=pos, **vars(cycles)))
     if os.environ.get("DECODER_CYCLES_OUT"):
         Path(os.environ["DECODER_CYCLES_OUT"]).write_text(json.dumps(log))

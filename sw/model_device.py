@@ -25,9 +25,10 @@ structure and equal its counts (sim_tests/test_sim_transport.py checks);
 Decoder mode (protocol v2, a configuration with a `decoder`): the engine is
 contract.decoder.DecoderMachine, whose TRUN is this device's RUN product on
 its own weight memory (so weights are loaded with WRITE_WEIGHTS). A DECODE's
-cycles are the TRUNs' exact busy and stall cycles plus every instruction's
-engine cycles (`_instruction_cycles`), which equal the gateware's count for the
-programs of sw/decoder_program.py (sim_tests/test_decoder_sim.py checks).
+cycles are the engine's, contract/decoder.py `decode_cycles` (the TRUNs' RUNs
+are counted by the product, as in matmul mode), which equal the gateware's
+counters for the programs of sw/decoder_program.py (sim_tests/test_decoder.py
+and sim_tests/test_decoder_sim.py check).
 
 The SDRAM (`config.sdram_words`, MEM_* commands) is a zeroed array, allocated at the first
 MEM_* command that passes the checks; on the gateware and a board never-written words hold
@@ -38,57 +39,11 @@ from __future__ import annotations
 import numpy as np
 
 from bitlane.contract import protocol as p
-from bitlane.contract.decoder import (REGISTERS, VECTOR_OPS, WRITABLE_BANKS, Bank, DecoderMachine, Instruction,
-                                      MachineShape, Op, ProgramError)
+from bitlane.contract.decoder import (REGISTERS, WRITABLE_BANKS, Bank, DecoderMachine, Instruction, MachineShape, Op,
+                                      ProgramError, decode_cycles)
 from bitlane.contract.intmath import EXP_BITS, MANT_BITS, WidthError
 from bitlane.contract.packing import tiles, words_to_trits
 from bitlane.contract.protocol import BadFrame, Cmd, ErrorCode, Frame
-
-# Engine cycles of a DECODE (hw/decoder.py runs one instruction at a time), as the gateware counts them
-# (sim_tests/test_decoder_sim.py compares the DECODE answers byte for byte): every instruction, HALT
-# included, takes the engine's decode, register-read and execute cycles, and every other one its unit's
-# cycles from start to done: a vector op ceil(n / P) + L + 1 with L = 11 + ceil(log2(P) / 2) (VPHASE n +
-# L + 1; hw/decoder_vector.py), KVAPPEND n + 6, ATTEND the attention unit's cycles (hw/attention.py, 16
-# multipliers) + 4 to drain its output, a scalar op its latency (hw/decoder_scalar.py) + 1, TRUN its
-# RUN's cycles (counted by the product) + 1. (For h128 on the ULX3S core these sum, per class, to the
-# gateware's counters exactly: core 3,608, attention 2,528, vector 5,956, scalar 1,805 at position 0.)
-_ISSUE_CYCLES = 3
-_VECTOR_LATENCY = 11  # one lane; the reduction trees add a stage per two levels
-_APPEND_LATENCY = 6
-_ATTEND_DRAIN = 4
-_TRUN_HANDSHAKE = 1
-_SCALAR_COST = {Op.FACTOR: 3, Op.FMUL: 4, Op.RSQRT: 11, Op.QFACTOR: 20, Op.EPS: 24}  # others 2
-_ATTEND_MACS = 16  # the attention unit's multipliers (hw/decoder.py's default)
-_ATTEND_FIXED = 17  # set-up, memory, operand and output stages of an ATTEND
-_SOFTMAX_ROW_LATENCY = 19  # SoftmaxRow's factor(sum) and reciprocal after the last score
-
-
-def _attend_cycles(pos: int, head_dim: int) -> int:
-    """The attention unit's cycles of one ATTEND at position `pos` (hw/attention.py attend_cycles)."""
-    words = head_dim // _ATTEND_MACS  # K / V words per position
-    levels = (_ATTEND_MACS - 1).bit_length()  # the dot product's adder tree
-    return (2 * head_dim + (2 * pos + 1) * words + levels + _ATTEND_FIXED
-            + max(2 * words + 4, _SOFTMAX_ROW_LATENCY))
-
-
-def _instruction_cycles(ins: Instruction, pos: int, vector_lanes: int) -> int:
-    """Engine cycles of one instruction of a DECODE at position `pos`; a TRUN's RUN cycles are counted
-    by the product itself."""
-    if ins.op == Op.HALT:
-        return _ISSUE_CYCLES
-    if ins.op in VECTOR_OPS:
-        words = ins.n if ins.op == Op.VPHASE else -(-ins.n // vector_lanes)
-        unit = words + _VECTOR_LATENCY + ((vector_lanes - 1).bit_length() + 1) // 2 + 1
-    elif ins.op == Op.KVAPPEND:
-        unit = ins.n + _APPEND_LATENCY
-    elif ins.op == Op.ATTEND:
-        unit = _attend_cycles(pos, ins.n) + _ATTEND_DRAIN
-    elif ins.op == Op.TRUN:
-        unit = _TRUN_HANDSHAKE
-    else:
-        unit = _SCALAR_COST.get(Op(ins.op), 2)
-    return _ISSUE_CYCLES + unit
-
 
 def _fits(values: np.ndarray, bits: int) -> bool:
     return bool(((-(1 << (bits - 1)) <= values) & (values < 1 << (bits - 1))).all())
@@ -302,8 +257,8 @@ class ModelDevice:
                 engine.write(Bank.MAIN, s.emb_addr, row)
                 engine.run(a.pos + i)
                 y[i], e[i] = engine.read(Bank.MAIN, s.out_addr, s.hidden), engine.regs[s.out_exp_reg]
-                other += sum(_instruction_cycles(ins, a.pos + i, self.config.decoder.vector_lanes)
-                             for ins in self.program[:self._halt()])
+                cycles = decode_cycles(self.program, a.pos + i, engine.shape, self.config.run_overhead)
+                other += cycles.total - cycles.runs
         except (WidthError, ProgramError):
             self.next_pos = 0
             raise _Fault from None
@@ -313,10 +268,6 @@ class ModelDevice:
         self.next_pos = a.pos + a.count
         self.cycles += other
         return p.pack_decode_response(self._trun_cycles + other, y, e)
-
-    def _halt(self) -> int:
-        """Instructions up to and including the first HALT."""
-        return next((i + 1 for i, ins in enumerate(self.program) if ins.op == Op.HALT), len(self.program))
 
     def _ternary(self, w_base: int, rows: int, cols: int, q: np.ndarray) -> np.ndarray:
         """TRUN: the core's product of weights at w_base [rows, cols] and one int8 vector."""
