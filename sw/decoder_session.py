@@ -14,12 +14,15 @@ back; the LM head is golden.integer's own (`IntegerModel.lm_head`), so the logit
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from bitlane.contract import protocol as p
-from bitlane.contract.decoder import Bank, MachineShape
+from bitlane.contract.config import (BOARD_FACTS, FTDI_DEFAULT_LATENCY_S, FTDI_MIN_LATENCY_S, UART_BITS_PER_BYTE,
+                                    BoardFacts)
+from bitlane.contract.decoder import Bank, MachineShape, decode_cycles
 from bitlane.contract.packing import pack_weights
 from bitlane.contract.protocol import BitlaneError, Cmd
 from bitlane.golden.integer import IntegerModel
@@ -55,6 +58,44 @@ def context_shortfall(model: IntegerModel, caps: p.Capabilities) -> str | None:
     return f"context {need}: the device's KV cache holds {have} positions ({need - have} short)"
 
 
+def project_decoder(model: IntegerModel, board: BoardFacts, positions: Sequence[int], wire_bytes: float,
+                    round_trips: float) -> dict[str, object]:
+    """A board's decoder-mode tokens/s for `model` decoding tokens at `positions`, with `wire_bytes` on
+    the link and `round_trips` request/response exchanges per token (what a session measured: the
+    protocol is the same on every device).
+
+        time/token = engine cycles / clock + wire bytes * 10 / baud + round trips * USB round trip
+
+    The engine's cycles are the board's own, from contract.decoder.decode_cycles on the program compiled
+    for its configuration (the gateware's counters equal them), averaged over the positions its KV
+    cache holds; the command processor's own cycles around a DECODE (staging the embedding row,
+    copying the hidden state out) are about as many as the bytes and hide behind the UART. The USB
+    round trip is BoardFacts.usb_round_trip_s with the latency timer at 1 ms (what sw/transport.py
+    sets), and `tokens_per_s_default_latency` at the FTDI default of 16 ms. Returns `fits` False and a
+    `reason` where the model does not fit the board's decoder."""
+    caps = p.Capabilities.from_config(board.core)
+    try:
+        image = plan_decoder(model, caps)
+    except DecoderFitError as e:
+        return {"board": board.name, "fits": False, "reason": str(e)}
+    held = [pos for pos in positions if pos < caps.dec_context]
+    if not held:
+        return {"board": board.name, "fits": False,
+                "reason": f"its KV cache holds {caps.dec_context} positions, none of those decoded"}
+    shape = MachineShape.from_config(board.core)
+    cycles = sum(decode_cycles(image.program, pos, shape, board.core.run_overhead).total for pos in held) / len(held)
+    compute_s = cycles / board.core.clock_hz
+    link_s = wire_bytes * UART_BITS_PER_BYTE / board.baud
+    usb_s = round_trips * board.usb_round_trip_s(FTDI_MIN_LATENCY_S)
+    usb_default_s = round_trips * board.usb_round_trip_s(FTDI_DEFAULT_LATENCY_S)
+    return {"board": board.name, "fits": True, "positions": len(held), "context": caps.dec_context,
+            "clock_hz": board.core.clock_hz, "baud": board.baud, "usb_uart": board.usb_uart,
+            "cycles_per_token": cycles, "compute_ms": 1e3 * compute_s, "link_ms": 1e3 * link_s,
+            "usb_ms": 1e3 * usb_s, "tokens_per_s": 1 / (compute_s + link_s + usb_s),
+            "tokens_per_s_link_only": 1 / link_s,
+            "tokens_per_s_default_latency": 1 / (compute_s + link_s + usb_default_s)}
+
+
 @dataclass
 class DecoderCache:
     """A sequence's KV cache, held on the device: how many positions it has."""
@@ -75,6 +116,7 @@ class DecoderRunner:
         self.config = model.config
         self.forwards = 0
         self.decoded_tokens = 0
+        self.positions: list[int] = []  # of every token decoded, in order
         self.decode_cycles = 0
         self._holding: DecoderCache | None = None  # the cache whose positions the device holds
         # for the report: (time, decoded tokens, cycles, link stats) when the second forward pass began
@@ -129,6 +171,7 @@ class DecoderRunner:
             ys.append(y)
             es.append(e)
         self.decoded_tokens += len(ids)
+        self.positions.extend(range(start, end))
         return np.concatenate(ys).astype(np.int64), np.concatenate(es).astype(np.int64)
 
 
@@ -186,12 +229,16 @@ class DecoderSession:
             tokens = runner.decoded_tokens - tokens0
             if tokens > 0:
                 s1 = acc.stats
+                wire_bytes = (s1.wire_bytes - s0.wire_bytes) / tokens
                 out.update({
                     "decode_tokens": tokens,
                     "decode_tokens_per_s": tokens / max(runner.last_end - t0, 1e-9),
                     "cycles_per_token": (runner.decode_cycles - cycles0) / tokens,
-                    "link_bytes_per_token": (s1.wire_bytes - s0.wire_bytes) / tokens,
+                    "link_bytes_per_token": wire_bytes,
                     "link_efficiency": s1.efficiency,
+                    "projected": {name: project_decoder(self.model, board, runner.positions[tokens0:], wire_bytes,
+                                                        (s1.frames - s0.frames) / tokens)
+                                  for name, board in BOARD_FACTS.items()},
                 })
         return out
 
@@ -210,5 +257,15 @@ def format_decoder_summary(s: dict[str, object]) -> str:
         lines.append(f"[decode: {s['decode_tokens_per_s']:.2f} tokens/s, {s['cycles_per_token']:,.0f} device "
                      f"cycles/token, {s['link_bytes_per_token']:,.0f} link bytes/token, "
                      f"link efficiency {s['link_efficiency']:.1%}]")
+    for name, j in s.get("projected", {}).items():
+        if not j["fits"]:
+            lines.append(f"[projected {name}: no decoder mode: {j['reason']}]")
+            continue
+        held = "" if j["positions"] == s["decode_tokens"] else (
+            f"; the {j['positions']} of {s['decode_tokens']} tokens inside its context of {j['context']}")
+        lines.append(f"[projected {name}: {j['tokens_per_s']:,.0f} tokens/s = {j['cycles_per_token']:,.0f} cycles "
+                     f"at {j['clock_hz'] / 1e6:g} MHz {j['compute_ms']:.2f} ms + link {j['link_ms']:.2f} ms at "
+                     f"{j['baud'] / 1e6:g} Mbaud + USB {j['usb_ms']:.2f} ms ({j['usb_uart']}, latency timer 1 ms); "
+                     f"{j['tokens_per_s_default_latency']:,.0f} tokens/s at the FTDI default 16 ms{held}]")
     return "\n".join(lines)
 

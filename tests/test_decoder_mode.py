@@ -183,6 +183,35 @@ def test_cli_h128_decoder_mode_equals_int_backend(capsys):
     ids_dec, err = generate_json(capsys, *common, "--backend", "model")  # model://sim: decoder mode by itself
     assert ids_dec == ids_int and len(ids_int) == 64
     assert "model://sim: decoder mode" in err and "link bytes/token" in err and "device cycles/token" in err
+    assert "[projected icebreaker: no decoder mode: the device has no decoder engine]" in err
+    assert "[projected ulx3s: " in err and "tokens/s at the FTDI default 16 ms" in err
+    assert "inside its context of 32" in err  # 64 tokens: only those the ULX3S's KV cache holds are projected
+
+
+def test_board_projection_is_the_board_engines_cycles_link_and_usb():
+    """project_decoder: the ULX3S engine's own cycles (its model device's DECODE answers), the UART time of
+    the bytes, and the USB round trips, added; positions past the board's context are left out."""
+    from bitlane.contract.config import BOARD_FACTS
+    from bitlane.sw.decoder_session import project_decoder
+
+    model, board = IntegerModel.load(H128), BOARD_FACTS["ulx3s"]
+    acc = Accelerator(ModelTransport(board.core))
+    image = plan_decoder(model, acc.caps)
+    load_decoder(model, image, acc)
+    runner = DecoderRunner(model, image, acc)
+    runner.hidden(np.arange(3), 0)
+    before = runner.decode_cycles
+    runner.hidden(np.array([7]), 3)  # one token at position 3, its cycles as the engine counts them
+    j = project_decoder(model, board, [3, board.core.decoder.context], wire_bytes=538, round_trips=1)
+    assert j["fits"] and j["positions"] == 1 and j["cycles_per_token"] == runner.decode_cycles - before
+    seconds = (j["cycles_per_token"] / board.core.clock_hz + 538 * 10 / board.baud
+               + board.usb_round_trip_s(0.001))
+    assert j["tokens_per_s"] == pytest.approx(1 / seconds, rel=1e-12)
+    slow = 1 / (seconds + board.usb_round_trip_s(0.016) - board.usb_round_trip_s(0.001))
+    assert j["tokens_per_s_default_latency"] == pytest.approx(slow, rel=1e-12)
+    assert not project_decoder(model, BOARD_FACTS["icebreaker"], [3], 538, 1)["fits"]
+    beyond = project_decoder(model, board, [board.core.decoder.context], 538, 1)
+    assert not beyond["fits"] and "holds 32 positions" in beyond["reason"]
 
 
 @pytest.fixture(scope="module")
