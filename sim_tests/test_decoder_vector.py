@@ -46,7 +46,7 @@ CASES = 30          # per vector op
 SOURCES = (Bank.MAIN, Bank.CONST, Bank.COPY, Bank.OUT)
 GENERAL = (Bank.MAIN, Bank.CONST, Bank.COPY)
 LENGTHS = (1, 1, 2, 3, 5, 8, 16, 17, 31, 64, 100, 129, 200)
-SETS_R0 = {Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VSCALE, Op.VROPE, Op.VRELU2, Op.VMUL}
+SETS_R0 = VECTOR_RESULT  # the ops whose R[r0] the engine writes from y0
 OMEGA = rope_omega(64, 10000.0)
 
 
