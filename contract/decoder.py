@@ -169,7 +169,8 @@ class MachineShape:
     program_depth: int
     vector_lanes: int = 1
     # the attention unit's multipliers: only its speed depends on it, and the INFO record does not
-    # carry it (from_capabilities assumes the default; from_config has the configuration's)
+    # carry it (from_capabilities assumes the default; from_config has the configuration's, which
+    # DecoderShape checks to divide head_dim)
     attention_macs: int = 16
 
     def __post_init__(self) -> None:
@@ -177,8 +178,6 @@ class MachineShape:
         if p < 1 or p & (p - 1) or p > self.lanes or p > self.k_per_cycle:
             raise ValueError(f"vector_lanes {p}: a power of two, at most lanes {self.lanes} and k_per_cycle "
                              f"{self.k_per_cycle}")
-        if self.attention_macs < 1 or self.head_dim % self.attention_macs:
-            raise ValueError(f"attention_macs {self.attention_macs} must divide head_dim {self.head_dim}")
 
     @classmethod
     def from_capabilities(cls, caps: Capabilities) -> "MachineShape":

@@ -32,6 +32,7 @@ from cocotb.triggers import FallingEdge
 
 from bitlane.contract.decoder import Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError
 from bitlane.contract.intmath import WidthError, rope_omega
+from bitlane.hw.decoder import VECTOR_RESULT
 from bitlane.hw.decoder_vector import STREAM_OPS, VECTOR_LATENCY, VECTOR_OPS, VectorUnit, vector_cycles, vector_latency
 from sim_tests import simlib
 
