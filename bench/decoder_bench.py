@@ -1,13 +1,17 @@
 """Cycles per token of the decoder engine (hw/decoder.py) for the shipped h128 model on the ULX3S core.
 
-    python bench/decoder_bench.py [--tokens 256] [--positions 1 64 128 255]
+    python bench/decoder_bench.py [--positions 1 64 128 255]                 the contract's cycle model
+    python bench/decoder_bench.py --gateware [--tokens 256] [--positions ...]   the Verilated gateware
 
-Runs the Verilated DecoderCore (the `ulx3s` preset's ternary core and decoder engine, with the KV cache
-at h128's full context of 256) through sim_tests/test_decoder.py's harness: every token is decoded
-on the gateware and compared with golden.integer, integer for integer, and the engine's counters
-give each token's cycles by unit. Prints a markdown table for the chosen positions: the ternary
-core's BitLinear products, attention (KV appends, scores, softmax, weighted V sums), the vector unit,
-the scalar unit, and the engine's issue cycles; then the compute-only tokens/s at the ULX3S clock.
+By default the table comes from contract/decoder.py `decode_cycles`, the engine's cycle model, for the
+program that sw/decoder_program.py compiles for h128 on the `ulx3s` preset's engine (with the KV cache
+at h128's full context of 256): instant, and exact, since sim_tests/test_decoder.py checks every
+token's counters against it. `--gateware` runs the Verilated DecoderCore through that test's harness
+(22 minutes for 256 tokens): every token is decoded on the gateware and compared with golden.integer,
+integer for integer, its counters with the model, and the table is the engine's counters. Columns:
+the ternary core's BitLinear products, attention (KV appends, scores, softmax, weighted V sums), the
+vector unit, the scalar unit (ALU ops included), and the engine's issue cycles; then the compute-only
+tokens/s at the ULX3S clock.
 """
 from __future__ import annotations
 
@@ -18,40 +22,75 @@ import tempfile
 import time
 from pathlib import Path
 
-from bitlane.contract.config import PRESETS
+from bitlane.contract.decoder import CYCLE_CLASSES, MachineShape, decode_cycles
 
-COLUMNS = ("total", "core", "attention", "vector", "scalar", "issue")
+COLUMNS = ("total", *CYCLE_CLASSES)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=256, help="tokens to decode from position 0 (default 256)")
-    parser.add_argument("--positions", type=int, nargs="+", default=[1, 64, 128, 255],
-                        help="positions to print (default 1 64 128 255)")
-    args = parser.parse_args(argv)
-    if not 1 <= args.tokens <= 256:
-        parser.error("--tokens must be 1 to 256 (h128's context)")
-    shown = [p for p in args.positions if p < args.tokens]
-    if not shown:
-        parser.error(f"no position of {args.positions} is below --tokens {args.tokens}")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+def model_rows(positions: list[int]) -> dict[int, dict[str, int]]:
+    """Each position's cycles by the contract's model, for the build that the gateware test decodes."""
+    from bitlane.golden.integer import IntegerModel
+    from bitlane.sw.decoder_program import compile_decoder
+    from sim_tests.test_decoder import BUILDS, H128
+
+    config, _ = BUILDS["h128"]()
+    shape = MachineShape.from_config(config)
+    program = compile_decoder(IntegerModel.load(H128), shape).program
+    rows = {}
+    for p in positions:
+        cycles = decode_cycles(program, p, shape, config.run_overhead)
+        rows[p] = {name: getattr(cycles, name) for name in COLUMNS}
+    return rows
+
+
+def gateware_rows(tokens: int) -> tuple[dict[int, dict[str, int]], float]:
+    """Each decoded token's counters on the Verilated gateware, and the seconds it took."""
     from sim_tests.test_decoder import run_build
 
     out = Path(tempfile.mkdtemp(prefix="bitlane-decoder-bench-")) / "cycles.json"
     t0 = time.time()
-    run_build("h128", args.tokens, out)
-    seconds = time.time() - t0
-    log = {row["pos"]: row for row in json.loads(out.read_text())}
-    clock = PRESETS["ulx3s"].clock_hz
-    print(f"h128 on the ulx3s core (16 lanes x 16, decoder engine), {args.tokens} tokens decoded bit-exact "
-          f"in {seconds:.0f} s of simulation")
+    run_build("h128", tokens, out)
+    rows = {}
+    for row in json.loads(out.read_text()):
+        row["issue"] = row["total"] - sum(row[c] for c in CYCLE_CLASSES if c != "issue")
+        rows[row["pos"]] = row
+    return rows, time.time() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gateware", action="store_true", help="run the Verilated gateware (minutes)")
+    parser.add_argument("--tokens", type=int, default=256,
+                        help="--gateware: tokens to decode from position 0 (default 256)")
+    parser.add_argument("--positions", type=int, nargs="+", default=[1, 64, 128, 255],
+                        help="positions to print (default 1 64 128 255)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from sim_tests.test_decoder import BUILDS
+
+    config, _ = BUILDS["h128"]()
+    context = config.decoder.context
+    if args.gateware:
+        if not 1 <= args.tokens <= context:
+            parser.error(f"--tokens must be 1 to {context} (h128's context)")
+        shown = [p for p in args.positions if p < args.tokens]
+        if not shown:
+            parser.error(f"no position of {args.positions} is below --tokens {args.tokens}")
+        rows, seconds = gateware_rows(args.tokens)
+        source = f"{args.tokens} tokens decoded bit-exact on the gateware in {seconds:.0f} s of simulation"
+    else:
+        shown = [p for p in args.positions if 0 <= p < context]
+        rows = model_rows(shown)
+        source = "contract/decoder.py's cycle model (equal to the gateware's counters: sim_tests/test_decoder.py)"
+    clock = config.clock_hz
+    d = config.decoder
+    print(f"h128 on the ulx3s core ({config.lanes} lanes x {config.k_per_cycle}, decoder engine: "
+          f"{d.vector_lanes} vector lanes, {d.attention_macs} attention multipliers), {source}")
     print("| position | " + " | ".join(COLUMNS) + f" | tokens/s at {clock / 1e6:.0f} MHz (compute only) |")
     print("| ---: |" + " ---: |" * (len(COLUMNS) + 1))
     for p in shown:
-        row = log[p]
-        issue = row["total"] - sum(row[c] for c in COLUMNS[1:-1])
-        values = [row[c] for c in COLUMNS[:-1]] + [issue]
-        print(f"| {p} | " + " | ".join(f"{v:,}" for v in values) + f" | {clock / row['total']:,.0f} |")
+        row = rows[p]
+        print(f"| {p} | " + " | ".join(f"{row[c]:,}" for c in COLUMNS) + f" | {clock / row['total']:,.0f} |")
     return 0
 
 

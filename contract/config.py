@@ -147,7 +147,8 @@ PRESETS: dict[str, CoreConfig] = {
     "sim": CoreConfig("sim", lanes=32, k_per_cycle=16, weight_depth=65536, act_depth=4096,
                       out_depth=4096, max_k=16384, max_payload=4096,
                       decoder=DecoderShape(layers=8, kv_heads=8, head_dim=64, context=256, main_depth=8192,
-                                           const_depth=32768, copy_depth=4096, program_depth=4096)),
+                                           const_depth=32768, copy_depth=4096, program_depth=4096,
+                                           attention_macs=64)),
     # Small and quick to simulate: the second configuration every sim test runs on.
     "tiny": CoreConfig("tiny", lanes=4, k_per_cycle=4, weight_depth=4096, act_depth=2048,
                        out_depth=512, max_k=8192, max_payload=256),
@@ -162,13 +163,17 @@ PRESETS: dict[str, CoreConfig] = {
     # fewer cycles per token). The output memory holds 512 words (15 EBRs; 1024 took 29), enough for
     # the decoder's 48 and for matmul-mode batches of 8192 results. The KV cache then gets 32 positions
     # of h128 (one EBR per position); a longer context needs the cache in SDRAM (docs/sdram.md).
+    # The attention unit has 32 multipliers (2 cache words per position and pass): the cache takes
+    # the same EBRs at any width (34 for the unit at 16, 32 or 64; yosys synth_ecp5), and 32 cost
+    # ~4,900 LUTs and 16 DSPs more than 16 for 32 fewer cycles per position and token (64: ~13,900
+    # LUTs, 48 DSPs, 48 cycles).
     # `python bench/decoder_bench.py` and the README's synthesis table measure it.
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
                         out_depth=512, max_k=8192, max_payload=1024, clock_hz=30_000_000,
                         sdram_words=1 << 24, sdram_clock_hz=100_000_000,
                         decoder=DecoderShape(layers=4, kv_heads=2, head_dim=64, context=32, main_depth=1536,
                                              const_depth=3584, copy_depth=1024, program_depth=1024,
-                                             vector_lanes=8)),
+                                             vector_lanes=8, attention_macs=32)),
 }
 
 

@@ -87,7 +87,7 @@ class Op(IntEnum):
     VROPE = 6      # rotate-half RoPE of one head (n = head_dim): x = A[i] >> R[r1], y = B[(i + n/2) mod n] >> R[r1],
                    # (c, s) = the pair C[i mod n/2] (VPHASE's: cos in the low 16 bits, sin in the high, both
                    # signed); D[i] = x c -/+ y s (- for the first half); R[r0] = max|D|
-    VRESID = 7     # D[i] = B[i] + shift_right((A[i] >> R[r1]) * R[r2], R[r3], rounding=True)
+    VRESID = 7     # D[i] = B[i] + shift_right((A[i] >> R[r1]) * R[r2], R[r3], rounding=True); R[r0] = max|D|
     VRELU2 = 8     # y = max(A[i] >> R[r1], 0)^2; D[i] = y; R[r0] = max|y|
     VMUL = 9       # y = (A[i] >> R[r1]) * (B[i] >> R[r2]) (int16 x int16); D[i] = y; R[r0] = max|y|
     VPHASE = 10    # phase = rope_phase(POS, C[i] as uint32); D[i] = cos_q14(phase) & 0xFFFF | sin_q14(phase) << 16
@@ -169,7 +169,8 @@ class MachineShape:
     program_depth: int
     vector_lanes: int = 1
     # the attention unit's multipliers: only its speed depends on it, and the INFO record does not
-    # carry it (from_capabilities assumes the default; from_config has the configuration's)
+    # carry it (from_capabilities assumes the default; from_config has the configuration's, which
+    # DecoderShape checks to divide head_dim)
     attention_macs: int = 16
 
     def __post_init__(self) -> None:
@@ -177,8 +178,6 @@ class MachineShape:
         if p < 1 or p & (p - 1) or p > self.lanes or p > self.k_per_cycle:
             raise ValueError(f"vector_lanes {p}: a power of two, at most lanes {self.lanes} and k_per_cycle "
                              f"{self.k_per_cycle}")
-        if self.attention_macs < 1 or self.head_dim % self.attention_macs:
-            raise ValueError(f"attention_macs {self.attention_macs} must divide head_dim {self.head_dim}")
 
     @classmethod
     def from_capabilities(cls, caps: Capabilities) -> "MachineShape":
@@ -436,7 +435,9 @@ class DecoderMachine:
     def _op_vresid(self, ins: Instruction) -> None:
         a, h = self._operands(ins, "a", "b")
         t = self._int16(a >> self._reg(ins.r1), "VRESID input") * self._reg(ins.r2)
-        self._dst(ins, h + shift_right(t, self._reg(ins.r3), rounding=True))
+        y = h + shift_right(t, self._reg(ins.r3), rounding=True)
+        self._dst(ins, y)
+        self._set(ins.r0, self._maxabs(y))
 
     def _op_vrelu2(self, ins: Instruction) -> None:
         (a,) = self._operands(ins, "a")
@@ -536,11 +537,12 @@ class DecoderMachine:
 # units are built to these numbers and their sim tests measure them), used by the functional model
 # (a DECODE's `cycles`, sw/model_device.py) and bench/decoder_bench.py.
 
-ISSUE_CYCLES = 3          # the engine's decode, register read and start cycles of every instruction
-TRUN_HANDSHAKE = 1        # the cycle a TRUN's `core_done` is seen, past its RUN's cycles
+START_CYCLES = 1          # a DECODE's first cycle: the engine loads instruction 0 (read while idle)
+ISSUE_CYCLES = 1          # an instruction's cycle that starts its unit (an ALU op's only cycle: no issue)
 VECTOR_STAGES = 11        # the vector unit's pipeline for one lane: start + words + 11 is done
 STREAM_CYCLES = 6         # a stream op (KVAPPEND, ATTEND's query) past its n elements, one a cycle
-ATTEND_DRAIN = 4          # an ATTEND's last output through the vector unit to D, past the attention unit's
+ATTEND_DRAIN = 3          # an ATTEND's done past the attention unit's cycles: the last output through
+                          # the vector unit into D
 RECIP_CYCLES = MANT_BITS  # Recip16: one quotient bit a cycle (hw/nonlinear.py Recip16.ITERATIONS)
 RSQRT_CYCLES = 8          # RsqrtFactor's pipeline (hw/nonlinear.py RsqrtFactor.LATENCY)
 SOFTMAX_LATENCY = 6       # SoftmaxRow: score taken to its first weight (hw/softmax.py)
@@ -551,6 +553,7 @@ SCALAR_CYCLES = {Op.FACTOR: 2, Op.FMUL: 3, Op.RSQRT: RSQRT_CYCLES + 2, Op.QFACTO
                  Op.EPS: RECIP_CYCLES + 7}
 SCALAR_OPS = frozenset({Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT, Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR,
                         Op.EPS})
+ALU_OPS = frozenset({Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT})  # retired in their issue cycle
 
 
 def tree_stages(p: int) -> int:
@@ -641,28 +644,32 @@ def run_cycles(rows: int, cols: int, lanes: int, k_per_cycle: int, run_overhead:
 
 def instruction_cycles(ins: Instruction, pos: int, shape: MachineShape, run_overhead: int) -> DecodeCycles:
     """Engine cycles of one instruction of a DECODE at position `pos` on an engine of `shape` whose core
-    stalls `run_overhead` cycles per RUN: every instruction, HALT included, takes ISSUE_CYCLES, and every
-    other one its unit's cycles from start to done (the engine counts them to the unit)."""
+    stalls `run_overhead` cycles per RUN (hw/decoder.py): an instruction is loaded in the cycle its
+    predecessor retires; then every instruction but an ALU op takes an issue cycle, in which its unit
+    starts, and the cycles from there to its unit's done, in which it retires (the engine counts them
+    to the unit); an ALU op (MOVI, ADD, SUB, MAX, NSHIFT) retires in its one cycle, counted to the
+    scalar unit; HALT takes its issue cycle."""
     op = Op(ins.op)
-    cycles = DecodeCycles(issue=ISSUE_CYCLES)
-    if op in VECTOR_OPS:
-        cycles.vector = vector_cycles(op, ins.n, shape.vector_lanes)
-    elif op == Op.KVAPPEND:
-        cycles.attention = vector_cycles(op, ins.n, shape.vector_lanes)
+    cycles = DecodeCycles(issue=0 if op in ALU_OPS else ISSUE_CYCLES)
+    if op in VECTOR_OPS or op == Op.KVAPPEND:  # done in the cycle before the unit can start again
+        unit = vector_cycles(op, ins.n, shape.vector_lanes) - 1
+        if op == Op.KVAPPEND:
+            cycles.attention = unit
+        else:
+            cycles.vector = unit
     elif op == Op.ATTEND:
         cycles.attention = attend_cycles(pos, ins.n, shape.attention_macs) + ATTEND_DRAIN
     elif op == Op.TRUN:
-        cycles.runs = run_cycles(ins.n, ins.b_addr, shape.lanes, shape.k_per_cycle, run_overhead)
-        cycles.core = cycles.runs + TRUN_HANDSHAKE
+        cycles.runs = cycles.core = run_cycles(ins.n, ins.b_addr, shape.lanes, shape.k_per_cycle, run_overhead)
     elif op in SCALAR_OPS:
-        cycles.scalar = scalar_cycles(op) + 1
+        cycles.scalar = scalar_cycles(op)
     return cycles
 
 
 def decode_cycles(program: Sequence[Instruction], pos: int, shape: MachineShape, run_overhead: int) -> DecodeCycles:
     """Engine cycles of one DECODE token at position `pos`: the program up to and including its first HALT
     (what the gateware's counters give, for the programs of sw/decoder_program.py)."""
-    total = DecodeCycles()
+    total = DecodeCycles(issue=START_CYCLES)
     for ins in program:
         total = total + instruction_cycles(ins, pos, shape, run_overhead)
         if ins.op == Op.HALT:
@@ -674,4 +681,4 @@ __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "Progr
            "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "WRITABLE_BANKS",
            "TernaryRun", "DecodeCycles", "decode_cycles", "instruction_cycles", "vector_cycles", "vector_latency",
            "scalar_cycles", "attend_cycles", "append_cycles", "tree_levels", "tree_stages", "run_cycles",
-           "CYCLE_CLASSES", "SCALAR_OPS"]
+           "CYCLE_CLASSES", "SCALAR_OPS", "ALU_OPS"]

@@ -9,8 +9,12 @@ ternary core (the instruction set and its model are contract/decoder.py).
 
 One instruction at a time: the engine is a sequencer, not a pipeline. What costs cycles is the
 vector elements (`vector_lanes` per cycle), the ternary products and attention, which the units
-stream; each instruction adds `ISSUE_CYCLES` (its word is fetched while the previous one runs, its
-results are written as its unit finishes). Counters split the cycles of a run by unit, for bench/decoder_bench.py.
+stream. An instruction's word is fetched while its predecessor runs and is loaded (its registers
+read) in the cycle that one retires; it then starts its unit in one issue cycle and retires in the
+unit's `done` cycle, writing R[r0] (a second result waits for a free cycle of the register file's
+write port, forwarded meanwhile). An ALU op (MOVI, ADD, SUB, MAX, NSHIFT: the scalar unit's
+combinational `now`) retires in its issue cycle. contract/decoder.py `instruction_cycles` is the
+count; counters split the cycles of a run by unit, for sim_tests/test_decoder.py and bench/decoder_bench.py.
 """
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
@@ -18,7 +22,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.decoder import ISSUE_CYCLES, REG_BITS, REGISTERS, SCALAR_OPS, VECTOR_OPS, Instruction, MachineShape, Op
+from bitlane.contract.decoder import (ALU_OPS, REG_BITS, REGISTERS, SCALAR_OPS, VECTOR_OPS, Instruction, MachineShape,
+                                      Op)
 from bitlane.hw.attention import AttentionOp, AttentionUnit
 from bitlane.hw.core import TernaryCore, core_signature
 from bitlane.hw.decoder_scalar import PAIR_RESULT, ScalarUnit
@@ -32,7 +37,7 @@ CORE_FACING = frozenset({"act_wr_addr", "act_wr_data", "act_wr_en", "out_rd_addr
 READS = 5             # registers read per instruction (one port each): r1, r1 + 1, r2, r2 + 1, r3
 COUNTER_BITS = 32
 # ops that write R[r0] from the vector unit's y0 (VNORM also writes R[r2] from y2)
-VECTOR_RESULT = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VSCALE, Op.VROPE, Op.VRELU2, Op.VMUL})
+VECTOR_RESULT = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2, Op.VMUL})
 
 
 def engine_signature(shape: MachineShape) -> wiring.Signature:
@@ -120,16 +125,17 @@ class DecoderEngine(wiring.Component):
         reg_rd = [registers.read_port(transparent_for=[reg_wr]) for _ in range(READS)]
 
         ins = Signal(InstructionLayout)
-        pc = Signal(range(shape.program_depth))
-        fetch = Signal(range(shape.program_depth + 1))  # the program word being read: pc + 1 while executing
+        # the program word at prog_rd.data: it is read a cycle ahead, so that an instruction is
+        # decoded (`load`) in the cycle its predecessor retires
+        fetch = Signal(range(shape.program_depth + 1))
+        load = Signal()  # this cycle: ins <= the word at `fetch`, its registers are read
         pos = Signal(16)
-        x = [Signal(signed(REG_BITS), name=f"x{k}") for k in range(READS)]  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
         op = ins.op
 
         m.d.comb += [
             prog_wr.addr.eq(self.prog_wr_addr), prog_wr.data.eq(self.prog_wr_data),
             prog_wr.en.eq(self.prog_wr_en & ~self.busy),
-            prog_rd.addr.eq(fetch),
+            prog_rd.addr.eq(Mux(self.busy, fetch + load, 0)),
             # the host port of the banks and the core's memories go through the vector unit
             vector.host_bank.eq(self.host_bank), vector.host_addr.eq(self.host_addr),
             vector.host_wr_data.eq(self.host_wr_data), vector.host_wr_en.eq(self.host_wr_en & ~self.busy),
@@ -144,6 +150,37 @@ class DecoderEngine(wiring.Component):
             vector.att_i.valid.eq(attention.o.valid), vector.att_i.payload.eq(attention.o.payload.value),
             attention.o.ready.eq(vector.att_i.ready),
         ]
+        with m.If(load):
+            m.d.sync += [ins.eq(prog_rd.data), fetch.eq(fetch + 1)]
+
+        # Registers. The operands of an instruction are read in the cycle it is loaded (from the fetched
+        # word's fields), then from its own fields while it waits to start; the ports are transparent,
+        # so a result written in the loading cycle is seen. An instruction's first result R[r0] is
+        # written in the cycle it retires; its second (R[r0 + 1] of a pair, VNORM's R[r2]) waits in
+        # `second_*` for a cycle in which the port is free (the next instruction's issue cycle unless
+        # that retires at once and writes) and is forwarded to operands that name it meanwhile.
+        fields = prog_rd.data
+        sources = lambda w: [w.r1, w.r1 + 1, w.r2, w.r2 + 1, w.r3]  # noqa: E731
+        for port, fetched, own in zip(reg_rd, sources(fields), sources(ins)):
+            m.d.comb += port.addr.eq(Mux(load, fetched, own))
+        with m.If(~self.busy):
+            m.d.comb += reg_rd[0].addr.eq(self.reg_rd_addr)
+        m.d.comb += self.reg_rd_data.eq(reg_rd[0].data)
+        second_data = Signal(signed(REG_BITS))
+        second_addr = Signal(range(REGISTERS))
+        second_en = Signal()
+        x = [Mux(second_en & (own[:len(second_addr)] == second_addr) & (own < REGISTERS), second_data, port.data)
+             for port, own in zip(reg_rd, sources(ins))]  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
+        first_data = Signal(signed(REG_BITS))
+        first_en = Signal()
+        with m.If(first_en):
+            m.d.comb += [reg_wr.addr.eq(ins.r0), reg_wr.data.eq(first_data), reg_wr.en.eq(ins.r0 != 0)]
+            with m.If(ins.r0 == second_addr):  # a newer value of the waiting register
+                m.d.sync += second_en.eq(0)
+        with m.Elif(second_en):
+            m.d.comb += [reg_wr.addr.eq(second_addr), reg_wr.data.eq(second_data), reg_wr.en.eq(second_addr != 0)]
+            m.d.sync += second_en.eq(0)
+
         # operands: the same five values go to every unit
         m.d.comb += [
             scalar.op.eq(op), scalar.imm.eq(ins.imm.as_signed()),
@@ -164,81 +201,75 @@ class DecoderEngine(wiring.Component):
         eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
         with m.If(attention.o.valid & attention.o.ready):
             m.d.sync += eu.eq(attention.o.payload.exponent)
-        m.d.sync += [scalar.start.eq(0), vector.start.eq(0), self.core_start.eq(0), self.done.eq(0)]
-        # the register file: operands are read in DECODE from the fetched word's fields; the host reads
-        # through the first port while the engine is idle
-        fields = prog_rd.data
-        sources = [fields.r1, fields.r1 + 1, fields.r2, fields.r2 + 1, fields.r3]
-        for port, source in zip(reg_rd, sources):
-            m.d.comb += port.addr.eq(source)
-        with m.If(~self.busy):
-            m.d.comb += reg_rd[0].addr.eq(self.reg_rd_addr)
-        m.d.comb += self.reg_rd_data.eq(reg_rd[0].data)
+        m.d.sync += self.done.eq(0)
 
-        # results: R[r0] is written in the cycle the unit is done, the second result (R[r0 + 1] or
-        # R[r2]) in the next cycle, while the next instruction reads its operands
-        second_data = Signal(signed(REG_BITS))
-        second_addr = Signal(range(REGISTERS + 1))
-        second_en = Signal()
-        m.d.sync += second_en.eq(0)
-        with m.If(second_en):
-            m.d.comb += [reg_wr.addr.eq(second_addr), reg_wr.data.eq(second_data), reg_wr.en.eq(second_addr != 0)]
-
-        unit = Signal(4)  # which counter the current instruction's cycles go to: its unit's, while it waits
-
-        def retire(first=None, second=None, second_addr_value=None):
-            """The instruction is done: write its results, go to the next (fetched while it ran)."""
-            if first is not None:
-                m.d.comb += [reg_wr.addr.eq(ins.r0), reg_wr.data.eq(first[0]), reg_wr.en.eq(first[1] & (ins.r0 != 0))]
-            if second is not None:
-                m.d.sync += [second_data.eq(second[0]), second_en.eq(second[1]), second_addr.eq(second_addr_value)]
-            m.d.sync += [pc.eq(pc + 1), fetch.eq(pc + 2), unit.eq(0)]
-            m.next = "DECODE"
-
+        # Cycle counters: every cycle of a run to `cycles`, and the cycles an instruction waits for its
+        # unit (an ALU op: its one cycle) to that unit's counter; the rest are issue cycles
+        # (contract/decoder.py `instruction_cycles`).
+        unit = Signal(4)   # the waiting instruction's unit: core, attention, vector, scalar
+        counted = Signal(4)
         counters = [self.cycles_core, self.cycles_attention, self.cycles_vector, self.cycles_scalar]
         with m.If(self.busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
             for k, counter in enumerate(counters):
-                with m.If(unit[k]):
+                with m.If(counted[k]):
                     m.d.sync += counter.eq(counter + 1)
 
+        def retire(first=None, second=None, second_addr_value=None):
+            """The instruction is done: write its results, load the next (fetched while it ran)."""
+            if first is not None:
+                m.d.comb += [first_data.eq(first[0]), first_en.eq(first[1])]
+            if second is not None:
+                with m.If(second[1]):
+                    m.d.sync += [second_data.eq(second[0]), second_en.eq(1), second_addr.eq(second_addr_value)]
+            m.d.comb += load.eq(1)
+            m.d.sync += unit.eq(0)
+            m.next = "EXECUTE"
+
+        stream_op = (op == Op.KVAPPEND) | (op == Op.ATTEND)
+        executing = Signal()  # the EXECUTE state: the instruction's issue cycle(s)
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += prog_rd.addr.eq(0)
                 with m.If(self.start):
-                    m.d.sync += [pc.eq(0), fetch.eq(1), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
+                    m.d.sync += [fetch.eq(0), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
                                  *(counter.eq(0) for counter in counters)]
                     m.next = "DECODE"
-            with m.State("DECODE"):
-                m.d.sync += ins.eq(prog_rd.data)
-                m.next = "READ"
-            with m.State("READ"):
-                m.d.sync += [xk.eq(port.data) for xk, port in zip(x, reg_rd)]
+            with m.State("DECODE"):  # word 0 is at prog_rd.data
+                m.d.comb += load.eq(1)
                 m.next = "EXECUTE"
             with m.State("EXECUTE"):
+                m.d.comb += executing.eq(1)
                 with m.Switch(op):
                     with m.Case(Op.HALT):
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
-                    with m.Case(*SCALAR_OPS):
-                        m.d.sync += [scalar.start.eq(1), unit.eq(0b1000)]
+                    with m.Case(*ALU_OPS):
+                        m.d.comb += counted.eq(0b1000)
+                        retire((scalar.now, 1))
+                    with m.Case(*(SCALAR_OPS - ALU_OPS)):
+                        m.d.comb += scalar.start.eq(1)
+                        m.d.sync += unit.eq(0b1000)
                         m.next = "WAIT"
                     with m.Case(*VECTOR_OPS):
-                        m.d.sync += [vector.start.eq(1), unit.eq(0b0100)]
+                        m.d.comb += vector.start.eq(1)
+                        m.d.sync += unit.eq(0b0100)
                         m.next = "WAIT"
                     with m.Case(Op.KVAPPEND, Op.ATTEND):
                         with m.If(attention.cmd.ready):
-                            m.d.sync += [vector.start.eq(1), unit.eq(0b0010)]
+                            m.d.comb += vector.start.eq(1)
+                            m.d.sync += unit.eq(0b0010)
                             m.next = "WAIT"
                     with m.Case(Op.TRUN):
-                        m.d.sync += [self.core_start.eq(1), unit.eq(0b0001)]
+                        m.d.comb += self.core_start.eq(1)
+                        m.d.sync += unit.eq(0b0001)
                         m.next = "WAIT"
                     with m.Default():  # an unknown op stops the program (the host's program is checked)
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
             with m.State("WAIT"):
+                m.d.comb += counted.eq(unit)
                 with m.Switch(op):
-                    with m.Case(*SCALAR_OPS):
+                    with m.Case(*(SCALAR_OPS - ALU_OPS)):
                         with m.If(scalar.done):
                             pair = Cat(*(op == o for o in PAIR_RESULT)).any()
                             retire((scalar.w0, 1), (scalar.w1, pair), ins.r0 + 1)
@@ -255,8 +286,9 @@ class DecoderEngine(wiring.Component):
                     with m.Case(Op.TRUN):
                         with m.If(self.core_done):
                             retire()
-        # the attention unit takes its command with the vector unit's start
-        m.d.comb += attention.cmd.valid.eq(vector.start & ((op == Op.KVAPPEND) | (op == Op.ATTEND)))
+        # the attention unit's command is offered through an issue cycle and taken with the vector
+        # unit's start (valid does not wait for ready)
+        m.d.comb += attention.cmd.valid.eq(executing & stream_op)
         return m
 
 

@@ -9,8 +9,8 @@ and the two stream ops that feed the attention unit.
 with L = `vector_latency(P)` = 11 + ceil(log2(P) / 2) (11, 12, 12, 13, 13 for P = 1, 2, 4, 8, 16):
 `vector_cycles(op, n, P)`.
 
-Results: R[r0] = `y0` (max|y|) for VMAXABS, VSHIFT, VNORM, VSCALE, VROPE, VRELU2 and VMUL, and
-R[r2] = `y2` (sum x^2) for VNORM; the engine writes them at `done` (VQUANT, VRESID and VPHASE set no
+Results: R[r0] = `y0` (max|y|) for VMAXABS, VSHIFT, VNORM, VSCALE, VROPE, VRESID, VRELU2 and VMUL,
+and R[r2] = `y2` (sum x^2) for VNORM; the engine writes them at `done` (VQUANT and VPHASE set no
 register; ATTEND's R[r0] is the attention unit's).
 
 The unit owns the three general banks (MAIN, CONST, COPY: words of P signed 32-bit elements, element e
@@ -246,7 +246,7 @@ class VectorUnit(wiring.Component):
         m.d.comb += [valid[0].eq(issue), last[0].eq(issue & issue_last), first[0].eq(index < half),
                      mask[0].eq(Mux(issue, mask0, 0)), lane[0].eq(index[:pb] if pb else 0)]
         # a stream op's elements leave the pipeline at STREAM_STAGE for the FIFO: past it they would
-        # reach the next op's reductions and its `last` (the engine may start a vector op 3 cycles
+        # reach the next op's reductions and its `last` (the engine may start a vector op the cycle
         # after a stream op's done)
         for k in range(1, stages):
             keep = is_vector if k == STREAM_STAGE + 1 else 1

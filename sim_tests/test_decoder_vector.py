@@ -32,6 +32,7 @@ from cocotb.triggers import FallingEdge
 
 from bitlane.contract.decoder import Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError
 from bitlane.contract.intmath import WidthError, rope_omega
+from bitlane.hw.decoder import VECTOR_RESULT
 from bitlane.hw.decoder_vector import STREAM_OPS, VECTOR_LATENCY, VECTOR_OPS, VectorUnit, vector_cycles, vector_latency
 from sim_tests import simlib
 
@@ -46,7 +47,7 @@ CASES = 30          # per vector op
 SOURCES = (Bank.MAIN, Bank.CONST, Bank.COPY, Bank.OUT)
 GENERAL = (Bank.MAIN, Bank.CONST, Bank.COPY)
 LENGTHS = (1, 1, 2, 3, 5, 8, 16, 17, 31, 64, 100, 129, 200)
-SETS_R0 = {Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VSCALE, Op.VROPE, Op.VRELU2, Op.VMUL}
+SETS_R0 = VECTOR_RESULT  # the ops whose R[r0] the engine writes from y0
 OMEGA = rope_omega(64, 10000.0)
 
 

@@ -135,10 +135,10 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
         return r
 
     def norm_quant(src: tuple[Bank, int], length: int, gain: tuple[Bank, int], scale: int, eps: int) -> int:
-        """RMSNorm statistics and int8 quantization of src into ACT word 0; returns the ratio pair."""
+        """RMSNorm statistics and int8 quantization of src into ACT word 0; returns the ratio pair.
+        R[rM] holds max|src|: the op that wrote src left it there (no VMAXABS pass)."""
         rM, rS, rSS, rZM, rE = R("nq max"), R("nq shift"), R("nq ss"), R("nq zmax"), R("nq eps")
         z = copy("z", max(n, m))
-        emit(_ins(Op.VMAXABS, r0=rM, a=src, n=length))
         emit(_ins(Op.NSHIFT, r0=rS, r1=rM, imm=MANT_BITS))
         emit(_ins(Op.VNORM, r0=rZM, r1=rS, r2=rSS, a=src, b=gain, d=z, n=length))
         emit(_ins(Op.EPS, r0=rE, r1=scale, r2=eps, r3=rS))
@@ -187,13 +187,15 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
         emit(_ins(Op.ADD, r0=rE, r1=rE, r2=f + 1))
         return rE
 
+    rM = R("nq max")  # max|x| of the vector that the next norm_quant takes, from the op that writes it
+
     def residual(f: int) -> None:
         rA, rSa, rT = R("h max"), R("h s1"), R("h s2")  # the head temporaries are free here
         emit(_ins(Op.VMAXABS, r0=rA, a=(Bank.OUT, 0), n=n))
         emit(_ins(Op.NSHIFT, r0=rSa, r1=rA, imm=MANT_BITS))
         emit(_ins(Op.ADD, r0=rT, r1=rSa, r2=f + 1, imm=cfg.res_frac))
         emit(_ins(Op.SUB, r0=rT, r1=0, r2=rT))
-        emit(_ins(Op.VRESID, r1=rSa, r2=f, r3=rT, a=(Bank.OUT, 0), b=h, d=h, n=n))
+        emit(_ins(Op.VRESID, r0=rM, r1=rSa, r2=f, r3=rT, a=(Bank.OUT, 0), b=h, d=h, n=n))
 
     # ---- prologue: the token's RoPE pairs (cos, sin) for every VROPE; the embedding row into the
     # residual's fixed point
@@ -204,7 +206,7 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
     eps_n, eps_m = movi_pair("eps n", model.eps[n]), movi_pair("eps m", model.eps[m])
     rEmb = R("emb shift")
     emit(_ins(Op.MOVI, r0=rEmb, imm=cfg.emb_frac - cfg.res_frac))
-    emit(_ins(Op.VSHIFT, r1=rEmb, a=emb, d=h, n=n, imm=1))
+    emit(_ins(Op.VSHIFT, r0=rM, r1=rEmb, a=emb, d=h, n=n, imm=1))
 
     groups = H // KV
     o_k, o_v = out_words(H * d), out_words(H * d) + out_words(KV * d)
@@ -230,11 +232,13 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
         emit(_ins(Op.ADD, r0=rEu, r1=R("eu 0"), r2=0))
         for hd in range(1, H):
             emit(_ins(Op.MAX, r0=rEu, r1=rEu, r2=R(f"eu {hd}")))
-        rSh = R("eu shift")
+        rSh, rHm = R("eu shift"), R("h max")
         for hd in range(H):
             head = (u[0], u[1] + hd * d)
             emit(_ins(Op.SUB, r0=rSh, r1=rEu, r2=R(f"eu {hd}")))
-            emit(_ins(Op.VSHIFT, r1=rSh, a=head, d=head, n=d))
+            emit(_ins(Op.VSHIFT, r0=rHm if hd else rM, r1=rSh, a=head, d=head, n=d))
+            if hd:
+                emit(_ins(Op.MAX, r0=rM, r1=rM, r2=rHm))
         sub = R("sub scale", pair=True)
         emit(_ins(Op.MOVI, r0=sub, imm=FACTOR_ONE))
         emit(_ins(Op.ADD, r0=sub + 1, r1=rEu, imm=-(MANT_BITS - 1)))
@@ -257,7 +261,7 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
         square, act = copy("z", max(n, m)), main("act", m)
         emit(_ins(Op.VRELU2, r0=rQ, r1=rSg, a=gate, d=square, n=m))
         emit(_ins(Op.NSHIFT, r0=rS2, r1=rQ, imm=MANT_BITS))
-        emit(_ins(Op.VMUL, r1=rS2, r2=rSu, a=square, b=up, d=act, n=m))
+        emit(_ins(Op.VMUL, r0=rM, r1=rS2, r2=rSu, a=square, b=up, d=act, n=m))
         g_scale, act_scale = R("g scale", pair=True), R("act scale", pair=True)
         emit(_ins(Op.FMUL, r0=g_scale, r1=f_gate, r2=f_gate))
         emit(_ins(Op.FMUL, r0=act_scale, r1=g_scale, r2=f_up))
@@ -268,9 +272,8 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
         residual(dequant(i, "down", ratio))
 
     # ---- final norm and the output row
-    rM, rS, rSS, rZM, rE = R("nq max"), R("nq shift"), R("nq ss"), R("nq zmax"), R("nq eps")
+    rS, rSS, rZM, rE = R("nq shift"), R("nq ss"), R("nq zmax"), R("nq eps")
     z = copy("z", max(n, m))
-    emit(_ins(Op.VMAXABS, r0=rM, a=h, n=n))
     emit(_ins(Op.NSHIFT, r0=rS, r1=rM, imm=MANT_BITS))
     emit(_ins(Op.VNORM, r0=rZM, r1=rS, r2=rSS, a=h, b=final_gain, d=z, n=n))
     emit(_ins(Op.EPS, r0=rE, r1=res_scale, r2=eps_n, r3=rS))
