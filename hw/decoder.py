@@ -24,11 +24,16 @@ from bitlane.hw.core import TernaryCore, core_signature
 from bitlane.hw.decoder_scalar import PAIR_RESULT, ScalarUnit
 from bitlane.hw.decoder_vector import VectorUnit
 from bitlane.hw.records import RunArgsLayout, layout
+from bitlane.hw.weight_fetch import WeightFetch, weight_mem_signature
 
 InstructionLayout = layout(Instruction)
 # the engine's ports that face the ternary core (DecoderCore wires them inside)
 CORE_FACING = frozenset({"act_wr_addr", "act_wr_data", "act_wr_en", "out_rd_addr", "out_rd_data", "core_start",
                          "core_run", "core_done"})
+# the engine's WFETCH ports, to a hw/weight_fetch.py WeightFetch (DecoderCore wires them; without SDRAM
+# it answers every WFETCH at once), and the cycles the last run waited for them (not in `cycles`)
+FETCH_FACING = frozenset({"fetch_start", "fetch_sdram_addr", "fetch_w_addr", "fetch_words", "fetch_done",
+                          "cycles_fetch"})
 READS = 5             # registers read per instruction (one port each): r1, r1 + 1, r2, r2 + 1, r3
 COUNTER_BITS = 32
 # ops that write R[r0] from the vector unit's y0 (VNORM also writes R[r2] from y2)
@@ -67,6 +72,13 @@ def engine_signature(shape: MachineShape) -> wiring.Signature:
         "core_start": Out(1),
         "core_run": Out(RunArgsLayout),
         "core_done": In(1),
+        # WFETCH: weight words from SDRAM into the core's weight memory (hw/weight_fetch.py)
+        "fetch_start": Out(1),
+        "fetch_sdram_addr": Out(32),
+        "fetch_w_addr": Out(16),
+        "fetch_words": Out(16),
+        "fetch_done": In(1),
+        "cycles_fetch": Out(COUNTER_BITS),
     })
 
 
@@ -74,7 +86,7 @@ def engine_host_signature(shape: MachineShape) -> wiring.Signature:
     """The engine's ports that face the host: DecoderCore's `engine_*` ports, which the command processor
     (hw/cmdproc.py) drives through its flipped `engine` port."""
     return wiring.Signature({name: member for name, member in engine_signature(shape).members.items()
-                             if name not in CORE_FACING})
+                             if name not in CORE_FACING | FETCH_FACING})
 
 
 class PortGroup:
@@ -160,11 +172,13 @@ class DecoderEngine(wiring.Component):
             self.core_run.w_base.eq(ins.imm), self.core_run.a_base.eq(ins.a_addr),
             self.core_run.o_base.eq(ins.d_addr), self.core_run.rows.eq(ins.n), self.core_run.cols.eq(ins.b_addr),
             self.core_run.n_vectors.eq(1),
+            self.fetch_sdram_addr.eq(ins.imm), self.fetch_w_addr.eq(ins.d_addr), self.fetch_words.eq(ins.n),
         ]
         eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
         with m.If(attention.o.valid & attention.o.ready):
             m.d.sync += eu.eq(attention.o.payload.exponent)
-        m.d.sync += [scalar.start.eq(0), vector.start.eq(0), self.core_start.eq(0), self.done.eq(0)]
+        m.d.sync += [scalar.start.eq(0), vector.start.eq(0), self.core_start.eq(0), self.fetch_start.eq(0),
+                     self.done.eq(0)]
         # the register file: operands are read in DECODE from the fetched word's fields; the host reads
         # through the first port while the engine is idle
         fields = prog_rd.data
@@ -184,7 +198,9 @@ class DecoderEngine(wiring.Component):
         with m.If(second_en):
             m.d.comb += [reg_wr.addr.eq(second_addr), reg_wr.data.eq(second_data), reg_wr.en.eq(second_addr != 0)]
 
-        unit = Signal(4)  # which counter the current instruction's cycles go to: its unit's, while it waits
+        # which counter the current instruction's cycles go to: its unit's, while it waits; a WFETCH's wait
+        # (bit 4) goes to `cycles_fetch` only, since it depends on the SDRAM (contract/decoder.py WFETCH)
+        unit = Signal(5)
 
         def retire(first=None, second=None, second_addr_value=None):
             """The instruction is done: write its results, go to the next (fetched while it ran)."""
@@ -196,7 +212,9 @@ class DecoderEngine(wiring.Component):
             m.next = "DECODE"
 
         counters = [self.cycles_core, self.cycles_attention, self.cycles_vector, self.cycles_scalar]
-        with m.If(self.busy):
+        with m.If(self.busy & unit[4]):
+            m.d.sync += self.cycles_fetch.eq(self.cycles_fetch + 1)
+        with m.Elif(self.busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
             for k, counter in enumerate(counters):
                 with m.If(unit[k]):
@@ -207,7 +225,7 @@ class DecoderEngine(wiring.Component):
                 m.d.comb += prog_rd.addr.eq(0)
                 with m.If(self.start):
                     m.d.sync += [pc.eq(0), fetch.eq(1), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
-                                 *(counter.eq(0) for counter in counters)]
+                                 self.cycles_fetch.eq(0), *(counter.eq(0) for counter in counters)]
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.sync += ins.eq(prog_rd.data)
@@ -233,6 +251,9 @@ class DecoderEngine(wiring.Component):
                     with m.Case(Op.TRUN):
                         m.d.sync += [self.core_start.eq(1), unit.eq(0b0001)]
                         m.next = "WAIT"
+                    with m.Case(Op.WFETCH):
+                        m.d.sync += [self.fetch_start.eq(1), unit.eq(0b10000)]
+                        m.next = "WAIT"
                     with m.Default():  # an unknown op stops the program (the host's program is checked)
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
@@ -255,6 +276,9 @@ class DecoderEngine(wiring.Component):
                     with m.Case(Op.TRUN):
                         with m.If(self.core_done):
                             retire()
+                    with m.Case(Op.WFETCH):
+                        with m.If(self.fetch_done):
+                            retire()
         # the attention unit takes its command with the vector unit's start
         m.d.comb += attention.cmd.valid.eq(vector.start & ((op == Op.KVAPPEND) | (op == Op.ATTEND)))
         return m
@@ -264,7 +288,12 @@ class DecoderCore(wiring.Component):
     """The ternary core and the decoder engine behind one interface: the core's own ports (what the
     v1 command processor drives: `core_signature`) plus the engine's host ports (`engine_*`). While the
     engine runs, it owns the core's activation writes, output reads and RUN start; otherwise the v1
-    ports do, so matmul mode and decoder mode share one set of memories."""
+    ports do, so matmul mode and decoder mode share one set of memories.
+
+    With SDRAM (`config.sdram_words`) a hw/weight_fetch.py WeightFetch executes the engine's WFETCHes
+    through `mem` (an SDRAM port the top shares with the command processor: hw/weight_fetch.py's
+    MemArbiter, on `engine_busy`) and owns the weight memory's write port while the engine runs;
+    without SDRAM a WFETCH is done at once and fetches nothing (the functional model faults on it)."""
 
     def __init__(self, config: CoreConfig, kv_bits: int = 16) -> None:
         if config.decoder is None:
@@ -272,7 +301,8 @@ class DecoderCore(wiring.Component):
         shape = MachineShape.from_config(config)
         self.config, self.shape, self.kv_bits = config, shape, kv_bits
         engine = {f"engine_{name}": member for name, member in engine_host_signature(shape).members.items()}
-        super().__init__({**core_signature(config).members, **engine})
+        mem = {"mem": Out(weight_mem_signature(config))} if config.sdram_words else {}
+        super().__init__({**core_signature(config).members, **engine, **mem})
 
     @property
     def core_port(self) -> PortGroup:
@@ -297,8 +327,19 @@ class DecoderCore(wiring.Component):
             else:
                 m.d.comb += ours.eq(theirs)
         running = engine.busy
+        w_wr = (self.w_wr_addr, self.w_wr_data, self.w_wr_en)
+        if self.config.sdram_words:
+            m.submodules.weight_fetch = fetch = WeightFetch(self.config)
+            wiring.connect(m, fetch.mem, wiring.flipped(self.mem))
+            m.d.comb += [fetch.fetch.start.eq(engine.fetch_start), fetch.fetch.sdram_addr.eq(engine.fetch_sdram_addr),
+                         fetch.fetch.w_addr.eq(engine.fetch_w_addr), fetch.fetch.words.eq(engine.fetch_words),
+                         engine.fetch_done.eq(fetch.fetch.done)]
+            w_wr = tuple(Mux(running, theirs, ours)
+                         for theirs, ours in zip((fetch.w_wr_addr, fetch.w_wr_data, fetch.w_wr_en), w_wr))
+        else:
+            m.d.comb += engine.fetch_done.eq(engine.fetch_start)
         m.d.comb += [
-            core.w_wr_addr.eq(self.w_wr_addr), core.w_wr_data.eq(self.w_wr_data), core.w_wr_en.eq(self.w_wr_en),
+            core.w_wr_addr.eq(w_wr[0]), core.w_wr_data.eq(w_wr[1]), core.w_wr_en.eq(w_wr[2]),
             core.a_wr_addr.eq(Mux(running, engine.act_wr_addr, self.a_wr_addr)),
             core.a_wr_data.eq(Mux(running, engine.act_wr_data, self.a_wr_data)),
             core.a_wr_en.eq(Mux(running, engine.act_wr_en, self.a_wr_en)),

@@ -31,6 +31,7 @@ from .core import TernaryCore
 from .decoder import DecoderCore
 from .sdram import sdram_pins_signature
 from .sdram_port import sdram_setup
+from .weight_fetch import MemArbiter
 
 
 class BitlaneTop(wiring.Component):
@@ -60,6 +61,13 @@ class BitlaneTop(wiring.Component):
             wiring.connect(m, cmdproc.engine, core.engine_port)
         if self.sdram_setup is not None:
             m.submodules.sdram_port = port = self.sdram_setup.port()
-            wiring.connect(m, cmdproc.mem, port.mem)
+            if self.config.decoder is None:
+                wiring.connect(m, cmdproc.mem, port.mem)
+            else:  # the engine's WFETCH shares the port: it runs only inside a DECODE (hw/weight_fetch.py)
+                m.submodules.mem_arbiter = arbiter = MemArbiter(cmdproc.mem.signature)
+                wiring.connect(m, cmdproc.mem, arbiter.host)
+                wiring.connect(m, core.mem, arbiter.engine)
+                wiring.connect(m, arbiter.port, port.mem)
+                m.d.comb += arbiter.engine_selected.eq(core.engine_busy)
             wiring.connect(m, port.pins, wiring.flipped(self.sdram))
         return m
