@@ -1,0 +1,74 @@
+"""Decoder mode with weights in SDRAM on the Verilated gateware: BitlaneTop of a small decoder engine
+(tests/test_decoder_sdram.py's, 700 weight words) with the SDRAM port and the C++ timing-checking SDRAM
+model (hw/sim/), against the functional model of the same configuration, byte for byte.
+
+The same bytes go to both: load_decoder (the streamed weights by MEM_WRITE and verified by MEM_CRC,
+the resident ones, CONST, program, DECODE_SETUP), then DECODEs token by token and a prefill. Every
+answer is equal, a DECODE's `cycles` included (the engine does not count a WFETCH's wait for the
+SDRAM, contract/decoder.py); the hidden states equal golden.integer's. Two placements run on the one
+build: mixed (resident matrices and streamed ones) and all streamed in split row-tile runs. Afterwards
+the command processor has the SDRAM port again: MEM_READ and MEM_CRC answer as the model does.
+
+The first run builds the simulator (a few minutes).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitlane.contract import protocol as p
+from bitlane.contract.decoder import MachineShape, Op
+from bitlane.contract.protocol import Cmd
+from bitlane.contract.weight_stream import sdram_words_per_weight_word
+from bitlane.devices import sim_transport
+from bitlane.sw import Accelerator
+from bitlane.sw.decoder_program import compile_decoder
+from bitlane.sw.decoder_session import load_decoder
+from bitlane.sw.transport import ModelTransport
+from tests.test_decoder_sdram import STREAMED, small  # noqa: F401  (the model fixture)
+
+CONFIG = STREAMED[700]
+IDS = [5, 17, 199, 0, 42, 42, 7, 100]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    acc = Accelerator(sim_transport(CONFIG), timeout=120)
+    yield acc
+    acc.close()
+
+
+def image_for(model, caps, weight_depth: int):
+    """The model compiled for the device, as if its weight memory had `weight_depth` words."""
+    return compile_decoder(model, MachineShape.from_capabilities(caps), weight_depth, caps.sdram_words,
+                           sdram_words_per_weight_word(caps))
+
+
+@pytest.mark.parametrize("weight_depth", [700, 300])
+def test_decode_from_sdram_equals_the_model_and_the_reference(sim, small, weight_depth):  # noqa: F811
+    model_acc = Accelerator(ModelTransport(CONFIG))
+    image = image_for(small, sim.caps, weight_depth)
+    assert image.streamed and any(ins.op == Op.WFETCH for ins in image.program)
+    if weight_depth == 700:
+        assert image.weights, "some matrices resident"
+    else:
+        assert not image.weights and sum(ins.op == Op.WFETCH for ins in image.program) > len(image.streamed)
+    for acc in (model_acc, sim):
+        load_decoder(small, image, acc)
+    requests = [(Cmd.DECODE, p.DecodeArgs(t, 1).pack() + small.embedding[[token]].astype("<i2").tobytes())
+                for t, token in enumerate(IDS)]
+    prefill = p.DecodeArgs(0, 3).pack() + small.embedding[IDS[:3]].astype("<i2").tobytes()
+    requests.append((Cmd.DECODE, prefill))
+    got, want = sim.transact(requests), model_acc.transact(requests)
+    assert got == want
+    ref_cache = small.new_cache()
+    for t, token in enumerate(IDS):
+        _, y, e = p.unpack_decode_response(got[t], 1, image.hidden)
+        y_ref, e_ref = small.hidden(np.array([[token]]), ref_cache)
+        assert np.array_equal(y[0], y_ref[0, 0]) and e[0] == e_ref[0, 0, 0], f"token {t}"
+    # the command processor has the SDRAM port back
+    first = min(image.streamed.values())
+    for acc in (sim, model_acc):
+        assert acc.mem_crc(first, image.sdram_words) == model_acc.mem_crc(first, image.sdram_words)
+    assert sim.mem_read(first + 10, 64) == model_acc.mem_read(first + 10, 64)
+    assert sim.counters()["frames_bad"] == 0
