@@ -48,8 +48,12 @@ def weight_bytes(sdram: np.ndarray, addr: int, words: int, config: CoreConfig) -
 
 # The fetch's duration depends on the SDRAM's state (open rows, refresh due) and on the clock
 # crossing, so the engine does not count it in a DECODE's cycles (contract/decoder.py, WFETCH): this
-# is an estimate for projections, the structure's numbers, not a count the gateware must equal.
-FETCH_REQUEST_CYCLES = 20  # SDRAM cycles per request: FIFO crossing, ACTIVATE + tRCD, CAS latency, read delay
+# is an estimate for projections, not a count the gateware must equal. Measured on the Verilated
+# ULX3S-clocked top (30 MHz core, 100 MHz SDRAM, sim_tests/test_decoder_sdram_sim.py's engine): a
+# token with 20 WFETCHes of 7,872 SDRAM words in all waits 577 core cycles longer than one with 13
+# WFETCHes of 7,360, i.e. ~1 core cycle per SDRAM word (the 16-bit port's rate) and ~9 core cycles
+# (~30 SDRAM cycles) per request.
+FETCH_REQUEST_CYCLES = 30  # SDRAM cycles per request: FIFO crossings, ACTIVATE + tRCD, CAS latency, read delay
 REFRESH_SHARE = 0.03       # of the SDRAM's cycles: one refresh (~20 cycles with its precharge) per 7.8 us
 
 
