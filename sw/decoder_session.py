@@ -243,7 +243,8 @@ class DecoderSession:
         runner, acc = self.runner, self.acc
         out: dict[str, object] = {"device": acc.transport.description, "mode": "decoder",
                                   "forward_passes": runner.forwards, "program": len(self.image.program),
-                                  "weight_words": self.image.weight_words}
+                                  "weight_words": self.image.weight_words,
+                                  "sdram_weight_bytes_per_token": self.image.fetched_words * acc.caps.weight_word_bytes}
         if runner.decode_start is not None:
             t0, tokens0, cycles0, s0 = runner.decode_start
             tokens = runner.decoded_tokens - tokens0
@@ -272,7 +273,9 @@ class DecoderSession:
 
 def format_decoder_summary(s: dict[str, object]) -> str:
     """DecoderSession.summary() as the lines `bitlane generate` prints."""
-    lines = [f"[{s['device']}: decoder mode, {s['program']} instructions, {s['weight_words']:,} weight words]"]
+    streamed = s.get("sdram_weight_bytes_per_token", 0)
+    sdram = f", {streamed:,} bytes of weights from SDRAM per token" if streamed else ""
+    lines = [f"[{s['device']}: decoder mode, {s['program']} instructions, {s['weight_words']:,} weight words{sdram}]"]
     if "decode_tokens" in s:
         lines.append(f"[decode: {s['decode_tokens_per_s']:.2f} tokens/s, {s['cycles_per_token']:,.0f} device "
                      f"cycles/token, {s['link_bytes_per_token']:,.0f} link bytes/token, "
