@@ -35,6 +35,17 @@ def sdram_words_per_weight_word(device: CoreConfig | Capabilities) -> int:
     return bits // SDRAM_WORD_BITS
 
 
+def fetch_ratio(config: CoreConfig) -> int:
+    """SDRAM words per word of the engine's weight port (hw/sdram_port.py's `fetch_ratio`): the least power
+    of two that lets the core domain take a word a cycle as fast as the SDRAM streams them (4 for 100 MHz
+    SDRAM and a 30 MHz core), but no more than a weight word, so that weight words are whole port words."""
+    need = config.sdram_clock_hz / (config.clock_hz or config.sdram_clock_hz)
+    ratio = 1
+    while ratio < need:
+        ratio *= 2
+    return min(ratio, sdram_words_per_weight_word(config))
+
+
 def sdram_image(packed: bytes) -> np.ndarray:
     """Packed weight words (pack_weights' bytes) as the SDRAM words that hold them."""
     return np.frombuffer(packed, dtype="<u2")
@@ -49,21 +60,23 @@ def weight_bytes(sdram: np.ndarray, addr: int, words: int, config: CoreConfig) -
 # The fetch's duration depends on the SDRAM's state (open rows, refresh due) and on the clock
 # crossing, so the engine does not count it in a DECODE's cycles (contract/decoder.py, WFETCH): this
 # is an estimate for projections, not a count the gateware must equal. Measured on the Verilated
-# ULX3S-clocked top (30 MHz core, 100 MHz SDRAM, sim_tests/test_decoder_sdram_sim.py's engine): a
-# token with 20 WFETCHes of 7,872 SDRAM words in all waits 577 core cycles longer than one with 13
-# WFETCHes of 7,360, i.e. ~1 core cycle per SDRAM word (the 16-bit port's rate) and ~9 core cycles
-# (~30 SDRAM cycles) per request.
+# ULX3S-clocked top (30 MHz core, 100 MHz SDRAM, sim_tests/test_decoder_sdram_sim.py's 4 x 4 engine,
+# whose weight port is 2 SDRAM words wide): a token with 20 WFETCHes of 7,872 SDRAM words in all
+# waits 328 core cycles longer than one with 13 WFETCHes of 7,360, i.e. half a core cycle per SDRAM
+# word (the port's rate) and ~10 core cycles (~30 SDRAM cycles) per request.
 FETCH_REQUEST_CYCLES = 30  # SDRAM cycles per request: FIFO crossings, ACTIVATE + tRCD, CAS latency, read delay
 REFRESH_SHARE = 0.03       # of the SDRAM's cycles: one refresh (~20 cycles with its precharge) per 7.8 us
 
 
-def fetch_cycles_estimate(words: int, config: CoreConfig, ratio: int = 1, request_words: int = 1 << 16) -> int:
+def fetch_cycles_estimate(words: int, config: CoreConfig, ratio: int | None = None,
+                          request_words: int = 1 << 16) -> int:
     """Core cycles a WFETCH of `words` weight words takes, estimated: the SDRAM streams a word per
-    SDRAM cycle, the core domain takes `ratio` SDRAM words per core cycle (hw/sdram_port.py), the
-    slower of the two sets the rate; plus each request's latency (requests of at most
-    `request_words` SDRAM words) and the refresh share."""
+    SDRAM cycle, the core domain takes `ratio` SDRAM words per core cycle (the weight port's,
+    `fetch_ratio`, unless given), the slower of the two sets the rate; plus each request's latency
+    (requests of at most `request_words` SDRAM words) and the refresh share."""
     if not config.sdram_words:
         raise ValueError(f"config {config.name!r} has no SDRAM")
+    ratio = fetch_ratio(config) if ratio is None else ratio
     sdram_words = words * sdram_words_per_weight_word(config)
     per_core_cycle = min(ratio, config.sdram_clock_hz / (config.clock_hz or config.sdram_clock_hz))
     requests = -(-sdram_words // request_words)
@@ -72,5 +85,5 @@ def fetch_cycles_estimate(words: int, config: CoreConfig, ratio: int = 1, reques
     return math.ceil(sdram_words / per_core_cycle + sdram_cycles * core_per_sdram)
 
 
-__all__ = ["SDRAM_WORD_BITS", "sdram_words_per_weight_word", "sdram_image", "weight_bytes",
+__all__ = ["SDRAM_WORD_BITS", "sdram_words_per_weight_word", "fetch_ratio", "sdram_image", "weight_bytes",
            "fetch_cycles_estimate", "FETCH_REQUEST_CYCLES", "REFRESH_SHARE"]

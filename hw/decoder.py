@@ -291,8 +291,8 @@ class DecoderCore(wiring.Component):
     ports do, so matmul mode and decoder mode share one set of memories.
 
     With SDRAM (`config.sdram_words`) a hw/weight_fetch.py WeightFetch executes the engine's WFETCHes
-    through `mem` (an SDRAM port the top shares with the command processor: hw/weight_fetch.py's
-    MemArbiter, on `engine_busy`) and owns the weight memory's write port while the engine runs;
+    through `mem` (to the SDRAM port's wide read-only `fetch`, beside the command processor's `mem`:
+    hw/sdram_port.py) and owns the weight memory's write port while the engine runs;
     without SDRAM a WFETCH is done at once and fetches nothing (the functional model faults on it)."""
 
     def __init__(self, config: CoreConfig, kv_bits: int = 16) -> None:

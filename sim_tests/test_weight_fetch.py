@@ -1,10 +1,11 @@
-"""hw/weight_fetch.py on Amaranth's simulator (no Verilator build): WeightFetch against a Python SDRAM
-port (requests served in order, read words with random gaps), and MemArbiter's multiplexing.
+"""hw/weight_fetch.py on Amaranth's simulator (no Verilator build): WeightFetch against a Python model of
+the SDRAM port's read-only `fetch` (requests served in order, port words of fetch_ratio SDRAM words with
+random gaps).
 
 Every weight word written equals contract/weight_stream.py's mapping of the SDRAM array (the functional
-model's WFETCH), integer for integer; requests never exceed the controller's 65,536 words; `done`
-pulses once, after the last write; with a port that answers a request in the next cycle and then
-a word every cycle, a fetch of n weight words takes n * spw + 2 cycles from `start` to `done`.
+model's WFETCH), integer for integer; requests never exceed the controller's 65,536 SDRAM words; `done`
+pulses once, after the last write; with a port that answers a request in the next cycle and then a
+word every cycle, a fetch of n weight words takes n * spw / fetch_ratio + 2 cycles from `start` to `done`.
 """
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ import pytest
 from amaranth.sim import Simulator
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.weight_stream import sdram_words_per_weight_word, weight_bytes
+from bitlane.contract.weight_stream import fetch_ratio, sdram_words_per_weight_word, weight_bytes
 from bitlane.hw.sdram_port import CONTROLLER_COUNT_BITS
-from bitlane.hw.weight_fetch import MemArbiter, WeightFetch, weight_mem_signature
+from bitlane.hw.weight_fetch import WeightFetch
 
 SDRAM_WORDS = 1 << 24
 CONFIGS = {
     "4x4": CoreConfig("wf-4x4", lanes=4, k_per_cycle=4, weight_depth=512, act_depth=64, out_depth=64, max_k=256,
                       sdram_words=SDRAM_WORDS, sdram_clock_hz=100_000_000, clock_hz=30_000_000),
+    # a core as fast as the SDRAM: port words of one SDRAM word, two a weight word
+    "4x4-100MHz": CoreConfig("wf-4x4-fast", lanes=4, k_per_cycle=4, weight_depth=512, act_depth=64, out_depth=64,
+                             max_k=256, sdram_words=SDRAM_WORDS, sdram_clock_hz=100_000_000, clock_hz=100_000_000),
     "16x16": CoreConfig("wf-16x16", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=64, out_depth=64,
                         max_k=1024, sdram_words=SDRAM_WORDS, sdram_clock_hz=100_000_000, clock_hz=30_000_000),
 }
@@ -33,6 +37,7 @@ def run_fetches(config: CoreConfig, fetches: list[tuple[int, int, int]], sdram: 
     """Run WFETCHes (SDRAM word, weight word, words) one after the other: the weight memory's writes
     {address: word}, each fetch's cycles from start to done, and the requests (addr, words) seen."""
     dut = WeightFetch(config)
+    R = fetch_ratio(config)
     rng = random.Random(seed)
     writes: dict[int, int] = {}
     cycles: list[int] = []
@@ -46,9 +51,10 @@ def run_fetches(config: CoreConfig, fetches: list[tuple[int, int, int]], sdram: 
         ctx.set(dut.mem.req.ready, 1)
         async for clk_edge, rst, req_valid, addr, count, r_ready in ctx.tick().sample(
                 dut.mem.req.valid, dut.mem.req.payload.addr, dut.mem.req.payload.count, dut.mem.r_data.ready):
-            if req_valid:
-                requests.append((addr, count + 1))
-                pending.extend(int(sdram[addr + i]) for i in range(count + 1))
+            if req_valid:  # in port words of R SDRAM words, the lowest first
+                requests.append((addr * R, (count + 1) * R))
+                pending.extend(sum(int(sdram[(addr + i) * R + j]) << (16 * j) for j in range(R))
+                               for i in range(count + 1))
             if r_ready and show:
                 pending.pop(0)
             show = bool(pending) and rng.random() >= gaps
@@ -102,7 +108,7 @@ def test_fetched_words_are_the_models(name: str, gaps: float) -> None:
             want[w_addr + i] = int.from_bytes(data[i * size:(i + 1) * size], "little")
     assert writes == want
     if gaps == 0:
-        assert cycles == [words * spw + 2 for _, _, words in fetches]
+        assert cycles == [words * spw // fetch_ratio(config) + 2 for _, _, words in fetches]
 
 
 def test_long_fetches_are_split_into_controller_requests() -> None:
@@ -111,41 +117,10 @@ def test_long_fetches_are_split_into_controller_requests() -> None:
     words = 4096  # 131,072 SDRAM words: two requests of the controller's 65,536
     writes, cycles, requests = run_fetches(config, [(1 << 20, 0, words)], sdram, 0.0)
     assert requests == [(1 << 20, 1 << CONTROLLER_COUNT_BITS), ((1 << 20) + (1 << 16), 1 << CONTROLLER_COUNT_BITS)]
-    assert len(writes) == words and cycles == [words * 32 + 2]
+    assert len(writes) == words and cycles == [words * 32 // 4 + 2]
     assert writes[4095] == int.from_bytes(weight_bytes(sdram, (1 << 20) + 4095 * 32, 1, config), "little")
 
 
 def test_zero_words_is_done_at_once() -> None:
     writes, cycles, requests = run_fetches(CONFIGS["4x4"], [(0, 0, 0)], np.zeros(16, dtype="<u2"), 0.0)
     assert not writes and not requests and cycles == [1]
-
-
-def test_arbiter_follows_its_select() -> None:
-    dut = MemArbiter(weight_mem_signature(CONFIGS["4x4"]))
-    sim = Simulator(dut)
-
-    async def bench(ctx):
-        for sel in (0, 1):
-            ctx.set(dut.engine_selected, sel)
-            users = (dut.host, dut.engine)
-            for k, user in enumerate(users):
-                ctx.set(user.req.valid, 1)
-                ctx.set(user.req.payload.addr, 100 + k)
-                ctx.set(user.w_data.valid, 1)
-                ctx.set(user.w_data.payload, 200 + k)
-                ctx.set(user.r_data.ready, 1)
-            ctx.set(dut.port.req.ready, 1)
-            ctx.set(dut.port.w_data.ready, 1)
-            ctx.set(dut.port.r_data.valid, 1)
-            ctx.set(dut.port.r_data.payload, 77)
-            assert ctx.get(dut.port.req.payload.addr) == 100 + sel and ctx.get(dut.port.w_data.payload) == 200 + sel
-            for k, user in enumerate(users):
-                mine = int(k == sel)
-                assert (ctx.get(user.req.ready), ctx.get(user.w_data.ready), ctx.get(user.r_data.valid)) == \
-                    (mine, mine, mine)
-                assert ctx.get(user.r_data.payload) == 77
-            ctx.set(users[1 - sel].r_data.ready, 0)  # the other user's readiness does not matter
-            assert ctx.get(dut.port.r_data.ready) == 1
-
-    sim.add_testbench(bench)
-    sim.run()
