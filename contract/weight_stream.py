@@ -63,7 +63,9 @@ def weight_bytes(sdram: np.ndarray, addr: int, words: int, config: CoreConfig) -
 # ULX3S-clocked top (30 MHz core, 100 MHz SDRAM, sim_tests/test_decoder_sdram_sim.py's 4 x 4 engine,
 # whose weight port is 2 SDRAM words wide): a token with 20 WFETCHes of 7,872 SDRAM words in all
 # waits 328 core cycles longer than one with 13 WFETCHes of 7,360, i.e. half a core cycle per SDRAM
-# word (the port's rate) and ~10 core cycles (~30 SDRAM cycles) per request.
+# word (the port's rate) and ~10 core cycles (~30 SDRAM cycles) per request. On sim://ulx3s (4-word
+# port: the SDRAM sets the rate) h128 with every matrix streamed (28 WFETCHes, 212,992 bytes) waits
+# ~33,140 core cycles a token, this estimate 33,168: 193 MB/s of the SDRAM's 200.
 FETCH_REQUEST_CYCLES = 30  # SDRAM cycles per request: FIFO crossings, ACTIVATE + tRCD, CAS latency, read delay
 REFRESH_SHARE = 0.03       # of the SDRAM's cycles: one refresh (~20 cycles with its precharge) per 7.8 us
 

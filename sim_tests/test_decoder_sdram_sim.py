@@ -92,3 +92,42 @@ def test_fetch_waits_match_the_estimate(sim, small):  # noqa: F811
         assert rest[depth] > estimate[depth]
     extra, predicted = rest[300] - rest[700], estimate[300] - estimate[700]
     assert abs(extra - predicted) <= 0.1 * predicted, (extra, predicted)
+
+
+def test_ulx3s_runs_h128_from_sdram():
+    """sim://ulx3s, the ULX3S's own gateware (16 x 16 core, 4-word weight port, 100 MHz SDRAM beside the
+    30 MHz core), with the shipped h128 staged from SDRAM: as if its weight memory held 600 words (some
+    matrices resident) and 192 (every matrix streamed). DECODE answers equal model://ulx3s's byte for
+    byte and the hidden states golden.integer's; the waits, where the SDRAM's rate sets the pace, differ
+    between the placements as fetch_cycles_estimate says, within 10 %."""
+    import bitlane
+    from bitlane.contract.config import preset
+    from bitlane.golden.integer import IntegerModel
+
+    h128 = IntegerModel.load("models/bitnet-kjv-h128")
+    ids = [5, 300, 1000, 7, 4000]
+    rest, estimate = {}, {}
+    with bitlane.connect("sim://ulx3s", timeout=180) as sim, bitlane.connect("model://ulx3s") as model:
+        for depth in (600, 192):
+            image = image_for(h128, sim.caps, depth)
+            assert bool(image.weights) == (depth == 600) and image.streamed
+            for acc in (model, sim):
+                load_decoder(h128, image, acc)
+            decodes = [(Cmd.DECODE, p.DecodeArgs(t, 1).pack() + h128.embedding[[token]].astype("<i2").tobytes())
+                       for t, token in enumerate(ids)]
+            requests = [(Cmd.COUNTERS, b""), *decodes, (Cmd.COUNTERS, b"")]
+            got, want = sim.transact(requests), model.transact(requests)
+            assert got[1:-1] == want[1:-1]
+            ref_cache = h128.new_cache()
+            engine = 0
+            for t, token in enumerate(ids):
+                cycles, y, e = p.unpack_decode_response(got[1 + t], 1, image.hidden)
+                y_ref, e_ref = h128.hidden(np.array([[token]]), ref_cache)
+                assert np.array_equal(y[0], y_ref[0, 0]) and e[0] == e_ref[0, 0, 0], f"token {t}"
+                engine += cycles
+            rest[depth] = p.Counters.unpack(got[-1]).cycles - p.Counters.unpack(got[0]).cycles - engine
+            estimate[depth] = len(ids) * sum(fetch_cycles_estimate(ins.n, preset("ulx3s"))
+                                             for ins in image.program if ins.op == Op.WFETCH)
+            assert rest[depth] > estimate[depth]
+    extra, predicted = rest[192] - rest[600], estimate[192] - estimate[600]
+    assert abs(extra - predicted) <= 0.1 * predicted, (extra, predicted, rest, estimate)
