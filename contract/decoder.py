@@ -693,6 +693,7 @@ def decode_cycles(program: Sequence[Instruction], pos: int, shape: MachineShape,
 
 __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "ProgramError", "attend_head",
            "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "WRITABLE_BANKS",
-           "TernaryRun", "WeightFetch", "DecodeCycles", "decode_cycles", "instruction_cycles", "vector_cycles", "vector_latency",
+           "TernaryRun", "DecodeCycles", "decode_cycles", "instruction_cycles", "vector_cycles", "vector_latency",
            "scalar_cycles", "attend_cycles", "append_cycles", "tree_levels", "tree_stages", "run_cycles",
            "CYCLE_CLASSES", "SCALAR_OPS"]
+__all__ += ["WeightFetch"]  # WFETCH's device callback

@@ -72,8 +72,9 @@ def project_decoder(model: IntegerModel, board: BoardFacts, positions: Sequence[
     The engine's cycles are the board's own, from contract.decoder.decode_cycles on the program compiled
     for its configuration (the gateware's counters equal them), averaged over the positions its KV
     cache holds, plus, for weights streamed from SDRAM, contract.weight_stream.fetch_cycles_estimate of
-    each WFETCH (the engine does not count those waits); the command processor's own cycles around a DECODE (staging the embedding row,
-    copying the hidden state out) are about as many as the bytes and hide behind the UART. The USB
+    each WFETCH (the engine does not count those waits); the command processor's own cycles around a
+    DECODE (staging the embedding row, copying the hidden state out) are about as many as the bytes and
+    hide behind the UART. The USB
     round trip is BoardFacts.usb_round_trip_s with the latency timer at 1 ms (what sw/transport.py
     sets), and `tokens_per_s_default_latency` at the FTDI default of 16 ms. Returns `fits` False and a
     `reason` where the model does not fit the board's decoder."""
@@ -96,7 +97,8 @@ def project_decoder(model: IntegerModel, board: BoardFacts, positions: Sequence[
     usb_default_s = round_trips * board.usb_round_trip_s(FTDI_DEFAULT_LATENCY_S)
     return {"board": board.name, "fits": True, "positions": len(held), "context": caps.dec_context,
             "clock_hz": board.core.clock_hz, "baud": board.baud, "usb_uart": board.usb_uart,
-            "cycles_per_token": cycles, "fetch_cycles_per_token": fetch, "compute_ms": 1e3 * compute_s, "link_ms": 1e3 * link_s,
+            "cycles_per_token": cycles, "fetch_cycles_per_token": fetch,
+            "compute_ms": 1e3 * compute_s, "link_ms": 1e3 * link_s,
             "usb_ms": 1e3 * usb_s, "tokens_per_s": 1 / (compute_s + link_s + usb_s),
             "tokens_per_s_link_only": 1 / link_s,
             "tokens_per_s_default_latency": 1 / (compute_s + link_s + usb_default_s)}
@@ -286,8 +288,10 @@ def format_decoder_summary(s: dict[str, object]) -> str:
             continue
         held = "" if j["positions"] == s["decode_tokens"] else (
             f"; the {j['positions']} of {s['decode_tokens']} tokens inside its context of {j['context']}")
-        fetch = f" + {j['fetch_cycles_per_token']:,.0f} waiting for SDRAM weights" if j["fetch_cycles_per_token"] else ""
-        lines.append(f"[projected {name}: {j['tokens_per_s']:,.0f} tokens/s = {j['cycles_per_token']:,.0f} cycles{fetch} "
+        fetch = (f" + {j['fetch_cycles_per_token']:,.0f} waiting for SDRAM weights"
+                 if j["fetch_cycles_per_token"] else "")
+        lines.append(f"[projected {name}: {j['tokens_per_s']:,.0f} tokens/s = {j['cycles_per_token']:,.0f} "
+                     f"cycles{fetch} "
                      f"at {j['clock_hz'] / 1e6:g} MHz {j['compute_ms']:.2f} ms + link {j['link_ms']:.2f} ms at "
                      f"{j['baud'] / 1e6:g} Mbaud + USB {j['usb_ms']:.2f} ms ({j['usb_uart']}, latency timer 1 ms); "
                      f"{j['tokens_per_s_default_latency']:,.0f} tokens/s at the FTDI default 16 ms{held}]")
