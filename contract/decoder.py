@@ -11,6 +11,8 @@ the model. The engine (bitlane.hw.decoder) fetches them one at a time and hands 
     TRUN           one ternary product on the existing core (activation and output memories shared)
     KVAPPEND /     the attention unit: write K or V of the current position into the cache; one head's
     ATTEND         scores, softmax and weighted V sum
+    WFETCH         weight words from the device's SDRAM into the core's weight memory, for models whose
+                   weights do not all fit it (contract/weight_stream.py; hw/weight_fetch.py)
 
 Why a program rather than a fixed state machine: the layer shape (heads, KV heads, head_dim,
 intermediate size, layers, where each weight matrix sits) is data, so one bitstream runs every model
@@ -111,6 +113,8 @@ class Op(IntEnum):
     KVAPPEND = 33  # cache[layer r2][kv head r3][K if imm == 0 else V][POS] = A[0..n), exponent R[r1]
     ATTEND = 34    # one head: q = A[0..n) with exponent R[r1] against cache[layer r2][kv head r3][0..POS];
                    # D[0..n) = u (int16), R[r0] = eu   (see `attend_head`)
+    # -- weights from SDRAM (see `_op_wfetch`)
+    WFETCH = 35    # weight words d.addr .. d.addr + n - 1 = the n weight words at SDRAM word imm
 
 
 VECTOR_OPS = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VQUANT, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2,
@@ -222,6 +226,7 @@ def attend_head(qm: np.ndarray, eq: int, km: np.ndarray, ek: np.ndarray, vm: np.
 # ----------------------------------------------------------------------------- the model
 
 TernaryRun = Callable[[int, int, int, np.ndarray], np.ndarray]  # (w_base, rows, cols, q int8 [cols]) -> int32 [rows]
+WeightFetch = Callable[[int, int, int], None]  # WFETCH: (SDRAM word, weight word, words) -> None
 
 
 class ProgramError(ValueError):
@@ -238,8 +243,8 @@ class DecoderMachine:
         y = machine.read(Bank.MAIN, out_addr, n); ey = machine.regs[out_reg]
     """
 
-    def __init__(self, shape: MachineShape, ternary: TernaryRun) -> None:
-        self.shape, self.ternary = shape, ternary
+    def __init__(self, shape: MachineShape, ternary: TernaryRun, fetch: WeightFetch | None = None) -> None:
+        self.shape, self.ternary, self.fetch = shape, ternary, fetch
         self.banks = [np.zeros(depth, dtype=np.int64) for depth in shape.bank_depth]
         self.out = np.zeros(shape.out_depth * shape.lanes, dtype=np.int64)
         self.act = np.zeros(shape.act_depth * shape.k_per_cycle, dtype=np.int64)
@@ -530,6 +535,21 @@ class DecoderMachine:
         self._dst(ins, u)
         self._set(ins.r0, eu)
 
+    # -- weights from SDRAM
+    def _op_wfetch(self, ins: Instruction) -> None:
+        """Copy n weight words from the device's SDRAM (from SDRAM word imm) into the core's weight memory
+        (from word d.addr), where a later TRUN reads them. How a weight word lies in SDRAM is
+        contract/weight_stream.py; `fetch` (the device's: sw/model_device.py) checks both ranges and the
+        address's alignment and raises ProgramError outside them. The engine waits for the copy; its
+        cycles depend on the SDRAM (refresh, open rows), so a DECODE's cycles count only the issue
+        cycles of a WFETCH (`instruction_cycles`), and weight_stream.fetch_cycles_estimate says how long
+        the wait is."""
+        if self.fetch is None:
+            raise ProgramError("WFETCH on an engine without SDRAM")
+        if ins.n == 0:
+            raise ProgramError("WFETCH of 0 words")
+        self.fetch(ins.imm, ins.d_addr, ins.n)
+
 
 # ----------------------------------------------------------------------------- the engine's cycles
 #
@@ -663,6 +683,7 @@ def instruction_cycles(ins: Instruction, pos: int, shape: MachineShape, run_over
         cycles.runs = cycles.core = run_cycles(ins.n, ins.b_addr, shape.lanes, shape.k_per_cycle, run_overhead)
     elif op in SCALAR_OPS:
         cycles.scalar = scalar_cycles(op)
+    # WFETCH: the issue cycles only; the engine does not count its wait for the SDRAM (`_op_wfetch`)
     return cycles
 
 
@@ -682,3 +703,4 @@ __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "Progr
            "TernaryRun", "DecodeCycles", "decode_cycles", "instruction_cycles", "vector_cycles", "vector_latency",
            "scalar_cycles", "attend_cycles", "append_cycles", "tree_levels", "tree_stages", "run_cycles",
            "CYCLE_CLASSES", "SCALAR_OPS", "ALU_OPS"]
+__all__ += ["WeightFetch"]  # WFETCH's device callback

@@ -29,11 +29,16 @@ from bitlane.hw.core import TernaryCore, core_signature
 from bitlane.hw.decoder_scalar import PAIR_RESULT, ScalarUnit
 from bitlane.hw.decoder_vector import VectorUnit
 from bitlane.hw.records import RunArgsLayout, layout
+from bitlane.hw.weight_fetch import WeightFetch, weight_mem_signature
 
 InstructionLayout = layout(Instruction)
 # the engine's ports that face the ternary core (DecoderCore wires them inside)
 CORE_FACING = frozenset({"act_wr_addr", "act_wr_data", "act_wr_en", "out_rd_addr", "out_rd_data", "core_start",
                          "core_run", "core_done"})
+# the engine's WFETCH ports, to a hw/weight_fetch.py WeightFetch (DecoderCore wires them; without SDRAM
+# it answers every WFETCH at once), and the cycles the last run waited for them (not in `cycles`)
+FETCH_FACING = frozenset({"fetch_start", "fetch_sdram_addr", "fetch_w_addr", "fetch_words", "fetch_done",
+                          "cycles_fetch"})
 READS = 5             # registers read per instruction (one port each): r1, r1 + 1, r2, r2 + 1, r3
 COUNTER_BITS = 32
 # ops that write R[r0] from the vector unit's y0 (VNORM also writes R[r2] from y2)
@@ -72,6 +77,13 @@ def engine_signature(shape: MachineShape) -> wiring.Signature:
         "core_start": Out(1),
         "core_run": Out(RunArgsLayout),
         "core_done": In(1),
+        # WFETCH: weight words from SDRAM into the core's weight memory (hw/weight_fetch.py)
+        "fetch_start": Out(1),
+        "fetch_sdram_addr": Out(32),
+        "fetch_w_addr": Out(16),
+        "fetch_words": Out(16),
+        "fetch_done": In(1),
+        "cycles_fetch": Out(COUNTER_BITS),
     })
 
 
@@ -79,7 +91,7 @@ def engine_host_signature(shape: MachineShape) -> wiring.Signature:
     """The engine's ports that face the host: DecoderCore's `engine_*` ports, which the command processor
     (hw/cmdproc.py) drives through its flipped `engine` port."""
     return wiring.Signature({name: member for name, member in engine_signature(shape).members.items()
-                             if name not in CORE_FACING})
+                             if name not in CORE_FACING | FETCH_FACING})
 
 
 class PortGroup:
@@ -197,19 +209,24 @@ class DecoderEngine(wiring.Component):
             self.core_run.w_base.eq(ins.imm), self.core_run.a_base.eq(ins.a_addr),
             self.core_run.o_base.eq(ins.d_addr), self.core_run.rows.eq(ins.n), self.core_run.cols.eq(ins.b_addr),
             self.core_run.n_vectors.eq(1),
+            self.fetch_sdram_addr.eq(ins.imm), self.fetch_w_addr.eq(ins.d_addr), self.fetch_words.eq(ins.n),
         ]
         eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
         with m.If(attention.o.valid & attention.o.ready):
             m.d.sync += eu.eq(attention.o.payload.exponent)
-        m.d.sync += self.done.eq(0)
+        m.d.sync += [self.done.eq(0), self.fetch_start.eq(0)]  # a pulse, seen by WAIT (done may follow at once)
 
         # Cycle counters: every cycle of a run to `cycles`, and the cycles an instruction waits for its
         # unit (an ALU op: its one cycle) to that unit's counter; the rest are issue cycles
         # (contract/decoder.py `instruction_cycles`).
-        unit = Signal(4)   # the waiting instruction's unit: core, attention, vector, scalar
+        # A WFETCH's wait (unit bit 4) goes to `cycles_fetch` only: it depends on the SDRAM's state, so a
+        # DECODE's cycles leave it out (contract/decoder.py WFETCH).
+        unit = Signal(5)   # the waiting instruction's unit: core, attention, vector, scalar, weight fetch
         counted = Signal(4)
         counters = [self.cycles_core, self.cycles_attention, self.cycles_vector, self.cycles_scalar]
-        with m.If(self.busy):
+        with m.If(self.busy & unit[4]):
+            m.d.sync += self.cycles_fetch.eq(self.cycles_fetch + 1)
+        with m.Elif(self.busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
             for k, counter in enumerate(counters):
                 with m.If(counted[k]):
@@ -232,6 +249,7 @@ class DecoderEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [fetch.eq(0), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
+                                 self.cycles_fetch.eq(0),
                                  *(counter.eq(0) for counter in counters)]
                     m.next = "DECODE"
             with m.State("DECODE"):  # word 0 is at prog_rd.data
@@ -263,6 +281,9 @@ class DecoderEngine(wiring.Component):
                         m.d.comb += self.core_start.eq(1)
                         m.d.sync += unit.eq(0b0001)
                         m.next = "WAIT"
+                    with m.Case(Op.WFETCH):
+                        m.d.sync += [self.fetch_start.eq(1), unit.eq(0b10000)]
+                        m.next = "WAIT"
                     with m.Default():  # an unknown op stops the program (the host's program is checked)
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
@@ -286,6 +307,9 @@ class DecoderEngine(wiring.Component):
                     with m.Case(Op.TRUN):
                         with m.If(self.core_done):
                             retire()
+                    with m.Case(Op.WFETCH):
+                        with m.If(self.fetch_done):
+                            retire()
         # the attention unit's command is offered through an issue cycle and taken with the vector
         # unit's start (valid does not wait for ready)
         m.d.comb += attention.cmd.valid.eq(executing & stream_op)
@@ -296,7 +320,12 @@ class DecoderCore(wiring.Component):
     """The ternary core and the decoder engine behind one interface: the core's own ports (what the
     v1 command processor drives: `core_signature`) plus the engine's host ports (`engine_*`). While the
     engine runs, it owns the core's activation writes, output reads and RUN start; otherwise the v1
-    ports do, so matmul mode and decoder mode share one set of memories."""
+    ports do, so matmul mode and decoder mode share one set of memories.
+
+    With SDRAM (`config.sdram_words`) a hw/weight_fetch.py WeightFetch executes the engine's WFETCHes
+    through `mem` (to the SDRAM port's wide read-only `fetch`, beside the command processor's `mem`:
+    hw/sdram_port.py) and owns the weight memory's write port while the engine runs;
+    without SDRAM a WFETCH is done at once and fetches nothing (the functional model faults on it)."""
 
     def __init__(self, config: CoreConfig, kv_bits: int = 16) -> None:
         if config.decoder is None:
@@ -304,7 +333,8 @@ class DecoderCore(wiring.Component):
         shape = MachineShape.from_config(config)
         self.config, self.shape, self.kv_bits = config, shape, kv_bits
         engine = {f"engine_{name}": member for name, member in engine_host_signature(shape).members.items()}
-        super().__init__({**core_signature(config).members, **engine})
+        mem = {"mem": Out(weight_mem_signature(config))} if config.sdram_words else {}
+        super().__init__({**core_signature(config).members, **engine, **mem})
 
     @property
     def core_port(self) -> PortGroup:
@@ -329,8 +359,19 @@ class DecoderCore(wiring.Component):
             else:
                 m.d.comb += ours.eq(theirs)
         running = engine.busy
+        w_wr = (self.w_wr_addr, self.w_wr_data, self.w_wr_en)
+        if self.config.sdram_words:
+            m.submodules.weight_fetch = fetch = WeightFetch(self.config)
+            wiring.connect(m, fetch.mem, wiring.flipped(self.mem))
+            m.d.comb += [fetch.fetch.start.eq(engine.fetch_start), fetch.fetch.sdram_addr.eq(engine.fetch_sdram_addr),
+                         fetch.fetch.w_addr.eq(engine.fetch_w_addr), fetch.fetch.words.eq(engine.fetch_words),
+                         engine.fetch_done.eq(fetch.fetch.done)]
+            w_wr = tuple(Mux(running, theirs, ours)
+                         for theirs, ours in zip((fetch.w_wr_addr, fetch.w_wr_data, fetch.w_wr_en), w_wr))
+        else:
+            m.d.comb += engine.fetch_done.eq(engine.fetch_start)
         m.d.comb += [
-            core.w_wr_addr.eq(self.w_wr_addr), core.w_wr_data.eq(self.w_wr_data), core.w_wr_en.eq(self.w_wr_en),
+            core.w_wr_addr.eq(w_wr[0]), core.w_wr_data.eq(w_wr[1]), core.w_wr_en.eq(w_wr[2]),
             core.a_wr_addr.eq(Mux(running, engine.act_wr_addr, self.a_wr_addr)),
             core.a_wr_data.eq(Mux(running, engine.act_wr_data, self.a_wr_data)),
             core.a_wr_en.eq(Mux(running, engine.act_wr_en, self.a_wr_en)),

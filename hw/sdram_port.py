@@ -19,6 +19,14 @@ request/response port (`mem_port_signature`):
 A port word is `ratio` SDRAM words (16 bits each, the lowest first), so a core clocked slower
 than the SDRAM can still take its whole bandwidth: 16 bits at 100 MHz is 53 bits at 30 MHz.
 
+With `fetch_ratio`, a second, read-only port `fetch` of `fetch_ratio` SDRAM words a port word
+(`read_port_signature`) sits beside `mem`: the decoder engine's weight stream (hw/weight_fetch.py)
+at the SDRAM's rate, while `mem` keeps the command processor's single words. Both share the
+request FIFO (a request carries which port's it is) and the controller; the read words go to the
+port of the last request the controller took. So the two must not overlap: a port makes a read
+request only once every read word the other asked for has been taken (the command processor and
+the engine never run at once, hw/weight_fetch.py).
+
 Board clocking (docs/sdram.md): the controller's clock and the SDRAM chip's clock come from
 one EHXPLLL, the chip's `PHASE_DEG` behind the controller's and forwarded through an ODDRX1F;
 every other SDRAM pin goes through an IO register. The capture delay that phase needs
@@ -37,7 +45,7 @@ from amaranth.lib.wiring import In, Out
 from .sdram import SdramController, SdramError, SdramGeometry, SdramTiming, sdram_pins_signature
 
 __all__ = ["PHASE_DEG", "PHASE_READ_DELAY", "IO_REGISTER_DELAY", "BOARD_READ_DELAY", "SdramSetup", "sdram_setup",
-           "mem_request_layout", "mem_port_signature", "SdramPort", "sdram_io"]
+           "mem_request_layout", "mem_port_signature", "read_port_signature", "SdramPort", "sdram_io"]
 
 PHASE_DEG = 202.5  # SDRAM clock behind the controller's: p ~ 5.6 ns at 100 MHz (docs/sdram.md)
 PHASE_READ_DELAY = 1  # that phase captures read data one cycle after CL
@@ -89,6 +97,14 @@ def mem_port_signature(*, addr_bits: int, data_width: int, count_bits: int) -> w
     })
 
 
+def read_port_signature(*, addr_bits: int, data_width: int, count_bits: int) -> wiring.Signature:
+    """A read-only memory port as its user sees it: requests out (`write` always 0), read words in."""
+    return wiring.Signature({
+        "req": Out(stream.Signature(mem_request_layout(addr_bits, count_bits))),
+        "r_data": In(stream.Signature(data_width)),
+    })
+
+
 class SdramPort(wiring.Component):
     """`SdramController` in the `sdram_domain`, behind async FIFOs, as a port of `domain`.
 
@@ -103,6 +119,8 @@ class SdramPort(wiring.Component):
         on the ULX3S).
     fifo_depth:
         Depth of the write-data and read-data FIFOs (port words); the request FIFO holds 4.
+    fetch_ratio:
+        0, or SDRAM words per port word of the read-only `fetch` port (a power of two).
 
     Members
     -------
@@ -114,16 +132,22 @@ class SdramPort(wiring.Component):
     init_done: Out(1)
         The controller has initialized the SDRAM (synchronized into `domain`). Requests made
         before are held in the FIFO until then.
+    fetch: In(read_port_signature)
+        Only with `fetch_ratio`: as `mem` without writes, `fetch_ratio` SDRAM words a port word
+        (module docstring: it must not overlap `mem`'s reads).
     """
 
     def __init__(self, sdram_hz: int, *, ratio: int = 1, read_delay: int = BOARD_READ_DELAY,
                  timing: SdramTiming = SdramTiming(), geometry: SdramGeometry = SdramGeometry(),
-                 domain: str = "sync", sdram_domain: str = "sdram", fifo_depth: int = 16) -> None:
-        if ratio < 1 or ratio & (ratio - 1):
-            raise SdramError(f"ratio {ratio} is not a power of two")
+                 domain: str = "sync", sdram_domain: str = "sdram", fifo_depth: int = 16,
+                 fetch_ratio: int = 0) -> None:
+        for what, value in (("ratio", ratio), ("fetch_ratio", fetch_ratio or 1)):
+            if value < 1 or value & (value - 1):
+                raise SdramError(f"{what} {value} is not a power of two")
+            if value.bit_length() - 1 >= min(geometry.addr_bits, CONTROLLER_COUNT_BITS):
+                raise SdramError(f"{what} {value} is too large for a {geometry.words}-word SDRAM")
         self.shift = ratio.bit_length() - 1
-        if self.shift >= min(geometry.addr_bits, CONTROLLER_COUNT_BITS):
-            raise SdramError(f"ratio {ratio} is too large for a {geometry.words}-word SDRAM")
+        self.fetch_ratio, self.fetch_shift = fetch_ratio, max(fetch_ratio, 1).bit_length() - 1
         self.ratio, self.domain, self.sdram_domain, self.fifo_depth = ratio, domain, sdram_domain, fifo_depth
         self.geometry, self.timing, self.read_delay, self.sdram_hz = geometry, timing, read_delay, sdram_hz
         self.controller = SdramController(sdram_hz, timing=timing, geometry=geometry,
@@ -134,6 +158,10 @@ class SdramPort(wiring.Component):
                                          count_bits=CONTROLLER_COUNT_BITS - self.shift)),
             "pins": Out(sdram_pins_signature(geometry)),
             "init_done": Out(1),
+            **({"fetch": In(read_port_signature(addr_bits=geometry.addr_bits - self.fetch_shift,
+                                                data_width=geometry.data_width * fetch_ratio,
+                                                count_bits=CONTROLLER_COUNT_BITS - self.fetch_shift))}
+               if fetch_ratio else {}),
         })
 
     @property
@@ -148,21 +176,35 @@ class SdramPort(wiring.Component):
         wiring.connect(m, ctrl.pins, wiring.flipped(self.pins))
         m.submodules.init_done = FFSynchronizer(ctrl.init_done, self.init_done, o_domain=core)
 
-        # ---- requests: scaled to SDRAM words on the core side, then across
-        m.submodules.req_fifo = req_fifo = fifo.AsyncFIFO(
-            width=ctrl.req.payload.shape().size, depth=4, w_domain=core, r_domain=sdram)
-        request = Signal(ctrl.req.payload.shape())
+        # ---- requests: scaled to SDRAM words on the core side, then across with the port they are from
+        size = ctrl.req.payload.shape().size
+        m.submodules.req_fifo = req_fifo = fifo.AsyncFIFO(width=size + 1, depth=4, w_domain=core, r_domain=sdram)
+
+        def scaled(port, shift: int, name: str) -> Signal:
+            request = Signal(ctrl.req.payload.shape(), name=name)
+            m.d.comb += [request.addr.eq(port.req.payload.addr << shift),
+                         request.count.eq(Cat(Const((1 << shift) - 1, shift), port.req.payload.count)),
+                         request.write.eq(port.req.payload.write)]
+            return request
+
+        mem_request = scaled(self.mem, self.shift, "mem_request")
         m.d.comb += [
-            request.addr.eq(self.mem.req.payload.addr << self.shift),
-            request.count.eq(Cat(Const(self.ratio - 1, self.shift), self.mem.req.payload.count)),
-            request.write.eq(self.mem.req.payload.write),
-            req_fifo.w_data.eq(request),
+            req_fifo.w_data.eq(Cat(mem_request, 0)),
             req_fifo.w_en.eq(self.mem.req.valid),
             self.mem.req.ready.eq(req_fifo.w_rdy),
-            ctrl.req.payload.eq(req_fifo.r_data),
+            ctrl.req.payload.eq(req_fifo.r_data[:size]),
             ctrl.req.valid.eq(req_fifo.r_rdy),
             req_fifo.r_en.eq(ctrl.req.ready),
         ]
+        to_fetch = Signal()  # the read words go to `fetch`: the last request the controller took was its
+        if self.fetch_ratio:
+            fetch_request = scaled(self.fetch, self.fetch_shift, "fetch_request")
+            with m.If(self.fetch.req.valid):  # never at once with mem's (module docstring)
+                m.d.comb += [req_fifo.w_data.eq(Cat(fetch_request, 1)), req_fifo.w_en.eq(1),
+                             self.mem.req.ready.eq(0)]
+            m.d.comb += self.fetch.req.ready.eq(req_fifo.w_rdy)
+            with m.If(ctrl.req.valid & ctrl.req.ready):
+                m.d[sdram] += to_fetch.eq(req_fifo.r_data[size])
 
         # ---- write words: across, then `ratio` SDRAM words each, lowest first
         m.submodules.w_fifo = w_fifo = fifo.AsyncFIFO(
@@ -182,24 +224,33 @@ class SdramPort(wiring.Component):
             with m.Elif(sent):
                 m.d[sdram] += [word.eq(word >> g.data_width), left.eq(left - 1)]
 
-        # ---- read words: `ratio` SDRAM words into one, then across
-        m.submodules.r_fifo = r_fifo = fifo.AsyncFIFO(
-            width=len(self.mem.r_data.payload), depth=self.fifo_depth, w_domain=sdram, r_domain=core)
-        wiring.connect(m, r_fifo.r_stream, wiring.flipped(self.mem.r_data))
-        if self.ratio == 1:
-            wiring.connect(m, ctrl.r_data, r_fifo.w_stream)
-        else:
-            word = Signal(len(self.mem.r_data.payload))
-            have = Signal(range(self.ratio + 1))  # SDRAM words in `word`
-            push = (have == self.ratio) & r_fifo.w_rdy
-            take = ctrl.r_data.valid & ctrl.r_data.ready
-            m.d.comb += [ctrl.r_data.ready.eq((have != self.ratio) | push),
-                         r_fifo.w_data.eq(word), r_fifo.w_en.eq(push)]
-            with m.If(take):  # each word in at the top: after `ratio` of them the first is lowest
+        # ---- read words: `ratio` SDRAM words into one, then across (to `fetch`: `fetch_ratio` words)
+        def reader(port, ratio: int, valid, name: str):
+            """The read path into `port` for the controller's words while `valid`; returns its `ready`."""
+            m.submodules[name] = r_fifo = fifo.AsyncFIFO(
+                width=len(port.r_data.payload), depth=self.fifo_depth, w_domain=sdram, r_domain=core)
+            wiring.connect(m, r_fifo.r_stream, wiring.flipped(port.r_data))
+            if ratio == 1:
+                m.d.comb += [r_fifo.w_data.eq(ctrl.r_data.payload), r_fifo.w_en.eq(valid)]
+                return r_fifo.w_rdy
+            word = Signal(len(port.r_data.payload), name=f"{name}_word")
+            have = Signal(range(ratio + 1), name=f"{name}_have")  # SDRAM words in `word`
+            push = (have == ratio) & r_fifo.w_rdy
+            ready = (have != ratio) | push
+            m.d.comb += [r_fifo.w_data.eq(word), r_fifo.w_en.eq(push)]
+            with m.If(valid & ready):  # each word in at the top: after `ratio` of them the first is lowest
                 m.d[sdram] += [word.eq(Cat(word[g.data_width:], ctrl.r_data.payload)),
                                have.eq(Mux(push, 1, have + 1))]
             with m.Elif(push):
                 m.d[sdram] += have.eq(0)
+            return ready
+
+        mem_ready = reader(self.mem, self.ratio, ctrl.r_data.valid & ~to_fetch, "r_fifo")
+        if self.fetch_ratio:
+            fetch_ready = reader(self.fetch, self.fetch_ratio, ctrl.r_data.valid & to_fetch, "fetch_fifo")
+            m.d.comb += ctrl.r_data.ready.eq(Mux(to_fetch, fetch_ready, mem_ready))
+        else:
+            m.d.comb += ctrl.r_data.ready.eq(mem_ready)
         return m
 
 

@@ -11,7 +11,8 @@ One clock domain, `sync`, for a configuration without SDRAM. The generated Veril
 A byte moves on a rising clock edge where valid and ready are both high.
 
 A configuration with SDRAM (`sdram_words`) adds the SDRAM port (hw/sdram_port.py), which the
-command processor's MEM_* commands use: its controller runs in a second domain, `sdram`, at
+command processor's MEM_* commands use (and, with a decoder, the engine's WFETCH through the
+port's read-only `fetch`, hw/weight_fetch.py): its controller runs in a second domain, `sdram`, at
 `sdram_clock_hz`, with the ports
 
     sdram_clk, sdram_rst                  the controller's clock and reset
@@ -25,6 +26,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.config import CoreConfig
+from bitlane.contract.weight_stream import fetch_ratio
 
 from .cmdproc import CommandProcessor
 from .core import TernaryCore
@@ -59,7 +61,11 @@ class BitlaneTop(wiring.Component):
             wiring.connect(m, cmdproc.core, core.core_port)
             wiring.connect(m, cmdproc.engine, core.engine_port)
         if self.sdram_setup is not None:
-            m.submodules.sdram_port = port = self.sdram_setup.port()
+            # with the decoder, the engine's WFETCH reads through the port's wide `fetch` (hw/weight_fetch.py)
+            wide = {} if self.config.decoder is None else {"fetch_ratio": fetch_ratio(self.config)}
+            m.submodules.sdram_port = port = self.sdram_setup.port(**wide)
             wiring.connect(m, cmdproc.mem, port.mem)
+            if wide:
+                wiring.connect(m, core.mem, port.fetch)
             wiring.connect(m, port.pins, wiring.flipped(self.sdram))
         return m

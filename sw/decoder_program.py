@@ -5,6 +5,8 @@ decoder step (all layers of one token), the CONST bank image (norm gains, RoPE o
 ternary matrix goes in the core's weight memory, and where the engine takes the embedding row and
 leaves the final hidden state. Every per-tensor constant of golden.integer's conversion becomes an
 immediate of a MOVI, so the program and the CONST image are the whole model apart from the trits.
+Ternary weights that do not fit the core's weight memory go to the device's SDRAM (`place_weights`),
+and the program stages them into weight memory with WFETCH before their TRUN.
 
 The program follows golden.integer.IntegerModel.hidden stage by stage (docs/arithmetic.md); the test
 tests/test_decoder_program.py runs it on contract.decoder.DecoderMachine and compares every token's
@@ -34,14 +36,79 @@ class DecoderImage:
 
     program: list[Instruction]
     const: np.ndarray                     # CONST bank words from address 0
-    weights: dict[tuple[int, str], int]   # (layer, BitLinear) -> w_base (weight-memory word)
-    weight_words: int                     # weight-memory words used
+    weights: dict[tuple[int, str], int]   # (layer, BitLinear) -> w_base (weight-memory word): the resident ones
+    weight_words: int                     # weight-memory words used (resident matrices and the staging region)
     emb_addr: int                         # MAIN: the int16 embedding row goes here
     out_addr: int                         # MAIN: the final hidden state's int16 mantissas
     out_exp_reg: int                      # register holding its exponent
     bank_words: tuple[int, int, int]      # words used of MAIN, CONST, COPY
     hidden: int = 0
     listing: list[str] = field(default_factory=list)
+    # weights in SDRAM (`WeightPlacement`): (layer, BitLinear) -> SDRAM word of its packed words, in
+    # SDRAM order; the SDRAM words they take from `sdram_base`; the staging region's weight words
+    streamed: dict[tuple[int, str], int] = field(default_factory=dict)
+    sdram_base: int = 0
+    sdram_words: int = 0
+    stage: tuple[int, int] = (0, 0)
+
+    @property
+    def fetched_words(self) -> int:
+        """Weight words the program's WFETCHes copy per token."""
+        return sum(ins.n for ins in self.program if ins.op == Op.WFETCH)
+
+
+@dataclass
+class WeightPlacement:
+    """Where each BitLinear's weight words are: resident in the core's weight memory, or in the device's
+    SDRAM, staged through one region of weight memory by WFETCH before each of its TRUNs.
+
+    All resident where they fit (no SDRAM traffic). Otherwise the staging region takes `stage` words at
+    the top of the used weight memory (the largest matrix, or all of weight memory less nothing where a
+    matrix is larger: then its TRUN is split into runs of whole row tiles, which are consecutive words
+    of the tile-major layout), and the matrices that fit the rest, in program order, stay resident.
+    The fetch is synchronous (the engine waits for it), so one region suffices; a second region,
+    fetched while the core runs from the first, would hide the fetch behind the product."""
+
+    resident: dict[tuple[int, str], int]
+    streamed: dict[tuple[int, str], int]  # SDRAM word (from `sdram_base`)
+    stage: tuple[int, int]                # (first weight word, words); words 0 where nothing is streamed
+    weight_words: int                     # weight-memory words used
+    sdram_words: int                      # SDRAM words used
+
+
+def place_weights(sizes: dict[tuple[int, str], int], weight_depth: int | None, sdram_words: int,
+                  spw: int | None, sdram_base: int = 0, stage_words: int | None = None) -> WeightPlacement:
+    """Place matrices of `sizes` weight words (in program order) on a device with `weight_depth` weight
+    words (None: unbounded) and `sdram_words` SDRAM words of `spw` SDRAM words per weight word (None: its
+    weight words are not whole SDRAM words). `stage_words` forces streaming through a region of that
+    size (tests). DecoderFitError, in one line with both sizes, where the weights fit neither."""
+    total = sum(sizes.values())
+    if stage_words is not None and weight_depth is None:
+        raise ValueError("stage_words needs the weight memory's depth")
+    if stage_words is None and (weight_depth is None or total <= weight_depth):
+        resident, used = {}, 0
+        for key, words in sizes.items():
+            resident[key] = used
+            used += words
+        return WeightPlacement(resident, {}, (0, 0), used, 0)
+    if not sdram_words or spw is None:
+        why = "the device has no SDRAM" if not sdram_words else "its weight words are not whole SDRAM words"
+        raise DecoderFitError(f"weight memory: the model needs {total} words, the device has {weight_depth} "
+                              f"({total - weight_depth} short; {why} to stream them from)")
+    stage = min(stage_words or max(sizes.values()), weight_depth, 0xFFFF)  # WFETCH's n is 16 bits
+    resident, streamed, used, sdram = {}, {}, 0, 0
+    for key, words in sizes.items():
+        if used + words <= weight_depth - stage:
+            resident[key] = used
+            used += words
+        else:
+            streamed[key] = sdram_base + sdram
+            sdram += words * spw
+    if sdram_base + sdram > sdram_words:
+        raise DecoderFitError(f"weights: the model's {total:,} weight words do not fit: the weight memory holds "
+                              f"{weight_depth:,} words, and the {sdram:,} SDRAM words of those streamed exceed "
+                              f"the SDRAM's {sdram_words - sdram_base:,} from word {sdram_base}")
+    return WeightPlacement(resident, streamed, (used, stage), used + stage, sdram)
 
 
 class _Registers:
@@ -82,9 +149,14 @@ def _ins(op: Op, *, r0=0, r1=0, r2=0, r3=0, a=(0, 0), b=(0, 0), c=(0, 0), d=(0, 
                        n=n, imm=imm & 0xFFFFFFFF)
 
 
-def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
+def compile_decoder(model: IntegerModel, shape: MachineShape, weight_depth: int | None = None,
+                    sdram_words: int = 0, spw: int | None = None, sdram_base: int = 0,
+                    stage_words: int | None = None) -> DecoderImage:
     """The decoder engine's program and images for `model` on an engine of `shape`; raises
-    DecoderFitError naming what does not fit."""
+    DecoderFitError naming what does not fit. `weight_depth`, `sdram_words` and `spw` (SDRAM words per
+    weight word, contract/weight_stream.py) are the device's: weights that do not fit the weight memory
+    go to SDRAM from word `sdram_base` (`place_weights`; `stage_words` forces it). Without
+    `weight_depth` every matrix is resident and the caller checks the size (`weight_words`)."""
     cfg = model.int_config
     n, m, H, KV, d = cfg.hidden, cfg.intermediate, cfg.heads, cfg.kv_heads, cfg.head_dim
     if cfg.act != "relu2":
@@ -119,14 +191,15 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
             gains[i, key] = put_const(f"gain {i} {key}", norm.gain)
     final_gain = put_const("gain final", model.final.gain)
 
-    # ---- weight placement: every BitLinear is one RUN, consecutive in weight memory
-    weights, w_next = {}, 0
+    # ---- weight placement: every BitLinear is one RUN from weight memory, resident or staged there
+    # from SDRAM by a WFETCH (in row-tile runs where it is larger than the staging region)
+    sizes = {}
     for i, layer in enumerate(model.layers):
         for key in BITLINEARS:
-            rows, cols = layer.trits[key].shape
-            weights[i, key] = w_next
-            rt, ks = tiles(rows, cols, lanes, k)
-            w_next += rt * ks
+            rt, ks = tiles(*layer.trits[key].shape, lanes, k)
+            sizes[i, key] = rt * ks
+    placement = place_weights(sizes, weight_depth, sdram_words, spw, sdram_base, stage_words)
+    weights = placement.resident
 
     def movi_pair(name: str, value: tuple) -> int:
         r = R(name, pair=True)
@@ -154,8 +227,23 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
 
     def trun(layer: int, key: str, out_word: int) -> None:
         rows, cols = model.layers[layer].trits[key].shape
-        emit(_ins(Op.TRUN, a=(Bank.ACT, 0), b=(0, cols), d=(Bank.OUT, out_word), n=rows,
-                  imm=weights[layer, key]))
+        if (layer, key) in weights:
+            emit(_ins(Op.TRUN, a=(Bank.ACT, 0), b=(0, cols), d=(Bank.OUT, out_word), n=rows,
+                      imm=weights[layer, key]))
+            return
+        # staged from SDRAM: runs of whole row tiles (their words are consecutive), each fetched, then run
+        stage, stage_words = placement.stage
+        rt_total, ks = tiles(rows, cols, lanes, k)
+        per_run = stage_words // ks
+        if per_run < 1:
+            raise DecoderFitError(f"layer {layer} {key}: one row tile of {ks} weight words exceeds the staging "
+                                  f"region of {stage_words}")
+        for rt in range(0, rt_total, per_run):
+            tiles_now = min(per_run, rt_total - rt)
+            emit(_ins(Op.WFETCH, d=(0, stage), n=tiles_now * ks,
+                      imm=placement.streamed[layer, key] + rt * ks * spw))
+            emit(_ins(Op.TRUN, a=(Bank.ACT, 0), b=(0, cols), d=(Bank.OUT, out_word + rt),
+                      n=min(rows - rt * lanes, tiles_now * lanes), imm=stage))
 
     def dequant(layer: int, key: str, ratio: int, slot: int = 0) -> int:
         """f = ratio (x) C_key into factor slot `slot` (products used together take different slots)."""
@@ -305,5 +393,6 @@ def compile_decoder(model: IntegerModel, shape: MachineShape) -> DecoderImage:
                              ("activation memory", -(-max(n, m) // k), shape.act_depth)):
         if need > have:
             raise DecoderFitError(f"{what}: the model needs {need} words, the core has {have}")
-    return DecoderImage(prog, np.concatenate(const_words), weights, w_next, emb[1], y[1], rEy, used, n,
-                        [str(ins) for ins in prog])
+    return DecoderImage(prog, np.concatenate(const_words), weights, placement.weight_words, emb[1], y[1], rEy, used,
+                        n, [str(ins) for ins in prog], placement.streamed, sdram_base, placement.sdram_words,
+                        placement.stage)

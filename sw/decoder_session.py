@@ -22,14 +22,16 @@ import numpy as np
 from bitlane.contract import protocol as p
 from bitlane.contract.config import (BOARD_FACTS, FTDI_DEFAULT_LATENCY_S, FTDI_MIN_LATENCY_S, UART_BITS_PER_BYTE,
                                     BoardFacts)
-from bitlane.contract.decoder import Bank, MachineShape, decode_cycles
+from bitlane.contract.decoder import Bank, MachineShape, Op, decode_cycles
 from bitlane.contract.packing import pack_weights
 from bitlane.contract.protocol import BitlaneError, Cmd
+from bitlane.contract.weight_stream import fetch_cycles_estimate, sdram_words_per_weight_word
 from bitlane.golden.integer import IntegerModel
 
 from .accelerator import Accelerator
 from .decoder_program import DecoderFitError, DecoderImage, compile_decoder
 from .link import LinkStats
+from .sdram import load_blob
 
 LOAD_BATCH = 64  # requests per transaction while loading (the progress bar moves between them)
 
@@ -39,10 +41,11 @@ def plan_decoder(model: IntegerModel, caps: p.Capabilities) -> DecoderImage:
     A context shorter than the model's is not checked here (`context_shortfall`)."""
     if not caps.decoder:
         raise DecoderFitError("the device has no decoder engine")
-    image = compile_decoder(model, MachineShape.from_capabilities(caps))
-    if image.weight_words > caps.weight_depth:
-        raise DecoderFitError(f"weight memory: the model needs {image.weight_words} words, the device has "
-                              f"{caps.weight_depth} ({image.weight_words - caps.weight_depth} short)")
+    try:
+        spw = sdram_words_per_weight_word(caps)
+    except ValueError:
+        spw = None  # the weights stay in weight memory
+    image = compile_decoder(model, MachineShape.from_capabilities(caps), caps.weight_depth, caps.sdram_words, spw)
     if caps.max_decode_count(image.hidden) < 1:
         raise DecoderFitError(f"DECODE: one hidden state of {image.hidden} values takes "
                               f"{p.decode_response_bytes(1, image.hidden)} bytes, the device's max_payload is "
@@ -68,8 +71,10 @@ def project_decoder(model: IntegerModel, board: BoardFacts, positions: Sequence[
 
     The engine's cycles are the board's own, from contract.decoder.decode_cycles on the program compiled
     for its configuration (the gateware's counters equal them), averaged over the positions its KV
-    cache holds; the command processor's own cycles around a DECODE (staging the embedding row,
-    copying the hidden state out) are about as many as the bytes and hide behind the UART. The USB
+    cache holds, plus, for weights streamed from SDRAM, contract.weight_stream.fetch_cycles_estimate of
+    each WFETCH (the engine does not count those waits); the command processor's own cycles around a
+    DECODE (staging the embedding row, copying the hidden state out) are about as many as the bytes and
+    hide behind the UART. The USB
     round trip is BoardFacts.usb_round_trip_s with the latency timer at 1 ms (what sw/transport.py
     sets), and `tokens_per_s_default_latency` at the FTDI default of 16 ms. Returns `fits` False and a
     `reason` where the model does not fit the board's decoder."""
@@ -84,13 +89,16 @@ def project_decoder(model: IntegerModel, board: BoardFacts, positions: Sequence[
                 "reason": f"its KV cache holds {caps.dec_context} positions, none of those decoded"}
     shape = MachineShape.from_config(board.core)
     cycles = sum(decode_cycles(image.program, pos, shape, board.core.run_overhead).total for pos in held) / len(held)
-    compute_s = cycles / board.core.clock_hz
+    # weights from SDRAM: the WFETCHes' waits, which the engine's cycles leave out (an estimate)
+    fetch = sum(fetch_cycles_estimate(ins.n, board.core) for ins in image.program if ins.op == Op.WFETCH)
+    compute_s = (cycles + fetch) / board.core.clock_hz
     link_s = wire_bytes * UART_BITS_PER_BYTE / board.baud
     usb_s = round_trips * board.usb_round_trip_s(FTDI_MIN_LATENCY_S)
     usb_default_s = round_trips * board.usb_round_trip_s(FTDI_DEFAULT_LATENCY_S)
     return {"board": board.name, "fits": True, "positions": len(held), "context": caps.dec_context,
             "clock_hz": board.core.clock_hz, "baud": board.baud, "usb_uart": board.usb_uart,
-            "cycles_per_token": cycles, "compute_ms": 1e3 * compute_s, "link_ms": 1e3 * link_s,
+            "cycles_per_token": cycles, "fetch_cycles_per_token": fetch,
+            "compute_ms": 1e3 * compute_s, "link_ms": 1e3 * link_s,
             "usb_ms": 1e3 * usb_s, "tokens_per_s": 1 / (compute_s + link_s + usb_s),
             "tokens_per_s_link_only": 1 / link_s,
             "tokens_per_s_default_latency": 1 / (compute_s + link_s + usb_default_s)}
@@ -175,10 +183,24 @@ class DecoderRunner:
         return np.concatenate(ys).astype(np.int64), np.concatenate(es).astype(np.int64)
 
 
+def sdram_weights(model: IntegerModel, image: DecoderImage, caps: p.Capabilities) -> bytes:
+    """The SDRAM image of the image's streamed matrices (from SDRAM word `image.sdram_base`): each one's packed
+    weight words at its place (contract/weight_stream.py: packed bytes are SDRAM words, little-endian)."""
+    blob = bytearray(image.sdram_words * p.MEM_WORD_BYTES)
+    for (i, key), addr in image.streamed.items():
+        words = pack_weights(model.layers[i].trits[key], caps.lanes, caps.k_per_cycle, f"layer {i} {key}")
+        start = (addr - image.sdram_base) * p.MEM_WORD_BYTES
+        blob[start:start + len(words)] = words
+    return bytes(blob)
+
+
 def load_decoder(model: IntegerModel, image: DecoderImage, acc: Accelerator, progress: bool = False) -> None:
-    """Weights at the image's placement, the CONST bank, the program and DECODE_SETUP, with a progress
-    bar in bytes/s."""
+    """Weights at the image's placement (the streamed ones into SDRAM by sw/sdram.py's `load_blob`, which
+    skips them where the device holds them already), the CONST bank, the program and DECODE_SETUP, with
+    progress bars in bytes/s."""
     caps = acc.caps
+    if image.streamed:  # the SDRAM's weights first: loaded, verified, and reused where the device holds them
+        load_blob(acc, sdram_weights(model, image, caps), image.sdram_base, progress=progress)
     requests: list[tuple[Cmd, bytes]] = []
     for (i, key), w_base in sorted(image.weights.items(), key=lambda item: item[1]):
         words = pack_weights(model.layers[i].trits[key], caps.lanes, caps.k_per_cycle, f"layer {i} {key}")
@@ -223,7 +245,8 @@ class DecoderSession:
         runner, acc = self.runner, self.acc
         out: dict[str, object] = {"device": acc.transport.description, "mode": "decoder",
                                   "forward_passes": runner.forwards, "program": len(self.image.program),
-                                  "weight_words": self.image.weight_words}
+                                  "weight_words": self.image.weight_words,
+                                  "sdram_weight_bytes_per_token": self.image.fetched_words * acc.caps.weight_word_bytes}
         if runner.decode_start is not None:
             t0, tokens0, cycles0, s0 = runner.decode_start
             tokens = runner.decoded_tokens - tokens0
@@ -252,7 +275,9 @@ class DecoderSession:
 
 def format_decoder_summary(s: dict[str, object]) -> str:
     """DecoderSession.summary() as the lines `bitlane generate` prints."""
-    lines = [f"[{s['device']}: decoder mode, {s['program']} instructions, {s['weight_words']:,} weight words]"]
+    streamed = s.get("sdram_weight_bytes_per_token", 0)
+    sdram = f", {streamed:,} bytes of weights from SDRAM per token" if streamed else ""
+    lines = [f"[{s['device']}: decoder mode, {s['program']} instructions, {s['weight_words']:,} weight words{sdram}]"]
     if "decode_tokens" in s:
         lines.append(f"[decode: {s['decode_tokens_per_s']:.2f} tokens/s, {s['cycles_per_token']:,.0f} device "
                      f"cycles/token, {s['link_bytes_per_token']:,.0f} link bytes/token, "
@@ -263,7 +288,10 @@ def format_decoder_summary(s: dict[str, object]) -> str:
             continue
         held = "" if j["positions"] == s["decode_tokens"] else (
             f"; the {j['positions']} of {s['decode_tokens']} tokens inside its context of {j['context']}")
-        lines.append(f"[projected {name}: {j['tokens_per_s']:,.0f} tokens/s = {j['cycles_per_token']:,.0f} cycles "
+        fetch = (f" + {j['fetch_cycles_per_token']:,.0f} waiting for SDRAM weights"
+                 if j["fetch_cycles_per_token"] else "")
+        lines.append(f"[projected {name}: {j['tokens_per_s']:,.0f} tokens/s = {j['cycles_per_token']:,.0f} "
+                     f"cycles{fetch} "
                      f"at {j['clock_hz'] / 1e6:g} MHz {j['compute_ms']:.2f} ms + link {j['link_ms']:.2f} ms at "
                      f"{j['baud'] / 1e6:g} Mbaud + USB {j['usb_ms']:.2f} ms ({j['usb_uart']}, latency timer 1 ms); "
                      f"{j['tokens_per_s_default_latency']:,.0f} tokens/s at the FTDI default 16 ms{held}]")

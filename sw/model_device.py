@@ -28,7 +28,10 @@ its own weight memory (so weights are loaded with WRITE_WEIGHTS). A DECODE's
 cycles are the engine's, contract/decoder.py `decode_cycles` (the TRUNs' RUNs
 are counted by the product, as in matmul mode), which equal the gateware's
 counters for the programs of sw/decoder_program.py (sim_tests/test_decoder.py
-and sim_tests/test_decoder_sim.py check).
+and sim_tests/test_decoder_sim.py check). With SDRAM, the engine's WFETCH copies
+weight words from the SDRAM array below into the weight memory
+(contract/weight_stream.py's layout); its wait is not in a DECODE's cycles (it
+depends on the SDRAM's state), and its estimate goes into `cycles`.
 
 The SDRAM (`config.sdram_words`, MEM_* commands) is a zeroed array, allocated at the first
 MEM_* command that passes the checks; on the gateware and a board never-written words hold
@@ -44,6 +47,7 @@ from bitlane.contract.decoder import (REGISTERS, WRITABLE_BANKS, Bank, DecoderMa
 from bitlane.contract.intmath import EXP_BITS, MANT_BITS, WidthError
 from bitlane.contract.packing import tiles, words_to_trits
 from bitlane.contract.protocol import BadFrame, Cmd, ErrorCode, Frame
+from bitlane.contract.weight_stream import fetch_cycles_estimate, sdram_words_per_weight_word, weight_bytes
 
 def _fits(values: np.ndarray, bits: int) -> bool:
     return bool(((-(1 << (bits - 1)) <= values) & (values < 1 << (bits - 1))).all())
@@ -73,8 +77,8 @@ class ModelDevice:
         self._counter_mask = (1 << config.counter_bits) - 1
         self._clear_counters()
         # decoder mode: the engine, its program memory, DECODE_SETUP, the next position DECODE may take
-        self.engine = None if config.decoder is None else DecoderMachine(MachineShape.from_config(config),
-                                                                         self._ternary)
+        self.engine = None if config.decoder is None else DecoderMachine(
+            MachineShape.from_config(config), self._ternary, self._wfetch if config.sdram_words else None)
         self.program: list[Instruction] = [Instruction(Op.HALT)] * (0 if self.engine is None
                                                                     else config.decoder.program_depth)
         self.program_loaded = False
@@ -282,6 +286,33 @@ class ModelDevice:
         self._trun_cycles += cycles
         return acc[0, :rows]
 
+    def _store_weights(self, addr: int, data: bytes) -> None:
+        """Packed weight words into weight memory from word `addr` (WRITE_WEIGHTS, WFETCH)."""
+        cfg = self.config
+        trits = words_to_trits(data, cfg.lanes * cfg.k_per_cycle)
+        self.weights[addr:addr + len(trits)] = trits
+        end = addr + len(trits)
+        for key in [k for k in self._matrices if k[0] < end and addr < k[0] + k[1] * k[2]]:
+            del self._matrices[key]
+
+    def _wfetch(self, sdram_addr: int, w_addr: int, words: int) -> None:
+        """WFETCH: `words` weight words from SDRAM word `sdram_addr` (contract/weight_stream.py's layout)
+        into weight memory from word `w_addr`. The engine does not count the wait in a DECODE's cycles;
+        the estimate goes into the COUNTERS record's `cycles` (itself an estimate here)."""
+        cfg = self.config
+        try:
+            spw = sdram_words_per_weight_word(cfg)
+        except ValueError as e:
+            raise ProgramError(f"WFETCH: {e}") from None
+        if sdram_addr % spw or sdram_addr + words * spw > cfg.sdram_words:
+            raise ProgramError(f"WFETCH of {words} weight words from SDRAM word {sdram_addr}: outside the SDRAM's "
+                               f"{cfg.sdram_words} words or not a multiple of {spw}")
+        if w_addr + words > cfg.weight_depth:
+            raise ProgramError(f"WFETCH of {words} weight words to word {w_addr}: outside the weight memory's "
+                               f"{cfg.weight_depth} words")
+        self._store_weights(w_addr, weight_bytes(self.sdram, sdram_addr, words, cfg))
+        self.cycles += fetch_cycles_estimate(words, cfg)
+
     def _execute(self, cmd: Cmd, payload: bytes) -> bytes:
         cfg = self.config
         if cmd in p.DECODER_REQUESTS:
@@ -294,12 +325,7 @@ class ModelDevice:
             self._clear_counters()
             return b""
         if cmd == Cmd.WRITE_WEIGHTS:
-            addr, data = p.unpack_addr(payload)
-            trits = words_to_trits(data, cfg.lanes * cfg.k_per_cycle)
-            self.weights[addr:addr + len(trits)] = trits
-            end = addr + len(trits)
-            for key in [k for k in self._matrices if k[0] < end and addr < k[0] + k[1] * k[2]]:
-                del self._matrices[key]
+            self._store_weights(*p.unpack_addr(payload))
             return b""
         if cmd == Cmd.WRITE_ACT:
             addr, data = p.unpack_addr(payload)

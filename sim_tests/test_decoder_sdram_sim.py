@@ -1,0 +1,133 @@
+"""Decoder mode with weights in SDRAM on the Verilated gateware: BitlaneTop of a small decoder engine
+(tests/test_decoder_sdram.py's, 700 weight words) with the SDRAM port and the C++ timing-checking SDRAM
+model (hw/sim/), against the functional model of the same configuration, byte for byte.
+
+The same bytes go to both: load_decoder (the streamed weights by MEM_WRITE and verified by MEM_CRC,
+the resident ones, CONST, program, DECODE_SETUP), then DECODEs token by token and a prefill. Every
+answer is equal, a DECODE's `cycles` included (the engine does not count a WFETCH's wait for the
+SDRAM, contract/decoder.py); the hidden states equal golden.integer's. Two placements run on the one
+build: mixed (resident matrices and streamed ones) and all streamed in split row-tile runs. Afterwards
+the command processor has the SDRAM port again: MEM_READ and MEM_CRC answer as the model does. The
+WFETCH waits, which a DECODE's cycles leave out, match contract/weight_stream.py's estimate.
+
+The first run builds the simulator (a few minutes).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitlane.contract import protocol as p
+from bitlane.contract.decoder import MachineShape, Op
+from bitlane.contract.protocol import Cmd
+from bitlane.contract.weight_stream import fetch_cycles_estimate, sdram_words_per_weight_word
+from bitlane.devices import sim_transport
+from bitlane.sw import Accelerator
+from bitlane.sw.decoder_program import compile_decoder
+from bitlane.sw.decoder_session import load_decoder
+from bitlane.sw.transport import ModelTransport
+from tests.test_decoder_sdram import STREAMED, small  # noqa: F401  (the model fixture)
+
+CONFIG = STREAMED[700]
+IDS = [5, 17, 199, 0, 42, 42, 7, 100]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    acc = Accelerator(sim_transport(CONFIG), timeout=120)
+    yield acc
+    acc.close()
+
+
+def image_for(model, caps, weight_depth: int):
+    """The model compiled for the device, as if its weight memory had `weight_depth` words."""
+    return compile_decoder(model, MachineShape.from_capabilities(caps), weight_depth, caps.sdram_words,
+                           sdram_words_per_weight_word(caps))
+
+
+@pytest.mark.parametrize("weight_depth", [700, 300])
+def test_decode_from_sdram_equals_the_model_and_the_reference(sim, small, weight_depth):  # noqa: F811
+    model_acc = Accelerator(ModelTransport(CONFIG))
+    image = image_for(small, sim.caps, weight_depth)
+    assert image.streamed and any(ins.op == Op.WFETCH for ins in image.program)
+    if weight_depth == 700:
+        assert image.weights, "some matrices resident"
+    else:
+        assert not image.weights and sum(ins.op == Op.WFETCH for ins in image.program) > len(image.streamed)
+    for acc in (model_acc, sim):
+        load_decoder(small, image, acc)
+    requests = [(Cmd.DECODE, p.DecodeArgs(t, 1).pack() + small.embedding[[token]].astype("<i2").tobytes())
+                for t, token in enumerate(IDS)]
+    prefill = p.DecodeArgs(0, 3).pack() + small.embedding[IDS[:3]].astype("<i2").tobytes()
+    requests.append((Cmd.DECODE, prefill))
+    got, want = sim.transact(requests), model_acc.transact(requests)
+    assert got == want
+    ref_cache = small.new_cache()
+    for t, token in enumerate(IDS):
+        _, y, e = p.unpack_decode_response(got[t], 1, image.hidden)
+        y_ref, e_ref = small.hidden(np.array([[token]]), ref_cache)
+        assert np.array_equal(y[0], y_ref[0, 0]) and e[0] == e_ref[0, 0, 0], f"token {t}"
+    # the command processor has the SDRAM port back
+    first = min(image.streamed.values())
+    for acc in (sim, model_acc):
+        assert acc.mem_crc(first, image.sdram_words) == model_acc.mem_crc(first, image.sdram_words)
+    assert sim.mem_read(first + 10, 64) == model_acc.mem_read(first + 10, 64)
+    assert sim.counters()["frames_bad"] == 0
+
+
+def test_fetch_waits_match_the_estimate(sim, small):  # noqa: F811
+    """The WFETCH waits the engine leaves out of a DECODE's cycles, seen in the COUNTERS record's `cycles`
+    around it (every core cycle; the harness stops the clock only while idle): the all-streamed
+    placement (300) waits longer than the mixed one (700) by what contract/weight_stream.py's
+    fetch_cycles_estimate says, within 10 % (the frames and the command processor's work are the same)."""
+    rest, estimate = {}, {}
+    for depth in (700, 300):
+        image = image_for(small, sim.caps, depth)
+        load_decoder(small, image, sim)
+        estimate[depth] = sum(fetch_cycles_estimate(ins.n, CONFIG) for ins in image.program if ins.op == Op.WFETCH)
+        decode = p.DecodeArgs(0, 1).pack() + small.embedding[[IDS[0]]].astype("<i2").tobytes()
+        before, answer, after = sim.transact([(Cmd.COUNTERS, b""), (Cmd.DECODE, decode), (Cmd.COUNTERS, b"")])
+        engine = p.unpack_decode_response(answer, 1, image.hidden)[0]
+        rest[depth] = p.Counters.unpack(after).cycles - p.Counters.unpack(before).cycles - engine
+        assert rest[depth] > estimate[depth]
+    extra, predicted = rest[300] - rest[700], estimate[300] - estimate[700]
+    assert abs(extra - predicted) <= 0.1 * predicted, (extra, predicted)
+
+
+def test_ulx3s_runs_h128_from_sdram():
+    """sim://ulx3s, the ULX3S's own gateware (16 x 16 core, 4-word weight port, 100 MHz SDRAM beside the
+    30 MHz core), with the shipped h128 staged from SDRAM: as if its weight memory held 600 words (some
+    matrices resident) and 192 (every matrix streamed). DECODE answers equal model://ulx3s's byte for
+    byte and the hidden states golden.integer's; the waits, where the SDRAM's rate sets the pace, differ
+    between the placements as fetch_cycles_estimate says, within 10 %."""
+    import bitlane
+    from bitlane.contract.config import preset
+    from bitlane.golden.integer import IntegerModel
+
+    h128 = IntegerModel.load("models/bitnet-kjv-h128")
+    ids = [5, 300, 1000, 7, 4000]
+    rest, estimate = {}, {}
+    with bitlane.connect("sim://ulx3s", timeout=180) as sim, bitlane.connect("model://ulx3s") as model:
+        for depth in (600, 192):
+            image = image_for(h128, sim.caps, depth)
+            assert bool(image.weights) == (depth == 600) and image.streamed
+            for acc in (model, sim):
+                load_decoder(h128, image, acc)
+            decodes = [(Cmd.DECODE, p.DecodeArgs(t, 1).pack() + h128.embedding[[token]].astype("<i2").tobytes())
+                       for t, token in enumerate(ids)]
+            requests = [(Cmd.COUNTERS, b""), *decodes, (Cmd.COUNTERS, b"")]
+            got, want = sim.transact(requests), model.transact(requests)
+            assert got[1:-1] == want[1:-1]
+            ref_cache = h128.new_cache()
+            engine = 0
+            for t, token in enumerate(ids):
+                cycles, y, e = p.unpack_decode_response(got[1 + t], 1, image.hidden)
+                y_ref, e_ref = h128.hidden(np.array([[token]]), ref_cache)
+                assert np.array_equal(y[0], y_ref[0, 0]) and e[0] == e_ref[0, 0, 0], f"token {t}"
+                engine += cycles
+            rest[depth] = p.Counters.unpack(got[-1]).cycles - p.Counters.unpack(got[0]).cycles - engine
+            estimate[depth] = len(ids) * sum(fetch_cycles_estimate(ins.n, preset("ulx3s"))
+                                             for ins in image.program if ins.op == Op.WFETCH)
+            assert rest[depth] > estimate[depth]
+    extra, predicted = rest[192] - rest[600], estimate[192] - estimate[600]
+    assert abs(extra - predicted) <= 0.1 * predicted, (extra, predicted, rest, estimate)
