@@ -1,7 +1,12 @@
 """Host-driver figures: packing rate, simulated cycles/s of the sim transport, decode tokens/s in
-simulation for a ~1M and a ~20M parameter model, link efficiency, and projected board tokens/s.
+simulation for a ~1M and a ~20M parameter model in matmul mode and for the shipped h128 in decoder
+mode, link efficiency, and projected board tokens/s.
 
-    .venv/bin/python bench/driver_bench.py [--tokens 8] [--skip-models] [--presets sim tiny]
+    .venv/bin/python bench/driver_bench.py [--tokens 8] [--decoder-tokens 64] [--skip-models] [--presets sim tiny]
+
+Decoder mode also splits each token's time into the simulator's CPU time and the host's, so the
+figure "with a core each" (their sum: the two take turns) does not depend on what else this
+machine runs.
 
 The first run builds the Verilated boards (minutes); later runs reuse build/sim/.
 """
@@ -87,10 +92,48 @@ def bench_model(name: str, url: str, tokens: int, workdir: Path) -> None:
     print("  " + format_summary(summary).replace("\n", "\n  "))
 
 
+def _cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_decoder(model_dir: Path, tokens: int) -> None:
+    """Decoder mode on sim://sim: wall tokens/s, and the simulator's and the host's CPU time per token."""
+    from bitlane import golden
+    from bitlane.golden.integer import IntegerModel
+    from bitlane.sw.decoder_session import DecoderRunner, load_decoder, plan_decoder
+
+    import torch
+
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # as the sim backend does: a core for the simulator
+    threadpool_limits(1, user_api="blas")
+    model = IntegerModel.load(model_dir)
+    with bitlane.connect("sim://sim", timeout=600) as acc:
+        image = plan_decoder(model, acc.caps)
+        load_decoder(model, image, acc)
+        runner = DecoderRunner(model, image, acc)
+        pid = acc.transport.process.pid
+        golden.generate(runner, [10], 1, greedy=True)  # warm-up: the first DECODE, torch and numpy set up
+        steps0, cycles0 = runner.decoded_tokens, runner.decode_cycles
+        sim0, host0, wall0 = _cpu_seconds(pid), time.process_time(), time.perf_counter()
+        golden.generate(runner, [10], tokens, greedy=True, eos_token_ids=set())
+        wall, host = time.perf_counter() - wall0, time.process_time() - host0
+        sim = _cpu_seconds(pid) - sim0
+        steps, cycles = runner.decoded_tokens - steps0, runner.decode_cycles - cycles0  # one DECODE a token
+    print(f"{model_dir} decoder mode on sim://sim, {tokens} tokens: {tokens / wall:.2f} tokens/s on this machine; "
+          f"per token {cycles / steps:,.0f} simulated cycles, simulator {1e3 * sim / steps:.1f} ms CPU "
+          f"({cycles / sim / 1e6:.3f} M engine cycles per CPU second), host {1e3 * host / steps:.1f} ms CPU: "
+          f"{steps / (sim + host):.1f} tokens/s with a core each")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=8, help="tokens to decode per model (8)")
     parser.add_argument("--presets", nargs="+", default=["tiny", "sim"], help="sim presets to time (tiny sim)")
+    parser.add_argument("--decoder-tokens", type=int, default=64, help="tokens to decode in decoder mode (64)")
     parser.add_argument("--skip-models", action="store_true", help="only packing and simulator speed")
     args = parser.parse_args()
     bench_packing()
@@ -100,6 +143,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for name in MODELS:
                 bench_model(name, "sim://sim", args.tokens, Path(tmp))
+        bench_decoder(Path(__file__).resolve().parents[1] / "models" / "bitnet-kjv-h128", args.decoder_tokens)
 
 
 if __name__ == "__main__":

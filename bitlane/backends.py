@@ -84,9 +84,13 @@ def _device_backend(scheme: str) -> Backend:
             url = f"{scheme}://{options.pop('preset', 'sim')}"
             if scheme == "sim" and "trace" in options:
                 url += f"?trace={options.pop('trace')}"
-        if scheme == "sim":  # the simulator process needs a core of its own; torch takes the rest
+        if scheme in ("sim", "serial"):  # a simulator process may do the device's work: leave it a core
             import torch
+            from threadpoolctl import threadpool_limits
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+            # OpenBLAS's idle threads spin after every product (the LM head's), and took the simulator's
+            # core: 57 ms of CPU per h128 token, against 1 ms with one thread (bench/driver_bench.py)
+            threadpool_limits(1, user_api="blas")
         if options:
             raise ValueError(f"backend {scheme!r}: unknown options {sorted(options)} ({OPTIONS_HELP})")
         device = connect(url, timeout=timeout, log=lambda line: print(line, file=sys.stderr))
