@@ -37,7 +37,6 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bitlane import connect, golden  # noqa: E402
-from bitlane.contract.config import FTDI_DEFAULT_LATENCY_S, FTDI_MIN_LATENCY_S, UART_BITS_PER_BYTE  # noqa: E402
 from bitlane.hw.boards import BOARDS, board  # noqa: E402
 from bitlane.hw.sim.uart_sim import UartSimBoard  # noqa: E402
 
@@ -104,16 +103,12 @@ def measure_matmul(board_name: str, model_dir: Path, tokens: int) -> dict:
 
 def project(board_name: str, m: dict, fmax_hz: float | None) -> dict:
     spec = board(board_name)
-    compute_s = m["compute_cycles"] / spec.core.clock_hz
-    link_s = m["wire_bytes"] * UART_BITS_PER_BYTE / spec.baud
-    latency_s = m["frames"] * spec.usb_round_trip_s(FTDI_MIN_LATENCY_S)
-    default_latency_s = m["frames"] * spec.usb_round_trip_s(FTDI_DEFAULT_LATENCY_S)
-    terms = {"compute": compute_s, "link": link_s, "USB round trips": latency_s}
-    total = sum(terms.values())
+    t = spec.token_time(m["compute_cycles"], m["wire_bytes"], m["frames"])
+    terms = {"compute": t["compute_s"], "link": t["link_s"], "USB round trips": t["usb_s"]}
     out = {"board": board_name, "clock_mhz": spec.core.clock_hz / 1e6, "baud": spec.baud, "usb": spec.usb_uart,
-           **m, "compute_ms": 1e3 * compute_s, "link_ms": 1e3 * link_s, "round_trip_ms": 1e3 * latency_s,
-           "tokens_per_s": 1 / total, "tokens_per_s_link_only": 1 / link_s,
-           "tokens_per_s_default_latency": 1 / (compute_s + link_s + default_latency_s),
+           **m, "compute_ms": 1e3 * t["compute_s"], "link_ms": 1e3 * t["link_s"], "round_trip_ms": 1e3 * t["usb_s"],
+           "tokens_per_s": t["tokens_per_s"], "tokens_per_s_link_only": t["tokens_per_s_link_only"],
+           "tokens_per_s_default_latency": t["tokens_per_s_default_latency"],
            "bottleneck": max(terms, key=terms.get)}
     if fmax_hz:
         out["compute_ms_at_fmax"] = 1e3 * m["compute_cycles"] / fmax_hz

@@ -225,6 +225,18 @@ class BoardFacts:
         at its 1 ms minimum; FTDI_DEFAULT_LATENCY_S is what an unconfigured host gets)."""
         return USB_FRAME_S[self.usb_speed] + latency_timer_s
 
+    def token_time(self, cycles: float, wire_bytes: float, round_trips: float) -> dict[str, float]:
+        """One token's time on this board, the terms in sequence (the protocol is request/response): device
+        `cycles` at its clock, `wire_bytes` at its baud (8N1), `round_trips` USB round trips with the latency
+        timer at 1 ms; seconds per term, tokens/s, the link-only bound and tokens/s at the FTDI default."""
+        compute_s = cycles / self.core.clock_hz
+        link_s = wire_bytes * UART_BITS_PER_BYTE / self.baud
+        usb_s = round_trips * self.usb_round_trip_s(FTDI_MIN_LATENCY_S)
+        usb_default_s = round_trips * self.usb_round_trip_s(FTDI_DEFAULT_LATENCY_S)
+        return {"compute_s": compute_s, "link_s": link_s, "usb_s": usb_s,
+                "tokens_per_s": 1 / (compute_s + link_s + usb_s), "tokens_per_s_link_only": 1 / link_s,
+                "tokens_per_s_default_latency": 1 / (compute_s + link_s + usb_default_s)}
+
     def facts(self) -> dict[str, object]:
         """These fields as keyword arguments (for a subclass that adds its own)."""
         return {f.name: getattr(self, f.name) for f in fields(BoardFacts)}

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitlane.contract import protocol as p
-from bitlane.contract.config import (BOARD_FACTS, FTDI_DEFAULT_LATENCY_S, FTDI_MIN_LATENCY_S, UART_BITS_PER_BYTE,
-                                    BoardFacts)
+from bitlane.contract.config import BOARD_FACTS, BoardFacts
 from bitlane.contract.decoder import Bank, MachineShape, Op, decode_cycles
 from bitlane.contract.packing import pack_weights
 from bitlane.contract.protocol import BitlaneError, Cmd
@@ -91,17 +90,13 @@ def project_decoder(model: IntegerModel, board: BoardFacts, positions: Sequence[
     cycles = sum(decode_cycles(image.program, pos, shape, board.core.run_overhead).total for pos in held) / len(held)
     # weights from SDRAM: the WFETCHes' waits, which the engine's cycles leave out (an estimate)
     fetch = sum(fetch_cycles_estimate(ins.n, board.core) for ins in image.program if ins.op == Op.WFETCH)
-    compute_s = (cycles + fetch) / board.core.clock_hz
-    link_s = wire_bytes * UART_BITS_PER_BYTE / board.baud
-    usb_s = round_trips * board.usb_round_trip_s(FTDI_MIN_LATENCY_S)
-    usb_default_s = round_trips * board.usb_round_trip_s(FTDI_DEFAULT_LATENCY_S)
+    t = board.token_time(cycles + fetch, wire_bytes, round_trips)
     return {"board": board.name, "fits": True, "positions": len(held), "context": caps.dec_context,
             "clock_hz": board.core.clock_hz, "baud": board.baud, "usb_uart": board.usb_uart,
             "cycles_per_token": cycles, "fetch_cycles_per_token": fetch,
-            "compute_ms": 1e3 * compute_s, "link_ms": 1e3 * link_s,
-            "usb_ms": 1e3 * usb_s, "tokens_per_s": 1 / (compute_s + link_s + usb_s),
-            "tokens_per_s_link_only": 1 / link_s,
-            "tokens_per_s_default_latency": 1 / (compute_s + link_s + usb_default_s)}
+            "compute_ms": 1e3 * t["compute_s"], "link_ms": 1e3 * t["link_s"], "usb_ms": 1e3 * t["usb_s"],
+            "tokens_per_s": t["tokens_per_s"], "tokens_per_s_link_only": t["tokens_per_s_link_only"],
+            "tokens_per_s_default_latency": t["tokens_per_s_default_latency"]}
 
 
 @dataclass
