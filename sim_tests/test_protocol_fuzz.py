@@ -210,6 +210,23 @@ def without_cycles(counters: dict) -> dict:
     return {k: v for k, v in counters.items() if k != "cycles"}
 
 
+def compare_and_tally(seed: int, start: int, got: bytes, expected: bytes, tally: dict[str, int]) -> list:
+    """Fail unless the device's answers to a batch equal the model's; count the model's answers by kind
+    into `tally`. Returns the model's answer frames."""
+    if got != expected and normalized(got) != normalized(expected):
+        exp_events, got_events = normalized(expected), normalized(got)
+        first = next((i for i, (a, b) in enumerate(zip(exp_events, got_events)) if a != b), None)
+        pytest.fail(f"seed {seed}, frames {start}..: answer {first} differs: model "
+                    f"{exp_events[first] if first is not None else None} sim "
+                    f"{got_events[first] if first is not None else None}")
+    events = list(p.FrameDecoder().feed(expected))
+    for event in events:
+        name = (p.ErrorCode(event.payload[0]).name if event.cmd == Cmd.ERROR
+                else f"{p.cmd_name(event.cmd & ~p.RESPONSE_FLAG)} ok")
+        tally[name] = tally.get(name, 0) + 1
+    return events
+
+
 @pytest.mark.parametrize("seed", range(SEED, SEED + SEEDS))
 def test_protocol_storm(pair, seed):
     device, model = pair
@@ -229,16 +246,7 @@ def test_protocol_storm(pair, seed):
         expected = model.read(0)
         sim.write(batch)
         got = collect(sim, answers(expected))
-        if got != expected and normalized(got) != normalized(expected):
-            exp_events, got_events = normalized(expected), normalized(got)
-            first = next((i for i, (a, b) in enumerate(zip(exp_events, got_events)) if a != b), None)
-            pytest.fail(f"seed {seed}, frames {start}..: answer {first} differs: model "
-                        f"{exp_events[first] if first is not None else None} sim "
-                        f"{got_events[first] if first is not None else None}")
-        for event in p.FrameDecoder().feed(expected):
-            name = (p.ErrorCode(event.payload[0]).name if event.cmd == Cmd.ERROR
-                    else f"{p.cmd_name(event.cmd & ~p.RESPONSE_FLAG)} ok")
-            tally[name] = tally.get(name, 0) + 1
+        compare_and_tally(seed, start, got, expected, tally)
         total_answers += answers(expected)
         total_bytes += len(batch)
     # still alive and in step: INFO, the counters (but `cycles`) equal, and an exact product
@@ -420,16 +428,7 @@ def test_decoder_storm(decoder_pair, seed):
         expected += twin.transport.read(0)
         sim.write(batch)
         got = collect(sim, answers(expected), timeout=120)
-        if got != expected and normalized(got) != normalized(expected):
-            exp_events, got_events = normalized(expected), normalized(got)
-            first = next((i for i, (a, b) in enumerate(zip(exp_events, got_events)) if a != b), None)
-            pytest.fail(f"seed {seed}, frames {start}..: answer {first} differs: model "
-                        f"{exp_events[first] if first is not None else None} sim "
-                        f"{got_events[first] if first is not None else None}")
-        for event in p.FrameDecoder().feed(expected):
-            name = (p.ErrorCode(event.payload[0]).name if event.cmd == Cmd.ERROR
-                    else f"{p.cmd_name(event.cmd & ~p.RESPONSE_FLAG)} ok")
-            tally[name] = tally.get(name, 0) + 1
+        for event in compare_and_tally(seed, start, got, expected, tally):
             if event.cmd == Cmd.DECODE.response:
                 decoded += (len(event.payload) - p.DecodeResponse.SIZE) // p.hidden_state_bytes(image.hidden)
     assert not tally.get("FAULT"), "the model faulted: the storm must keep the program runnable"
