@@ -131,3 +131,6 @@ def test_ulx3s_runs_h128_from_sdram():
             assert rest[depth] > estimate[depth]
     extra, predicted = rest[192] - rest[600], estimate[192] - estimate[600]
     assert abs(extra - predicted) <= 0.1 * predicted, (extra, predicted, rest, estimate)
+    print(f"\nh128 on sim://ulx3s, per token: engine {engine / len(ids):,.0f} cycles; cycles besides the engine's "
+          f"(fetch waits, command processor) {rest[600] / len(ids):,.0f} with weight memory 600, "
+          f"{rest[192] / len(ids):,.0f} with 192 (fetch estimate {estimate[192] / len(ids):,.0f})")
