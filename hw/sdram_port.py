@@ -226,23 +226,35 @@ class SdramPort(wiring.Component):
 
         # ---- read words: `ratio` SDRAM words into one, then across (to `fetch`: `fetch_ratio` words)
         def reader(port, ratio: int, valid, name: str):
-            """The read path into `port` for the controller's words while `valid`; returns its `ready`."""
+            """The read path into `port` for the controller's words while `valid`; returns its `ready`.
+            With ratio > 1, the words gather in `word`; a whole one moves to the register `out` and is
+            pushed into the FIFO from there. `ready` is a function of this reader's own registers only:
+            the FIFO's `w_rdy` never reaches the controller combinationally (the FIFO's RAM sits by its
+            reader in the core's domain, often far across the die, and the SDRAM's clock is fast). It
+            stalls the controller only when `out` is still full as the next word would complete it, so
+            a full rate stream never stalls while the FIFO has room (`out` empties in one cycle and
+            fills once every `ratio` cycles)."""
             m.submodules[name] = r_fifo = fifo.AsyncFIFO(
                 width=len(port.r_data.payload), depth=self.fifo_depth, w_domain=sdram, r_domain=core)
             wiring.connect(m, r_fifo.r_stream, wiring.flipped(port.r_data))
             if ratio == 1:
                 m.d.comb += [r_fifo.w_data.eq(ctrl.r_data.payload), r_fifo.w_en.eq(valid)]
                 return r_fifo.w_rdy
-            word = Signal(len(port.r_data.payload), name=f"{name}_word")
-            have = Signal(range(ratio + 1), name=f"{name}_have")  # SDRAM words in `word`
-            push = (have == ratio) & r_fifo.w_rdy
-            ready = (have != ratio) | push
-            m.d.comb += [r_fifo.w_data.eq(word), r_fifo.w_en.eq(push)]
+            word = Signal(len(port.r_data.payload) - g.data_width, name=f"{name}_word")  # all but the last word
+            have = Signal(range(ratio), name=f"{name}_have")  # SDRAM words in `word`
+            out = Signal(len(port.r_data.payload), name=f"{name}_out")
+            out_valid = Signal(name=f"{name}_out_valid")
+            push = out_valid & r_fifo.w_rdy
+            completes = have == ratio - 1
+            ready = ~(completes & out_valid)
+            m.d.comb += [r_fifo.w_data.eq(out), r_fifo.w_en.eq(push)]
+            with m.If(push):
+                m.d[sdram] += out_valid.eq(0)
             with m.If(valid & ready):  # each word in at the top: after `ratio` of them the first is lowest
-                m.d[sdram] += [word.eq(Cat(word[g.data_width:], ctrl.r_data.payload)),
-                               have.eq(Mux(push, 1, have + 1))]
-            with m.Elif(push):
-                m.d[sdram] += have.eq(0)
+                with m.If(completes):
+                    m.d[sdram] += [out.eq(Cat(word, ctrl.r_data.payload)), out_valid.eq(1), have.eq(0)]
+                with m.Else():
+                    m.d[sdram] += [word.eq(Cat(word[g.data_width:], ctrl.r_data.payload)), have.eq(have + 1)]
             return ready
 
         mem_ready = reader(self.mem, self.ratio, ctrl.r_data.valid & ~to_fetch, "r_fifo")
