@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TORCHDYNAMO_DISABLE := 1
 
-.PHONY: demo test test-fast sim-test hw-check formal setup clean
+.PHONY: demo test test-fast sim-test large-check hw-check formal setup clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ test-fast: $(STAMP)
 
 sim-test: $(STAMP)
 	$(BIN)/python -m pytest sim_tests
+
+# Opt-in, about 10 minutes: the SDRAM-sized models (26M h512-english, issue 13's random 18M) generate the
+# integer reference's tokens on sim://ulx3s-large, the ULX3S's gateware with an engine grown for them.
+large-check: $(STAMP)
+	BITLANE_LARGE=1 $(BIN)/python -m pytest -v -s sim_tests/test_decoder_sdram_sim.py -k ulx3s_large
 
 # The slow hardware job (10-35 min on 2 cores): both bitstreams built with the open
 # toolchain and checked for timing, and the iCEBreaker gate-level netlist simulated

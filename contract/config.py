@@ -177,6 +177,17 @@ PRESETS: dict[str, CoreConfig] = {
                                              const_depth=3584, copy_depth=1024, program_depth=1024,
                                              vector_lanes=8, attention_macs=32)),
 }
+# The ULX3S's core, clocks, SDRAM and link with an engine grown for the SDRAM-sized models: h512-english
+# (7 layers, 8 KV heads; banks of 4320 / 22048 / 2112 words, 2,692 instructions) and issue 13's ~18M
+# model (6 layers, 2 KV heads), their weights streamed from SDRAM by WFETCH, frames that carry a hidden
+# state of 512 (1,029 bytes), and their full context of 256 positions in the KV cache. Simulation only
+# (sim://ulx3s-large): its KV cache (7 x 8 x 2 x 256 positions x 64 int16, 29 Mbit) and CONST bank (22,528 x 32 bits, 0.7 Mbit)
+# alone are more than the ECP5-85F's 3.7 Mbit of block RAM; on the board the KV cache belongs in SDRAM
+# (issue 13). It shows the ULX3S's own datapath, SDRAM timing and clock crossing running those models.
+PRESETS["ulx3s-large"] = PRESETS["ulx3s"].with_(
+    name="ulx3s-large", max_payload=2048,
+    decoder=DecoderShape(layers=7, kv_heads=8, head_dim=64, context=256, main_depth=4352, const_depth=22528,
+                         copy_depth=2176, program_depth=3072, vector_lanes=8, attention_macs=32))
 
 
 def preset(name: str) -> CoreConfig:

@@ -14,10 +14,14 @@ The first run builds the simulator (a few minutes).
 """
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 
 from bitlane.contract import protocol as p
+from bitlane import golden
 from bitlane.contract.decoder import MachineShape, Op
 from bitlane.contract.protocol import Cmd
 from bitlane.contract.weight_stream import fetch_cycles_estimate, sdram_words_per_weight_word
@@ -134,3 +138,48 @@ def test_ulx3s_runs_h128_from_sdram():
     print(f"\nh128 on sim://ulx3s, per token: engine {engine / len(ids):,.0f} cycles; cycles besides the engine's "
           f"(fetch waits, command processor) {rest[600] / len(ids):,.0f} with weight memory 600, "
           f"{rest[192] / len(ids):,.0f} with 192 (fetch estimate {estimate[192] / len(ids):,.0f})")
+
+
+LARGE_PROMPT = [1, 2, 3, 4, 5, 6]
+LARGE_TOKENS = 8
+
+
+@pytest.mark.skipif(os.environ.get("BITLANE_LARGE") != "1",
+                    reason="opt-in, about 10 minutes: make large-check (BITLANE_LARGE=1)")
+@pytest.mark.parametrize("which", ["h512-english", "random-18m"])
+def test_ulx3s_large_generates_the_reference_tokens(which):
+    """The SDRAM-sized models on sim://ulx3s-large (the ULX3S's core, clocks, SDRAM port and checking SDRAM
+    model, with an engine grown for them; contract/config.py): the shipped 26M h512-english and issue 13's
+    random ~18M-trit model, every weight matrix streamed from SDRAM by WFETCH, generate golden.integer's
+    greedy tokens. Prints the engine's cycles, the measured cycles besides them (the WFETCH waits) and the
+    ULX3S projection from those measured cycles."""
+    import bitlane
+    from bitlane.contract.config import BOARD_FACTS, preset
+    from bitlane.golden.integer import IntegerModel
+    from bitlane.sw.decoder_session import DecoderRunner, plan_decoder
+    from tests.test_decoder_sdram import model_18m
+
+    model = IntegerModel.load("models/bitnet-english-h512") if which == "h512-english" else model_18m()
+    want = golden.generate(model, LARGE_PROMPT, LARGE_TOKENS, greedy=True)
+    with bitlane.connect("sim://ulx3s-large", timeout=600) as acc:
+        image = plan_decoder(model, acc.caps)
+        assert image.streamed and sum(ins.op == Op.WFETCH for ins in image.program) >= len(image.streamed)
+        load_decoder(model, image, acc)
+        runner = DecoderRunner(model, image, acc)
+        before = acc.counters()
+        start = time.perf_counter()
+        got = golden.generate(runner, LARGE_PROMPT, LARGE_TOKENS, greedy=True)
+        seconds = time.perf_counter() - start
+        after = acc.counters()
+    assert got == want
+    # the prompt's positions, then one DECODE per new token but the last; every cycle the device counted
+    steps = len(LARGE_PROMPT) + LARGE_TOKENS - 1
+    per_position = (after["cycles"] - before["cycles"]) / steps
+    board = BOARD_FACTS["ulx3s"]
+    wire = (len(p.encode_frame(Cmd.DECODE, 0, bytes(4 + 2 * image.hidden)))
+            + len(p.encode_frame(Cmd.DECODE.response, 0, bytes(4 + 2 * image.hidden + 1))))
+    t = board.token_time(per_position, wire, 1)
+    print(f"\n{which} on sim://ulx3s-large: {LARGE_TOKENS} tokens equal to golden.integer in {seconds:.0f} s; "
+          f"{per_position:,.0f} device cycles per position (engine, WFETCH waits, command processor: measured), "
+          f"{image.sdram_words * 2 / 1e6:.2f} MB of weights streamed per token; projected ULX3S "
+          f"{t['tokens_per_s']:.1f} tokens/s ({board.core.clock_hz / 1e6:.0f} MHz, {wire} link bytes, 1 USB round trip)")

@@ -160,27 +160,32 @@ def test_fetch_estimate_is_the_port_rate_plus_latency():
 
 
 H512 = "models/bitnet-english-h512"
-# the ULX3S's core (4096 weight words) with an engine that holds h512's 7 layers and 8 KV heads, its SDRAM,
-# and frames that carry a hidden state of 512 (1,029 bytes: the ULX3S's max_payload of 1,024 does not)
-ULX3S_H512 = preset("ulx3s").with_(name="ulx3s-h512", max_payload=2048, decoder=DecoderShape(
-    layers=7, kv_heads=8, head_dim=64, context=16, main_depth=4352, const_depth=22528, copy_depth=2176,
-    program_depth=3072, vector_lanes=8))
+# the ULX3S's core, SDRAM and clocks with an engine grown for h512's 7 layers and 8 KV heads and frames
+# that carry a hidden state of 512 (contract/config.py)
+ULX3S_LARGE = preset("ulx3s-large")
 
 
 def test_h512_from_sdram_generates_the_reference_tokens():
     model = IntegerModel.load(H512)
-    runner = runner_for(model, ULX3S_H512)
+    runner = runner_for(model, ULX3S_LARGE)
     image = runner.image
     total = sum(np.prod(tiles(*layer.trits[key].shape, 16, 16)) for layer in model.layers for key in layer.trits)
-    assert total > ULX3S_H512.weight_depth and image.weight_words <= ULX3S_H512.weight_depth
+    assert total > ULX3S_LARGE.weight_depth and image.weight_words <= ULX3S_LARGE.weight_depth
     prompt = [1, 2, 3, 4, 5, 6]
     assert golden.generate(runner, prompt, 8, greedy=True) == golden.generate(model, prompt, 8, greedy=True)
 
 
+def model_18m() -> IntegerModel:
+    """Issue 13's random ~18M-trit model: hidden 512, 6 layers, intermediate 1536, 8 heads, 2 KV heads."""
+    return convert(random_model(0, vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+                                num_attention_heads=8, num_key_value_heads=2, hidden_act="relu2",
+                                max_position_embeddings=256))
+
+
 def test_18m_model_projects_over_25_tokens_per_s_on_the_ulx3s_from_sdram():
     """Issue 13's target: a random ~18M-trit model (hidden 512, 6 layers, intermediate 1536, 8 heads, 2 KV
-    heads) on the ULX3S's core, clock and link, with the engine grown for its 6 layers and frames for a hidden
-    state of 512: 4.5 MB of weights from SDRAM per token through the 64-bit weight port, projected (engine
+    heads) on the ULX3S's core, clock and link, on the engine grown for SDRAM-sized models (the
+    `ulx3s-large` preset): 4.5 MB of weights from SDRAM per token through the 64-bit weight port, projected (engine
     cycles, the WFETCH waits' estimate, the UART bytes of a DECODE and its answer, one USB round trip)."""
     from dataclasses import replace
 
@@ -188,15 +193,12 @@ def test_18m_model_projects_over_25_tokens_per_s_on_the_ulx3s_from_sdram():
     from bitlane.contract.config import BOARD_FACTS
     from bitlane.sw.decoder_session import project_decoder
 
-    model = convert(random_model(0, vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
-                                 num_attention_heads=8, num_key_value_heads=2, hidden_act="relu2",
-                                 max_position_embeddings=256))
+    model = model_18m()
     assert sum(layer.trits[key].size for layer in model.layers for key in layer.trits) == 18_087_936
     board = BOARD_FACTS["ulx3s"]
-    core = board.core.with_(name="ulx3s-18m", max_payload=2048, decoder=DecoderShape(
-        layers=6, kv_heads=2, head_dim=64, context=32, main_depth=4352, const_depth=22528, copy_depth=2176,
-        program_depth=3072, vector_lanes=8))
-    wire = len(p.encode_frame(0x23, 0, bytes(4 + 2 * 512))) + len(p.encode_frame(0xA3, 0, bytes(4 + 2 * 512 + 1)))
+    core = preset("ulx3s-large")
+    wire = (len(p.encode_frame(p.Cmd.DECODE, 0, bytes(4 + 2 * 512)))
+            + len(p.encode_frame(p.Cmd.DECODE.response, 0, bytes(4 + 2 * 512 + 1))))
     j = project_decoder(model, replace(board, core=core), range(32), wire, 1)
     assert j["fits"] and j["tokens_per_s"] >= 25, j  # >= 10 is issue 13's target
     assert j["fetch_cycles_per_token"] > 5 * j["cycles_per_token"]  # the SDRAM stream dominates
