@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 sim-test: $(STAMP)
 	$(BIN)/python -m pytest sim_tests
 
-# Opt-in, about 10 minutes: the SDRAM-sized models (26M h512-english, issue 13's random 18M) generate the
+# Opt-in, about 5 minutes (plus 1.5 to build): the SDRAM-sized models (26M h512-english, issue 13's random 18M) generate the
 # integer reference's tokens on sim://ulx3s-large, the ULX3S's gateware with an engine grown for them.
 large-check: $(STAMP)
 	BITLANE_LARGE=1 $(BIN)/python -m pytest -v -s sim_tests/test_decoder_sdram_sim.py -k ulx3s_large

@@ -145,7 +145,7 @@ LARGE_TOKENS = 8
 
 
 @pytest.mark.skipif(os.environ.get("BITLANE_LARGE") != "1",
-                    reason="opt-in, about 10 minutes: make large-check (BITLANE_LARGE=1)")
+                    reason="opt-in, about 5 minutes: make large-check (BITLANE_LARGE=1)")
 @pytest.mark.parametrize("which", ["h512-english", "random-18m"])
 def test_ulx3s_large_generates_the_reference_tokens(which):
     """The SDRAM-sized models on sim://ulx3s-large (the ULX3S's core, clocks, SDRAM port and checking SDRAM
