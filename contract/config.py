@@ -35,10 +35,14 @@ class DecoderShape:
     # attention_macs cache words per position (contract/decoder.py `attend_cycles`), and the cache's
     # words are attention_macs mantissas wide; a divisor of head_dim. Not in the INFO record.
     attention_macs: int = 16
+    # the KV cache can be staged from SDRAM (contract/kv_stream.py: KVLOAD, KVAPPEND's store): models
+    # whose layers x KV heads exceed the cache's slots run with each (layer, KV head) loaded into a slot
+    # before its attention; needs the configuration's SDRAM
+    kv_sdram: bool = False
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            if value < 1:
+            if name != "kv_sdram" and value < 1:
                 raise ValueError(f"decoder shape: {name} must be >= 1, got {value}")
         if self.vector_lanes & (self.vector_lanes - 1):
             raise ValueError(f"decoder shape: vector_lanes must be a power of two, got {self.vector_lanes}")
@@ -90,6 +94,8 @@ class CoreConfig:
             raise ValueError(
                 f"config {self.name!r}: the decoder's vector_lanes {self.decoder.vector_lanes} exceeds lanes "
                 f"{self.lanes} or k_per_cycle {self.k_per_cycle} (a vector word lies in one OUT / ACT word)")
+        if self.decoder is not None and self.decoder.kv_sdram and not self.sdram_words:
+            raise ValueError(f"config {self.name!r}: a KV cache staged from SDRAM (kv_sdram) needs sdram_words")
         if self.max_payload < max(64, self.weight_word_bytes + 4, self.k_per_cycle + 4):
             raise ValueError(f"config {self.name!r}: max_payload {self.max_payload} cannot hold one weight word")
         if self.sdram_words < 0 or self.sdram_words & (self.sdram_words - 1):

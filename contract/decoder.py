@@ -13,6 +13,8 @@ the model. The engine (bitlane.hw.decoder) fetches them one at a time and hands 
     ATTEND         scores, softmax and weighted V sum
     WFETCH         weight words from the device's SDRAM into the core's weight memory, for models whose
                    weights do not all fit it (contract/weight_stream.py; hw/weight_fetch.py)
+    KVLOAD         a (layer, KV head)'s K or V from SDRAM into a cache slot, for models whose KV cache
+                   does not fit the block-RAM cache (contract/kv_stream.py)
 
 Why a program rather than a fixed state machine: the layer shape (heads, KV heads, head_dim,
 intermediate size, layers, where each weight matrix sits) is data, so one bitstream runs every model
@@ -54,8 +56,9 @@ from .intmath import (EPS_LIMIT, EXP_BITS, EXP_FRAC, EXP_SAT, FACTOR_ONE, MANT_B
                       RECIP_SHIFT, WIDE_BITS, WidthError, cos_q14, exp2_neg, factor, factor_mul, normalize, recip16,
                       rope_phase, rsqrt_factor, scale_saturating, shift_right, sin_q14)
 from .config import CoreConfig
+from .kv_stream import KV_STORE, KV_V, kv_row_words, pack_row, region_address, unpack_rows
 from .packing import tiles
-from .protocol import Capabilities, WireRecord, wire, wire_record
+from .protocol import Capabilities, Feature, WireRecord, wire, wire_record
 
 REGISTERS = 64         # scalar registers (R0 reads 0)
 REG_BITS = WIDE_BITS   # each register is a signed 48-bit integer
@@ -110,16 +113,21 @@ class Op(IntEnum):
     # -- ternary core and attention unit
     TRUN = 32      # ternary product: weights from word imm, rows n, cols b.addr; int8 input at ACT word
                    # a.addr; int32 results at OUT word d.addr (one vector)
-    KVAPPEND = 33  # cache[layer r2][kv head r3][K if imm == 0 else V][POS] = A[0..n), exponent R[r1]
+    KVAPPEND = 33  # cache[layer r2][kv head r3][V if imm & KV_V else K][POS] = A[0..n), exponent R[r1];
+                   # with imm & KV_STORE also SDRAM row POS of the region at region_address(imm)
     ATTEND = 34    # one head: q = A[0..n) with exponent R[r1] against cache[layer r2][kv head r3][0..POS];
                    # D[0..n) = u (int16), R[r0] = eu   (see `attend_head`)
     # -- weights from SDRAM (see `_op_wfetch`)
     WFETCH = 35    # weight words d.addr .. d.addr + n - 1 = the n weight words at SDRAM word imm
+    # -- the KV cache from SDRAM (see `_op_kvload`)
+    KVLOAD = 36    # cache[layer r2][kv head r3][V if imm & KV_V else K][0..POS) = rows 0..POS-1 of the region
+                   # at SDRAM word region_address(imm), n = head_dim
 
 
 VECTOR_OPS = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VQUANT, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2,
                         Op.VMUL, Op.VPHASE})
 ALIGNED_OPS = VECTOR_OPS | {Op.KVAPPEND, Op.ATTEND}  # the vector unit's: operands at multiples of vector_lanes
+SDRAM_WAIT_OPS = frozenset({Op.WFETCH, Op.KVLOAD})  # a DECODE's cycles count their issue cycle only
 
 
 @wire_record("decoder instruction")
@@ -176,6 +184,7 @@ class MachineShape:
     # carry it (from_capabilities assumes the default; from_config has the configuration's, which
     # DecoderShape checks to divide head_dim)
     attention_macs: int = 16
+    kv_sdram: bool = False  # KVLOAD and KVAPPEND's store (the device's INFO: Feature.KV_SDRAM)
 
     def __post_init__(self) -> None:
         p = self.vector_lanes
@@ -190,7 +199,8 @@ class MachineShape:
             raise ValueError("the device has no decoder engine (its INFO record lacks Feature.DECODER)")
         return cls((caps.dec_main_depth, caps.dec_const_depth, caps.dec_copy_depth), caps.lanes, caps.k_per_cycle,
                    caps.out_depth, caps.act_depth, caps.dec_layers, caps.dec_kv_heads, caps.dec_head_dim,
-                   caps.dec_context, caps.dec_program_depth, caps.dec_vector_lanes)
+                   caps.dec_context, caps.dec_program_depth, caps.dec_vector_lanes,
+                   kv_sdram=bool(caps.features & Feature.KV_SDRAM))
 
     @classmethod
     def from_config(cls, config: CoreConfig) -> "MachineShape":
@@ -227,6 +237,7 @@ def attend_head(qm: np.ndarray, eq: int, km: np.ndarray, ek: np.ndarray, vm: np.
 
 TernaryRun = Callable[[int, int, int, np.ndarray], np.ndarray]  # (w_base, rows, cols, q int8 [cols]) -> int32 [rows]
 WeightFetch = Callable[[int, int, int], None]  # WFETCH: (SDRAM word, weight word, words) -> None
+Sdram = Callable[[], np.ndarray]  # the device's SDRAM as uint16 words (KVLOAD, KVAPPEND's store)
 
 
 class ProgramError(ValueError):
@@ -243,8 +254,9 @@ class DecoderMachine:
         y = machine.read(Bank.MAIN, out_addr, n); ey = machine.regs[out_reg]
     """
 
-    def __init__(self, shape: MachineShape, ternary: TernaryRun, fetch: WeightFetch | None = None) -> None:
-        self.shape, self.ternary, self.fetch = shape, ternary, fetch
+    def __init__(self, shape: MachineShape, ternary: TernaryRun, fetch: WeightFetch | None = None,
+                 sdram: Sdram | None = None) -> None:
+        self.shape, self.ternary, self.fetch, self.sdram = shape, ternary, fetch, sdram
         self.banks = [np.zeros(depth, dtype=np.int64) for depth in shape.bank_depth]
         self.out = np.zeros(shape.out_depth * shape.lanes, dtype=np.int64)
         self.act = np.zeros(shape.act_depth * shape.k_per_cycle, dtype=np.int64)
@@ -519,11 +531,42 @@ class DecoderMachine:
     def _op_kvappend(self, ins: Instruction) -> None:
         layer, head = self._cache_index(ins)
         (a,) = self._operands(ins, "a")
-        self.kv[layer, head, ins.imm & 1, self.pos] = self._int16(a, "KVAPPEND mantissa")
+        kv = ins.imm & KV_V
+        self.kv[layer, head, kv, self.pos] = self._int16(a, "KVAPPEND mantissa")
         e = self._reg(ins.r1)
         if not -(1 << (EXP_BITS - 1)) <= e < 1 << (EXP_BITS - 1):
             raise WidthError(f"KVAPPEND exponent {e} outside int{EXP_BITS} (the cache stores int{EXP_BITS})")
-        self.kv_exp[layer, head, ins.imm & 1, self.pos] = e
+        self.kv_exp[layer, head, kv, self.pos] = e
+        if ins.imm & KV_STORE:
+            row_words = kv_row_words(self.shape.head_dim)
+            addr = region_address(ins.imm) + self.pos * row_words
+            self._kv_sdram(addr, row_words, "KVAPPEND's store")[addr:addr + row_words] = \
+                pack_row(self.kv[layer, head, kv, self.pos], e, row_words)
+
+    def _kv_sdram(self, addr: int, words: int, what: str) -> np.ndarray:
+        """The SDRAM, for `words` words from `addr`; ProgramError without it or outside it."""
+        if self.sdram is None or not self.shape.kv_sdram:
+            raise ProgramError(f"{what} on an engine without the KV cache in SDRAM")
+        sdram = self.sdram()
+        if addr + words > len(sdram):
+            raise ProgramError(f"{what}: SDRAM words {addr}..{addr + words - 1} outside the SDRAM's {len(sdram)}")
+        return sdram
+
+    def _op_kvload(self, ins: Instruction) -> None:
+        """Copy positions 0..POS-1 of a (layer, KV head)'s K or V from its SDRAM region (contract/kv_stream.py)
+        into cache slot (r2, r3), mantissas and exponents, as if appended there in order; position POS and
+        later are left as they are (the KVAPPEND that follows writes POS). Like WFETCH, the engine waits for
+        it and a DECODE's cycles count its issue cycle only (kv_stream.kv_load_cycles_estimate)."""
+        layer, head = self._cache_index(ins)
+        if ins.imm & ~(KV_V | KV_STORE) != region_address(ins.imm) or ins.imm & KV_STORE:
+            raise ProgramError("KVLOAD's imm: a region address and the K/V bit only")
+        row_words = kv_row_words(self.shape.head_dim)
+        addr, rows = region_address(ins.imm), self.pos
+        sdram = self._kv_sdram(addr, rows * row_words, "KVLOAD")
+        m, e = unpack_rows(sdram[addr:addr + rows * row_words], self.shape.head_dim, row_words)
+        kv = ins.imm & KV_V
+        self.kv[layer, head, kv, :rows] = m
+        self.kv_exp[layer, head, kv, :rows] = e
 
     def _op_attend(self, ins: Instruction) -> None:
         layer, head = self._cache_index(ins)
@@ -683,7 +726,7 @@ def instruction_cycles(ins: Instruction, pos: int, shape: MachineShape, run_over
         cycles.runs = cycles.core = run_cycles(ins.n, ins.b_addr, shape.lanes, shape.k_per_cycle, run_overhead)
     elif op in SCALAR_OPS:
         cycles.scalar = scalar_cycles(op)
-    # WFETCH: the issue cycles only; the engine does not count its wait for the SDRAM (`_op_wfetch`)
+    # WFETCH, KVLOAD: the issue cycles only; the engine does not count their wait for the SDRAM (`_op_wfetch`)
     return cycles
 
 
@@ -702,5 +745,5 @@ __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "Progr
            "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "WRITABLE_BANKS",
            "TernaryRun", "DecodeCycles", "decode_cycles", "instruction_cycles", "vector_cycles", "vector_latency",
            "scalar_cycles", "attend_cycles", "append_cycles", "tree_levels", "tree_stages", "run_cycles",
-           "CYCLE_CLASSES", "SCALAR_OPS", "ALU_OPS"]
-__all__ += ["WeightFetch"]  # WFETCH's device callback
+           "CYCLE_CLASSES", "SCALAR_OPS", "ALU_OPS", "SDRAM_WAIT_OPS"]
+__all__ += ["WeightFetch", "Sdram"]  # the device's callbacks: WFETCH, the KV cache in SDRAM

@@ -118,6 +118,7 @@ class Feature(IntFlag):
     """Feature bits of the capability record."""
 
     DECODER = 0x01  # the decoder engine (contract/decoder.py) and its commands
+    KV_SDRAM = 0x02  # its KV cache can be staged from SDRAM (KVLOAD, KVAPPEND's store: contract/kv_stream.py)
 
 
 # ---------------------------------------------------------------- wire records
@@ -286,7 +287,7 @@ class Capabilities(WireRecord):
         """The INFO record a device of this configuration answers."""
         d = config.decoder
         decoder = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0) if d is None else (
-            Feature.DECODER, d.layers, d.kv_heads, d.head_dim, d.context, d.program_depth, d.main_depth,
+            Feature.DECODER | (Feature.KV_SDRAM if d.kv_sdram else 0), d.layers, d.kv_heads, d.head_dim, d.context, d.program_depth, d.main_depth,
             d.const_depth, d.copy_depth, d.vector_lanes)
         return cls(PROTOCOL_VERSION, config.acc_bits, config.lanes, config.k_per_cycle, config.max_payload,
                    config.weight_depth, config.act_depth, config.out_depth, config.max_k, config.clock_hz, *decoder,

@@ -6,7 +6,11 @@ ternary matrix goes in the core's weight memory, and where the engine takes the 
 leaves the final hidden state. Every per-tensor constant of golden.integer's conversion becomes an
 immediate of a MOVI, so the program and the CONST image are the whole model apart from the trits.
 Ternary weights that do not fit the core's weight memory go to the device's SDRAM (`place_weights`),
-and the program stages them into weight memory with WFETCH before their TRUN.
+and the program stages them into weight memory with WFETCH before their TRUN. A KV cache with more
+(layer, KV head) pairs than the engine's cache has slots goes to SDRAM too, on an engine with
+`kv_sdram` (contract/kv_stream.py): each KV head's attention first loads its K and V (KVLOAD) into
+slot (0, 0), appends the token's K and V there and stores them to SDRAM (KVAPPEND's store), then
+attends its query heads.
 
 The program follows golden.integer.IntegerModel.hidden stage by stage (docs/arithmetic.md); the test
 tests/test_decoder_program.py runs it on contract.decoder.DecoderMachine and compares every token's
@@ -20,6 +24,7 @@ import numpy as np
 
 from bitlane.contract.decoder import Bank, Instruction, MachineShape, Op, REGISTERS
 from bitlane.contract.intmath import FACTOR_ONE, MANT_BITS, TRIG_FRAC
+from bitlane.contract.kv_stream import KV_ALIGN, KV_STORE, KV_V, kv_row_words
 from bitlane.contract.packing import tiles
 from bitlane.golden.integer import IntegerModel
 
@@ -50,6 +55,8 @@ class DecoderImage:
     sdram_base: int = 0
     sdram_words: int = 0
     stage: tuple[int, int] = (0, 0)
+    # the KV cache in SDRAM (empty where it is in block RAM): its regions' first SDRAM word and words
+    kv_sdram: tuple[int, int] = (0, 0)
 
     @property
     def fetched_words(self) -> int:
@@ -161,10 +168,15 @@ def compile_decoder(model: IntegerModel, shape: MachineShape, weight_depth: int 
     n, m, H, KV, d = cfg.hidden, cfg.intermediate, cfg.heads, cfg.kv_heads, cfg.head_dim
     if cfg.act != "relu2":
         raise DecoderFitError(f"activation {cfg.act!r}: the decoder engine runs relu2 models only")
-    for what, need, have in (("head_dim", d, shape.head_dim), ("layers", cfg.layers, shape.layers),
-                             ("kv_heads", KV, shape.kv_heads)):
-        if need != have if what == "head_dim" else need > have:
-            raise DecoderFitError(f"{what} {need}: the engine's attention unit is built for {have}")
+    if d != shape.head_dim:
+        raise DecoderFitError(f"head_dim {d}: the engine's attention unit is built for {shape.head_dim}")
+    # the KV cache: in the attention unit's slots, or staged from SDRAM through slot (0, 0)
+    staged = cfg.layers > shape.layers or KV > shape.kv_heads
+    if staged and not (shape.kv_sdram and sdram_words):
+        what, need, have = ("layers", cfg.layers, shape.layers) if cfg.layers > shape.layers else \
+            ("kv_heads", KV, shape.kv_heads)
+        raise DecoderFitError(f"{what} {need}: the engine's attention unit is built for {have}"
+                              " and cannot stage its KV cache from SDRAM")
     lanes, k = shape.lanes, shape.k_per_cycle
     out_words = lambda rows: -(-rows // lanes)  # noqa: E731
     R = _Registers()
@@ -200,6 +212,18 @@ def compile_decoder(model: IntegerModel, shape: MachineShape, weight_depth: int 
             sizes[i, key] = rt * ks
     placement = place_weights(sizes, weight_depth, sdram_words, spw, sdram_base, stage_words)
     weights = placement.resident
+    # the KV regions after the weights: (layer, KV head, K|V), `context` rows each
+    row_words = kv_row_words(d)
+    kv_base = -(-(sdram_base + placement.sdram_words) // KV_ALIGN) * KV_ALIGN
+    region_words = shape.context * row_words
+    kv_words = cfg.layers * KV * 2 * region_words if staged else 0
+    if kv_base + kv_words > sdram_words and staged:
+        raise DecoderFitError(f"KV cache in SDRAM: {kv_words:,} words ({cfg.layers} layers x {KV} KV heads x K, V "
+                              f"x {shape.context} positions x {row_words} words) from word {kv_base:,} exceed the "
+                              f"SDRAM's {sdram_words:,} words")
+
+    def kv_region(layer: int, g: int, kind: int) -> int:
+        return kv_base + ((layer * KV + g) * 2 + kind) * region_words
 
     def movi_pair(name: str, value: tuple) -> int:
         r = R(name, pair=True)
@@ -304,18 +328,34 @@ def compile_decoder(model: IntegerModel, shape: MachineShape, weight_depth: int 
         for key, word in (("q", 0), ("k", o_k), ("v", o_v)):
             trun(i, key, word)
         f = {key: dequant(i, key, ratio, slot) for slot, key in enumerate("qkv")}
-        for g in range(KV):
-            for key, word, kind in (("k", o_k, 0), ("v", o_v, 1)):
+        u = main("u", H * d)
+
+        def append(g: int, slot: tuple[int, int], store: bool) -> None:
+            for key, word, kind in (("k", o_k, 0), ("v", o_v, KV_V)):
                 src = (Bank.OUT, word * lanes + g * d)
                 mant = main("kv mantissas", d)
                 e = scale_head(src, f[key], cfg.kv_bits, mant, rope=key == "k")
-                emit(_ins(Op.KVAPPEND, r1=e, r2=i, r3=g, a=mant, n=d, imm=kind))
-        u = main("u", H * d)
-        for hd in range(H):
+                imm = kind | (kv_region(i, g, kind) | KV_STORE if store else 0)
+                emit(_ins(Op.KVAPPEND, r1=e, r2=slot[0], r3=slot[1], a=mant, n=d, imm=imm))
+
+        def attend(hd: int, slot: tuple[int, int]) -> None:
             qh = main("q head", d)
             eq = scale_head((Bank.OUT, hd * d), f["q"], MANT_BITS, qh, rope=True)
-            emit(_ins(Op.ATTEND, r0=R(f"eu {hd}"), r1=eq, r2=i, r3=hd // groups, a=qh, d=(u[0], u[1] + hd * d),
+            emit(_ins(Op.ATTEND, r0=R(f"eu {hd}"), r1=eq, r2=slot[0], r3=slot[1], a=qh, d=(u[0], u[1] + hd * d),
                       n=d))
+
+        if staged:  # one KV head at a time through slot (0, 0): load 0..POS-1, append and store POS, attend
+            for g in range(KV):
+                for kind in (0, KV_V):
+                    emit(_ins(Op.KVLOAD, n=d, imm=kv_region(i, g, kind) | kind))
+                append(g, (0, 0), store=True)
+                for hd in range(g * groups, (g + 1) * groups):
+                    attend(hd, (0, 0))
+        else:
+            for g in range(KV):
+                append(g, (i, g), store=False)
+            for hd in range(H):
+                attend(hd, (i, hd // groups))
         rEu = R("eu max")
         emit(_ins(Op.ADD, r0=rEu, r1=R("eu 0"), r2=0))
         for hd in range(1, H):
@@ -395,4 +435,4 @@ def compile_decoder(model: IntegerModel, shape: MachineShape, weight_depth: int 
             raise DecoderFitError(f"{what}: the model needs {need} words, the core has {have}")
     return DecoderImage(prog, np.concatenate(const_words), weights, placement.weight_words, emb[1], y[1], rEy, used,
                         n, [str(ins) for ins in prog], placement.streamed, sdram_base, placement.sdram_words,
-                        placement.stage)
+                        placement.stage, (kv_base, kv_words) if staged else (0, 0))

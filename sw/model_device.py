@@ -45,6 +45,7 @@ from bitlane.contract import protocol as p
 from bitlane.contract.decoder import (REGISTERS, WRITABLE_BANKS, Bank, DecoderMachine, Instruction, MachineShape, Op,
                                       ProgramError, decode_cycles)
 from bitlane.contract.intmath import EXP_BITS, MANT_BITS, WidthError
+from bitlane.contract.kv_stream import kv_load_cycles_estimate
 from bitlane.contract.packing import tiles, words_to_trits
 from bitlane.contract.protocol import BadFrame, Cmd, ErrorCode, Frame
 from bitlane.contract.weight_stream import fetch_cycles_estimate, sdram_words_per_weight_word, weight_bytes
@@ -78,7 +79,8 @@ class ModelDevice:
         self._clear_counters()
         # decoder mode: the engine, its program memory, DECODE_SETUP, the next position DECODE may take
         self.engine = None if config.decoder is None else DecoderMachine(
-            MachineShape.from_config(config), self._ternary, self._wfetch if config.sdram_words else None)
+            MachineShape.from_config(config), self._ternary, self._wfetch if config.sdram_words else None,
+            (lambda: self.sdram) if config.sdram_words else None)
         self.program: list[Instruction] = [Instruction(Op.HALT)] * (0 if self.engine is None
                                                                     else config.decoder.program_depth)
         self.program_loaded = False
@@ -259,10 +261,15 @@ class ModelDevice:
         try:
             for i, row in enumerate(rows):
                 engine.write(Bank.MAIN, s.emb_addr, row)
+                kvloads = engine.executed.get(Op.KVLOAD, 0)
                 engine.run(a.pos + i)
                 y[i], e[i] = engine.read(Bank.MAIN, s.out_addr, s.hidden), engine.regs[s.out_exp_reg]
                 cycles = decode_cycles(self.program, a.pos + i, engine.shape, self.config.run_overhead)
                 other += cycles.total - cycles.runs
+                # KVLOADs wait for the SDRAM beyond the DECODE's cycles: their estimate, as WFETCH's
+                kvloads = engine.executed.get(Op.KVLOAD, 0) - kvloads
+                if kvloads:
+                    self.cycles += kvloads * kv_load_cycles_estimate(a.pos + i, engine.shape.head_dim, self.config)
         except (WidthError, ProgramError):
             self.next_pos = 0
             raise _Fault from None
