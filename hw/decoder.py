@@ -24,10 +24,12 @@ from amaranth.lib.wiring import In, Out
 from bitlane.contract.config import CoreConfig
 from bitlane.contract.decoder import (ALU_OPS, REG_BITS, REGISTERS, SCALAR_OPS, VECTOR_OPS, Instruction, MachineShape,
                                       Op)
+from bitlane.contract.kv_stream import KV_ALIGN, kv_row_words
 from bitlane.hw.attention import AttentionOp, AttentionUnit
 from bitlane.hw.core import TernaryCore, core_signature
 from bitlane.hw.decoder_scalar import PAIR_RESULT, ScalarUnit
 from bitlane.hw.decoder_vector import VectorUnit
+from bitlane.hw.kv_fetch import KvLoad, KvStore, kv_write_signature
 from bitlane.hw.records import RunArgsLayout, layout
 from bitlane.hw.weight_fetch import WeightFetch, weight_mem_signature
 
@@ -111,11 +113,20 @@ class DecoderEngine(wiring.Component):
     (`host_*`, a read answers in the next cycle) and reads registers (`reg_rd_*`, next cycle).
     The ternary core's memories are the engine's OUT and ACT banks: `out_rd_data` is the core's output
     word (lanes of 32 bits, sign-extended) the cycle after `out_rd_addr`.
+
+    With `kv_config` (a configuration whose decoder has `kv_sdram`) the engine executes KVLOAD and
+    KVAPPEND's store (contract/kv_stream.py) with hw/kv_fetch.py's KvLoad and KvStore: `kv_rd` is a read
+    port of the SDRAM like WeightFetch's (`kv_loading` while KvLoad uses it), `kv_wr` a write port. A
+    KVLOAD, and the wait for a store to drain after its KVAPPEND, count to `cycles_fetch`, not `cycles`.
     """
 
-    def __init__(self, shape: MachineShape, kv_bits: int = 16) -> None:
-        self.shape, self.kv_bits = shape, kv_bits
-        super().__init__(engine_signature(shape))
+    def __init__(self, shape: MachineShape, kv_bits: int = 16, kv_config: CoreConfig | None = None) -> None:
+        self.shape, self.kv_bits, self.kv_config = shape, kv_bits, kv_config
+        members = engine_signature(shape).members
+        if kv_config is not None:  # the KV cache in SDRAM: KVLOAD's reads, KVAPPEND's writes (hw/kv_fetch.py)
+            members = {**members, "kv_rd": Out(weight_mem_signature(kv_config)), "kv_loading": Out(1),
+                       "kv_wr": Out(kv_write_signature(kv_config))}
+        super().__init__(members)
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -211,6 +222,21 @@ class DecoderEngine(wiring.Component):
             self.core_run.n_vectors.eq(1),
             self.fetch_sdram_addr.eq(ins.imm), self.fetch_w_addr.eq(ins.d_addr), self.fetch_words.eq(ins.n),
         ]
+        kv_load = kv_store = None
+        if self.kv_config is not None:
+            m.submodules.kv_load = kv_load = KvLoad(self.kv_config)
+            m.submodules.kv_store = kv_store = KvStore(self.kv_config)
+            wiring.connect(m, kv_load.mem, wiring.flipped(self.kv_rd))
+            wiring.connect(m, kv_store.mem, wiring.flipped(self.kv_wr))
+            region = ins.imm & ~(KV_ALIGN - 1)
+            m.d.comb += [
+                self.kv_loading.eq(kv_load.busy),
+                kv_load.sdram_addr.eq(region), kv_load.rows.eq(pos), kv_load.is_v.eq(ins.imm[0]),
+                kv_load.layer.eq(ins.r2), kv_load.kv_head.eq(ins.r3),
+                kv_store.sdram_addr.eq(region + pos * kv_row_words(shape.head_dim)), kv_store.exp.eq(x[0]),
+                kv_store.element_valid.eq(attention.i.valid & attention.i.ready & (op == Op.KVAPPEND)),
+                kv_store.element.eq(attention.i.payload),
+            ]
         eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
         with m.If(attention.o.valid & attention.o.ready):
             m.d.sync += eu.eq(attention.o.payload.exponent)
@@ -275,6 +301,8 @@ class DecoderEngine(wiring.Component):
                     with m.Case(Op.KVAPPEND, Op.ATTEND):
                         with m.If(attention.cmd.ready):
                             m.d.comb += vector.start.eq(1)
+                            if kv_store is not None:  # KVAPPEND's store: the row to SDRAM as it passes
+                                m.d.comb += kv_store.start.eq((op == Op.KVAPPEND) & ins.imm[1])
                             m.d.sync += unit.eq(0b0010)
                             m.next = "WAIT"
                     with m.Case(Op.TRUN):
@@ -284,6 +312,11 @@ class DecoderEngine(wiring.Component):
                     with m.Case(Op.WFETCH):
                         m.d.sync += [self.fetch_start.eq(1), unit.eq(0b10000)]
                         m.next = "WAIT"
+                    if kv_load is not None:
+                        with m.Case(Op.KVLOAD):
+                            m.d.comb += kv_load.start.eq(1)
+                            m.d.sync += unit.eq(0b10000)
+                            m.next = "WAIT"
                     with m.Default():  # an unknown op stops the program (the host's program is checked)
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
@@ -300,7 +333,14 @@ class DecoderEngine(wiring.Component):
                             retire((vector.y0, writes_r0), (vector.y2, op == Op.VNORM), ins.r2)
                     with m.Case(Op.KVAPPEND):
                         with m.If(vector.done):
-                            retire()
+                            if kv_store is None:
+                                retire()
+                            else:  # a store still draining into the SDRAM port: wait, counted as SDRAM time
+                                with m.If(kv_store.busy):
+                                    m.d.sync += unit.eq(0b10000)
+                                    m.next = "STORE"
+                                with m.Else():
+                                    retire()
                     with m.Case(Op.ATTEND):
                         with m.If(vector.done):
                             retire((eu, 1))
@@ -310,9 +350,24 @@ class DecoderEngine(wiring.Component):
                     with m.Case(Op.WFETCH):
                         with m.If(self.fetch_done):
                             retire()
+                    if kv_load is not None:
+                        with m.Case(Op.KVLOAD):
+                            with m.If(kv_load.done):
+                                retire()
+            with m.State("STORE"):  # KVAPPEND's store draining
+                m.d.comb += counted.eq(unit)
+                if kv_store is not None:
+                    with m.If(~kv_store.busy):
+                        retire()
         # the attention unit's command is offered through an issue cycle and taken with the vector
         # unit's start (valid does not wait for ready)
         m.d.comb += attention.cmd.valid.eq(executing & stream_op)
+        if kv_load is not None:
+            with m.If(kv_load.busy):  # KVLOAD's rows go into the attention unit
+                m.d.comb += [attention.cmd.valid.eq(kv_load.cmd.valid), attention.cmd.payload.eq(kv_load.cmd.payload),
+                             kv_load.cmd.ready.eq(attention.cmd.ready),
+                             attention.i.valid.eq(kv_load.i.valid), attention.i.payload.eq(kv_load.i.payload),
+                             kv_load.i.ready.eq(attention.i.ready), vector.att_o.ready.eq(0)]
         return m
 
 
@@ -334,6 +389,8 @@ class DecoderCore(wiring.Component):
         self.config, self.shape, self.kv_bits = config, shape, kv_bits
         engine = {f"engine_{name}": member for name, member in engine_host_signature(shape).members.items()}
         mem = {"mem": Out(weight_mem_signature(config))} if config.sdram_words else {}
+        if shape.kv_sdram:  # KVAPPEND's stores: a write port beside the command processor's (hw/top.py)
+            mem["kv_wr"] = Out(kv_write_signature(config))
         super().__init__({**core_signature(config).members, **engine, **mem})
 
     @property
@@ -351,7 +408,8 @@ class DecoderCore(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         m.submodules.core = core = TernaryCore(self.config)
-        m.submodules.engine = engine = DecoderEngine(self.shape, self.kv_bits)
+        m.submodules.engine = engine = DecoderEngine(self.shape, self.kv_bits,
+                                                     self.config if self.shape.kv_sdram else None)
         for name, member in engine_host_signature(self.shape).members.items():
             ours, theirs = getattr(self, f"engine_{name}"), getattr(engine, name)
             if member.flow == wiring.In:
@@ -362,7 +420,20 @@ class DecoderCore(wiring.Component):
         w_wr = (self.w_wr_addr, self.w_wr_data, self.w_wr_en)
         if self.config.sdram_words:
             m.submodules.weight_fetch = fetch = WeightFetch(self.config)
-            wiring.connect(m, fetch.mem, wiring.flipped(self.mem))
+            if self.shape.kv_sdram:  # WFETCH and KVLOAD share the read port, one at a time
+                wiring.connect(m, engine.kv_wr, wiring.flipped(self.kv_wr))
+                reader, kv = fetch.mem, engine.kv_rd
+                sel = engine.kv_loading
+                m.d.comb += [
+                    self.mem.req.valid.eq(Mux(sel, kv.req.valid, reader.req.valid)),
+                    self.mem.req.payload.eq(Mux(sel, kv.req.payload, reader.req.payload)),
+                    kv.req.ready.eq(sel & self.mem.req.ready), reader.req.ready.eq(~sel & self.mem.req.ready),
+                    kv.r_data.payload.eq(self.mem.r_data.payload), reader.r_data.payload.eq(self.mem.r_data.payload),
+                    kv.r_data.valid.eq(sel & self.mem.r_data.valid), reader.r_data.valid.eq(~sel & self.mem.r_data.valid),
+                    self.mem.r_data.ready.eq(Mux(sel, kv.r_data.ready, reader.r_data.ready)),
+                ]
+            else:
+                wiring.connect(m, fetch.mem, wiring.flipped(self.mem))
             m.d.comb += [fetch.fetch.start.eq(engine.fetch_start), fetch.fetch.sdram_addr.eq(engine.fetch_sdram_addr),
                          fetch.fetch.w_addr.eq(engine.fetch_w_addr), fetch.fetch.words.eq(engine.fetch_words),
                          engine.fetch_done.eq(fetch.fetch.done)]
