@@ -122,7 +122,7 @@ class DecoderEngine(wiring.Component):
 
     def __init__(self, shape: MachineShape, kv_bits: int = 16, kv_config: CoreConfig | None = None) -> None:
         self.shape, self.kv_bits, self.kv_config = shape, kv_bits, kv_config
-        members = engine_signature(shape).members
+        members = dict(engine_signature(shape).members.items())
         if kv_config is not None:  # the KV cache in SDRAM: KVLOAD's reads, KVAPPEND's writes (hw/kv_fetch.py)
             members = {**members, "kv_rd": Out(weight_mem_signature(kv_config)), "kv_loading": Out(1),
                        "kv_wr": Out(kv_write_signature(kv_config))}
