@@ -164,13 +164,15 @@ PRESETS: dict[str, CoreConfig] = {
     "icebreaker": CoreConfig("icebreaker", lanes=4, k_per_cycle=8, weight_depth=16384, act_depth=512,
                              out_depth=256, max_k=4096, max_payload=512, counter_bits=40,
                              clock_hz=18_000_000),
-    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR; its 32 MB SDRAM (16M x 16 bit) at 100 MHz. Its decoder is sized for h128 (3328 of the 4096
-    # weight words; banks of 1216 / 3232 / 576 words, 684 instructions) with the KV cache in the EBR left
-    # over (208 EBRs of 18 kbit, 512 x 36 or 1024 x 18). The vector unit runs 8 elements per cycle: its
-    # banks are 256 bits wide, 8 EBRs each at these depths (16 elements would double that for ~2,000
-    # fewer cycles per token). The output memory holds 512 words (15 EBRs; 1024 took 29), enough for
-    # the decoder's 48 and for matmul-mode batches of 8192 results. The KV cache then gets 32 positions
-    # of h128 (one EBR per position); a longer context needs the cache in SDRAM (docs/sdram.md).
+    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR; its 32 MB SDRAM (16M x 16 bit) at 100 MHz. Its decoder is
+    # sized for h128 (3328 of the 4096 weight words; banks of 1216 / 3232 / 576 words, 700 instructions). The
+    # vector unit runs 8 elements per cycle: its banks are 256 bits wide, 8 EBRs each at these depths (16
+    # elements would double that for ~2,000 fewer cycles per token). The output memory holds 512 words (15
+    # EBRs; 1024 took 29), enough for the decoder's 48 and for matmul-mode batches of 8192 results. The KV
+    # cache's block RAM (208 EBRs of 18 kbit in all) is one slot of 256 positions (the EBRs that held 32
+    # positions of h128's 4 layers x 2 KV heads), and the whole cache lives in SDRAM (kv_sdram,
+    # contract/kv_stream.py): each KV head is loaded into the slot for its attention, so h128 runs its full
+    # context of 256 at the price of reading its KV rows back every token.
     # The attention unit has 32 multipliers (2 cache words per position and pass): the cache takes
     # the same EBRs at any width (34 for the unit at 16, 32 or 64; yosys synth_ecp5), and 32 cost
     # ~4,900 LUTs and 16 DSPs more than 16 for 32 fewer cycles per position and token (64: ~13,900
@@ -179,21 +181,21 @@ PRESETS: dict[str, CoreConfig] = {
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
                         out_depth=512, max_k=8192, max_payload=1024, clock_hz=30_000_000,
                         sdram_words=1 << 24, sdram_clock_hz=100_000_000,
-                        decoder=DecoderShape(layers=4, kv_heads=2, head_dim=64, context=32, main_depth=1536,
+                        decoder=DecoderShape(layers=1, kv_heads=1, head_dim=64, context=256, main_depth=1536,
                                              const_depth=3584, copy_depth=1024, program_depth=1024,
-                                             vector_lanes=8, attention_macs=32)),
+                                             vector_lanes=8, attention_macs=32, kv_sdram=True)),
 }
 # The ULX3S's core, clocks, SDRAM and link with an engine grown for the SDRAM-sized models: h512-english
-# (7 layers, 8 KV heads; banks of 4320 / 22048 / 2112 words, 2,692 instructions) and issue 13's ~18M
-# model (6 layers, 2 KV heads), their weights streamed from SDRAM by WFETCH, frames that carry a hidden
-# state of 512 (1,029 bytes), and their full context of 256 positions in the KV cache. Simulation only
-# (sim://ulx3s-large): its KV cache (7 x 8 x 2 x 256 positions x 64 int16, 29 Mbit) and CONST bank (22,528 x 32 bits, 0.7 Mbit)
-# alone are more than the ECP5-85F's 3.7 Mbit of block RAM; on the board the KV cache belongs in SDRAM
-# (issue 13). It shows the ULX3S's own datapath, SDRAM timing and clock crossing running those models.
+# (7 layers, 8 KV heads; banks of 4320 / 22048 / 2112 words, 2,971 instructions) and issue 13's ~18M
+# model (6 layers, 2 KV heads), their weights streamed from SDRAM by WFETCH through a weight memory of
+# 1,024 words (32 EBRs rather than `ulx3s`'s 128: every matrix of these models is streamed anyway, the
+# larger ones in parts), their KV caches in SDRAM through one slot of 256 positions (as on `ulx3s`), and
+# frames that carry a hidden state of 512 (1,029 bytes). Its banks and program memory take 1.1 Mbit more
+# than `ulx3s`'s. Simulation only (sim://ulx3s-large): no bitstream of it has been built.
 PRESETS["ulx3s-large"] = PRESETS["ulx3s"].with_(
-    name="ulx3s-large", max_payload=2048,
-    decoder=DecoderShape(layers=7, kv_heads=8, head_dim=64, context=256, main_depth=4352, const_depth=22528,
-                         copy_depth=2176, program_depth=3072, vector_lanes=8, attention_macs=32))
+    name="ulx3s-large", weight_depth=1024, max_payload=2048,
+    decoder=replace(PRESETS["ulx3s"].decoder, main_depth=4352, const_depth=22528, copy_depth=2176,
+                    program_depth=3072))
 
 
 def preset(name: str) -> CoreConfig:

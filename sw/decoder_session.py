@@ -23,6 +23,7 @@ from bitlane.contract import protocol as p
 from bitlane.contract.config import BOARD_FACTS, BoardFacts
 from bitlane.contract.decoder import Bank, MachineShape, Op, decode_cycles
 from bitlane.contract.packing import pack_weights
+from bitlane.contract.kv_stream import kv_load_cycles_estimate
 from bitlane.contract.protocol import BitlaneError, Cmd
 from bitlane.contract.weight_stream import fetch_cycles_estimate, sdram_words_per_weight_word
 from bitlane.golden.integer import IntegerModel
@@ -71,7 +72,8 @@ def project_decoder(model: IntegerModel, board: BoardFacts, positions: Sequence[
     The engine's cycles are the board's own, from contract.decoder.decode_cycles on the program compiled
     for its configuration (the gateware's counters equal them), averaged over the positions its KV
     cache holds, plus, for weights streamed from SDRAM, contract.weight_stream.fetch_cycles_estimate of
-    each WFETCH (the engine does not count those waits); the command processor's own cycles around a
+    each WFETCH, and for a KV cache in SDRAM, contract.kv_stream.kv_load_cycles_estimate of each KVLOAD
+    (the engine does not count those waits); the command processor's own cycles around a
     DECODE (staging the embedding row, copying the hidden state out) are about as many as the bytes and
     hide behind the UART. The USB
     round trip is BoardFacts.usb_round_trip_s with the latency timer at 1 ms (what sw/transport.py
@@ -88,8 +90,12 @@ def project_decoder(model: IntegerModel, board: BoardFacts, positions: Sequence[
                 "reason": f"its KV cache holds {caps.dec_context} positions, none of those decoded"}
     shape = MachineShape.from_config(board.core)
     cycles = sum(decode_cycles(image.program, pos, shape, board.core.run_overhead).total for pos in held) / len(held)
-    # weights from SDRAM: the WFETCHes' waits, which the engine's cycles leave out (an estimate)
+    # weights and the KV cache from SDRAM: the WFETCHes' and KVLOADs' waits, which the engine's cycles
+    # leave out (estimates; a KVLOAD reads the positions before the token's)
     fetch = sum(fetch_cycles_estimate(ins.n, board.core) for ins in image.program if ins.op == Op.WFETCH)
+    kv_loads = sum(ins.op == Op.KVLOAD for ins in image.program)
+    if kv_loads:
+        fetch += kv_loads * sum(kv_load_cycles_estimate(pos, shape.head_dim, board.core) for pos in held) / len(held)
     t = board.token_time(cycles + fetch, wire_bytes, round_trips)
     return {"board": board.name, "fits": True, "positions": len(held), "context": caps.dec_context,
             "clock_hz": board.core.clock_hz, "baud": board.baud, "usb_uart": board.usb_uart,
@@ -283,7 +289,7 @@ def format_decoder_summary(s: dict[str, object]) -> str:
             continue
         held = "" if j["positions"] == s["decode_tokens"] else (
             f"; the {j['positions']} of {s['decode_tokens']} tokens inside its context of {j['context']}")
-        fetch = (f" + {j['fetch_cycles_per_token']:,.0f} waiting for SDRAM weights"
+        fetch = (f" + {j['fetch_cycles_per_token']:,.0f} waiting for SDRAM (weights, KV cache)"
                  if j["fetch_cycles_per_token"] else "")
         lines.append(f"[projected {name}: {j['tokens_per_s']:,.0f} tokens/s = {j['cycles_per_token']:,.0f} "
                      f"cycles{fetch} "

@@ -14,6 +14,7 @@ from bitlane import golden
 from bitlane.contract import protocol as p
 from bitlane.contract.config import CoreConfig, DecoderShape, preset
 from bitlane.contract.decoder import Bank, Instruction, Op
+from bitlane.contract.kv_stream import kv_load_cycles_estimate
 from bitlane.contract.protocol import Cmd, ErrorCode
 from bitlane.golden.integer import IntegerModel, convert
 from bitlane.golden.perplexity import perplexity, text_ids
@@ -185,7 +186,8 @@ def test_cli_h128_decoder_mode_equals_int_backend(capsys):
     assert "model://sim: decoder mode" in err and "link bytes/token" in err and "device cycles/token" in err
     assert "[projected icebreaker: no decoder mode: the device has no decoder engine]" in err
     assert "[projected ulx3s: " in err and "tokens/s at the FTDI default 16 ms" in err
-    assert "inside its context of 32" in err  # 64 tokens: only those the ULX3S's KV cache holds are projected
+    # the ULX3S holds all 64 (its KV cache is in SDRAM): the projection waits for its rows
+    assert "inside its context" not in err and "waiting for SDRAM (weights, KV cache)" in err
 
 
 def test_board_projection_is_the_board_engines_cycles_link_and_usb():
@@ -204,14 +206,16 @@ def test_board_projection_is_the_board_engines_cycles_link_and_usb():
     runner.hidden(np.array([7]), 3)  # one token at position 3, its cycles as the engine counts them
     j = project_decoder(model, board, [3, board.core.decoder.context], wire_bytes=538, round_trips=1)
     assert j["fits"] and j["positions"] == 1 and j["cycles_per_token"] == runner.decode_cycles - before
-    seconds = (j["cycles_per_token"] / board.core.clock_hz + 538 * 10 / board.baud
+    # its KV cache is in SDRAM: 16 KVLOADs of the 3 positions before, waits the engine does not count
+    assert j["fetch_cycles_per_token"] == 16 * kv_load_cycles_estimate(3, 64, board.core)
+    seconds = ((j["cycles_per_token"] + j["fetch_cycles_per_token"]) / board.core.clock_hz + 538 * 10 / board.baud
                + board.usb_round_trip_s(0.001))
     assert j["tokens_per_s"] == pytest.approx(1 / seconds, rel=1e-12)
     slow = 1 / (seconds + board.usb_round_trip_s(0.016) - board.usb_round_trip_s(0.001))
     assert j["tokens_per_s_default_latency"] == pytest.approx(slow, rel=1e-12)
     assert not project_decoder(model, BOARD_FACTS["icebreaker"], [3], 538, 1)["fits"]
     beyond = project_decoder(model, board, [board.core.decoder.context], 538, 1)
-    assert not beyond["fits"] and "holds 32 positions" in beyond["reason"]
+    assert not beyond["fits"] and "holds 256 positions" in beyond["reason"]
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +230,8 @@ def test_presets_hold_the_shipped_models(h256):
         plan_decoder(model, sim)
         assert context_shortfall(model, sim) is None
     assert plan_decoder(h128, ulx3s).weight_words == 3328
-    assert context_shortfall(h128, ulx3s) == "context 256: the device's KV cache holds 32 positions (224 short)"
-    with pytest.raises(DecoderFitError, match="kv_heads 4: the engine's attention unit is built for 2"):
+    assert context_shortfall(h128, ulx3s) is None  # its KV cache in SDRAM, one slot of 256 positions
+    with pytest.raises(DecoderFitError, match="bank MAIN: the model needs 2272 words, the engine has 1536"):
         plan_decoder(h256, ulx3s)
     with pytest.raises(DecoderFitError, match="the device has no decoder engine"):
         plan_decoder(h128, p.Capabilities.from_config(preset("icebreaker")))

@@ -27,9 +27,6 @@ from tests.test_integer import random_model
 
 H128 = "models/bitnet-kjv-h128"
 ULX3S = preset("ulx3s")
-# the ULX3S's core and SDRAM with the cache's EBRs as one slot of h128's whole context
-ONE_SLOT = ULX3S.with_(name="ulx3s-kv-sdram", decoder=replace(ULX3S.decoder, layers=1, kv_heads=1, context=256,
-                                                               kv_sdram=True))
 
 
 def runner_for(model: IntegerModel, config: CoreConfig) -> DecoderRunner:
@@ -45,7 +42,7 @@ def sdram_cache(runner: DecoderRunner, model: IntegerModel, positions: int) -> l
     cfg, image = model.int_config, runner.image
     sdram = runner.acc.transport.device.sdram
     row = kv_row_words(cfg.head_dim)
-    region = ONE_SLOT.decoder.context * row
+    region = ULX3S.decoder.context * row
     base = image.kv_sdram[0]
     layers = []
     for layer in range(cfg.layers):
@@ -63,16 +60,17 @@ def sdram_cache(runner: DecoderRunner, model: IntegerModel, positions: int) -> l
 
 
 def test_h128_full_context_from_sdram_equals_the_reference():
-    """h128 on the ULX3S's core with one cache slot: 4 layers x 2 KV heads staged through it from SDRAM,
-    over all 256 positions (the ulx3s preset's block RAM holds 32); ids equal to golden.integer's, and the
+    """h128 on the ULX3S (model://ulx3s): 4 layers x 2 KV heads staged from SDRAM through its one cache slot,
+    over all 256 positions; ids equal to golden.integer's, and the
     SDRAM holds the reference's KV cache."""
     model = IntegerModel.load(H128)
-    runner = runner_for(model, ONE_SLOT)
+    assert (ULX3S.decoder.layers, ULX3S.decoder.kv_heads, ULX3S.decoder.context) == (1, 1, 256)  # one slot
+    runner = runner_for(model, ULX3S)
     program = runner.image.program
     assert sum(ins.op == Op.KVLOAD for ins in program) == 4 * 2 * 2
     assert all(ins.imm & KV_STORE for ins in program if ins.op == Op.KVAPPEND)
     prompt = [5, 300, 1000, 7]
-    tokens = ONE_SLOT.decoder.context - len(prompt)
+    tokens = ULX3S.decoder.context - len(prompt)
     generated = golden.generate(model, prompt, tokens, greedy=True)
     assert golden.generate(runner, prompt, tokens, greedy=True) == generated
     # the reference's cache for the same 255 positions (the last token is never fed back)
@@ -101,29 +99,29 @@ def test_grouped_query_model_from_sdram_equals_the_reference():
 
 def test_decode_cycles_count_a_kvload_as_its_issue_cycle():
     model = IntegerModel.load(H128)
-    acc = Accelerator(ModelTransport(ONE_SLOT))
+    acc = Accelerator(ModelTransport(ULX3S))
     image = plan_decoder(model, acc.caps)
     load_decoder(model, image, acc)
-    shape = MachineShape.from_config(ONE_SLOT)
+    shape = MachineShape.from_config(ULX3S)
     runner = DecoderRunner(model, image, acc)
     for pos, token in enumerate([5, 300, 1000]):
         before = runner.decode_cycles
         runner.hidden(np.array([token]), pos)
-        assert runner.decode_cycles - before == decode_cycles(image.program, pos, shape, ONE_SLOT.run_overhead).total
+        assert runner.decode_cycles - before == decode_cycles(image.program, pos, shape, ULX3S.run_overhead).total
 
 
 def test_what_cannot_stage_says_why():
     model = IntegerModel.load(H128)
-    no_kv_sdram = replace(MachineShape.from_config(ONE_SLOT), kv_sdram=False)
+    no_kv_sdram = replace(MachineShape.from_config(ULX3S), kv_sdram=False)
     with pytest.raises(DecoderFitError, match="layers 4: the engine's attention unit is built for 1 and cannot "
                                               "stage its KV cache from SDRAM"):
-        compile_decoder(model, no_kv_sdram, ONE_SLOT.weight_depth, ONE_SLOT.sdram_words, 8)
+        compile_decoder(model, no_kv_sdram, ULX3S.weight_depth, ULX3S.sdram_words, 8)
     with pytest.raises(DecoderFitError, match=r"KV cache in SDRAM: 278,528 words .* exceed the SDRAM's 8,192 words"):
-        compile_decoder(model, MachineShape.from_config(ONE_SLOT), ONE_SLOT.weight_depth, 1 << 13, 8)
+        compile_decoder(model, MachineShape.from_config(ULX3S), ULX3S.weight_depth, 1 << 13, 8)
 
 
 def test_kv_ops_outside_the_sdram_or_the_engine_are_faults():
-    shape = replace(MachineShape.from_config(ONE_SLOT), context=4)
+    shape = replace(MachineShape.from_config(ULX3S), context=4)
     sdram = np.zeros(128, dtype=np.uint16)
     machine = DecoderMachine(shape, lambda *a: None, sdram=lambda: sdram)
     row = kv_row_words(64)
