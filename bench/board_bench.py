@@ -6,7 +6,9 @@ v2; boards whose gateware has the decoder engine, the ULX3S) every layer of a to
 the device, in matmul mode (the iCEBreaker, or `--mode matmul`) the BitLinear products do. It
 measures per generated token:
 
-* compute: the device cycles (from the DECODE or RUN responses, the gateware's own count);
+* compute: the device cycles (from the DECODE or RUN responses, the gateware's own count), plus in
+  decoder mode the waits for SDRAM (weights streamed by WFETCH, KV rows loaded by KVLOAD), which a
+  DECODE's count leaves out, from their estimates (contract/weight_stream.py, contract/kv_stream.py);
 * link: bytes on the wire in both directions, each 10 bit times at the board's baud (8N1);
 * round trips: request frames, each of which waits for its response (the serial transport
   keeps one frame in flight); the USB-UART bridge adds its round trip to each
@@ -18,8 +20,8 @@ measures per generated token:
 f_clk is the board's clock (and, for comparison, the fmax of its last `bitlane hw build`
 if a report is given); the bottleneck is whichever term is largest. Host time (embedding,
 LM head and sampling; in matmul mode also attention and norms) is not included: it is the
-same for every board. Decoder mode on the ULX3S holds its KV cache in block RAM: sequences
-stop at its context (32 positions), so keep prompt + tokens within it.
+same for every board. Decoder mode on the ULX3S keeps its KV cache in SDRAM (its full context of 256
+positions), so the KV rows' waits grow with the position.
 
     python bench/board_bench.py [--model models/bitnet-kjv-h128] [--tokens 4]
         [--board icebreaker --board ulx3s] [--mode auto|decoder|matmul] [--report-dir build]
@@ -63,8 +65,10 @@ def measure_decoder(board_name: str, model_dir: Path, tokens: int) -> dict:
         if ids != want:
             raise SystemExit(f"{board_name}: decoder-mode ids {ids} differ from golden.integer's {want}")
         return {
-            "mode": "decoder", "tokens": s["decode_tokens"], "compute_cycles": s["cycles_per_token"],
-            "model_cycles": s["projected"][board_name]["cycles_per_token"],
+            "mode": "decoder", "tokens": s["decode_tokens"],
+            "compute_cycles": s["cycles_per_token"] + s["projected"][board_name]["fetch_cycles_per_token"],
+            "engine_cycles": s["cycles_per_token"], "model_cycles": s["projected"][board_name]["cycles_per_token"],
+            "sdram_wait_cycles": s["projected"][board_name]["fetch_cycles_per_token"],
             "wire_bytes": s["link_bytes_per_token"],
             "frames": (acc.stats.frames - load.frames - 1) / s["decode_tokens"],  # less the prompt's DECODE
             "load_wire_bytes": load.wire_bytes, "resident_layers": "all",

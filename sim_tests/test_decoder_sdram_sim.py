@@ -180,6 +180,6 @@ def test_ulx3s_large_generates_the_reference_tokens(which):
             + len(p.encode_frame(Cmd.DECODE.response, 0, bytes(4 + 2 * image.hidden + 1))))
     t = board.token_time(per_position, wire, 1)
     print(f"\n{which} on sim://ulx3s-large: {LARGE_TOKENS} tokens equal to golden.integer in {seconds:.0f} s; "
-          f"{per_position:,.0f} device cycles per position (engine, WFETCH waits, command processor: measured), "
+          f"{per_position:,.0f} device cycles per position (engine, SDRAM waits, command processor: measured), "
           f"{image.sdram_words * 2 / 1e6:.2f} MB of weights streamed per token; projected ULX3S "
           f"{t['tokens_per_s']:.1f} tokens/s ({board.core.clock_hz / 1e6:.0f} MHz, {wire} link bytes, 1 USB round trip)")
