@@ -307,16 +307,16 @@ def test_perplexity_on_sim_equals_int_backend(capsys, tmp_path):
 
 def test_uart_level_ulx3s_decoder_mode_equals_int_backend(capsys):
     """The ULX3S's board logic (UART, command processor, decoder, SDRAM port) at its serial pins, through the
-    serial transport: decoder mode gives --backend int's ids for as many tokens as its block-RAM KV cache
-    holds (32 positions: a 5-token prompt and 24 tokens), and projects the board's tokens/s."""
+    serial transport: decoder mode gives --backend int's ids for 64 greedy tokens (its KV cache in SDRAM,
+    staged through one block-RAM slot), and projects the board's tokens/s."""
     from bitlane.hw.sim.uart_sim import UartSimBoard
 
     common = ["generate", "--greedy", "--json", "--model", H128, "--prompt", "In the beginning God",
-              "--max-new-tokens", "24"]
+              "--max-new-tokens", "64"]
     out, _ = run_cli(capsys, *common, "--backend", "int")
     ids_int = json.loads(out)["generated_ids"]
     with UartSimBoard("ulx3s") as board:
         out, err = run_cli(capsys, *common, "--backend", "serial", "--backend-opt", f"url={board.url}",
                            "--backend-opt", "mode=decoder", "--backend-opt", "timeout=120")
-    assert json.loads(out)["generated_ids"] == ids_int and len(ids_int) == 24
+    assert json.loads(out)["generated_ids"] == ids_int and len(ids_int) == 64
     assert "decoder mode" in err and "[projected ulx3s: " in err, err
