@@ -183,3 +183,26 @@ def test_ulx3s_large_generates_the_reference_tokens(which):
           f"{per_position:,.0f} device cycles per position (engine, SDRAM waits, command processor: measured), "
           f"{image.sdram_words * 2 / 1e6:.2f} MB of weights streamed per token; projected ULX3S "
           f"{t['tokens_per_s']:.1f} tokens/s ({board.core.clock_hz / 1e6:.0f} MHz, {wire} link bytes, 1 USB round trip)")
+
+
+@pytest.mark.skipif(os.environ.get("BITLANE_LARGE") != "1",
+                    reason="opt-in, about 4 minutes: make large-check (BITLANE_LARGE=1)")
+def test_ulx3s_h128_full_context_from_sdram():
+    """h128's whole context on sim://ulx3s, the ULX3S's gateware: a 4-token prompt and 252 greedy tokens (the
+    last one at position 255), its KV cache in SDRAM staged through the one block-RAM slot, equal to
+    golden.integer's."""
+    import bitlane
+    from bitlane.golden.integer import IntegerModel
+    from bitlane.sw.decoder_session import DecoderRunner, plan_decoder
+
+    model = IntegerModel.load("models/bitnet-kjv-h128")
+    prompt = [1141, 259, 2039, 387]
+    tokens = model.config.max_position_embeddings - len(prompt)
+    want = golden.generate(model, prompt, tokens, greedy=True, eos_token_ids=set())
+    with bitlane.connect("sim://ulx3s", timeout=600) as acc:
+        assert acc.caps.dec_context == 256
+        image = plan_decoder(model, acc.caps)
+        assert image.kv_sdram[1] and not image.streamed
+        load_decoder(model, image, acc)
+        got = golden.generate(DecoderRunner(model, image, acc), prompt, tokens, greedy=True, eos_token_ids=set())
+    assert got == want and len(got) == 252
