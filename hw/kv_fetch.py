@@ -32,7 +32,7 @@ from bitlane.contract.weight_stream import SDRAM_WORD_BITS, fetch_ratio
 
 from .attention import AttentionOp, command_layout
 from .sdram_port import CONTROLLER_COUNT_BITS, mem_port_signature
-from .weight_fetch import weight_mem_signature
+from .weight_fetch import read_requests, weight_mem_signature
 
 ROWS_BITS = 16  # positions (KVLOAD's rows: POS)
 
@@ -92,10 +92,7 @@ class KvLoad(wiring.Component):
         m = Module()
         R, d, row_words, mem = self.ratio, self.head_dim, self.row_words, self.mem
         shift = R.bit_length() - 1
-        chunk = 1 << (CONTROLLER_COUNT_BITS - shift)  # port words per request
-        total_bits = (((1 << ROWS_BITS) - 1) * row_words // R).bit_length()
-        req_addr = Signal(len(mem.req.payload.addr))
-        req_left = Signal(total_bits)  # port words not yet requested
+        req_addr, req_left = read_requests(m, mem, self.busy, (((1 << ROWS_BITS) - 1) * row_words // R).bit_length())
         rows_left = Signal(ROWS_BITS)  # rows not yet handed over
         pos = Signal(ROWS_BITS)        # the row being handed over
         word = Signal(R * SDRAM_WORD_BITS)  # the port word being taken apart, its next SDRAM word lowest
@@ -103,14 +100,6 @@ class KvLoad(wiring.Component):
         index = Signal(range(row_words + R))  # the row's word at the bottom of `word`
 
         m.d.sync += self.done.eq(0)
-        m.d.comb += [
-            mem.req.valid.eq(self.busy & (req_left != 0)),
-            mem.req.payload.addr.eq(req_addr),
-            mem.req.payload.count.eq(Mux(req_left > chunk, chunk - 1, req_left - 1)),
-            mem.req.payload.write.eq(0),
-        ]
-        with m.If(mem.req.valid & mem.req.ready):
-            m.d.sync += [req_addr.eq(req_addr + chunk), req_left.eq(Mux(req_left > chunk, req_left - chunk, 0))]
 
         # The bottom word: the exponent goes with the row's command (taken when the attention unit is
         # idle), a mantissa into `i`, padding at once with the rest of its port word (all padding).

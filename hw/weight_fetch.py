@@ -52,6 +52,24 @@ def fetch_signature(config: CoreConfig) -> wiring.Signature:
     })
 
 
+def read_requests(m: Module, mem, busy, total_bits: int) -> tuple[Signal, Signal]:
+    """Drive `mem.req` with read requests while `busy`: from port word `req_addr`, `req_left` port words in
+    requests of at most the controller's count. Returns (req_addr, req_left), for the caller to load when it
+    starts; each taken request advances them."""
+    chunk = 1 << len(mem.req.payload.count)  # port words per request
+    req_addr = Signal(len(mem.req.payload.addr))
+    req_left = Signal(total_bits)  # port words not yet requested
+    m.d.comb += [
+        mem.req.valid.eq(busy & (req_left != 0)),
+        mem.req.payload.addr.eq(req_addr),
+        mem.req.payload.count.eq(Mux(req_left > chunk, chunk - 1, req_left - 1)),
+        mem.req.payload.write.eq(0),
+    ]
+    with m.If(mem.req.valid & mem.req.ready):
+        m.d.sync += [req_addr.eq(req_addr + chunk), req_left.eq(Mux(req_left > chunk, req_left - chunk, 0))]
+    return req_addr, req_left
+
+
 class WeightFetch(wiring.Component):
     """Copies `words` weight words from SDRAM word `sdram_addr` into weight memory from `w_addr`
     (module docstring). Ranges are the program's business (the host's compiler checks them; the
@@ -75,26 +93,15 @@ class WeightFetch(wiring.Component):
         m = Module()
         cfg, parts, fetch, mem = self.config, self.parts, self.fetch, self.mem
         shift = self.ratio.bit_length() - 1
-        total_bits = (((1 << WORDS_BITS) - 1) * parts).bit_length()
-        chunk = 1 << (CONTROLLER_COUNT_BITS - shift)  # port words per request
         width = len(mem.r_data.payload)
-        req_addr = Signal(len(mem.req.payload.addr))
-        req_left = Signal(total_bits)    # port words not yet requested
+        req_addr, req_left = read_requests(m, mem, fetch.busy, (((1 << WORDS_BITS) - 1) * parts).bit_length())
         words_left = Signal(WORDS_BITS)  # weight words not yet written
         part = Signal(range(max(parts, 2)))  # port words of the current weight word already in `word`
         word = Signal(cfg.weight_word_bits)
         w_addr = Signal(range(cfg.weight_depth))
 
         m.d.sync += fetch.done.eq(0)
-        m.d.comb += [
-            mem.req.valid.eq(fetch.busy & (req_left != 0)),
-            mem.req.payload.addr.eq(req_addr),
-            mem.req.payload.count.eq(Mux(req_left > chunk, chunk - 1, req_left - 1)),
-            mem.req.payload.write.eq(0),
-            mem.r_data.ready.eq(fetch.busy),
-        ]
-        with m.If(mem.req.valid & mem.req.ready):
-            m.d.sync += [req_addr.eq(req_addr + chunk), req_left.eq(Mux(req_left > chunk, req_left - chunk, 0))]
+        m.d.comb += mem.r_data.ready.eq(fetch.busy)
 
         # each read word in at the top: after `parts` of them the first is the lowest
         assembled = Cat(word[width:], mem.r_data.payload) if parts > 1 else mem.r_data.payload

@@ -43,6 +43,24 @@ def sim():
     acc.close()
 
 
+def decode_requests(model, ids: list[int]) -> list[tuple[Cmd, bytes]]:
+    """One DECODE a token, from position 0."""
+    return [(Cmd.DECODE, p.DecodeArgs(t, 1).pack() + model.embedding[[token]].astype("<i2").tobytes())
+            for t, token in enumerate(ids)]
+
+
+def check_against_reference(model, answers: list[bytes], ids: list[int], hidden: int) -> int:
+    """Each DECODE answer's final hidden state and exponent equal golden.integer's, token by token; returns
+    the engine cycles the answers count."""
+    ref_cache, engine = model.new_cache(), 0
+    for t, token in enumerate(ids):
+        cycles, y, e = p.unpack_decode_response(answers[t], 1, hidden)
+        y_ref, e_ref = model.hidden(np.array([[token]]), ref_cache)
+        assert np.array_equal(y[0], y_ref[0, 0]) and e[0] == e_ref[0, 0, 0], f"token {t}"
+        engine += cycles
+    return engine
+
+
 def image_for(model, caps, weight_depth: int):
     """The model compiled for the device, as if its weight memory had `weight_depth` words."""
     return compile_decoder(model, MachineShape.from_capabilities(caps), weight_depth, caps.sdram_words,
@@ -60,17 +78,12 @@ def test_decode_from_sdram_equals_the_model_and_the_reference(sim, small, weight
         assert not image.weights and sum(ins.op == Op.WFETCH for ins in image.program) > len(image.streamed)
     for acc in (model_acc, sim):
         load_decoder(small, image, acc)
-    requests = [(Cmd.DECODE, p.DecodeArgs(t, 1).pack() + small.embedding[[token]].astype("<i2").tobytes())
-                for t, token in enumerate(IDS)]
+    requests = decode_requests(small, IDS)
     prefill = p.DecodeArgs(0, 3).pack() + small.embedding[IDS[:3]].astype("<i2").tobytes()
     requests.append((Cmd.DECODE, prefill))
     got, want = sim.transact(requests), model_acc.transact(requests)
     assert got == want
-    ref_cache = small.new_cache()
-    for t, token in enumerate(IDS):
-        _, y, e = p.unpack_decode_response(got[t], 1, image.hidden)
-        y_ref, e_ref = small.hidden(np.array([[token]]), ref_cache)
-        assert np.array_equal(y[0], y_ref[0, 0]) and e[0] == e_ref[0, 0, 0], f"token {t}"
+    check_against_reference(small, got, IDS, image.hidden)
     # the command processor has the SDRAM port back
     first = min(image.streamed.values())
     for acc in (sim, model_acc):
@@ -117,18 +130,10 @@ def test_ulx3s_runs_h128_from_sdram():
             assert bool(image.weights) == (depth == 600) and image.streamed
             for acc in (model, sim):
                 load_decoder(h128, image, acc)
-            decodes = [(Cmd.DECODE, p.DecodeArgs(t, 1).pack() + h128.embedding[[token]].astype("<i2").tobytes())
-                       for t, token in enumerate(ids)]
-            requests = [(Cmd.COUNTERS, b""), *decodes, (Cmd.COUNTERS, b"")]
+            requests = [(Cmd.COUNTERS, b""), *decode_requests(h128, ids), (Cmd.COUNTERS, b"")]
             got, want = sim.transact(requests), model.transact(requests)
             assert got[1:-1] == want[1:-1]
-            ref_cache = h128.new_cache()
-            engine = 0
-            for t, token in enumerate(ids):
-                cycles, y, e = p.unpack_decode_response(got[1 + t], 1, image.hidden)
-                y_ref, e_ref = h128.hidden(np.array([[token]]), ref_cache)
-                assert np.array_equal(y[0], y_ref[0, 0]) and e[0] == e_ref[0, 0, 0], f"token {t}"
-                engine += cycles
+            engine = check_against_reference(h128, got[1:-1], ids, image.hidden)
             rest[depth] = p.Counters.unpack(got[-1]).cycles - p.Counters.unpack(got[0]).cycles - engine
             estimate[depth] = len(ids) * sum(fetch_cycles_estimate(ins.n, preset("ulx3s"))
                                              for ins in image.program if ins.op == Op.WFETCH)

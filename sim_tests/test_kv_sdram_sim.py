@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from bitlane.contract import protocol as p
@@ -25,12 +24,12 @@ from bitlane.devices import sim_transport
 from bitlane.sw import Accelerator
 from bitlane.sw.decoder_session import load_decoder, plan_decoder
 from bitlane.sw.transport import ModelTransport
+from sim_tests.test_decoder_sdram_sim import IDS, check_against_reference, decode_requests
 from tests.test_decoder_sdram import STREAMED, small  # noqa: F401  (the model fixture)
 
 BASE = STREAMED[700]
 CONFIG = BASE.with_(name="decoder-small-kv-sdram", decoder=replace(BASE.decoder, layers=1, kv_heads=1,
                                                                     kv_sdram=True))
-IDS = [5, 17, 199, 0, 42, 42, 7, 100]
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +45,10 @@ def test_kv_cache_in_sdram_equals_the_model_and_the_reference(sim, small):  # no
     assert image.kv_sdram[1] and sum(ins.op == Op.KVLOAD for ins in image.program) == 2 * 2
     for acc in (model_acc, sim):
         load_decoder(small, image, acc)
-    requests = [(Cmd.COUNTERS, b"")]
-    requests += [(Cmd.DECODE, p.DecodeArgs(t, 1).pack() + small.embedding[[token]].astype("<i2").tobytes())
-                 for t, token in enumerate(IDS)]
-    requests.append((Cmd.COUNTERS, b""))
+    requests = [(Cmd.COUNTERS, b""), *decode_requests(small, IDS), (Cmd.COUNTERS, b"")]
     got, want = sim.transact(requests), model_acc.transact(requests)
     assert got[1:-1] == want[1:-1]
-    ref_cache = small.new_cache()
-    engine = 0
-    for t, token in enumerate(IDS):
-        cycles, y, e = p.unpack_decode_response(got[1 + t], 1, image.hidden)
-        y_ref, e_ref = small.hidden(np.array([[token]]), ref_cache)
-        assert np.array_equal(y[0], y_ref[0, 0]) and e[0] == e_ref[0, 0, 0], f"token {t}"
-        engine += cycles
+    engine = check_against_reference(small, got[1:-1], IDS, image.hidden)
     # the KV rows the gateware wrote are the model's, every word of every region
     base, words = image.kv_sdram
     assert sim.mem_crc(base, words) == model_acc.mem_crc(base, words)
