@@ -429,7 +429,8 @@ class DecoderCore(wiring.Component):
                     self.mem.req.payload.eq(Mux(sel, kv.req.payload, reader.req.payload)),
                     kv.req.ready.eq(sel & self.mem.req.ready), reader.req.ready.eq(~sel & self.mem.req.ready),
                     kv.r_data.payload.eq(self.mem.r_data.payload), reader.r_data.payload.eq(self.mem.r_data.payload),
-                    kv.r_data.valid.eq(sel & self.mem.r_data.valid), reader.r_data.valid.eq(~sel & self.mem.r_data.valid),
+                    kv.r_data.valid.eq(sel & self.mem.r_data.valid),
+                    reader.r_data.valid.eq(~sel & self.mem.r_data.valid),
                     self.mem.r_data.ready.eq(Mux(sel, kv.r_data.ready, reader.r_data.ready)),
                 ]
             else:

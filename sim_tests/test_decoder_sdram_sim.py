@@ -159,7 +159,7 @@ def test_ulx3s_large_generates_the_reference_tokens(which):
     greedy tokens. Prints the engine's cycles, the measured cycles besides them (the WFETCH waits) and the
     ULX3S projection from those measured cycles."""
     import bitlane
-    from bitlane.contract.config import BOARD_FACTS, preset
+    from bitlane.contract.config import BOARD_FACTS
     from bitlane.golden.integer import IntegerModel
     from bitlane.sw.decoder_session import DecoderRunner, plan_decoder
     from tests.test_decoder_sdram import model_18m

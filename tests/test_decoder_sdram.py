@@ -22,7 +22,7 @@ from bitlane.contract.weight_stream import (fetch_cycles_estimate, fetch_ratio, 
                                            sdram_words_per_weight_word)
 from bitlane.golden.integer import IntegerModel, convert
 from bitlane.sw import Accelerator, DeviceError
-from bitlane.sw.decoder_program import DecoderFitError, compile_decoder, place_weights
+from bitlane.sw.decoder_program import DecoderFitError, place_weights
 from bitlane.sw.decoder_session import DecoderRunner, load_decoder, plan_decoder
 from bitlane.sw.transport import ModelTransport
 from tests.test_decoder_mode import SMALL
