@@ -84,14 +84,35 @@ def main(argv: list[str] | None = None) -> int:
         source = "contract/decoder.py's cycle model (equal to the gateware's counters: sim_tests/test_decoder.py)"
     clock = config.clock_hz
     d = config.decoder
+    kv_wait = kv_rows_wait()
     print(f"h128 on the ulx3s core ({config.lanes} lanes x {config.k_per_cycle}, decoder engine: "
-          f"{d.vector_lanes} vector lanes, {d.attention_macs} attention multipliers), {source}")
-    print("| position | " + " | ".join(COLUMNS) + f" | tokens/s at {clock / 1e6:.0f} MHz (compute only) |")
-    print("| ---: |" + " ---: |" * (len(COLUMNS) + 1))
+          f"{d.vector_lanes} vector lanes, {d.attention_macs} attention multipliers), {source}; the last two "
+          "columns: the shipped ulx3s's wait for the KV rows from SDRAM (an estimate, not in the engine's "
+          "cycles) and the tokens/s with it")
+    print("| position | " + " | ".join(COLUMNS) + f" | tokens/s at {clock / 1e6:.0f} MHz (compute only) | "
+          "KV rows from SDRAM | tokens/s with them |")
+    print("| ---: |" + " ---: |" * (len(COLUMNS) + 3))
     for p in shown:
         row = rows[p]
-        print(f"| {p} | " + " | ".join(f"{row[c]:,}" for c in COLUMNS) + f" | {clock / row['total']:,.0f} |")
+        print(f"| {p} | " + " | ".join(f"{row[c]:,}" for c in COLUMNS) + f" | {clock / row['total']:,.0f} | "
+              f"{kv_wait(p):,} | {clock / (row['total'] + kv_wait(p)):,.0f} |")
     return 0
+
+
+def kv_rows_wait():
+    """Position -> the shipped ulx3s's estimated wait for h128's KV rows (its KVLOADs, kv_stream's estimate)."""
+    from bitlane.contract.config import preset
+    from bitlane.contract.decoder import Op
+    from bitlane.contract.kv_stream import kv_load_cycles_estimate
+    from bitlane.golden.integer import IntegerModel
+    from bitlane.sw.decoder_program import compile_decoder
+    from sim_tests.test_decoder import H128
+
+    ulx3s = preset("ulx3s")
+    shape = MachineShape.from_config(ulx3s)
+    program = compile_decoder(IntegerModel.load(H128), shape, ulx3s.weight_depth, ulx3s.sdram_words).program
+    loads = sum(ins.op == Op.KVLOAD for ins in program)
+    return lambda pos: loads * kv_load_cycles_estimate(pos, shape.head_dim, ulx3s)
 
 
 if __name__ == "__main__":
