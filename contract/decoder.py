@@ -127,7 +127,6 @@ class Op(IntEnum):
 VECTOR_OPS = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VQUANT, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2,
                         Op.VMUL, Op.VPHASE})
 ALIGNED_OPS = VECTOR_OPS | {Op.KVAPPEND, Op.ATTEND}  # the vector unit's: operands at multiples of vector_lanes
-SDRAM_WAIT_OPS = frozenset({Op.WFETCH, Op.KVLOAD})  # a DECODE's cycles count their issue cycle only
 
 
 @wire_record("decoder instruction")
@@ -558,7 +557,7 @@ class DecoderMachine:
         later are left as they are (the KVAPPEND that follows writes POS). Like WFETCH, the engine waits for
         it and a DECODE's cycles count its issue cycle only (kv_stream.kv_load_cycles_estimate)."""
         layer, head = self._cache_index(ins)
-        if ins.imm & ~(KV_V | KV_STORE) != region_address(ins.imm) or ins.imm & KV_STORE:
+        if ins.imm & KV_STORE:  # (the other low bits are the K/V bit and the region address's)
             raise ProgramError("KVLOAD's imm: a region address and the K/V bit only")
         row_words = kv_row_words(self.shape.head_dim)
         addr, rows = region_address(ins.imm), self.pos
@@ -745,5 +744,5 @@ __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "Progr
            "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "WRITABLE_BANKS",
            "TernaryRun", "DecodeCycles", "decode_cycles", "instruction_cycles", "vector_cycles", "vector_latency",
            "scalar_cycles", "attend_cycles", "append_cycles", "tree_levels", "tree_stages", "run_cycles",
-           "CYCLE_CLASSES", "SCALAR_OPS", "ALU_OPS", "SDRAM_WAIT_OPS"]
+           "CYCLE_CLASSES", "SCALAR_OPS", "ALU_OPS"]
 __all__ += ["WeightFetch", "Sdram"]  # the device's callbacks: WFETCH, the KV cache in SDRAM
