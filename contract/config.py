@@ -164,26 +164,25 @@ PRESETS: dict[str, CoreConfig] = {
     "icebreaker": CoreConfig("icebreaker", lanes=4, k_per_cycle=8, weight_depth=16384, act_depth=512,
                              out_depth=256, max_k=4096, max_payload=512, counter_bits=40,
                              clock_hz=18_000_000),
-    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR; its 32 MB SDRAM (16M x 16 bit) at 100 MHz. Its decoder is
+    # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR; its 32 MB SDRAM (16M x 16 bit) at 50 MHz. Its decoder is
     # sized for h128 (3328 of the 4096 weight words; banks of 1216 / 3232 / 576 words, 700 instructions). The
-    # vector unit runs 8 elements per cycle: its banks are 256 bits wide, 8 EBRs each at these depths (16
-    # elements would double that for ~2,000 fewer cycles per token). The output memory holds 512 words (15
-    # EBRs; 1024 took 29), enough for the decoder's 48 and for matmul-mode batches of 8192 results. The KV
-    # cache's block RAM (208 EBRs of 18 kbit in all) is one slot of 256 positions (the EBRs that held 32
-    # positions of h128's 4 layers x 2 KV heads), and the whole cache lives in SDRAM (kv_sdram,
-    # contract/kv_stream.py): each KV head is loaded into the slot for its attention, so h128 runs its full
-    # context of 256 at the price of reading its KV rows back every token.
-    # The attention unit has 32 multipliers (2 cache words per position and pass): the cache takes
-    # the same EBRs at any width (34 for the unit at 16, 32 or 64; yosys synth_ecp5), and 32 cost
-    # ~4,900 LUTs and 16 DSPs more than 16 for 32 fewer cycles per position and token (64: ~13,900
-    # LUTs, 48 DSPs, 48 cycles).
+    # output memory holds 512 words (15 EBRs; 1024 took 29), enough for the decoder's 48 and for matmul-mode
+    # batches of 8192 results. The KV cache's block RAM is one slot of 256 positions, and the whole cache lives
+    # in SDRAM (kv_sdram, contract/kv_stream.py): each KV head is loaded into the slot for its attention, so
+    # h128 runs its full context of 256 at the price of reading its KV rows back every token.
+    # Sized to route: with 8 vector lanes and 32 attention multipliers (~35k LUT4 + 6.4k CCU2C, 207 of 208
+    # EBRs) nextpnr's routers never resolved the congestion (router2: 26,394 wires still overused after 4
+    # iterations); with 4 lanes and 16 multipliers (~25k LUT4 + 4.8k CCU2C, 199 EBRs) router2 routes it in
+    # 72 iterations. The SDRAM runs at 50 MHz, which it closes with margin (71 MHz routed, 54 MHz placed at
+    # 100): h128's weights are in block RAM and its KV rows are read no faster than the attention unit takes
+    # them, so only the SDRAM-streamed models feel the halved bandwidth. README "ULX3S timing" has the runs.
     # `python bench/decoder_bench.py` and the README's synthesis table measure it.
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
                         out_depth=512, max_k=8192, max_payload=1024, clock_hz=30_000_000,
-                        sdram_words=1 << 24, sdram_clock_hz=100_000_000,
+                        sdram_words=1 << 24, sdram_clock_hz=50_000_000,
                         decoder=DecoderShape(layers=1, kv_heads=1, head_dim=64, context=256, main_depth=1536,
                                              const_depth=3584, copy_depth=1024, program_depth=1024,
-                                             vector_lanes=8, attention_macs=32, kv_sdram=True)),
+                                             vector_lanes=4, attention_macs=16, kv_sdram=True)),
 }
 # The ULX3S's core, clocks, SDRAM and link with an engine grown for the SDRAM-sized models: h512-english
 # (7 layers, 8 KV heads; banks of 4320 / 22048 / 2112 words, 2,971 instructions) and issue 13's ~18M

@@ -600,7 +600,7 @@ class DecoderMachine:
 # (a DECODE's `cycles`, sw/model_device.py) and bench/decoder_bench.py.
 
 START_CYCLES = 1          # a DECODE's first cycle: the engine loads instruction 0 (read while idle)
-ISSUE_CYCLES = 1          # an instruction's cycle that starts its unit (an ALU op's only cycle: no issue)
+ISSUE_CYCLES = 1          # an instruction's cycle that starts its unit
 VECTOR_STAGES = 11        # the vector unit's pipeline for one lane: start + words + 11 is done
 STREAM_CYCLES = 6         # a stream op (KVAPPEND, ATTEND's query) past its n elements, one a cycle
 ATTEND_DRAIN = 3          # an ATTEND's done past the attention unit's cycles: the last output through
@@ -615,7 +615,6 @@ SCALAR_CYCLES = {Op.FACTOR: 2, Op.FMUL: 3, Op.RSQRT: RSQRT_CYCLES + 2, Op.QFACTO
                  Op.EPS: RECIP_CYCLES + 7}
 SCALAR_OPS = frozenset({Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT, Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR,
                         Op.EPS})
-ALU_OPS = frozenset({Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT})  # retired in their issue cycle
 
 
 def tree_stages(p: int) -> int:
@@ -707,12 +706,11 @@ def run_cycles(rows: int, cols: int, lanes: int, k_per_cycle: int, run_overhead:
 def instruction_cycles(ins: Instruction, pos: int, shape: MachineShape, run_overhead: int) -> DecodeCycles:
     """Engine cycles of one instruction of a DECODE at position `pos` on an engine of `shape` whose core
     stalls `run_overhead` cycles per RUN (hw/decoder.py): an instruction is loaded in the cycle its
-    predecessor retires; then every instruction but an ALU op takes an issue cycle, in which its unit
-    starts, and the cycles from there to its unit's done, in which it retires (the engine counts them
-    to the unit); an ALU op (MOVI, ADD, SUB, MAX, NSHIFT) retires in its one cycle, counted to the
-    scalar unit; HALT takes its issue cycle."""
+    predecessor retires; then every instruction takes an issue cycle, in which its unit starts, and the
+    cycles from there to its unit's done, in which it retires (the engine counts them to the unit); HALT
+    takes its issue cycle."""
     op = Op(ins.op)
-    cycles = DecodeCycles(issue=0 if op in ALU_OPS else ISSUE_CYCLES)
+    cycles = DecodeCycles(issue=ISSUE_CYCLES)
     if op in VECTOR_OPS or op == Op.KVAPPEND:  # done in the cycle before the unit can start again
         unit = vector_cycles(op, ins.n, shape.vector_lanes) - 1
         if op == Op.KVAPPEND:
@@ -744,5 +742,5 @@ __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "Progr
            "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "WRITABLE_BANKS",
            "TernaryRun", "DecodeCycles", "decode_cycles", "instruction_cycles", "vector_cycles", "vector_latency",
            "scalar_cycles", "attend_cycles", "append_cycles", "tree_levels", "tree_stages", "run_cycles",
-           "CYCLE_CLASSES", "SCALAR_OPS", "ALU_OPS"]
+           "CYCLE_CLASSES", "SCALAR_OPS"]
 __all__ += ["WeightFetch", "Sdram"]  # the device's callbacks: WFETCH, the KV cache in SDRAM

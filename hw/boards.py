@@ -172,6 +172,7 @@ class Board(BoardFacts):
     make_platform: Callable[[], Platform]
     reset_button: str  # resource name; pressed = 1 (amaranth-boards inverts active-low pins)
     synth_opts: str  # options of yosys synth_<family>, for the bitstream and the gate-level netlist
+    pnr_opts: tuple[str, ...] = ()  # options of nextpnr-<family> besides the report, seed and timing ones
     programmer: str  # command that loads a bitstream over USB
     install_hint: str
 
@@ -215,7 +216,9 @@ BOARDS: dict[str, Board] = {
                      "openFPGALoader -b ice40_generic also works"),
     "ulx3s": Board(
         **BOARD_FACTS["ulx3s"].facts(), make_platform=_ulx3s, reset_button="button_pwr",
-        synth_opts="", programmer="openFPGALoader",
+        # router2 routes the decoder in minutes; router1 still had ~91,000 arcs queued when router2 was
+        # done (README "ULX3S timing")
+        synth_opts="", pnr_opts=("--router", "router2"), programmer="openFPGALoader",
         install_hint="openFPGALoader: apt install openfpgaloader, or build it from "
                      "https://github.com/trabucayre/openFPGALoader"),
 }

@@ -127,7 +127,7 @@ def build_board(spec: Board, build_dir: Path, *, seed: int = 1, verbose: bool = 
     name = f"bitlane_{spec.name}"
     platform = spec.make_platform()
     # Timing failures are reported, not fatal, so that the report says by how much.
-    nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed)]
+    nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed), *spec.pnr_opts]
     overrides = {"nextpnr_opts": nextpnr_opts, "synth_opts": spec.synth_opts}
     if spec.family == "ecp5":
         # amaranth-boards' ULX3S adds --compress; keep it.

@@ -12,8 +12,10 @@ vector elements (`vector_lanes` per cycle), the ternary products and attention, 
 stream. An instruction's word is fetched while its predecessor runs and is loaded (its registers
 read) in the cycle that one retires; it then starts its unit in one issue cycle and retires in the
 unit's `done` cycle, writing R[r0] (a second result waits for a free cycle of the register file's
-write port, forwarded meanwhile). An ALU op (MOVI, ADD, SUB, MAX, NSHIFT: the scalar unit's
-combinational `now`) retires in its issue cycle. contract/decoder.py `instruction_cycles` is the
+write port, forwarded meanwhile). Even an ALU op (MOVI, ADD, SUB, MAX, NSHIFT) retires the cycle
+after its issue: its result is registered in the scalar unit, so that no path runs from a register
+read through the adder into the register file's write port in one cycle (that path limited the
+ULX3S's clock). contract/decoder.py `instruction_cycles` is the
 count; counters split the cycles of a run by unit, for sim_tests/test_decoder.py and bench/decoder_bench.py.
 """
 from amaranth import Cat, Module, Mux, Signal, signed
@@ -22,7 +24,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.decoder import (ALU_OPS, REG_BITS, REGISTERS, SCALAR_OPS, VECTOR_OPS, Instruction, MachineShape,
+from bitlane.contract.decoder import (REG_BITS, REGISTERS, SCALAR_OPS, VECTOR_OPS, Instruction, MachineShape,
                                       Op)
 from bitlane.contract.kv_stream import KV_ALIGN, kv_row_words
 from bitlane.hw.attention import AttentionOp, AttentionUnit
@@ -243,7 +245,7 @@ class DecoderEngine(wiring.Component):
         m.d.sync += [self.done.eq(0), self.fetch_start.eq(0)]  # a pulse, seen by WAIT (done may follow at once)
 
         # Cycle counters: every cycle of a run to `cycles`, and the cycles an instruction waits for its
-        # unit (an ALU op: its one cycle) to that unit's counter; the rest are issue cycles
+        # unit to that unit's counter; the rest are issue cycles
         # (contract/decoder.py `instruction_cycles`).
         # A WFETCH's wait (unit bit 4) goes to `cycles_fetch` only: it depends on the SDRAM's state, so a
         # DECODE's cycles leave it out (contract/decoder.py WFETCH).
@@ -287,10 +289,7 @@ class DecoderEngine(wiring.Component):
                     with m.Case(Op.HALT):
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
-                    with m.Case(*ALU_OPS):
-                        m.d.comb += counted.eq(0b1000)
-                        retire((scalar.now, 1))
-                    with m.Case(*(SCALAR_OPS - ALU_OPS)):
+                    with m.Case(*SCALAR_OPS):
                         m.d.comb += scalar.start.eq(1)
                         m.d.sync += unit.eq(0b1000)
                         m.next = "WAIT"
@@ -323,7 +322,7 @@ class DecoderEngine(wiring.Component):
             with m.State("WAIT"):
                 m.d.comb += counted.eq(unit)
                 with m.Switch(op):
-                    with m.Case(*(SCALAR_OPS - ALU_OPS)):
+                    with m.Case(*SCALAR_OPS):
                         with m.If(scalar.done):
                             pair = Cat(*(op == o for o in PAIR_RESULT)).any()
                             retire((scalar.w0, 1), (scalar.w1, pair), ins.r0 + 1)

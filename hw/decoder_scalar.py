@@ -14,7 +14,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from bitlane.contract.decoder import ALU_OPS, RECIP_CYCLES, REG_BITS, RSQRT_CYCLES, Op, scalar_cycles  # noqa: F401
+from bitlane.contract.decoder import RECIP_CYCLES, REG_BITS, RSQRT_CYCLES, Op, scalar_cycles  # noqa: F401
 from bitlane.contract.intmath import EPS_LIMIT, FACTOR_ONE, MANT_BITS, Q_MAX, Q_SHIFT, RECIP_SHIFT
 from bitlane.hw.nonlinear import Recip16, RsqrtFactor, _bit_length
 
@@ -25,6 +25,7 @@ assert Recip16.ITERATIONS == RECIP_CYCLES and RsqrtFactor.LATENCY == RSQRT_CYCLE
 
 
 PAIR_RESULT = frozenset({Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR})
+ALU_OPS = (Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT)  # one adder, comparator or bit length: done after 1 cycle
 
 
 class _Step(enum.Enum, shape=4):
@@ -58,9 +59,6 @@ class ScalarUnit(wiring.Component):
         One-cycle pulse with the result.
     w0, w1 : ``Out(signed(48))``
         ``R[r0]`` and, for a pair result (``PAIR_RESULT``), ``R[r0 + 1]``; valid with ``done``.
-    now : ``Out(signed(48))``
-        ``R[r0]`` of a one-cycle op (``ALU_OPS``: MOVI, ADD, SUB, MAX, NSHIFT) of the present inputs,
-        combinationally (no ``start`` needed): the engine retires those ops in their issue cycle.
     """
 
     start: In(1)
@@ -74,7 +72,6 @@ class ScalarUnit(wiring.Component):
     done: Out(1)
     w0: Out(signed(REG_BITS))
     w1: Out(signed(REG_BITS))
-    now: Out(signed(REG_BITS))
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -108,27 +105,28 @@ class ScalarUnit(wiring.Component):
         def finish(w0, w1=0):
             m.d.sync += [self.done.eq(1), self.w0.eq(w0), self.w1.eq(w1), step.eq(_Step.IDLE)]
 
-        # the one-cycle ops, combinationally
+        # the one-cycle ops (ALU_OPS): computed from the operands, registered as w0 at start
+        alu = Signal(signed(REG_BITS))
         bits = Signal(signed(REG_BITS))
         m.d.comb += bits.eq(_bit_length(self.x1.as_unsigned()) - (self.imm - 1))
         with m.Switch(self.op):
             with m.Case(Op.MOVI):
-                m.d.comb += self.now.eq(self.imm)
+                m.d.comb += alu.eq(self.imm)
             with m.Case(Op.ADD):
-                m.d.comb += self.now.eq(self.x1 + self.x2 + self.imm)
+                m.d.comb += alu.eq(self.x1 + self.x2 + self.imm)
             with m.Case(Op.SUB):
-                m.d.comb += self.now.eq(self.x1 - self.x2 + self.imm)
+                m.d.comb += alu.eq(self.x1 - self.x2 + self.imm)
             with m.Case(Op.MAX):
-                m.d.comb += self.now.eq(Mux(self.x1 > self.x2, self.x1, self.x2))
+                m.d.comb += alu.eq(Mux(self.x1 > self.x2, self.x1, self.x2))
             with m.Case(Op.NSHIFT):
-                m.d.comb += self.now.eq(Mux(bits > 0, bits, 0))
+                m.d.comb += alu.eq(Mux(bits > 0, bits, 0))
 
         with m.Switch(step):
             with m.Case(_Step.IDLE):
                 with m.If(self.start):
                     with m.Switch(self.op):
                         with m.Case(*ALU_OPS):
-                            finish(self.now)
+                            finish(alu)
                         with m.Case(Op.FACTOR):
                             m.d.sync += [value.eq(self.x1), base.eq(self.x2), step.eq(_Step.FACTOR)]
                         with m.Case(Op.FMUL):

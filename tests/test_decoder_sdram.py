@@ -150,13 +150,13 @@ def test_no_sdram_no_room_says_so(small):
 
 def test_fetch_estimate_is_the_port_rate_plus_latency():
     ulx3s = preset("ulx3s")
-    assert sdram_words_per_weight_word(ulx3s) == 32 and fetch_ratio(ulx3s) == 4
+    assert sdram_words_per_weight_word(ulx3s) == 32 and fetch_ratio(ulx3s) == 2
     assert fetch_ratio(STREAMED[512]) == 2  # no more than a weight word of 2 SDRAM words
-    # the ULX3S's 4-word weight port: the SDRAM's 100 MHz sets the rate (9.6 core cycles per weight word)
-    assert 9_600 < fetch_cycles_estimate(1000, ulx3s) < 10_500
+    # the ULX3S's 2-word weight port: the SDRAM's 50 MHz sets the rate (19.2 core cycles per weight word)
+    assert 19_200 < fetch_cycles_estimate(1000, ulx3s) < 20_500
     # through a 16-bit port at 30 MHz the core would take a word a cycle: 32 cycles per weight word
     one, many = fetch_cycles_estimate(1, ulx3s, ratio=1), fetch_cycles_estimate(1000, ulx3s, ratio=1)
-    assert 32 < one < 50 and 32_000 < many < 33_500
+    assert 32 < one < 60 and 32_000 < many < 33_500
 
 
 H512 = "models/bitnet-english-h512"
@@ -182,10 +182,10 @@ def model_18m() -> IntegerModel:
                                 max_position_embeddings=256))
 
 
-def test_18m_model_projects_over_25_tokens_per_s_on_the_ulx3s_from_sdram():
+def test_18m_model_projects_over_15_tokens_per_s_on_the_ulx3s_from_sdram():
     """Issue 13's target: a random ~18M-trit model (hidden 512, 6 layers, intermediate 1536, 8 heads, 2 KV
     heads) on the ULX3S's core, clock and link, on the engine grown for SDRAM-sized models (the
-    `ulx3s-large` preset): 4.5 MB of weights from SDRAM per token through the 64-bit weight port, projected (engine
+    `ulx3s-large` preset): 4.5 MB of weights from SDRAM per token through the 32-bit weight port, projected (engine
     cycles, the WFETCH waits' estimate, the UART bytes of a DECODE and its answer, one USB round trip)."""
     from dataclasses import replace
 
@@ -200,8 +200,9 @@ def test_18m_model_projects_over_25_tokens_per_s_on_the_ulx3s_from_sdram():
     wire = (len(p.encode_frame(p.Cmd.DECODE, 0, bytes(4 + 2 * 512)))
             + len(p.encode_frame(p.Cmd.DECODE.response, 0, bytes(4 + 2 * 512 + 1))))
     j = project_decoder(model, replace(board, core=core), range(32), wire, 1)
-    assert j["fits"] and j["tokens_per_s"] >= 25, j  # >= 10 is issue 13's target
+    assert j["fits"] and j["tokens_per_s"] >= 15, j  # >= 10 is issue 13's target
     assert j["fetch_cycles_per_token"] > 5 * j["cycles_per_token"]  # the SDRAM stream dominates
-    assert j["fetch_cycles_per_token"] > 4_456_448 / 200e6 * 30e6  # no faster than the SDRAM's 200 MB/s
+    sdram_bytes_per_s = 2 * core.sdram_clock_hz  # 16 bits a clock
+    assert j["fetch_cycles_per_token"] > 4_456_448 / sdram_bytes_per_s * core.clock_hz  # no faster than that
     print(f"\n18M model on ulx3s-large, positions 0-31: {j['cycles_per_token']:,.0f} engine + "
           f"{j['fetch_cycles_per_token']:,.0f} fetch cycles per token, {j['tokens_per_s']:.1f} tokens/s")
