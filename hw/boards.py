@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.config import BOARD_FACTS, BoardFacts, CoreConfig
 
-from .sdram_port import PHASE_DEG, sdram_io
+from .sdram_port import board_capture, sdram_io
 from .top import BitlaneTop
 from .uart import UartStreamBridge, baud_divisor
 
@@ -309,9 +309,10 @@ class BoardTop(Elaboratable):
             osc = platform.request(platform.default_clk)
             if spec.core.sdram_words:
                 # CLKOP: the controller's `sdram` domain (fed back), CLKOS: the SDRAM chip's clock,
-                # PHASE_DEG behind it (docs/sdram.md), CLKOS2: the core's `sync` domain.
+                # board_capture's phase behind it (docs/sdram.md), CLKOS2: the core's `sync` domain.
                 sdram_hz = spec.core.sdram_clock_hz
-                clocks = ecp5_pll_clocks(spec.osc_hz, [(sdram_hz, 0), (sdram_hz, PHASE_DEG), (spec.core.clock_hz, 0)])
+                clocks = ecp5_pll_clocks(spec.osc_hz, [(sdram_hz, 0), (sdram_hz, board_capture(sdram_hz).phase_deg),
+                                                          (spec.core.clock_hz, 0)])
                 sdram_clk, sdram_chip_clk = Signal(), Signal()
                 m.submodules.pll = ecp5_pll_instance(clocks, osc.i, [sdram_clk, sdram_chip_clk, pll_clk], locked)
             else:

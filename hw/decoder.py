@@ -26,10 +26,11 @@ from amaranth.lib.wiring import In, Out
 from bitlane.contract.config import CoreConfig
 from bitlane.contract.decoder import (REG_BITS, REGISTERS, SCALAR_OPS, VECTOR_OPS, Instruction, MachineShape,
                                       Op)
-from bitlane.contract.kv_stream import KV_ALIGN, kv_row_words
+from bitlane.contract.kv_stream import kv_row_words, region_address
 from bitlane.hw.attention import AttentionOp, AttentionUnit
 from bitlane.hw.core import TernaryCore, core_signature
 from bitlane.hw.decoder_scalar import PAIR_RESULT, ScalarUnit
+from bitlane.hw.sdram_port import share_port
 from bitlane.hw.decoder_vector import VectorUnit
 from bitlane.hw.kv_fetch import KvLoad, KvStore, kv_write_signature
 from bitlane.hw.records import RunArgsLayout, layout
@@ -230,7 +231,7 @@ class DecoderEngine(wiring.Component):
             m.submodules.kv_store = kv_store = KvStore(self.kv_config)
             wiring.connect(m, kv_load.mem, wiring.flipped(self.kv_rd))
             wiring.connect(m, kv_store.mem, wiring.flipped(self.kv_wr))
-            region = ins.imm & ~(KV_ALIGN - 1)
+            region = region_address(ins.imm)  # an Amaranth value here
             m.d.comb += [
                 self.kv_loading.eq(kv_load.busy),
                 kv_load.sdram_addr.eq(region), kv_load.rows.eq(pos), kv_load.is_v.eq(ins.imm[0]),
@@ -421,17 +422,7 @@ class DecoderCore(wiring.Component):
             m.submodules.weight_fetch = fetch = WeightFetch(self.config)
             if self.shape.kv_sdram:  # WFETCH and KVLOAD share the read port, one at a time
                 wiring.connect(m, engine.kv_wr, wiring.flipped(self.kv_wr))
-                reader, kv = fetch.mem, engine.kv_rd
-                sel = engine.kv_loading
-                m.d.comb += [
-                    self.mem.req.valid.eq(Mux(sel, kv.req.valid, reader.req.valid)),
-                    self.mem.req.payload.eq(Mux(sel, kv.req.payload, reader.req.payload)),
-                    kv.req.ready.eq(sel & self.mem.req.ready), reader.req.ready.eq(~sel & self.mem.req.ready),
-                    kv.r_data.payload.eq(self.mem.r_data.payload), reader.r_data.payload.eq(self.mem.r_data.payload),
-                    kv.r_data.valid.eq(sel & self.mem.r_data.valid),
-                    reader.r_data.valid.eq(~sel & self.mem.r_data.valid),
-                    self.mem.r_data.ready.eq(Mux(sel, kv.r_data.ready, reader.r_data.ready)),
-                ]
+                share_port(m, self.mem, engine.kv_loading, engine.kv_rd, fetch.mem)
             else:
                 wiring.connect(m, fetch.mem, wiring.flipped(self.mem))
             m.d.comb += [fetch.fetch.start.eq(engine.fetch_start), fetch.fetch.sdram_addr.eq(engine.fetch_sdram_addr),

@@ -15,7 +15,7 @@ from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.decoder import RECIP_CYCLES, REG_BITS, RSQRT_CYCLES, Op, scalar_cycles  # noqa: F401
-from bitlane.contract.intmath import EPS_LIMIT, FACTOR_ONE, MANT_BITS, Q_MAX, Q_SHIFT, RECIP_SHIFT
+from bitlane.contract.intmath import EPS_LIMIT, FACTOR_ONE, MANT_BITS, Q_SHIFT, RECIP_SHIFT
 from bitlane.hw.nonlinear import Recip16, RsqrtFactor, _bit_length
 
 EPS_SAT_BITS = EPS_LIMIT.bit_length()  # scale_saturating's limit 2^46 has 47 bits

@@ -1,6 +1,6 @@
 """The board's SDRAM as a memory port of the core's clock domain.
 
-    core domain (`sync`)                       |  SDRAM domain (`sdram`, 100 MHz on the ULX3S)
+    core domain (`sync`)                       |  SDRAM domain (`sdram`, 50 MHz on the ULX3S)
     mem.req    --> AsyncFIFO ------------------+-> SdramController.req     (addresses scaled)
     mem.w_data --> AsyncFIFO ------------------+-> serializer --> .w_data  (ratio words each)
     mem.r_data <-- AsyncFIFO <-----------------+-- deserializer <-- .r_data
@@ -17,7 +17,7 @@ request/response port (`mem_port_signature`):
 - `r_data`: the words of read requests, in order; the consumer may stall at will.
 
 A port word is `ratio` SDRAM words (16 bits each, the lowest first), so a core clocked slower
-than the SDRAM can still take its whole bandwidth: 16 bits at 100 MHz is 53 bits at 30 MHz.
+than the SDRAM can still take its whole bandwidth: 16 bits at 50 MHz is 27 bits at 30 MHz.
 
 With `fetch_ratio`, a second, read-only port `fetch` of `fetch_ratio` SDRAM words a port word
 (`read_port_signature`) sits beside `mem`: the decoder engine's weight stream (hw/weight_fetch.py)
@@ -28,10 +28,11 @@ request only once every read word the other asked for has been taken (the comman
 the engine never run at once, hw/weight_fetch.py).
 
 Board clocking (docs/sdram.md): the controller's clock and the SDRAM chip's clock come from
-one EHXPLLL, the chip's `PHASE_DEG` behind the controller's and forwarded through an ODDRX1F;
-every other SDRAM pin goes through an IO register. The capture delay that phase needs
-(`PHASE_READ_DELAY`) plus the two IO registers on the read path is the controller's
-`BOARD_READ_DELAY`; the simulators delay the model's read words by the same amount.
+one EHXPLLL, the chip's `board_capture(sdram_hz).phase_deg` behind the controller's and forwarded
+through an ODDRX1F; every other SDRAM pin goes through an IO register. The capture delay that phase
+needs (`board_capture(sdram_hz).read_delay`) plus the two IO registers on the read path is the
+controller's `board_read_delay(sdram_hz)`; the simulators delay the model's read words by the same
+amount.
 """
 from __future__ import annotations
 
@@ -44,13 +45,61 @@ from amaranth.lib.wiring import In, Out
 
 from .sdram import SdramController, SdramError, SdramGeometry, SdramTiming, sdram_pins_signature
 
-__all__ = ["PHASE_DEG", "PHASE_READ_DELAY", "IO_REGISTER_DELAY", "BOARD_READ_DELAY", "SdramSetup", "sdram_setup",
+__all__ = ["CaptureBudget", "BoardCapture", "board_capture", "board_read_delay", "IO_REGISTER_DELAY", "SdramSetup",
+           "sdram_setup", "share_port",
            "mem_request_layout", "mem_port_signature", "read_port_signature", "SdramPort", "sdram_io"]
 
-PHASE_DEG = 202.5  # SDRAM clock behind the controller's: p ~ 5.6 ns at 100 MHz (docs/sdram.md)
-PHASE_READ_DELAY = 1  # that phase captures read data one cycle after CL
 IO_REGISTER_DELAY = 2  # an output and an input IO register on the read path
-BOARD_READ_DELAY = PHASE_READ_DELAY + IO_REGISTER_DELAY
+PHASE_STEP_DEG = 22.5  # the phases chosen: whole EHXPLLL steps (1/8 VCO period) at every divider of a 600 MHz VCO
+
+
+@dataclass(frozen=True)
+class CaptureBudget:
+    """The ULX3S's SDRAM clock budget in ns (docs/sdram.md "The SDRAM clock on the ULX3S"): the part's
+    input setup/hold and access/hold-out times at CL 2 (IS42S16160 / MT48LC16M16 datasheets) and assumed
+    ECP5 figures (IO-register clock-to-pad, input register setup/hold, board flight)."""
+    t_is: float = 1.5
+    t_ih: float = 0.8
+    t_ac: float = 6.0
+    t_oh: float = 2.5
+    t_co: float = 5.0
+    t_su: float = 0.5
+    t_h: float = 1.0
+    t_fl: float = 0.3
+
+    def window(self, period_ns: float, read_delay: int) -> tuple[float, float]:
+        """The SDRAM clock's delay p behind the controller's that both rules allow: commands and write
+        data sampled at p (tIS <= p <= T - tIH), and the read word of CL captured `read_delay` cycles
+        later (setup p <= (1 + d)T - t_co - tAC - t_fl - t_su, hold p >= dT + t_h - t_co - tOH - t_fl)."""
+        d, t = read_delay, period_ns
+        low = max(self.t_is, d * t + self.t_h - self.t_co - self.t_oh - self.t_fl)
+        high = min(t - self.t_ih, (1 + d) * t - self.t_co - self.t_ac - self.t_fl - self.t_su)
+        return low, high
+
+
+@dataclass(frozen=True)
+class BoardCapture:
+    phase_deg: float  # the SDRAM chip's clock behind the controller's
+    read_delay: int  # cycles after CL at which the read word is captured (IO registers not counted)
+
+
+def board_capture(sdram_hz: int, budget: CaptureBudget = CaptureBudget()) -> BoardCapture:
+    """The read delay whose window is widest at `sdram_hz`, and the whole PHASE_STEP_DEG nearest the
+    window's middle: 90 deg and 0 at 50 MHz, 202.5 deg and 1 at 100 MHz."""
+    period = 1e9 / sdram_hz
+    windows = {d: budget.window(period, d) for d in range(3)}
+    read_delay = max(windows, key=lambda d: windows[d][1] - windows[d][0])
+    low, high = windows[read_delay]
+    if low > high:
+        raise SdramError(f"SDRAM at {sdram_hz / 1e6:g} MHz: no clock phase meets both the command and the read "
+                         f"data windows (docs/sdram.md)")
+    phase = round((low + high) / 2 / period * 360 / PHASE_STEP_DEG) * PHASE_STEP_DEG
+    return BoardCapture(phase, read_delay)
+
+
+def board_read_delay(sdram_hz: int) -> int:
+    """The controller's read delay on the ULX3S: the capture's and the two IO registers'."""
+    return board_capture(sdram_hz).read_delay + IO_REGISTER_DELAY
 
 CONTROLLER_COUNT_BITS = 16  # a controller request moves up to 65,536 SDRAM words
 
@@ -60,7 +109,7 @@ class SdramSetup:
     """What a design's SDRAM port is built with: BitlaneTop builds its port from this, and the
     simulators set their SDRAM model up from it (hw/sim/build.py), so both see one definition."""
     sdram_hz: int
-    read_delay: int = BOARD_READ_DELAY
+    read_delay: int
     timing: SdramTiming = SdramTiming()
     geometry: SdramGeometry = SdramGeometry()
 
@@ -73,7 +122,7 @@ def sdram_setup(config) -> SdramSetup | None:
     with the ULX3S's read delay. The part must have `sdram_words` words."""
     if not config.sdram_words:
         return None
-    setup = SdramSetup(config.sdram_clock_hz)
+    setup = SdramSetup(config.sdram_clock_hz, board_read_delay(config.sdram_clock_hz))
     if setup.geometry.words != config.sdram_words:
         raise SdramError(f"config {config.name!r}: sdram_words {config.sdram_words} is not the SDRAM's "
                          f"{setup.geometry.words} words")
@@ -105,6 +154,26 @@ def read_port_signature(*, addr_bits: int, data_width: int, count_bits: int) -> 
     })
 
 
+def share_port(m: Module, port, sel, first, second, *, first_reads: bool = True) -> None:
+    """Two users of one memory port (`mem_port_signature` / `read_port_signature`, as the users see it):
+    `first` while `sel`, else `second`. Their requests and write words go to `port` from the selected
+    user, whose streams alone see `port`'s ready; read words go to the selected user, or all of them to
+    `second` when `first` only writes (`first_reads=False`)."""
+    for name in ("req", "w_data"):
+        if hasattr(port, name):
+            a, b, p = getattr(first, name), getattr(second, name), getattr(port, name)
+            m.d.comb += [p.valid.eq(Mux(sel, a.valid, b.valid)), p.payload.eq(Mux(sel, a.payload, b.payload)),
+                         a.ready.eq(sel & p.ready), b.ready.eq(~sel & p.ready)]
+    readers = [(user.r_data, when) for user, when in ((first, sel), (second, ~sel))
+               if hasattr(user, "r_data") and (user is second or first_reads)]
+    for r_data, when in readers:
+        only = len(readers) == 1
+        m.d.comb += [r_data.payload.eq(port.r_data.payload),
+                     r_data.valid.eq(port.r_data.valid if only else when & port.r_data.valid)]
+    m.d.comb += port.r_data.ready.eq(readers[0][0].ready if len(readers) == 1
+                                     else Mux(sel, first.r_data.ready, second.r_data.ready))
+
+
 class SdramPort(wiring.Component):
     """`SdramController` in the `sdram_domain`, behind async FIFOs, as a port of `domain`.
 
@@ -115,7 +184,7 @@ class SdramPort(wiring.Component):
     ratio:
         SDRAM words per port word (a power of two).
     read_delay, timing, geometry:
-        Passed to the controller (`read_delay`: the board's capture delay, `BOARD_READ_DELAY`
+        Passed to the controller (`read_delay`: the board's capture delay, `board_read_delay(sdram_hz)`
         on the ULX3S).
     fifo_depth:
         Depth of the write-data and read-data FIFOs (port words); the request FIFO holds 4.
@@ -137,7 +206,7 @@ class SdramPort(wiring.Component):
         (module docstring: it must not overlap `mem`'s reads).
     """
 
-    def __init__(self, sdram_hz: int, *, ratio: int = 1, read_delay: int = BOARD_READ_DELAY,
+    def __init__(self, sdram_hz: int, *, ratio: int = 1, read_delay: int | None = None,
                  timing: SdramTiming = SdramTiming(), geometry: SdramGeometry = SdramGeometry(),
                  domain: str = "sync", sdram_domain: str = "sdram", fifo_depth: int = 16,
                  fetch_ratio: int = 0) -> None:
@@ -149,6 +218,7 @@ class SdramPort(wiring.Component):
         self.shift = ratio.bit_length() - 1
         self.fetch_ratio, self.fetch_shift = fetch_ratio, max(fetch_ratio, 1).bit_length() - 1
         self.ratio, self.domain, self.sdram_domain, self.fifo_depth = ratio, domain, sdram_domain, fifo_depth
+        read_delay = board_read_delay(sdram_hz) if read_delay is None else read_delay
         self.geometry, self.timing, self.read_delay, self.sdram_hz = geometry, timing, read_delay, sdram_hz
         self.controller = SdramController(sdram_hz, timing=timing, geometry=geometry,
                                           count_bits=CONTROLLER_COUNT_BITS, read_delay=read_delay)

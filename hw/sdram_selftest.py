@@ -29,11 +29,12 @@ from amaranth.lib.wiring import Out
 from .boards import board, ecp5_pll_clocks, ecp5_pll_instance
 from .build import BuildError, parse_nextpnr_report, yowasp_environment
 from .sdram import SdramController, SdramGeometry, sdram_pins_signature
-from .sdram_port import IO_REGISTER_DELAY, PHASE_DEG, PHASE_READ_DELAY, sdram_io
+from .sdram_port import IO_REGISTER_DELAY, board_capture, sdram_io
 
-__all__ = ["SdramSelfTest", "Ulx3sSdramSelfTest", "IO_REGISTER_DELAY"]
+__all__ = ["SdramSelfTest", "Ulx3sSdramSelfTest", "IO_REGISTER_DELAY", "PHASE_DEG", "PHASE_READ_DELAY"]
 
-CLOCK_HZ = 100_000_000
+CLOCK_HZ = 100_000_000  # the part's fastest CL-2 clock: the bring-up's stress point
+PHASE_DEG, PHASE_READ_DELAY = board_capture(CLOCK_HZ).phase_deg, board_capture(CLOCK_HZ).read_delay
 OSC_HZ = board("ulx3s").osc_hz
 LFSR_TAPS = 0xB400  # x^16 + x^14 + x^13 + x^11 + 1, maximal length
 

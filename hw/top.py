@@ -21,7 +21,7 @@ port's read-only `fetch`, hw/weight_fetch.py): its controller runs in a second d
                                           the SDRAM pins (hw/sdram.py), registered in `sdram`
 """
 
-from amaranth import Module, Mux
+from amaranth import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,7 +32,7 @@ from .cmdproc import CommandProcessor
 from .core import TernaryCore
 from .decoder import DecoderCore
 from .sdram import sdram_pins_signature
-from .sdram_port import sdram_setup
+from .sdram_port import sdram_setup, share_port
 
 
 class BitlaneTop(wiring.Component):
@@ -67,19 +67,7 @@ class BitlaneTop(wiring.Component):
             if self.config.decoder is not None and self.config.decoder.kv_sdram:
                 # KVAPPEND's stores write through `mem` while the engine runs (the command processor
                 # waits for its DECODE then and has nothing in flight); its reads always go back to it
-                kv, sel = core.kv_wr, core.engine_busy
-                m.d.comb += [
-                    port.mem.req.valid.eq(Mux(sel, kv.req.valid, cmdproc.mem.req.valid)),
-                    port.mem.req.payload.eq(Mux(sel, kv.req.payload, cmdproc.mem.req.payload)),
-                    kv.req.ready.eq(sel & port.mem.req.ready), cmdproc.mem.req.ready.eq(~sel & port.mem.req.ready),
-                    port.mem.w_data.valid.eq(Mux(sel, kv.w_data.valid, cmdproc.mem.w_data.valid)),
-                    port.mem.w_data.payload.eq(Mux(sel, kv.w_data.payload, cmdproc.mem.w_data.payload)),
-                    kv.w_data.ready.eq(sel & port.mem.w_data.ready),
-                    cmdproc.mem.w_data.ready.eq(~sel & port.mem.w_data.ready),
-                    cmdproc.mem.r_data.valid.eq(port.mem.r_data.valid),
-                    cmdproc.mem.r_data.payload.eq(port.mem.r_data.payload),
-                    port.mem.r_data.ready.eq(cmdproc.mem.r_data.ready),
-                ]
+                share_port(m, port.mem, core.engine_busy, core.kv_wr, cmdproc.mem, first_reads=False)
             else:
                 wiring.connect(m, cmdproc.mem, port.mem)
             if wide:

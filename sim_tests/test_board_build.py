@@ -45,20 +45,34 @@ def test_ecp5_pll_matches_ecppll(out_mhz: int, tmp_path) -> None:
 def test_ecp5_pll_clocks_match_ecppll(tmp_path) -> None:
     """The ULX3S's three clocks (SDRAM controller, SDRAM chip 202.5 deg behind, core): every
     divider and phase parameter as ecppll writes them."""
-    from bitlane.hw.sdram_port import PHASE_DEG
+    from bitlane.hw.sdram_port import board_capture
     spec = board("ulx3s")
     sdram_hz, core_hz = spec.core.sdram_clock_hz, spec.core.clock_hz
+    phase = board_capture(sdram_hz).phase_deg
     subprocess.run([tool("yowasp-ecppll"), "-i", str(spec.osc_hz / 1e6), "-o", str(sdram_hz / 1e6),
-                    "--clkout1", str(sdram_hz / 1e6), "--phase1", str(PHASE_DEG), "--clkout2", str(core_hz / 1e6),
+                    "--clkout1", str(sdram_hz / 1e6), "--phase1", str(phase), "--clkout2", str(core_hz / 1e6),
                     "-f", "pll.v"], capture_output=True, text=True, check=True, cwd=tmp_path)
     want = {k: int(v) for k, v in re.findall(r"\.(\w+)\((\d+)\)", (tmp_path / "pll.v").read_text())}
-    clocks = ecp5_pll_clocks(spec.osc_hz, [(sdram_hz, 0), (sdram_hz, PHASE_DEG), (core_hz, 0)])
+    clocks = ecp5_pll_clocks(spec.osc_hz, [(sdram_hz, 0), (sdram_hz, phase), (core_hz, 0)])
     got = {"CLKI_DIV": clocks.clki_div, "CLKFB_DIV": clocks.clkfb_div}
     for name, out in zip(("CLKOP", "CLKOS", "CLKOS2"), clocks.outputs):
         got.update({f"{name}_DIV": out.div, f"{name}_CPHASE": out.cphase, f"{name}_FPHASE": out.fphase})
     assert got == want
     with pytest.raises(BoardError, match="one VCO"):
         ecp5_pll_clocks(25_000_000, [(100_000_000, 0), (33_000_000, 0)])
+
+
+@pytest.mark.parametrize("sdram_mhz, phase_deg, read_delay", [(50, 90.0, 0), (100, 202.5, 1)])
+def test_sdram_capture_points_are_docs_sdram_md(sdram_mhz: int, phase_deg: float, read_delay: int) -> None:
+    """The SDRAM clock's phase and the read delay come from the window budget of docs/sdram.md: its two
+    operating points, each phase inside both windows of its read delay and a whole EHXPLLL step."""
+    from bitlane.hw.sdram_port import CaptureBudget, board_capture
+    capture = board_capture(sdram_mhz * 1_000_000)
+    assert (capture.phase_deg, capture.read_delay) == (phase_deg, read_delay)
+    period = 1e3 / sdram_mhz
+    low, high = CaptureBudget().window(period, read_delay)
+    assert low <= phase_deg / 360 * period <= high
+    ecp5_pll_clocks(25_000_000, [(sdram_mhz * 1_000_000, 0), (sdram_mhz * 1_000_000, phase_deg)])
 
 
 def test_impossible_clocks_and_bauds_are_refused() -> None:

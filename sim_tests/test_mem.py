@@ -21,7 +21,7 @@ from bitlane.contract import protocol as p
 from bitlane.contract.config import preset
 from bitlane.contract.protocol import Cmd, ErrorCode
 from bitlane.hw.sdram import SdramGeometry
-from bitlane.hw.sdram_port import BOARD_READ_DELAY, SdramPort
+from bitlane.hw.sdram_port import SdramPort, board_read_delay
 from bitlane.hw.top import BitlaneTop
 from sim_tests import simlib
 from sim_tests.coresim import random_acts, random_trits
@@ -60,7 +60,8 @@ async def connect(dut, seed: int, twin: bool = True) -> tuple[HostLink, SdramMod
     cocotb.start_soon(Clock(dut.sdram_clk, 1e9 / CONFIG.sdram_clock_hz, unit="ns").start())
     dut.sdram_rst.value = 1
     model = SdramModel(CONFIG.sdram_clock_hz, seed=seed)
-    cocotb.start_soon(attach(SdramSide(dut), model, prefix="sdram__", read_delay=BOARD_READ_DELAY,
+    read_delay = board_read_delay(CONFIG.sdram_clock_hz)
+    cocotb.start_soon(attach(SdramSide(dut), model, prefix="sdram__", read_delay=read_delay,
                              twin=CppSdramModel(CONFIG.sdram_clock_hz) if twin else None))
     link = HostLink(dut, CONFIG, np.random.default_rng(seed), period_ps=CORE_PERIOD_PS)
     await link.start()
@@ -233,7 +234,7 @@ async def wide_port(dut) -> None:
     model = SdramModel(CONFIG.sdram_clock_hz, seed=5)
     dut.rst.value = dut.sdram_rst.value = 1
     dut.mem__req__valid.value = dut.mem__w_data__valid.value = dut.mem__r_data__ready.value = 0
-    cocotb.start_soon(attach(SdramSide(dut), model, prefix="pins__", read_delay=BOARD_READ_DELAY,
+    cocotb.start_soon(attach(SdramSide(dut), model, prefix="pins__", read_delay=board_read_delay(CONFIG.sdram_clock_hz),
                              twin=CppSdramModel(CONFIG.sdram_clock_hz)))
     await Timer(100, unit="ns")
     await FallingEdge(dut.clk)
