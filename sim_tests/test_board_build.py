@@ -1,7 +1,7 @@
 """Board tops: PLL settings against the vendor-flow tools, and (opt-in) the full bitstream builds.
 
 The bitstream builds run the whole open flow (yosys, nextpnr, icepack/ecppack) and take
-from half a minute (iCEBreaker) to about 10 minutes (ULX3S) on a 2-core machine, so they
+from half a minute (iCEBreaker) to about 15 minutes (ULX3S) on a 2-core machine, so they
 run only with BITLANE_HW_BUILD=1 (`make hw-build`, or the CI job that sets it).
 """
 from __future__ import annotations
