@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from bitlane.contract.config import BOARD_FACTS, UART_BITS_PER_BYTE, BoardFacts
+from bitlane.contract.config import BOARD_FACTS, BoardFacts
 
 from .accelerator import Accelerator
 from .link import LinkStats
@@ -20,9 +20,10 @@ def project_step(layers: list[tuple[str, object]], calls: list[tuple[str, object
     """Replay one forward pass's BitLinear calls, (name, int8 activations [N, in] as array or tensor),
     on the functional model of `board`'s configuration.
 
-    Returns the device cycles its RUNs take, the bytes on the link, and the time this costs a
-    board at its clock behind its UART (8N1): RUN cycles / clock + link bits /
-    baud, the two in sequence as the protocol is request/response. Host compute is not included.
+    Returns the device cycles its RUNs take, the bytes on the link, the request frames, and the time
+    this costs a board (`BoardFacts.token_time`: RUN cycles at its clock, link bits at its baud, a USB
+    round trip per frame, since the serial transport keeps one frame in flight; in sequence, as the
+    protocol is request/response). Host compute is not included.
     """
     config, baud = board.core, board.baud
     with Accelerator(ModelTransport(config)) as acc:
@@ -32,10 +33,13 @@ def project_step(layers: list[tuple[str, object]], calls: list[tuple[str, object
             acc.matmul_loaded(name, q)
         cycles = acc.stats.run_cycles - before.run_cycles
         wire = acc.stats.wire_bytes - before.wire_bytes
+        round_trips = acc.stats.frames - before.frames
         resident = sum(layer.resident for layer in acc.layers.values())
-    seconds = (cycles / config.clock_hz if config.clock_hz else 0.0) + wire * UART_BITS_PER_BYTE / baud
-    return {"run_cycles": cycles, "wire_bytes": wire, "seconds": seconds, "tokens_per_s": 1 / seconds,
-            "clock_hz": config.clock_hz, "baud": baud, "resident_layers": resident, "layers": len(layers)}
+    t = board.token_time(cycles, wire, round_trips)
+    return {"run_cycles": cycles, "wire_bytes": wire, "round_trips": round_trips,
+            "seconds": t["compute_s"] + t["link_s"] + t["usb_s"], "tokens_per_s": t["tokens_per_s"],
+            "tokens_per_s_default_latency": t["tokens_per_s_default_latency"], "clock_hz": config.clock_hz,
+            "baud": baud, "usb_uart": board.usb_uart, "resident_layers": resident, "layers": len(layers)}
 
 
 class DeviceSession:
@@ -122,5 +126,7 @@ def format_summary(s: dict[str, object]) -> str:
     for board, p_ in s.get("projected", {}).items():
         lines.append(f"[projected {board}: {p_['tokens_per_s']:.2f} tokens/s = {p_['run_cycles']:,} RUN cycles at "
                      f"{p_['clock_hz'] / 1e6:g} MHz + {p_['wire_bytes']:,} bytes at {p_['baud'] / 1e6:g} Mbaud "
-                     f"per token; {p_['resident_layers']}/{p_['layers']} layers resident]")
+                     f"+ {p_['round_trips']} USB round trips ({p_['usb_uart']}, latency timer 1 ms) per token; "
+                     f"{p_['tokens_per_s_default_latency']:.2f} at the FTDI default 16 ms; "
+                     f"{p_['resident_layers']}/{p_['layers']} layers resident]")
     return "\n".join(lines)
