@@ -189,9 +189,9 @@ PRESETS: dict[str, CoreConfig] = {
 # model (6 layers, 2 KV heads), their weights streamed from SDRAM by WFETCH through a weight memory of
 # 1,024 words (32 EBRs rather than `ulx3s`'s 128: every matrix of these models is streamed anyway, the
 # larger ones in parts), their KV caches in SDRAM through one slot of 256 positions (as on `ulx3s`), and
-# frames that carry a hidden state of 512 (1,029 bytes). yosys fits it on the ECP5-85F (192 of 208 EBRs,
-# 35.6k LUT4 + 6.4k CCU2C); like `ulx3s` it does not close timing yet, so no board spec builds it and it
-# runs as sim://ulx3s-large.
+# frames that carry a hidden state of 512 (1,029 bytes). yosys fits it on the ECP5-85F (188 of 208 EBRs,
+# 25.5k LUT4 + 4.9k CCU2C); no board spec builds it (it has not been placed and routed), and it runs as
+# sim://ulx3s-large.
 PRESETS["ulx3s-large"] = PRESETS["ulx3s"].with_(
     name="ulx3s-large", weight_depth=1024, max_payload=2048,
     decoder=replace(PRESETS["ulx3s"].decoder, main_depth=4352, const_depth=22528, copy_depth=2176,
