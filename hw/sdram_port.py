@@ -101,6 +101,7 @@ def board_read_delay(sdram_hz: int) -> int:
     """The controller's read delay on the ULX3S: the capture's and the two IO registers'."""
     return board_capture(sdram_hz).read_delay + IO_REGISTER_DELAY
 
+
 CONTROLLER_COUNT_BITS = 16  # a controller request moves up to 65,536 SDRAM words
 
 
@@ -166,12 +167,11 @@ def share_port(m: Module, port, sel, first, second, *, first_reads: bool = True)
                          a.ready.eq(sel & p.ready), b.ready.eq(~sel & p.ready)]
     readers = [(user.r_data, when) for user, when in ((first, sel), (second, ~sel))
                if hasattr(user, "r_data") and (user is second or first_reads)]
+    only = len(readers) == 1
     for r_data, when in readers:
-        only = len(readers) == 1
         m.d.comb += [r_data.payload.eq(port.r_data.payload),
                      r_data.valid.eq(port.r_data.valid if only else when & port.r_data.valid)]
-    m.d.comb += port.r_data.ready.eq(readers[0][0].ready if len(readers) == 1
-                                     else Mux(sel, first.r_data.ready, second.r_data.ready))
+    m.d.comb += port.r_data.ready.eq(readers[0][0].ready if only else Mux(sel, first.r_data.ready, second.r_data.ready))
 
 
 class SdramPort(wiring.Component):
