@@ -113,15 +113,16 @@ def test_loader_loads_verifies_and_reuses(sim) -> None:
 
 
 def test_a_stricter_model_stops_the_simulator() -> None:
-    """The harness's model must check: one whose tRCD exceeds what the controller waits (3 cycles
-    at 100 MHz = 30 ns) ends the simulator at the first access, naming the rule."""
+    """The harness's model must check: one whose tRCD exceeds what the controller waits (2 cycles
+    at the ULX3S's 50 MHz = 40 ns) ends the simulator at the first access, naming the rule."""
     config = preset("tiny").with_(name="tiny-sdram", clock_hz=30_000_000, sdram_words=WORDS,
                                   sdram_clock_hz=ULX3S.sdram_clock_hz)
-    exe = build_harness(config, sdram_model_timing=replace(SdramTiming(), t_rcd_ns=31.0))
+    waited_ns = SdramTiming().cycles(config.sdram_clock_hz).rcd * 1e9 / config.sdram_clock_hz
+    exe = build_harness(config, sdram_model_timing=replace(SdramTiming(), t_rcd_ns=waited_ns + 1))
     acc = Accelerator(SimTransport(exe, "sim://tiny-sdram (strict model)", config.max_payload), timeout=30)
     try:
         with pytest.raises(TransportError, match=r"exited with code 3: .*SDRAM rule broken: .*ACTIVATE to WRITE\) "
-                                                 r"violated: 30.0 ns < 31 ns"):
+                                                 rf"violated: {waited_ns:.1f} ns < {waited_ns + 1:g} ns"):
             acc.mem_write(0, b"ab")
             acc.mem_crc(0, 1)
     finally:
