@@ -30,10 +30,10 @@ from bitlane.contract.kv_stream import kv_row_words, region_address
 from bitlane.hw.attention import AttentionOp, AttentionUnit
 from bitlane.hw.core import TernaryCore, core_signature
 from bitlane.hw.decoder_scalar import PAIR_RESULT, ScalarUnit
-from bitlane.hw.sdram_port import share_port
 from bitlane.hw.decoder_vector import VectorUnit
 from bitlane.hw.kv_fetch import KvLoad, KvStore, kv_write_signature
 from bitlane.hw.records import RunArgsLayout, layout
+from bitlane.hw.sdram_port import share_port
 from bitlane.hw.weight_fetch import WeightFetch, weight_mem_signature
 
 InstructionLayout = layout(Instruction)

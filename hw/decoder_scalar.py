@@ -14,7 +14,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from bitlane.contract.decoder import RECIP_CYCLES, REG_BITS, RSQRT_CYCLES, Op, scalar_cycles  # noqa: F401
+from bitlane.contract.decoder import RECIP_CYCLES, REG_BITS, RSQRT_CYCLES, SCALAR_OPS, Op, scalar_cycles
 from bitlane.contract.intmath import EPS_LIMIT, FACTOR_ONE, MANT_BITS, Q_SHIFT, RECIP_SHIFT
 from bitlane.hw.nonlinear import Recip16, RsqrtFactor, _bit_length
 
@@ -25,7 +25,8 @@ assert Recip16.ITERATIONS == RECIP_CYCLES and RsqrtFactor.LATENCY == RSQRT_CYCLE
 
 
 PAIR_RESULT = frozenset({Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR})
-ALU_OPS = (Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT)  # one adder, comparator or bit length: done after 1 cycle
+# MOVI, ADD, SUB, MAX, NSHIFT: the contract's one-cycle scalar ops (one adder, comparator or bit length)
+ALU_OPS = tuple(sorted(op for op in SCALAR_OPS if scalar_cycles(op) == 1))
 
 
 class _Step(enum.Enum, shape=4):

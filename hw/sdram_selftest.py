@@ -34,7 +34,8 @@ from .sdram_port import IO_REGISTER_DELAY, board_capture, sdram_io
 __all__ = ["SdramSelfTest", "Ulx3sSdramSelfTest", "IO_REGISTER_DELAY", "PHASE_DEG", "PHASE_READ_DELAY"]
 
 CLOCK_HZ = 100_000_000  # the part's fastest CL-2 clock: the bring-up's stress point
-PHASE_DEG, PHASE_READ_DELAY = board_capture(CLOCK_HZ).phase_deg, board_capture(CLOCK_HZ).read_delay
+_CAPTURE = board_capture(CLOCK_HZ)
+PHASE_DEG, PHASE_READ_DELAY = _CAPTURE.phase_deg, _CAPTURE.read_delay
 OSC_HZ = board("ulx3s").osc_hz
 LFSR_TAPS = 0xB400  # x^16 + x^14 + x^13 + x^11 + 1, maximal length
 

@@ -43,7 +43,7 @@ def test_ecp5_pll_matches_ecppll(out_mhz: int, tmp_path) -> None:
 
 
 def test_ecp5_pll_clocks_match_ecppll(tmp_path) -> None:
-    """The ULX3S's three clocks (SDRAM controller, SDRAM chip 202.5 deg behind, core): every
+    """The ULX3S's three clocks (SDRAM controller, SDRAM chip board_capture's phase behind, core): every
     divider and phase parameter as ecppll writes them."""
     from bitlane.hw.sdram_port import board_capture
     spec = board("ulx3s")

@@ -224,12 +224,13 @@ def test_cli_generate_on_model_backend_matches_golden(make_checkpoint, capsys):
     assert re.search(r"model://tiny: \d+/14 layers resident", err)
     assert "tokens/s" in err and "link bytes/token" in err and "projected icebreaker" in err
     # the projection's terms add up: RUN cycles at the clock, bytes at the baud (8N1), a USB round trip a frame
-    from bitlane.contract.config import BOARD_FACTS
+    from bitlane.contract.config import BOARD_FACTS, UART_BITS_PER_BYTE
     for name, facts in BOARD_FACTS.items():
         m = re.search(rf"projected {name}: ([\d.]+) tokens/s = ([\d,]+) RUN cycles at [\d.]+ MHz \+ ([\d,]+) bytes "
                       rf"at [\d.]+ Mbaud \+ (\d+) USB round trips", err)
         tokens_per_s, cycles, wire, trips = (float(g.replace(",", "")) for g in m.groups())
-        seconds = cycles / facts.core.clock_hz + wire * 10 / facts.baud + trips * facts.usb_round_trip_s()
+        seconds = (cycles / facts.core.clock_hz + wire * UART_BITS_PER_BYTE / facts.baud
+                   + trips * facts.usb_round_trip_s())
         assert trips > 0 and tokens_per_s == pytest.approx(1 / seconds, abs=0.006)
     assert main(["generate", "--model", path, "--prompt-ids", "1", "--backend", "model",
                  "--backend-opt", "colour=blue"]) == 1
