@@ -146,9 +146,11 @@ class DecoderEngine(wiring.Component):
             kv_bits=self.kv_bits, macs=shape.attention_macs)
         prog_wr, prog_rd = program.write_port(), program.read_port()
         reg_wr = registers.write_port()
-        # one read port per operand (yosys copies the small register file); transparent, so that the
-        # second result of an instruction, written while the next one reads, is seen
-        reg_rd = [registers.read_port(transparent_for=[reg_wr]) for _ in range(READS)]
+        # one read port per operand (yosys copies the small register file), read asynchronously and
+        # registered here (`operands`): a synchronous port on LUT RAM becomes a registered address
+        # and an asynchronous read, which put the 64-word read inside the scalar unit's cycle (the
+        # ULX3S's critical path); registered data keeps it in the loading cycle
+        reg_rd = [registers.read_port(domain="comb") for _ in range(READS)]
 
         ins = Signal(InstructionLayout)
         # the program word at prog_rd.data: it is read a cycle ahead, so that an instruction is
@@ -187,16 +189,19 @@ class DecoderEngine(wiring.Component):
         # that retires at once and writes) and is forwarded to operands that name it meanwhile.
         fields = prog_rd.data
         sources = lambda w: [w.r1, w.r1 + 1, w.r2, w.r2 + 1, w.r3]  # noqa: E731
-        for port, fetched, own in zip(reg_rd, sources(fields), sources(ins)):
+        operands = [Signal(signed(REG_BITS), name=f"operand{k}") for k in range(READS)]
+        for port, operand, fetched, own in zip(reg_rd, operands, sources(fields), sources(ins)):
             m.d.comb += port.addr.eq(Mux(load, fetched, own))
+            # transparent: the value written in this cycle is the one read
+            m.d.sync += operand.eq(Mux(reg_wr.en & (reg_wr.addr == port.addr), reg_wr.data, port.data))
         with m.If(~self.busy):
             m.d.comb += reg_rd[0].addr.eq(self.reg_rd_addr)
-        m.d.comb += self.reg_rd_data.eq(reg_rd[0].data)
+        m.d.comb += self.reg_rd_data.eq(operands[0])
         second_data = Signal(signed(REG_BITS))
         second_addr = Signal(range(REGISTERS))
         second_en = Signal()
-        x = [Mux(second_en & (own[:len(second_addr)] == second_addr) & (own < REGISTERS), second_data, port.data)
-             for port, own in zip(reg_rd, sources(ins))]  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
+        x = [Mux(second_en & (own[:len(second_addr)] == second_addr) & (own < REGISTERS), second_data, operand)
+             for operand, own in zip(operands, sources(ins))]  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
         first_data = Signal(signed(REG_BITS))
         first_en = Signal()
         with m.If(first_en):

@@ -281,11 +281,13 @@ def compile_decoder(model: IntegerModel, shape: MachineShape, weight_depth: int 
         rA, rS1, rS2, rS3, rT = R("h max"), R("h s1"), R("h s2"), R("h s3"), R("h tmax")
         rE = R("h exp")
         t = copy("t", max(n, d))
-        emit(_ins(Op.VMAXABS, r0=rA, a=src, n=d))
+        if rope:  # VROPE reads the rotate-half partner from another bank: the copy also gives max|src|
+            partner, rotated = copy("partner", d), main("rotated", d)
+            emit(_ins(Op.VSHIFT, r0=rA, a=src, d=partner, n=d))
+        else:
+            emit(_ins(Op.VMAXABS, r0=rA, a=src, n=d))
         emit(_ins(Op.NSHIFT, r0=rS1, r1=rA, imm=MANT_BITS))
         if rope:
-            partner, rotated = copy("partner", d), main("rotated", d)
-            emit(_ins(Op.VSHIFT, a=src, d=partner, n=d))
             emit(_ins(Op.VROPE, r0=rT, r1=rS1, a=src, b=partner, c=phases, d=rotated, n=d))
             emit(_ins(Op.NSHIFT, r0=rS2, r1=rT, imm=MANT_BITS))
             emit(_ins(Op.VSCALE, r0=rT, r1=rS2, r2=f, a=rotated, d=t, n=d))
