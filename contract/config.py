@@ -49,6 +49,9 @@ class DecoderShape:
         if self.head_dim % self.attention_macs:
             raise ValueError(f"decoder shape: attention_macs {self.attention_macs} must divide head_dim "
                              f"{self.head_dim}")
+        if self.attention_macs % self.vector_lanes:  # a cache word takes whole beats of the stream ops
+            raise ValueError(f"decoder shape: vector_lanes {self.vector_lanes} must divide attention_macs "
+                             f"{self.attention_macs}")
 
 
 @dataclass(frozen=True)

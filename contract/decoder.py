@@ -35,7 +35,8 @@ Alignment (the vector unit reads and writes P = `MachineShape.vector_lanes` elem
 general bank's word is P elements, element e is lane e % P of word e // P): every operand address
 (a, b, c) and destination address (d) of an op of the vector unit (the V* ops, KVAPPEND, ATTEND) is a
 multiple of P; the length n may be anything (the last word is partial). An ACT destination starts at a
-multiple of k_per_cycle. VROPE needs P to divide n/2. The model refuses other programs (ProgramError).
+multiple of k_per_cycle. VROPE needs P to divide n/2; KVAPPEND and ATTEND stream A to the attention unit
+in beats of P elements, so P divides their n. The model refuses other programs (ProgramError).
 
 Registers: `REGISTERS` signed 48-bit registers; R0 reads 0 and ignores writes. A UF factor occupies
 a register pair (mantissa in r, exponent in r + 1). `POS`, the token's position, is set by the
@@ -318,6 +319,8 @@ class DecoderMachine:
             raise ProgramError(f"ACT destination {ins.d_addr}: not a multiple of k_per_cycle {self.shape.k_per_cycle}")
         if op == Op.VROPE and (ins.n // 2) % p:
             raise ProgramError(f"VROPE over {ins.n}: vector_lanes {p} does not divide n/2")
+        if op in (Op.KVAPPEND, Op.ATTEND) and ins.n % p:
+            raise ProgramError(f"{op.name} over {ins.n}: its beats of vector_lanes {p} do not divide n")
 
     def _range(self, bank: int, addr: int, n: int, what: str) -> None:
         if bank in GENERAL_BANKS:
@@ -602,7 +605,7 @@ class DecoderMachine:
 START_CYCLES = 1          # a DECODE's first cycle: the engine loads instruction 0 (read while idle)
 ISSUE_CYCLES = 1          # an instruction's cycle that starts its unit
 VECTOR_STAGES = 11        # the vector unit's pipeline for one lane: start + words + 11 is done
-STREAM_CYCLES = 6         # a stream op (KVAPPEND, ATTEND's query) past its n elements, one a cycle
+STREAM_CYCLES = 6         # a stream op (KVAPPEND, ATTEND's query) past its n / P beats of P elements, one a cycle
 ATTEND_DRAIN = 3          # an ATTEND's done past the attention unit's cycles: the last output through
                           # the vector unit into D
 RECIP_CYCLES = MANT_BITS  # Recip16: one quotient bit a cycle (hw/nonlinear.py Recip16.ITERATIONS)
@@ -630,9 +633,9 @@ def vector_latency(vector_lanes: int = 1) -> int:
 def vector_cycles(op: int, n: int, vector_lanes: int = 1) -> int:
     """Cycles one op occupies the vector unit, from its `start` to the first cycle another start is
     taken: ceil(n / P) + L + 1 for a vector op (VPHASE: n + L + 1); the least (no backpressure)
-    for a stream op."""
+    for a stream op, whose A leaves P elements a beat."""
     if op in (Op.KVAPPEND, Op.ATTEND):
-        return n + STREAM_CYCLES if n else 3
+        return -(-n // vector_lanes) + STREAM_CYCLES if n else 3
     if op not in VECTOR_OPS:
         raise ValueError(f"{Op(op).name} is not an op of the vector unit")
     words = n if op == Op.VPHASE else -(-n // vector_lanes)
@@ -649,22 +652,25 @@ def tree_levels(macs: int) -> int:
     return (macs - 1).bit_length()
 
 
-def append_cycles(head_dim: int) -> int:
+def append_cycles(head_dim: int, in_lanes: int = 1) -> int:
     """Cycles an APPEND_K / APPEND_V occupies the attention unit with no input gaps: from the cycle its
-    command is taken to the cycle the next command can be (the command, one set-up cycle, d elements)."""
-    return head_dim + 2
+    command is taken to the cycle the next command can be (the command, one set-up cycle, d elements
+    in beats of `in_lanes`)."""
+    return head_dim // in_lanes + 2
 
 
-def attend_cycles(p: int, head_dim: int, macs: int) -> int:
+def attend_cycles(p: int, head_dim: int, macs: int, in_lanes: int = 1) -> int:
     """Cycles an ATTEND at position `p` occupies the attention unit (hw/attention.py) with no input gaps
     and its output taken at once: from the cycle its command is taken to the cycle the next command
-    can be. With G = head_dim / macs words per position and T = tree_levels(macs):
+    can be. With G = head_dim / macs words per position, T = tree_levels(macs) and W = `in_lanes`
+    query elements a beat:
 
-        2 d + (2 p + 1) G + T + 18 + max(2 G + 5, SOFTMAX_ROW_LATENCY)      (8 p + 173 for d 64, macs 16)
+        d + d / W + (2 p + 1) G + T + 18 + max(2 G + 5, SOFTMAX_ROW_LATENCY)
+                                            (8 p + 125 for d 64, macs 16, W 4; 8 p + 173 for W 1)
 
     Step by step as the gateware runs it (cycle 0 takes the command):"""
     d, G, T = head_dim, head_dim // macs, tree_levels(macs)
-    score_end = 1 + d + (p + 1) * G          # set-up, d query elements, then the last K word is read
+    score_end = 1 + d // in_lanes + (p + 1) * G  # set-up, d query elements in beats, then the last K word is read
     last_score = score_end + 6 + T           # memory, its register, operands, products, T tree levels, dot_j, t_p
     first_weight = last_score + 1 + SOFTMAX_LATENCY  # p_0 is taken and the first V word read
     last_weight = first_weight + p * G       # p_p is taken: G cycles per position
@@ -718,7 +724,7 @@ def instruction_cycles(ins: Instruction, pos: int, shape: MachineShape, run_over
         else:
             cycles.vector = unit
     elif op == Op.ATTEND:
-        cycles.attention = attend_cycles(pos, ins.n, shape.attention_macs) + ATTEND_DRAIN
+        cycles.attention = attend_cycles(pos, ins.n, shape.attention_macs, shape.vector_lanes) + ATTEND_DRAIN
     elif op == Op.TRUN:
         cycles.runs = cycles.core = run_cycles(ins.n, ins.b_addr, shape.lanes, shape.k_per_cycle, run_overhead)
     elif op in SCALAR_OPS:

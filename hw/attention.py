@@ -73,13 +73,13 @@ class AttentionUnit(wiring.Component):
     Commands come on ``cmd`` (one at a time; ``cmd.ready`` is high only when the unit is idle):
 
     - ``APPEND_K`` / ``APPEND_V`` (``layer``, ``kv_head``, ``pos``, ``exp``): takes ``head_dim``
-      mantissas on ``i`` (int16-wide, values within ``kv_bits``; the low ``kv_bits`` bits are
+      mantissas on ``i``, ``in_lanes`` a beat (int16-wide, values within ``kv_bits``; the low ``kv_bits`` bits are
       stored) and writes them to ``cache[layer][kv_head][K|V][pos]``, stores ``exp`` as that
       position's ``ek`` / ``ev`` and updates the running maximum of (layer, kv_head, K|V):
       ``exp`` if ``pos == 0``, else ``max(max, exp)``. ``pos`` must be below ``context`` (not
       checked: a larger one writes another region of the cache).
     - ``ATTEND`` (``layer``, ``kv_head``, ``pos = p``, ``exp = eq``): takes the query head's
-      ``head_dim`` int16 mantissas ``qm`` on ``i`` and gives the ``head_dim`` outputs ``u`` on ``o``,
+      ``head_dim`` int16 mantissas ``qm`` on ``i`` (in beats) and gives the ``head_dim`` outputs ``u`` on ``o``,
       each with the exponent ``eu`` (the same on every element of the vector) and ``last`` on
       the final one. It attends to positions ``0..p`` of (layer, kv_head), aligning to the
       running maxima ``ek*``, ``ev*``, which are the maxima over ``0..p`` when K and V were
@@ -104,11 +104,11 @@ class AttentionUnit(wiring.Component):
     gives ``ea``, and once ``SoftmaxRow`` has the row's ``recip16`` and ``es``, an output pipeline
     (lane select, shift by ``ea``, one more multiplier) gives ``u``, one element per cycle.
 
-    Cycle contract: an APPEND occupies the unit ``append_cycles(d) = d + 2`` cycles, an ATTEND at
-    ``p`` ``attend_cycles(p, d, macs)`` cycles (with no input gaps and ``o.ready`` high; about
-    ``2 (p + 1) G + 2 d + 40``: 8 p + 173 for d = 64, macs = 16; the function spells out each
-    step), counted from the cycle the command is taken to the cycle the next one can be. The
-    query is taken from the second cycle after the command; outputs leave one per cycle. Input
+    Cycle contract: with W = ``in_lanes``, an APPEND occupies the unit ``append_cycles(d, W) = d / W + 2``
+    cycles, an ATTEND at ``p`` ``attend_cycles(p, d, macs, W)`` cycles (with no input gaps and
+    ``o.ready`` high; about ``2 (p + 1) G + d + d / W + 40``: 8 p + 125 for d = 64, macs = 16, W = 4;
+    the function spells out each step), counted from the cycle the command is taken to the cycle the
+    next one can be. The query is taken from the second cycle after the command; outputs leave one per cycle. Input
     gaps and output backpressure only add their own cycles; ``i.ready`` and ``cmd.ready`` are
     state bits (no path from ``o.ready`` to them).
 
@@ -124,39 +124,43 @@ class AttentionUnit(wiring.Component):
         Stored mantissa width, 8..16.
     macs : int
         Parallel multipliers (16 x ``kv_bits``, signed; 17 x ``kv_bits`` in pass 2).
+    in_lanes : int
+        W, the mantissas of one beat on ``i``; a divisor of ``macs`` (a cache word is whole beats).
 
     Members
     -------
     cmd : ``In(stream.Signature(command_layout(layers, kv_heads)))``
         ``op`` (``AttentionOp``), ``layer``, ``kv_head``, ``pos`` (uint16), ``exp`` (int8).
-    i : ``In(stream.Signature(signed(16)))``
-        The ``head_dim`` mantissas of an APPEND or ATTEND, in element order.
+    i : ``In(stream.Signature(ArrayLayout(signed(16), in_lanes)))``
+        The ``head_dim`` mantissas of an APPEND or ATTEND, in element order, ``in_lanes`` a beat.
     o : ``Out(stream.Signature(StructLayout({"value": signed(16), "exponent": signed(10), "last": 1})))``
         ``u`` in element order, ``eu`` on every element, ``last`` on the final one.
     """
 
     def __init__(self, head_dim: int, kv_heads: int, layers: int, context: int, kv_bits: int = MANT_BITS,
-                 macs: int = 16) -> None:
+                 macs: int = 16, in_lanes: int = 1) -> None:
         if head_dim < 2 or head_dim % 2:
             raise ValueError(f"head_dim {head_dim} must be even")
         if macs < 1 or head_dim % macs:
             raise ValueError(f"macs {macs} must divide head_dim {head_dim}")
+        if in_lanes < 1 or macs % in_lanes:
+            raise ValueError(f"in_lanes {in_lanes} must divide macs {macs}")
         if not 8 <= kv_bits <= MANT_BITS:
             raise ValueError(f"kv_bits {kv_bits} must be 8 to {MANT_BITS}")
         if kv_heads < 1 or layers < 1 or not 2 <= context <= MAX_POSITIONS:
             raise ValueError("kv_heads and layers must be >= 1, context 2 to 65536")
         self.head_dim, self.kv_heads, self.layers, self.context = head_dim, kv_heads, layers, context
-        self.kv_bits, self.macs = kv_bits, macs
+        self.kv_bits, self.macs, self.in_lanes = kv_bits, macs, in_lanes
         self.groups = head_dim // macs
         super().__init__({
             "cmd": In(stream.Signature(command_layout(layers, kv_heads))),
-            "i": In(stream.Signature(signed(MANT_BITS))),
+            "i": In(stream.Signature(data.ArrayLayout(signed(MANT_BITS), in_lanes))),
             "o": Out(stream.Signature(OUTPUT_LAYOUT)),
         })
 
     def cycles(self, p: int) -> int:
         """attend_cycles for this unit's shape."""
-        return attend_cycles(p, self.head_dim, self.macs)
+        return attend_cycles(p, self.head_dim, self.macs, self.in_lanes)
 
     @staticmethod
     def model(qm: np.ndarray, eq: int, km: np.ndarray, ek: np.ndarray, vm: np.ndarray,
@@ -179,6 +183,8 @@ class AttentionUnit(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         d, KV, C, G, macs, kvb = self.head_dim, self.kv_heads, self.context, self.groups, self.macs, self.kv_bits
+        W = self.in_lanes
+        beats = macs // W  # beats of `i` in a cache word
         m.submodules.softmax = softmax = SoftmaxRow(C)
 
         # ---- memories
@@ -204,14 +210,14 @@ class AttentionUnit(wiring.Component):
         ek_max, ev_max = max_r.data[:EXP_BITS].as_signed(), max_r.data[EXP_BITS:].as_signed()
         ek_r, ev_r = exps_r.data[:EXP_BITS].as_signed(), exps_r.data[EXP_BITS:].as_signed()
 
-        # ---- the input: a collector of macs - 1 elements; the element completing a group goes
-        # with them straight into the cache's write port or the query ring
+        # ---- the input: a collector of macs - W elements; the beat completing a group goes with
+        # them straight into the cache's write port or the query ring
         take = self.i.valid & self.i.ready
         setup = Signal()  # the maxima are read in the set-up cycle and held
-        lane = Signal(range(max(macs, 2)))
+        lane = Signal(range(max(beats, 2)))  # the beat within the group
         element = Signal(range(d))
-        collector = [Signal(signed(MANT_BITS), name=f"collect{k}") for k in range(macs - 1)]
-        group_in = [*collector, self.i.payload]
+        collector = [Signal(signed(MANT_BITS), name=f"collect{k}") for k in range(macs - W)]
+        group_in = [*collector, *(self.i.payload[k] for k in range(W))]
         query = [[Signal(signed(MANT_BITS), name=f"q{g}_{k}") for k in range(macs)] for g in range(G)]
         m.d.comb += [
             cache_w.addr.eq(w_addr),
@@ -221,11 +227,8 @@ class AttentionUnit(wiring.Component):
             max_r.addr.eq(slot), max_r.en.eq(setup),
         ]
         with m.If(take):
-            m.d.sync += [lane.eq(Mux(lane == macs - 1, 0, lane + 1)), element.eq(element + 1)]
-            for k in range(macs - 2):
-                m.d.sync += collector[k].eq(collector[k + 1])
-            if macs > 1:
-                m.d.sync += collector[-1].eq(self.i.payload)
+            m.d.sync += [lane.eq(Mux(lane == beats - 1, 0, lane + 1)), element.eq(element + W)]
+            m.d.sync += [held.eq(value) for held, value in zip(collector, group_in[W:])]
 
         # ---- passes 1 and 2 share stages 0-3: issue (memory addresses), memory data, operands, products
         j = Signal(range(max(C, 2)))             # position
@@ -363,7 +366,7 @@ class AttentionUnit(wiring.Component):
                 m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += self.i.ready.eq(1)
-                complete = take & (lane == macs - 1)
+                complete = take & (lane == beats - 1)
                 with m.If(op == AttentionOp.ATTEND):
                     with m.If(complete):
                         for gr in range(G - 1):
@@ -373,7 +376,7 @@ class AttentionUnit(wiring.Component):
                     m.d.comb += cache_w.en.eq(complete)
                     with m.If(complete):
                         m.d.sync += w_addr.eq(w_addr + 1)
-                with m.If(take & (element == d - 1)):
+                with m.If(take & (element == d - W)):
                     with m.If(op == AttentionOp.ATTEND):
                         m.d.sync += [j.eq(0), g.eq(0), r_addr.eq(k_base), j_addr.eq(e_base)]
                         m.next = "SCORE"

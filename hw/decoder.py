@@ -143,7 +143,7 @@ class DecoderEngine(wiring.Component):
                                                   shape.out_depth, shape.act_depth, shape.vector_lanes)
         m.submodules.attention = attention = AttentionUnit(
             head_dim=shape.head_dim, kv_heads=shape.kv_heads, layers=shape.layers, context=shape.context,
-            kv_bits=self.kv_bits, macs=shape.attention_macs)
+            kv_bits=self.kv_bits, macs=shape.attention_macs, in_lanes=shape.vector_lanes)
         prog_wr, prog_rd = program.write_port(), program.read_port()
         reg_wr = registers.write_port()
         # one read port per operand (yosys copies the small register file), read asynchronously and

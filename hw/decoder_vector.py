@@ -4,7 +4,7 @@ and the two stream ops that feed the attention unit.
 
     VMAXABS VSHIFT VNORM VQUANT VSCALE VROPE VRESID VRELU2 VMUL   ceil(n / P) + L + 1 cycles each
     VPHASE                                                       n + L + 1 (one element per cycle)
-    KVAPPEND  ATTEND                     A out on att_o (, D in on att_i)   n + 6 cycles, more under backpressure
+    KVAPPEND  ATTEND                     A out on att_o (, D in on att_i)   n / P + 6 cycles, more under backpressure
 
 with L = `vector_latency(P)` = 11 + ceil(log2(P) / 2) (11, 12, 12, 13, 13 for P = 1, 2, 4, 8, 16):
 `vector_cycles(op, n, P)`.
@@ -41,12 +41,12 @@ Cycle contract: `start` (a one-cycle pulse while not `busy`) samples the instruc
 registers' values x1..x3 and the position. For a vector op, `busy` is high from the next cycle and
 `done` pulses in cycle start + words + L (words = ceil(n / P); VPHASE: n), the last cycle of `busy`,
 when every write is in its memory and `y0`, `y2` hold the results (until the next start); a new op
-can start the cycle after `done`. The stream ops issue A's reads one element a cycle as the 4-entry
-output FIFO has room: `att_o` offers A[0..n) as int16 (the low bits of each element), and ATTEND
-writes the i-th value taken on `att_i` to D[i] (one element's write enable); `done` comes the cycle
-after the last transfer (KVAPPEND: the n-th value taken on `att_o`; ATTEND: that and the n-th
-written): in cycle start + n + 5 without backpressure (start + 2 for n = 0), so `vector_cycles`
-gives n + 6.
+can start the cycle after `done`. The stream ops issue A's reads one word (P elements) a cycle as
+the 4-beat output FIFO has room: `att_o` offers A[0..n) in beats of P int16 (the low bits of each
+element; P divides n), and ATTEND writes the i-th value taken on `att_i` to D[i] (one element's write
+enable); `done` comes the cycle after the last transfer (KVAPPEND: the last beat taken on `att_o`;
+ATTEND: that and the n-th value written): in cycle start + n / P + 5 without backpressure (start + 2
+for n = 0), so `vector_cycles` gives n / P + 6.
 
 What the engine must respect (the model accepts a few programs the pipeline cannot run):
 - D may overlap an operand's vector only where D starts at most 8 words (8 P elements) above it (in
@@ -65,7 +65,7 @@ Host port (elements, as before): while not `busy`, `host_addr` reads element `ho
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -77,8 +77,8 @@ from bitlane.hw import zero_init  # noqa: F401  (all-zero memory contents stay o
 from bitlane.hw.nonlinear import RopePhase, SinCos
 
 VECTOR_LATENCY = VECTOR_STAGES  # one lane: start + n + 11: done (vector_latency(P) in general)
-STREAM_FIFO_DEPTH = 4           # A elements read ahead of att_o
-STREAM_STAGE = 2                # the pipeline stage whose A element a stream op puts into that FIFO
+STREAM_FIFO_DEPTH = 4           # A beats read ahead of att_o
+STREAM_STAGE = 2                # the pipeline stage whose A word a stream op puts into that FIFO
 SHIFT_LIMIT = 63                # shift counts are clamped to [-63, 63]
 SHIFT_BITS = 6
 LEFT_BITS = 5                   # left shifts of a 32-bit value that stay inside 34 bits: < 32
@@ -136,7 +136,7 @@ class VectorUnit(wiring.Component):
             "act_wr_addr": Out(range(act_depth)), "act_wr_data": Out(8 * k_per_cycle), "act_wr_en": Out(1),
             "host_bank": In(2), "host_addr": In(16), "host_wr_data": In(signed(WORD_BITS)), "host_wr_en": In(1),
             "host_rd_data": Out(signed(WORD_BITS)),
-            "att_o": Out(stream.Signature(signed(MANT_BITS))),
+            "att_o": Out(stream.Signature(data.ArrayLayout(signed(MANT_BITS), vector_lanes))),
             "att_i": In(stream.Signature(signed(MANT_BITS))),
         })
 
@@ -199,7 +199,7 @@ class VectorUnit(wiring.Component):
                 *(flag.eq(self.op == o) for o, flag in is_op.items()),
                 is_vector.eq(Cat(self.op == o for o in VECTOR_OPS).any()),
                 is_stream.eq(is_str),
-                single.eq(is_str | (self.op == Op.VPHASE)),
+                single.eq(self.op == Op.VPHASE),
                 *(writes_bank[b].eq((self.d_bank == b) & (self.op != Op.VMAXABS)) for b in GENERAL),
                 writes_act.eq((self.d_bank == Bank.ACT) & (self.op != Op.VMAXABS)),
             ]
@@ -208,7 +208,7 @@ class VectorUnit(wiring.Component):
         issuing = Signal()
         index = Signal(16)
         a_ptr, b_ptr, c_ptr = Signal(16), Signal(16), Signal(16)   # element addresses
-        in_flight = Signal(range(STREAM_FIFO_DEPTH + 1))  # A elements read and not yet taken on att_o
+        in_flight = Signal(range(STREAM_FIFO_DEPTH + 1))  # A beats read and not yet taken on att_o
         issue, issue_last = Signal(), Signal()
         remaining = Signal(17)
         step = Mux(single, 1, P)
@@ -295,7 +295,6 @@ class VectorUnit(wiring.Component):
         c2w = Signal(WORD_BITS * P, reset_less=True)
         m.d.sync += [a2w.eq(operand("a")), b2w.eq(operand("b")), c2w.eq(operand("c"))]
         a2, b2, c2 = ([v.as_signed() for v in lanes_of(w)] for w in (a2w, b2w, c2w))
-        a_single2 = a2w.word_select(lane[2], WORD_BITS) if pb else a2w
         c_single2 = c2w.word_select(lane[2], WORD_BITS) if pb else c2w
 
         # ---- VPHASE's sine: one element per cycle, (pos, C[i]) at stage 2, (cos, sin) at stage 6
@@ -439,17 +438,17 @@ class VectorUnit(wiring.Component):
         m.d.comb += [self.y0.eq(running), self.y2.eq(sumsq)]
 
         # ---- the stream ops: A through the FIFO to att_o; att_i to D
-        m.submodules.fifo = fifo = SyncFIFO(width=MANT_BITS, depth=STREAM_FIFO_DEPTH)
+        m.submodules.fifo = fifo = SyncFIFO(width=MANT_BITS * P, depth=STREAM_FIFO_DEPTH)
         taken_o = self.att_o.valid & self.att_o.ready
         m.d.comb += [
-            fifo.w_en.eq(valid[STREAM_STAGE] & is_stream), fifo.w_data.eq(a_single2[:MANT_BITS]),
+            fifo.w_en.eq(valid[STREAM_STAGE] & is_stream), fifo.w_data.eq(Cat(x[:MANT_BITS] for x in a2)),
             self.att_o.valid.eq(fifo.r_rdy), self.att_o.payload.eq(fifo.r_data), fifo.r_en.eq(self.att_o.ready),
         ]
         m.d.sync += in_flight.eq(in_flight + (issue & is_stream) - taken_o)
         count_o, count_i = Signal(17), Signal(17)
         m.d.comb += self.att_i.ready.eq(active & is_op[Op.ATTEND] & (count_i < n))
         with m.If(taken_o):
-            m.d.sync += count_o.eq(count_o + 1)
+            m.d.sync += count_o.eq(count_o + P)
         with m.If(self.att_i.valid & self.att_i.ready):
             m.d.sync += [count_i.eq(count_i + 1), d_ptr.eq(d_ptr + 1)]
         with m.If(valid[9] & is_vector):

@@ -4,7 +4,8 @@ itself checked equal to the integer reference in tests/test_attention_model.py).
 Four shapes, built once side by side in one `simlib.UnitBank`: h128's (head_dim 64, 2 kv heads,
 4 layers) at kv_bits 16 with 16 multipliers and at kv_bits 8 with 8, head_dim 32 with one kv head,
 kv_bits 16 and 4 multipliers, and head_dim 12 with one word per position (12 multipliers: an adder
-tree with an odd level; kv_bits 12). Each takes a command script like a decoder's (append K and V of a position, attend
+tree with an odd level; kv_bits 12); their inputs come in beats of 4, 1, 2 and 4 mantissas (`in_lanes`; the
+ULX3S engine's is 4). Each takes a command script like a decoder's (append K and V of a position, attend
 at it) over several layers and kv heads: random caches and queries at every magnitude; positions 0
 and context - 1; all-equal scores; one dominant score; the mantissa extremes (-2^(kv_bits-1),
 -32768, 32767); exponents far apart so that scores shift to their sign and weights vanish; the
@@ -38,10 +39,11 @@ from tests.test_attention_model import SHIPPED, attention_steps, shipped_ids
 
 TOPLEVEL = "attention"
 CONFIGS = {
-    "h128": dict(head_dim=64, kv_heads=2, layers=4, context=24, kv_bits=16, macs=16),
-    "h128_kv8": dict(head_dim=64, kv_heads=2, layers=4, context=24, kv_bits=8, macs=8),
-    "d32": dict(head_dim=32, kv_heads=1, layers=2, context=20, kv_bits=16, macs=4),
-    "d12_wide": dict(head_dim=12, kv_heads=2, layers=1, context=12, kv_bits=12, macs=12),
+    # in_lanes: the mantissas of a beat on `i` (the ULX3S engine's 4 vector lanes on h128)
+    "h128": dict(head_dim=64, kv_heads=2, layers=4, context=24, kv_bits=16, macs=16, in_lanes=4),
+    "h128_kv8": dict(head_dim=64, kv_heads=2, layers=4, context=24, kv_bits=8, macs=8, in_lanes=1),
+    "d32": dict(head_dim=32, kv_heads=1, layers=2, context=20, kv_bits=16, macs=4, in_lanes=2),
+    "d12_wide": dict(head_dim=12, kv_heads=2, layers=1, context=12, kv_bits=12, macs=12, in_lanes=4),
 }
 REAL_TOKENS = 16  # decoding steps of the shipped model's real cache (h128 shapes)
 
@@ -163,14 +165,15 @@ def pack(layout, **fields) -> int:
 
 
 def flatten(script: Script) -> tuple[list[int], list[int], list[int], list[tuple]]:
-    """cmd payloads, i payloads, expected o payloads, and per command (kind, p)."""
+    """cmd payloads, i payloads (beats of in_lanes mantissas), expected o payloads, and per command (kind, p)."""
     cfg = script.cfg
     layout = command_layout(cfg["layers"], cfg["kv_heads"])
     cmds, elems, outs, kinds = [], [], [], []
-    d = cfg["head_dim"]
+    d, w = cfg["head_dim"], cfg["in_lanes"]
     for op, layer, kv, pos, e, mantissas, u, eu in script.commands:
         cmds.append(pack(layout, op=op, layer=layer, kv_head=kv, pos=pos, exp=e))
-        elems += [int(x) & 0xFFFF for x in mantissas]
+        elems += [sum((int(x) & 0xFFFF) << (16 * k) for k, x in enumerate(mantissas[b:b + w]))
+                  for b in range(0, d, w)]
         kinds.append((op, pos))
         if u is not None:
             outs += [pack(OUTPUT_LAYOUT, value=x, exponent=eu, last=n == d - 1) for n, x in enumerate(u)]
@@ -185,15 +188,15 @@ async def run_script(dut, name: str, script: Script, p_valid: float, p_ready: fl
     taken, no output yet) the driver sleeps until `o.valid` rises."""
     cfg = script.cfg
     cmds, elems, want, kinds = flatten(script)
-    d = cfg["head_dim"]
+    d, w = cfg["head_dim"], cfg["in_lanes"]
     port = lambda s: getattr(dut, f"{name}__{s}")  # noqa: E731
     cmd_valid, cmd_payload, cmd_ready = port("cmd__valid"), port("cmd__payload"), port("cmd__ready")
     i_valid, i_payload, i_ready = port("i__valid"), port("i__payload"), port("i__ready")
     o_valid, o_payload, o_ready = port("o__valid"), port("o__payload"), port("o__ready")
-    # element count at which each ATTEND's query is complete -> outputs expected before it
+    # beat count at which each ATTEND's query is complete -> outputs expected before it
     query_done, n_elems, n_outs = {}, 0, 0
     for op, _ in kinds:
-        n_elems += d
+        n_elems += d // w
         if op == AttentionOp.ATTEND:
             query_done[n_elems] = n_outs
             n_outs += d
@@ -209,7 +212,7 @@ async def run_script(dut, name: str, script: Script, p_valid: float, p_ready: fl
             handle.value = value
 
     cycle = lambda: get_sim_time("ns") // 10  # noqa: E731
-    limit = cycle() + 50 * len(elems) + sum(attend_cycles(p, d, cfg["macs"]) for op, p in kinds) * 3 + 1000
+    limit = cycle() + 50 * len(elems) + sum(attend_cycles(p, d, cfg["macs"], w) for op, p in kinds) * 3 + 1000
     stalls = p_valid < 1 or p_ready < 1
     while len(got) < len(want) or nc < len(cmds):
         await FallingEdge(dut.clk)
@@ -251,7 +254,7 @@ async def run_script(dut, name: str, script: Script, p_valid: float, p_ready: fl
         f"{name}: {len(bad)} of {len(want)} outputs wrong, first #{bad[0]}: {got[bad[0]]:#x}, expected {want[bad[0]]:#x}"
     if p_valid >= 1 and p_ready >= 1:  # the cycle contract, command by command
         for k, (op, p) in enumerate(kinds[:-1]):
-            cycles = attend_cycles(p, d, cfg["macs"]) if op == AttentionOp.ATTEND else append_cycles(d)
+            cycles = attend_cycles(p, d, cfg["macs"], w) if op == AttentionOp.ATTEND else append_cycles(d, w)
             assert taken[k + 1] - taken[k] == cycles, f"{name}: command {k} ({op}, p {p}) took {taken[k + 1] - taken[k]}"
     await FallingEdge(dut.clk)
     cmd_valid.value = 0

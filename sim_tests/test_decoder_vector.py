@@ -14,7 +14,8 @@ instruction runs once, and every written word (host port read-back of D; every A
 bytes past the vector's end zero), y0 and y2 equal the model's, `done` exactly `vector_cycles`
 after start. At the end the three banks are read back whole and equal the model's (nothing else
 was written). VPHASE uses the real omega table (rope_omega(64, 10000)) and random words at positions
-0, 65535 and random ones; VROPE reads the pairs VPHASE makes of the real table, or random words. The stream ops run A out through `att_o` and (ATTEND) values in through `att_i` to D
+0, 65535 and random ones; VROPE reads the pairs VPHASE makes of the real table, or random words. The stream ops run
+A out through `att_o` in beats of P elements and (ATTEND) values in through `att_i` to D one a cycle,
 under random backpressure on both. While an op runs, the bench pulses `start` (with another op)
 and host writes at random: the unit must ignore both.
 """
@@ -163,7 +164,7 @@ def draw(rng: np.random.Generator, op: Op) -> Case:
 
 
 def stream_case(rng: np.random.Generator, op: Op) -> Case:
-    n = int(rng.choice([0, 1, 2, 3, 16, 64, 64, 128]))
+    n = int(rng.choice([0, P, 2 * P, 3 * P, 16, 64, 64, 128]))  # whole beats of P elements
     taken: list[tuple[Bank, int, int]] = []
     a = Bank(rng.choice(SOURCES))
     fields = {"a_bank": int(a), "a_addr": place(rng, a, n, taken)}
@@ -233,8 +234,9 @@ class Bench:
             self.act_writes.append((int(dut.act_wr_addr.value), int(dut.act_wr_data.value)))
         ready = random.random() < self.p_ready
         dut.att_o__ready.value = int(ready)
-        if ready and dut.att_o__valid.value:
-            self.taken_o.append(dut.att_o__payload.value.to_signed())
+        if ready and dut.att_o__valid.value:  # a beat of P int16
+            beat = dut.att_o__payload.value.to_unsigned()
+            self.taken_o += [((beat >> (16 * j) & 0xFFFF) ^ 0x8000) - 0x8000 for j in range(P)]
         if not self.offering and self.feed and random.random() < self.p_valid:
             self.offering = True
             dut.att_i__payload.value = self.feed[0] & 0xFFFF

@@ -118,6 +118,9 @@ def test_cycle_formula() -> None:
     for d in (2, 6, 32, 64, 128):
         for macs in (k for k in range(1, d + 1) if d % k == 0):
             G, T = d // macs, tree_levels(macs)
-            for p in (0, 1, 7, 255, 4095):
-                assert attend_cycles(p, d, macs) == 2 * d + (2 * p + 1) * G + T + 18 + max(2 * G + 5, SoftmaxRow.ROW_LATENCY)
+            for w in (k for k in range(1, macs + 1) if macs % k == 0):  # query beats of w
+                for p in (0, 1, 7, 255, 4095):
+                    assert attend_cycles(p, d, macs, w) == \
+                        d + d // w + (2 * p + 1) * G + T + 18 + max(2 * G + 5, SoftmaxRow.ROW_LATENCY)
     assert attend_cycles(255, 64, 16) == 8 * 255 + 173 and append_cycles(64) == 66
+    assert attend_cycles(255, 64, 16, 4) == 8 * 255 + 125 and append_cycles(64, 4) == 18  # beats of 4
