@@ -29,8 +29,8 @@ UNITS = {**NONLINEAR_UNITS, **VECTOR_UNITS, "softmax_row": lambda: SoftmaxRow(25
          "decoder_vector": lambda: VectorUnit((2048, 4096, 1024), 16, 16, 1024, 1024, vector_lanes=16),
          # h128's cache (d 64, 2 kv heads, 4 layers): all 256 positions at kv_bits 8 (128 EBR); at kv_bits 16
          # the full cache (4.2 Mbit) exceeds the ECP5-85F's 3.7 Mbit of EBR, so 128 positions
-         "attention_kv8": lambda: AttentionUnit(64, 2, 4, 256, kv_bits=8, macs=16),
-         "attention_kv16": lambda: AttentionUnit(64, 2, 4, 128, kv_bits=16, macs=16)}
+         "attention_kv8": lambda: AttentionUnit(64, 2, 4, 256, kv_bits=8, macs=16, in_lanes=4),
+         "attention_kv16": lambda: AttentionUnit(64, 2, 4, 128, kv_bits=16, macs=16, in_lanes=4)}
 TARGET_MHZ = 50  # issue 12: the whole board top with the decoder units must close at >= 50 MHz
 
 

@@ -151,7 +151,7 @@ class CoreConfig:
 
 PRESETS: dict[str, CoreConfig] = {
     # Large, for simulation: holds a ~30M-trit model resident. Its decoder holds every shipped model with
-    # its full context (h512-english, the largest, needs banks of 4320 / 22048 / 2112 words and 2,692
+    # its full context (h512-english, the largest, needs banks of 4320 / 22048 / 2112 words and 2,600
     # instructions), and models of up to 8 layers and 8 KV heads of head_dim 64 whose banks fit. Its
     # attention unit has 32 multipliers, not 64: the simulator evaluates every unit every cycle, and 64
     # cost h128 more simulator time (51 against 45 ms per token) than their cycles saved (16 per position).
@@ -168,7 +168,7 @@ PRESETS: dict[str, CoreConfig] = {
                              out_depth=256, max_k=4096, max_payload=512, counter_bits=40,
                              clock_hz=18_000_000),
     # ULX3S (ECP5-85F): 256 MACs/cycle, weights in EBR; its 32 MB SDRAM (16M x 16 bit) at 50 MHz. Its decoder is
-    # sized for h128 (3328 of the 4096 weight words; banks of 1216 / 3232 / 576 words, 700 instructions). The
+    # sized for h128 (3328 of the 4096 weight words; banks of 1248 / 3232 / 576 words, 672 instructions). The
     # output memory holds 512 words (15 EBRs; 1024 took 29), enough for the decoder's 48 and for matmul-mode
     # batches of 8192 results. The KV cache's block RAM is one slot of 256 positions, and the whole cache lives
     # in SDRAM (kv_sdram, contract/kv_stream.py): each KV head is loaded into the slot for its attention, so
@@ -176,9 +176,9 @@ PRESETS: dict[str, CoreConfig] = {
     # Sized to route: with 8 vector lanes and 32 attention multipliers (~35k LUT4 + 6.4k CCU2C, 207 of 208
     # EBRs) nextpnr's routers never resolved the congestion (router2: 26,394 wires still overused after 4
     # iterations); with 4 lanes and 16 multipliers (~25k LUT4 + 4.8k CCU2C, 199 EBRs) router2 routes it in
-    # 72 iterations. The SDRAM runs at 50 MHz, which it closes with margin (71 MHz routed, 54 MHz placed at
-    # 100): h128's weights are in block RAM and its KV rows are read no faster than the attention unit takes
-    # them, so only the SDRAM-streamed models feel the halved bandwidth. README "ULX3S timing" has the runs.
+    # 72 iterations. The SDRAM runs at 50 MHz, which it closes with margin (65-86 MHz routed, 54 MHz placed at
+    # 100); h128's weights are in block RAM, but its KV rows come at the SDRAM's pace (41 core cycles a row,
+    # 25 at 100 MHz). README "ULX3S timing" has the runs.
     # `python bench/decoder_bench.py` and the README's synthesis table measure it.
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
                         out_depth=512, max_k=8192, max_payload=1024, clock_hz=30_000_000,
@@ -188,7 +188,7 @@ PRESETS: dict[str, CoreConfig] = {
                                              vector_lanes=4, attention_macs=16, kv_sdram=True)),
 }
 # The ULX3S's core, clocks, SDRAM and link with an engine grown for the SDRAM-sized models: h512-english
-# (7 layers, 8 KV heads; banks of 4320 / 22048 / 2112 words, 2,971 instructions) and issue 13's ~18M
+# (7 layers, 8 KV heads; banks of 4320 / 22048 / 2112 words, 2,859 instructions) and issue 13's ~18M
 # model (6 layers, 2 KV heads), their weights streamed from SDRAM by WFETCH through a weight memory of
 # 1,024 words (32 EBRs rather than `ulx3s`'s 128: every matrix of these models is streamed anyway, the
 # larger ones in parts), their KV caches in SDRAM through one slot of 256 positions (as on `ulx3s`), and

@@ -614,8 +614,9 @@ SOFTMAX_LATENCY = 6       # SoftmaxRow: score taken to its first weight (hw/soft
 SOFTMAX_ROW_LATENCY = RECIP_CYCLES + 3  # SoftmaxRow: factor(sum) and recip16 after the last score
 ATTEND_FIXED = 18         # AttentionUnit: set-up, memory, its register, operand, product and output stages
 # the scalar unit's cycles from start to done (hw/decoder_scalar.py), 1 for the ops not named
-SCALAR_CYCLES = {Op.FACTOR: 2, Op.FMUL: 3, Op.RSQRT: RSQRT_CYCLES + 2, Op.QFACTOR: RECIP_CYCLES + 3,
-                 Op.EPS: RECIP_CYCLES + 7}
+NORMALIZE_CYCLES = 1      # the scalar unit's normalizer: the bit length registered, then the shift and exponent
+SCALAR_CYCLES = {Op.FACTOR: 2 + NORMALIZE_CYCLES, Op.FMUL: 3 + NORMALIZE_CYCLES, Op.RSQRT: RSQRT_CYCLES + 2,
+                 Op.QFACTOR: RECIP_CYCLES + 3 + NORMALIZE_CYCLES, Op.EPS: RECIP_CYCLES + 7 + 2 * NORMALIZE_CYCLES}
 SCALAR_OPS = frozenset({Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT, Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR,
                         Op.EPS})
 

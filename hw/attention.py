@@ -27,7 +27,7 @@ from bitlane.contract.intmath import (
 )
 from bitlane.contract.decoder import append_cycles, attend_cycles, tree_levels  # noqa: F401  (the unit's cycles)
 from bitlane.hw.nonlinear import _bit_length
-from bitlane.hw.softmax import SCALE_BITS, SoftmaxRow, softmax_row
+from bitlane.hw.softmax import SoftmaxRow, softmax_row
 
 # Positions are uint16 (MAX_POSITIONS); the unit uses the bits that address its context.
 POS_BITS = (MAX_POSITIONS - 1).bit_length()
@@ -56,6 +56,12 @@ def command_layout(layers: int, kv_heads: int) -> data.StructLayout:
         "pos": unsigned(POS_BITS),
         "exp": signed(EXP_BITS),
     })
+
+
+def beat_layout(lanes: int) -> data.ArrayLayout:
+    """A beat of `lanes` int16 mantissas, the unit's input `i` (what the vector unit's att_o and KvLoad
+    give it, and KvStore taps)."""
+    return data.ArrayLayout(signed(MANT_BITS), lanes)
 
 
 OUTPUT_LAYOUT = data.StructLayout({"value": signed(MANT_BITS), "exponent": signed(EU_BITS), "last": unsigned(1)})
@@ -131,7 +137,7 @@ class AttentionUnit(wiring.Component):
     -------
     cmd : ``In(stream.Signature(command_layout(layers, kv_heads)))``
         ``op`` (``AttentionOp``), ``layer``, ``kv_head``, ``pos`` (uint16), ``exp`` (int8).
-    i : ``In(stream.Signature(ArrayLayout(signed(16), in_lanes)))``
+    i : ``In(stream.Signature(beat_layout(in_lanes)))``
         The ``head_dim`` mantissas of an APPEND or ATTEND, in element order, ``in_lanes`` a beat.
     o : ``Out(stream.Signature(StructLayout({"value": signed(16), "exponent": signed(10), "last": 1})))``
         ``u`` in element order, ``eu`` on every element, ``last`` on the final one.
@@ -154,7 +160,7 @@ class AttentionUnit(wiring.Component):
         self.groups = head_dim // macs
         super().__init__({
             "cmd": In(stream.Signature(command_layout(layers, kv_heads))),
-            "i": In(stream.Signature(data.ArrayLayout(signed(MANT_BITS), in_lanes))),
+            "i": In(stream.Signature(beat_layout(in_lanes))),
             "o": Out(stream.Signature(OUTPUT_LAYOUT)),
         })
 

@@ -173,6 +173,9 @@ class Board(BoardFacts):
     reset_button: str  # resource name; pressed = 1 (amaranth-boards inverts active-low pins)
     synth_opts: str  # options of yosys synth_<family>, for the bitstream and the gate-level netlist
     pnr_opts: tuple[str, ...] = ()  # options of nextpnr-<family> besides the report, seed and timing ones
+    # nextpnr's placement seed: one from which this board's top routes (the ULX3S top routes from some
+    # placements only: README "ULX3S timing")
+    seed: int = 1
     programmer: str  # command that loads a bitstream over USB
     install_hint: str
 
@@ -218,7 +221,7 @@ BOARDS: dict[str, Board] = {
         **BOARD_FACTS["ulx3s"].facts(), make_platform=_ulx3s, reset_button="button_pwr",
         # router2 routes the decoder in minutes; router1 still had ~91,000 arcs queued when router2 was
         # done (README "ULX3S timing")
-        synth_opts="", pnr_opts=("--router", "router2"), programmer="openFPGALoader",
+        synth_opts="", pnr_opts=("--router", "router2"), seed=6, programmer="openFPGALoader",
         install_hint="openFPGALoader: apt install openfpgaloader, or build it from "
                      "https://github.com/trabucayre/openFPGALoader"),
 }

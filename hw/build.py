@@ -121,8 +121,10 @@ def parse_nextpnr_report(path: Path, family: str) -> tuple[dict, dict]:
     return utilization, fmax
 
 
-def build_board(spec: Board, build_dir: Path, *, seed: int = 1, verbose: bool = False) -> BuildReport:
-    """Synthesize, place and route `spec`; write the bitstream and report into `build_dir`."""
+def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbose: bool = False) -> BuildReport:
+    """Synthesize, place and route `spec` (from nextpnr seed `seed`, by default the board's); write the
+    bitstream and report into `build_dir`."""
+    seed = spec.seed if seed is None else seed
     os.environ.update(yowasp_environment())
     name = f"bitlane_{spec.name}"
     platform = spec.make_platform()
@@ -173,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--board", required=True, choices=sorted(BOARDS))
         sub.add_argument("--build-dir", type=Path, help="default: build/<board>")
     build_cmd.add_argument("--baud", type=int, help="UART rate (default: the board's)")
-    build_cmd.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    seeds = ", ".join(f"{spec.seed} for {name}" for name, spec in sorted(BOARDS.items()))
+    build_cmd.add_argument("--seed", type=int, help=f"nextpnr placement seed (default: the board's, one from "
+                                                    f"which its top routes: {seeds})")
     build_cmd.add_argument("-v", "--verbose", action="store_true", help="show the tools' output")
     args = parser.parse_args(argv)
 

@@ -182,28 +182,38 @@ class DecoderEngine(wiring.Component):
             m.d.sync += [ins.eq(prog_rd.data), fetch.eq(fetch + 1)]
 
         # Registers. The operands of an instruction are read in the cycle it is loaded (from the fetched
-        # word's fields), then from its own fields while it waits to start; the ports are transparent,
-        # so a result written in the loading cycle is seen. An instruction's first result R[r0] is
-        # written in the cycle it retires; its second (R[r0 + 1] of a pair, VNORM's R[r2]) waits in
-        # `second_*` for a cycle in which the port is free (the next instruction's issue cycle unless
-        # that retires at once and writes) and is forwarded to operands that name it meanwhile.
+        # word's fields), then from its own fields while it waits to start, and registered (`operands`)
+        # with what the register file will hold: an instruction's first result R[r0] is written in the
+        # cycle it retires; its second (R[r0 + 1] of a pair, VNORM's R[r2]) is latched in `second_*` and
+        # written in a cycle in which the port is free (the next instruction's issue cycle unless that
+        # retires at once and writes). So a read takes, newest first, a second result latched this cycle,
+        # the first result written this cycle, the waiting second result, then the port's data; the
+        # units see registers only (no forwarding select after the register: that was the ULX3S core's
+        # critical path).
         fields = prog_rd.data
         sources = lambda w: [w.r1, w.r1 + 1, w.r2, w.r2 + 1, w.r3]  # noqa: E731
         operands = [Signal(signed(REG_BITS), name=f"operand{k}") for k in range(READS)]
-        for port, operand, fetched, own in zip(reg_rd, operands, sources(fields), sources(ins)):
-            m.d.comb += port.addr.eq(Mux(load, fetched, own))
-            # transparent: the value written in this cycle is the one read
-            m.d.sync += operand.eq(Mux(reg_wr.en & (reg_wr.addr == port.addr), reg_wr.data, port.data))
-        with m.If(~self.busy):
-            m.d.comb += reg_rd[0].addr.eq(self.reg_rd_addr)
-        m.d.comb += self.reg_rd_data.eq(operands[0])
         second_data = Signal(signed(REG_BITS))
         second_addr = Signal(range(REGISTERS))
         second_en = Signal()
-        x = [Mux(second_en & (own[:len(second_addr)] == second_addr) & (own < REGISTERS), second_data, operand)
-             for operand, own in zip(operands, sources(ins))]  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
+        new_second_data = Signal(signed(REG_BITS))  # a second result latched this cycle (`retire`)
+        new_second_addr = Signal(range(REGISTERS))
+        new_second_en = Signal()
         first_data = Signal(signed(REG_BITS))
         first_en = Signal()
+        for port, operand, fetched, own in zip(reg_rd, operands, sources(fields), sources(ins)):
+            addr = Mux(load, fetched, own)
+            m.d.comb += port.addr.eq(addr)
+            named = addr < REGISTERS  # r1 + 1 of R63 names no register: no result goes there
+            value = Mux(second_en & named & (port.addr == second_addr) & (second_addr != 0), second_data, port.data)
+            value = Mux(first_en & (port.addr == ins.r0[:len(port.addr)]) & (ins.r0 != 0), first_data, value)
+            value = Mux(new_second_en & named & (port.addr == new_second_addr) & (new_second_addr != 0),
+                        new_second_data, value)
+            m.d.sync += operand.eq(value)
+        with m.If(~self.busy):
+            m.d.comb += reg_rd[0].addr.eq(self.reg_rd_addr)
+        m.d.comb += self.reg_rd_data.eq(operands[0])
+        x = operands  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
         with m.If(first_en):
             m.d.comb += [reg_wr.addr.eq(ins.r0), reg_wr.data.eq(first_data), reg_wr.en.eq(ins.r0 != 0)]
             with m.If(ins.r0 == second_addr):  # a newer value of the waiting register
@@ -271,6 +281,8 @@ class DecoderEngine(wiring.Component):
             if first is not None:
                 m.d.comb += [first_data.eq(first[0]), first_en.eq(first[1])]
             if second is not None:
+                m.d.comb += [new_second_data.eq(second[0]), new_second_en.eq(second[1]),
+                             new_second_addr.eq(second_addr_value)]
                 with m.If(second[1]):
                     m.d.sync += [second_data.eq(second[0]), second_en.eq(1), second_addr.eq(second_addr_value)]
             m.d.comb += load.eq(1)

@@ -6,15 +6,19 @@ contract's ``factor``), one unsigned 16 x 16 multiplier, and the existing ``Reci
 ``RsqrtFactor``; a short state machine walks each op through them.
 
 Cycle contract (from ``start`` to ``done``, inclusive of the start cycle): MOVI, ADD, SUB, MAX and
-NSHIFT 1 cycle; FACTOR 2; FMUL 3; RSQRT ``RsqrtFactor.LATENCY + 2``; QFACTOR ``Recip16.ITERATIONS + 3``;
-EPS ``Recip16.ITERATIONS + 7`` (measured by sim_tests/test_decoder_scalar.py): contract/decoder.py's `scalar_cycles(op)`.
+NSHIFT 1 cycle; FACTOR 3; FMUL 4; RSQRT ``RsqrtFactor.LATENCY + 2``; QFACTOR ``Recip16.ITERATIONS + 4``;
+EPS ``Recip16.ITERATIONS + 9`` (measured by sim_tests/test_decoder_scalar.py): contract/decoder.py's
+`scalar_cycles(op)`. Each normalization (``factor``) takes a cycle for the bit length of its value,
+registered, and one for the shift and the exponent (`NORMALIZE_CYCLES`): in one cycle the two were
+the ULX3S core's critical path once the register file's read was registered.
 """
 
 from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from bitlane.contract.decoder import RECIP_CYCLES, REG_BITS, RSQRT_CYCLES, SCALAR_OPS, Op, scalar_cycles
+from bitlane.contract.decoder import (NORMALIZE_CYCLES, RECIP_CYCLES, REG_BITS, RSQRT_CYCLES, SCALAR_OPS, Op,
+                                      scalar_cycles)
 from bitlane.contract.intmath import EPS_LIMIT, FACTOR_ONE, MANT_BITS, Q_SHIFT, RECIP_SHIFT
 from bitlane.hw.nonlinear import Recip16, RsqrtFactor, _bit_length
 
@@ -22,6 +26,7 @@ EPS_SAT_BITS = EPS_LIMIT.bit_length()  # scale_saturating's limit 2^46 has 47 bi
 QUANT_RECIP_DROP = RECIP_SHIFT - Q_SHIFT - 1
 # the contract's cycle model (contract/decoder.py SCALAR_CYCLES) counts these units' latencies
 assert Recip16.ITERATIONS == RECIP_CYCLES and RsqrtFactor.LATENCY == RSQRT_CYCLES, "contract/decoder.py's cycles"
+assert NORMALIZE_CYCLES == 1, "contract/decoder.py's cycles: `_Step.NORMALIZE` is one cycle"
 
 
 PAIR_RESULT = frozenset({Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR})
@@ -42,6 +47,7 @@ class _Step(enum.Enum, shape=4):
     EPS_MUL3 = 9   # EPS: normalize
     EPS_TERM = 10  # EPS: t is ready
     EPS_SHIFT = 11 # EPS: the saturating shift
+    NORMALIZE = 12 # `value` was just set: its bit length is registered, then `after`
 
 
 class ScalarUnit(wiring.Component):
@@ -80,11 +86,17 @@ class ScalarUnit(wiring.Component):
         m.submodules.rsqrt = rsqrt = RsqrtFactor()
         step = Signal(_Step)
         shift = Signal(signed(REG_BITS))
-        # `factor(value, base)`: the one normalizer (priority encoder + barrel shift)
+        # `factor(value, base)`: the one normalizer (priority encoder, registered; barrel shift). A step
+        # that sets `value` goes through NORMALIZE to the step that uses norm_m, norm_e (`normalize`).
         value = Signal(REG_BITS)  # non-negative
         base = Signal(signed(REG_BITS))
         length = Signal(range(REG_BITS + 1))
-        m.d.comb += length.eq(_bit_length(value))
+        m.d.sync += length.eq(_bit_length(value))
+        after = Signal(_Step)
+
+        def normalize(x, then: _Step) -> list:
+            return [value.eq(x), after.eq(then), step.eq(_Step.NORMALIZE)]
+
         s = Signal(signed(8))
         m.d.comb += s.eq(length - MANT_BITS)
         norm_m = Signal(MANT_BITS)
@@ -129,7 +141,7 @@ class ScalarUnit(wiring.Component):
                         with m.Case(*ALU_OPS):
                             finish(alu)
                         with m.Case(Op.FACTOR):
-                            m.d.sync += [value.eq(self.x1), base.eq(self.x2), step.eq(_Step.FACTOR)]
+                            m.d.sync += [base.eq(self.x2), *normalize(self.x1, _Step.FACTOR)]
                         with m.Case(Op.FMUL):
                             m.d.sync += [mul_a.eq(self.x1), mul_b.eq(self.x2), base.eq(self.x1b + self.x2b),
                                          step.eq(_Step.MUL)]
@@ -137,15 +149,17 @@ class ScalarUnit(wiring.Component):
                             m.d.sync += [rsqrt.i.valid.eq(1),
                                          rsqrt.i.payload.eq(Mux(self.x1 > 0, self.x1, 1)), step.eq(_Step.RSQRT)]
                         with m.Case(Op.QFACTOR):
-                            m.d.sync += [value.eq(self.x1), base.eq(0), step.eq(_Step.QUANT)]
+                            m.d.sync += [base.eq(0), *normalize(self.x1, _Step.QUANT)]
                         with m.Case(Op.EPS):
                             scale_m = self.x1[:MANT_BITS]
                             m.d.sync += [recip.i.valid.eq(1),
                                          recip.i.payload.eq(Mux(scale_m[-1], scale_m, FACTOR_ONE)),
                                          inv_e.eq(-RECIP_SHIFT - self.x1b), eps_m.eq(self.x2), eps_e.eq(self.x2b),
                                          shift.eq(self.x3), step.eq(_Step.EPS_RECIP)]
+            with m.Case(_Step.NORMALIZE):
+                m.d.sync += step.eq(after)
             with m.Case(_Step.MUL):
-                m.d.sync += [value.eq(product), step.eq(_Step.FACTOR)]
+                m.d.sync += normalize(product, _Step.FACTOR)
             with m.Case(_Step.FACTOR):
                 finish(norm_m, norm_e)
             with m.Case(_Step.RSQRT):
@@ -163,11 +177,11 @@ class ScalarUnit(wiring.Component):
                     m.d.sync += [inv_m.eq(recip.o.payload), mul_a.eq(eps_m), mul_b.eq(recip.o.payload),
                                  base.eq(eps_e + inv_e), step.eq(_Step.EPS_MUL1)]
             with m.Case(_Step.EPS_MUL1):
-                m.d.sync += [value.eq(product), step.eq(_Step.EPS_MUL2)]
+                m.d.sync += normalize(product, _Step.EPS_MUL2)
             with m.Case(_Step.EPS_MUL2):
                 m.d.sync += [mul_a.eq(norm_m), mul_b.eq(inv_m), base.eq(norm_e + inv_e), step.eq(_Step.EPS_MUL3)]
             with m.Case(_Step.EPS_MUL3):
-                m.d.sync += [value.eq(product), step.eq(_Step.EPS_TERM)]
+                m.d.sync += normalize(product, _Step.EPS_TERM)
             with m.Case(_Step.EPS_TERM):
                 m.d.sync += [t_m.eq(norm_m), t_e.eq(norm_e - 2 * shift), step.eq(_Step.EPS_SHIFT)]
             with m.Case(_Step.EPS_SHIFT):

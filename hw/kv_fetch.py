@@ -9,30 +9,30 @@ through the engine's read-only SDRAM port (the one hw/weight_fetch.py uses; Deco
 engine runs one of them at a time), R = `fetch_ratio` SDRAM words a port word, and hands each row to the
 attention unit as the APPEND command of position j with the row's exponent (word 0), then its mantissas
 (words KV_MANT_WORD.. of the row, which start on a port word) in beats of W = `vector_lanes`, W / R port
-words a beat; the zero word and the padding are dropped a port word a cycle. The attention unit takes a
+words a beat; the zeros and the padding are dropped a port word a cycle. The attention unit takes a
 command only when idle (`append_cycles(head_dim, W)` = head_dim / W + 2 cycles an APPEND), so a row
-goes as fast as the SDRAM streams it on the ULX3S (68 words in 41 core cycles at 30 / 50 MHz; it was
-one mantissa a cycle, 66, before the beats). Appending in position order rebuilds the running maxima.
+goes as fast as the SDRAM streams it on the ULX3S (68 words in 41 cycles of the 30 MHz core at a 50 MHz
+SDRAM clock; it was one mantissa a cycle, 66, before the beats). Appending in position order rebuilds the running maxima.
 
 `KvStore` executes KVAPPEND's store: started with the APPEND, it requests a write of one row at the
 region's address + POS * row_words, queues every beat the attention unit takes from the vector unit
-(the same transfers) in a FIFO that holds a whole row, and drains the row into the port a word a cycle:
-the exponent, the zero word, the beats' mantissas, the padding. So the APPEND never waits for the
+(the same transfers) in a FIFO that holds all of a row's beats, and drains the row into the port a word
+a cycle: the exponent, the zeros, the beats' mantissas, the padding. So the APPEND never waits for the
 SDRAM; the engine waits for `busy` to fall after it, and counts that wait with the SDRAM's
 (`cycles_fetch`), as contract/decoder.py says.
 """
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.intmath import EXP_BITS, MANT_BITS
+from bitlane.contract.intmath import EXP_BITS
 from bitlane.contract.kv_stream import KV_ALIGN, KV_MANT_WORD, kv_row_words
 from bitlane.contract.weight_stream import SDRAM_WORD_BITS, fetch_ratio
 
-from .attention import AttentionOp, command_layout
+from .attention import AttentionOp, beat_layout, command_layout
 from .sdram_port import CONTROLLER_COUNT_BITS, mem_port_signature
 from .weight_fetch import read_requests, weight_mem_signature
 
@@ -47,18 +47,13 @@ def kv_write_signature(config: CoreConfig) -> wiring.Signature:
 
 
 def check_kv_sdram(config: CoreConfig) -> None:
-    """A configuration's KV cache in SDRAM must have rows, and their mantissas, on whole port words, and
-    its beats of vector_lanes mantissas must be whole port words."""
+    """A configuration's KV cache in SDRAM must have rows (and so their mantissas, KV_MANT_WORD = KV_ALIGN)
+    on whole port words, and its beats of vector_lanes mantissas must be whole port words."""
     ratio, beat = fetch_ratio(config), config.decoder.vector_lanes
-    if KV_ALIGN % ratio or KV_MANT_WORD % ratio or beat % ratio:
+    if KV_ALIGN % ratio or beat % ratio:
         raise ValueError(f"config {config.name!r}: the weight port's {ratio} SDRAM words a word must divide the KV "
-                         f"rows' alignment of {KV_ALIGN}, their first mantissa word {KV_MANT_WORD} "
-                         f"(contract/kv_stream.py) and the beat of vector_lanes {beat} mantissas")
-
-
-def beat_signature(config: CoreConfig) -> stream.Signature:
-    """The attention unit's input: beats of vector_lanes int16 mantissas."""
-    return stream.Signature(data.ArrayLayout(signed(MANT_BITS), config.decoder.vector_lanes))
+                         f"rows' alignment of {KV_ALIGN} (contract/kv_stream.py) and the beat of vector_lanes "
+                         f"{beat} mantissas")
 
 
 class KvLoad(wiring.Component):
@@ -74,7 +69,7 @@ class KvLoad(wiring.Component):
     mem : Out(read port)
         The engine's SDRAM read port (`weight_mem_signature`).
     cmd, i : Out(stream)
-        To the attention unit's `cmd` and `i` (`beat_signature`) while `busy`.
+        To the attention unit's `cmd` and `i` (beats, `beat_layout`) while `busy`.
     """
 
     def __init__(self, config: CoreConfig) -> None:
@@ -94,7 +89,7 @@ class KvLoad(wiring.Component):
             "done": Out(1),
             "mem": Out(weight_mem_signature(config)),
             "cmd": Out(stream.Signature(command_layout(d.layers, d.kv_heads))),
-            "i": Out(beat_signature(config)),
+            "i": Out(stream.Signature(beat_layout(d.vector_lanes))),
         })
 
     def elaborate(self, platform) -> Module:
@@ -114,7 +109,7 @@ class KvLoad(wiring.Component):
 
         # The port word at r_data: word 0 (the exponent) goes with the row's command (taken when the
         # attention unit is idle), a mantissa word into the beat, which leaves on `i` with its last
-        # word; the zero word and the padding are dropped.
+        # word; the zeros and the padding are dropped.
         word = mem.r_data.payload
         have = self.busy & mem.r_data.valid
         is_cmd = index == 0
@@ -158,7 +153,7 @@ class KvStore(wiring.Component):
     -------
     start : In(1)
         A pulse while not `busy`, with `sdram_addr` (the row's first SDRAM word) and `exp`.
-    element_valid, element : In(1), In(ArrayLayout(signed(16), vector_lanes))
+    element_valid, element : In(1), In(beat_layout(vector_lanes))
         A beat of the row's mantissas as the attention unit takes it (a tap: nothing is driven back).
     busy : Out(1)
         From `start` until every word of the row is in the SDRAM port.
@@ -175,7 +170,7 @@ class KvStore(wiring.Component):
             "sdram_addr": In(32),
             "exp": In(signed(EXP_BITS)),
             "element_valid": In(1),
-            "element": In(data.ArrayLayout(signed(MANT_BITS), self.beat)),
+            "element": In(beat_layout(self.beat)),
             "busy": Out(1),
             "mem": Out(kv_write_signature(config)),
         })
@@ -200,7 +195,7 @@ class KvStore(wiring.Component):
         ]
         with m.If(mem.req.valid & mem.req.ready):
             m.d.sync += requested.eq(1)
-        # the port's words: the exponent, the zero word, the beats' mantissas, the padding
+        # the port's words: the exponent, the zeros, the beats' mantissas, the padding
         body = (sent >= KV_MANT_WORD) & (sent < KV_MANT_WORD + d)
         m.d.comb += [
             mem.w_data.valid.eq(self.busy & (sent != row_words) & (~body | queue.r_rdy)),

@@ -26,7 +26,7 @@ from tests.test_integer import random_model
 
 H128, H256 = "models/bitnet-kjv-h128", "models/bitnet-kjv-h256"
 CONTEXT = 8
-# A small engine for a small model (needs: banks 516 / 664 / 196 words, 312 instructions, 3936 weight
+# A small engine for a small model (needs: banks 532 / 664 / 196 words, 300 instructions, 3936 weight
 # words). max_payload 518 carries 3 hidden states of 64 per DECODE, but a request of 4 rows (516 bytes):
 # so a prefill takes several frames and a DECODE of 4 tokens is a BAD_ARGUMENT, not a framing error.
 SMALL = CoreConfig("decoder-small", lanes=4, k_per_cycle=4, weight_depth=4096, act_depth=256, out_depth=256,

@@ -99,7 +99,8 @@ def test_random_models_of_awkward_shapes(fields, kv_bits, vector_lanes):
 
 
 def test_machine_enforces_alignment(h128):
-    """Vector operands at multiples of vector_lanes; VROPE's n/2 a multiple of it; ACT at k_per_cycle."""
+    """Vector operands at multiples of vector_lanes; VROPE's n/2 a multiple of it; KVAPPEND's and ATTEND's
+    n too; ACT at k_per_cycle."""
     shape = shape_for(h128)
     machine = DecoderMachine(shape, lambda *args: None)
     bad = [Instruction(op=int(Op.VMAXABS), a_bank=int(Bank.MAIN), a_addr=8, n=16),
@@ -110,10 +111,12 @@ def test_machine_enforces_alignment(h128):
                        r2=0) if shape.k_per_cycle > 16 else
            Instruction(op=int(Op.VPHASE), c_bank=int(Bank.CONST), c_addr=1, d_bank=int(Bank.MAIN), n=4),
            Instruction(op=int(Op.ATTEND), a_bank=int(Bank.MAIN), d_bank=int(Bank.COPY), d_addr=24, r2=0, r3=0,
-                       n=h128.int_config.head_dim)]
+                       n=h128.int_config.head_dim),
+           # a stream op's n in whole beats of vector_lanes
+           Instruction(op=int(Op.KVAPPEND), a_bank=int(Bank.MAIN), r2=0, r3=0, n=shape.vector_lanes + 1)]
     for ins in bad:
         machine.load([ins, Instruction(op=int(Op.HALT))])
-        with pytest.raises(ProgramError, match="multiple of|does not divide"):
+        with pytest.raises(ProgramError, match="multiple of|does not divide|do not divide"):
             machine.run(0)
 
 
