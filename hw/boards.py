@@ -221,7 +221,7 @@ BOARDS: dict[str, Board] = {
         **BOARD_FACTS["ulx3s"].facts(), make_platform=_ulx3s, reset_button="button_pwr",
         # router2 routes the decoder in minutes; router1 still had ~91,000 arcs queued when router2 was
         # done (README "ULX3S timing")
-        synth_opts="", pnr_opts=("--router", "router2"), seed=6, programmer="openFPGALoader",
+        synth_opts="", pnr_opts=("--router", "router2"), seed=5, programmer="openFPGALoader",
         install_hint="openFPGALoader: apt install openfpgaloader, or build it from "
                      "https://github.com/trabucayre/openFPGALoader"),
 }
