@@ -70,8 +70,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from bitlane.contract.decoder import (REG_BITS, VECTOR_STAGES, WORD_BITS, Bank, Op, tree_stages,  # noqa: F401
-                                      vector_cycles, vector_latency)  # (vector_cycles: the unit's cycles, for its tests)
+from bitlane.contract.decoder import REG_BITS, VECTOR_STAGES, WORD_BITS, Bank, Op, tree_stages, vector_latency
 from bitlane.contract.intmath import MANT_BITS, Q_MAX, Q_SHIFT
 from bitlane.hw import zero_init  # noqa: F401  (all-zero memory contents stay out of the netlist)
 from bitlane.hw.attention import beat_layout

@@ -12,7 +12,8 @@ attention unit as the APPEND command of position j with the row's exponent (word
 words a beat; the zeros and the padding are dropped a port word a cycle. The attention unit takes a
 command only when idle (`append_cycles(head_dim, W)` = head_dim / W + 2 cycles an APPEND), so a row
 goes as fast as the SDRAM streams it on the ULX3S (68 words in 41 cycles of the 30 MHz core at a 50 MHz
-SDRAM clock; it was one mantissa a cycle, 66, before the beats). Appending in position order rebuilds the running maxima.
+SDRAM clock; it was one mantissa a cycle, 66, before the beats). Appending in position order rebuilds
+the running maxima.
 
 `KvStore` executes KVAPPEND's store: started with the APPEND, it requests a write of one row at the
 region's address + POS * row_words, queues every beat the attention unit takes from the vector unit

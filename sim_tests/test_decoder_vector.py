@@ -31,10 +31,10 @@ import pytest
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
-from bitlane.contract.decoder import Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError
+from bitlane.contract.decoder import Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError, vector_cycles
 from bitlane.contract.intmath import WidthError, rope_omega
 from bitlane.hw.decoder import VECTOR_RESULT
-from bitlane.hw.decoder_vector import STREAM_OPS, VECTOR_LATENCY, VECTOR_OPS, VectorUnit, vector_cycles, vector_latency
+from bitlane.hw.decoder_vector import STREAM_OPS, VECTOR_LATENCY, VECTOR_OPS, VectorUnit, vector_latency
 from sim_tests import simlib
 
 BUILDS = {16: (32, 32), 4: (4, 8)}  # P -> the core's lanes, k_per_cycle
