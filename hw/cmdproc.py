@@ -360,6 +360,7 @@ class CommandProcessor(wiring.Component):
             with m.Case(Cmd.MEM_CRC.response):
                 m.d.comb += record.eq(~mem_crc)
         index = Signal(16)  # header / record byte being sent
+        verdict = Signal(8)  # the first failing check's ErrorCode, 0 when the frame passes
 
         def reject(code):
             m.d.sync += [frames_bad.eq(frames_bad + 1), error_code.eq(code), reply_cmd.eq(Cmd.ERROR),
@@ -384,7 +385,7 @@ class CommandProcessor(wiring.Component):
                     with m.Else():
                         m.next = "SETTLE"
             with m.State("SETTLE"):  # the check registers catch up with the frame
-                m.next = "DECIDE"
+                m.next = "CHECK"
                 if dec is not None:
                     with m.If(frame.cmd == Cmd.LOAD_PROGRAM):
                         m.d.sync += [ptr.eq(ProgramHeader.SIZE), instructions.eq(0), bad_op.eq(0)]
@@ -398,20 +399,18 @@ class CommandProcessor(wiring.Component):
                     with m.If(fetched & ~Cat(*(receiver.buf_data == op for op in Op)).any()):
                         m.d.sync += bad_op.eq(1)
                     with m.If(~more & ~fetched):
-                        m.next = "DECIDE"
+                        m.next = "CHECK"
+            with m.State("CHECK"):  # the verdict is registered: DECIDE's many enables come from one register
+                m.d.sync += verdict.eq(0)
+                for failed, code in ((~pos_ok, ErrorCode.BAD_POSITION), (~addr_ok, ErrorCode.BAD_ADDRESS),
+                                     (~args_ok, ErrorCode.BAD_ARGUMENT), (~length_ok, ErrorCode.BAD_LENGTH),
+                                     (~ready, ErrorCode.NOT_READY), (~known, ErrorCode.UNKNOWN_CMD)):
+                    with m.If(failed):  # the last assignment wins: the first check in protocol order
+                        m.d.sync += verdict.eq(code)
+                m.next = "DECIDE"
             with m.State("DECIDE"):
-                with m.If(~known):
-                    reject(ErrorCode.UNKNOWN_CMD)
-                with m.Elif(~ready):
-                    reject(ErrorCode.NOT_READY)
-                with m.Elif(~length_ok):
-                    reject(ErrorCode.BAD_LENGTH)
-                with m.Elif(~args_ok):
-                    reject(ErrorCode.BAD_ARGUMENT)
-                with m.Elif(~addr_ok):
-                    reject(ErrorCode.BAD_ADDRESS)
-                with m.Elif(~pos_ok):
-                    reject(ErrorCode.BAD_POSITION)
+                with m.If(verdict != 0):
+                    reject(verdict)
                 with m.Else():
                     m.d.sync += [frames_ok.eq(frames_ok + 1), reply_cmd.eq(frame.cmd | RESPONSE_FLAG), reply_len.eq(0),
                                  index.eq(0), cycles_snapshot.eq(cycles)]

@@ -206,7 +206,7 @@ class DecoderEngine(wiring.Component):
             m.d.comb += port.addr.eq(addr)
             named = addr < REGISTERS  # r1 + 1 of R63 names no register: no result goes there
             value = Mux(second_en & named & (port.addr == second_addr) & (second_addr != 0), second_data, port.data)
-            value = Mux(first_en & (port.addr == ins.r0[:len(port.addr)]) & (ins.r0 != 0), first_data, value)
+            value = Mux(reg_wr.en & (port.addr == reg_wr.addr), reg_wr.data, value)  # written this cycle
             value = Mux(new_second_en & named & (port.addr == new_second_addr) & (new_second_addr != 0),
                         new_second_data, value)
             m.d.sync += operand.eq(value)

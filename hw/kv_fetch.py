@@ -209,7 +209,7 @@ class KvStore(wiring.Component):
                 m.d.sync += lane.eq(Mux(lane == W - 1, 0, lane + 1))
                 m.d.comb += queue.r_en.eq(lane == W - 1)
         with m.If(self.start & ~self.busy):
-            m.d.sync += [addr.eq(self.sdram_addr), exp.eq(self.exp.as_signed()), requested.eq(0), sent.eq(0),
+            m.d.sync += [addr.eq(self.sdram_addr), exp.eq(self.exp), requested.eq(0), sent.eq(0),
                          lane.eq(0), self.busy.eq(1)]
         with m.If(self.busy & requested & (sent == row_words)):
             m.d.sync += self.busy.eq(0)
