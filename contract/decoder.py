@@ -615,7 +615,10 @@ SOFTMAX_ROW_LATENCY = RECIP_CYCLES + 3  # SoftmaxRow: factor(sum) and recip16 af
 ATTEND_FIXED = 18         # AttentionUnit: set-up, memory, its register, operand, product and output stages
 # the scalar unit's cycles from start to done (hw/decoder_scalar.py), 1 for the ops not named
 NORMALIZE_CYCLES = 1      # the scalar unit's normalizer: the bit length registered, then the shift and exponent
-SCALAR_CYCLES = {Op.FACTOR: 2 + NORMALIZE_CYCLES, Op.FMUL: 3 + NORMALIZE_CYCLES, Op.RSQRT: RSQRT_CYCLES + 2,
+# NSHIFT: the bit length of its operand registered, then the difference (one cycle was the ULX3S core's
+# critical path once the command processor's checks were registered)
+SCALAR_CYCLES = {Op.NSHIFT: 2, Op.FACTOR: 2 + NORMALIZE_CYCLES, Op.FMUL: 3 + NORMALIZE_CYCLES,
+                 Op.RSQRT: RSQRT_CYCLES + 2,
                  Op.QFACTOR: RECIP_CYCLES + 3 + NORMALIZE_CYCLES, Op.EPS: RECIP_CYCLES + 7 + 2 * NORMALIZE_CYCLES}
 SCALAR_OPS = frozenset({Op.MOVI, Op.ADD, Op.SUB, Op.MAX, Op.NSHIFT, Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR,
                         Op.EPS})

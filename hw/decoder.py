@@ -12,7 +12,7 @@ vector elements (`vector_lanes` per cycle), the ternary products and attention, 
 stream. An instruction's word is fetched while its predecessor runs and is loaded (its registers
 read) in the cycle that one retires; it then starts its unit in one issue cycle and retires in the
 unit's `done` cycle, writing R[r0] (a second result waits for a free cycle of the register file's
-write port, forwarded meanwhile). Even an ALU op (MOVI, ADD, SUB, MAX, NSHIFT) retires the cycle
+write port, forwarded meanwhile). Even an ALU op (MOVI, ADD, SUB, MAX) retires the cycle
 after its issue: its result is registered in the scalar unit, so that no path runs from a register
 read through the adder into the register file's write port in one cycle (that path limited the
 ULX3S's clock). contract/decoder.py `instruction_cycles` is the
@@ -156,6 +156,7 @@ class DecoderEngine(wiring.Component):
         # the program word at prog_rd.data: it is read a cycle ahead, so that an instruction is
         # decoded (`load`) in the cycle its predecessor retires
         fetch = Signal(range(shape.program_depth + 1))
+        fetch_next = Signal.like(fetch)  # fetch + 1, registered: the read address waits only for `load`'s select
         load = Signal()  # this cycle: ins <= the word at `fetch`, its registers are read
         pos = Signal(16)
         op = ins.op
@@ -163,7 +164,7 @@ class DecoderEngine(wiring.Component):
         m.d.comb += [
             prog_wr.addr.eq(self.prog_wr_addr), prog_wr.data.eq(self.prog_wr_data),
             prog_wr.en.eq(self.prog_wr_en & ~self.busy),
-            prog_rd.addr.eq(Mux(self.busy, fetch + load, 0)),
+            prog_rd.addr.eq(Mux(self.busy, Mux(load, fetch_next, fetch), 0)),
             # the host port of the banks and the core's memories go through the vector unit
             vector.host_bank.eq(self.host_bank), vector.host_addr.eq(self.host_addr),
             vector.host_wr_data.eq(self.host_wr_data), vector.host_wr_en.eq(self.host_wr_en & ~self.busy),
@@ -179,11 +180,12 @@ class DecoderEngine(wiring.Component):
             attention.o.ready.eq(vector.att_i.ready),
         ]
         with m.If(load):
-            m.d.sync += [ins.eq(prog_rd.data), fetch.eq(fetch + 1)]
+            m.d.sync += [ins.eq(prog_rd.data), fetch.eq(fetch_next), fetch_next.eq(fetch_next + 1)]
 
         # Registers. The operands of an instruction are read in the cycle it is loaded (from the fetched
-        # word's fields), then from its own fields while it waits to start, and registered (`operands`)
-        # with what the register file will hold: an instruction's first result R[r0] is written in the
+        # word's fields: the read address never waits for `load`, which comes from the units' done
+        # signals) and registered (`operands`, held until the next load) with what the register file
+        # will hold: an instruction's first result R[r0] is written in the
         # cycle it retires; its second (R[r0 + 1] of a pair, VNORM's R[r2]) is latched in `second_*` and
         # written in a cycle in which the port is free (the next instruction's issue cycle unless that
         # retires at once and writes). So a read takes, newest first, a second result latched this cycle,
@@ -191,7 +193,6 @@ class DecoderEngine(wiring.Component):
         # units see registers only (no forwarding select after the register: that was the ULX3S core's
         # critical path).
         fields = prog_rd.data
-        sources = lambda w: [w.r1, w.r1 + 1, w.r2, w.r2 + 1, w.r3]  # noqa: E731
         operands = [Signal(signed(REG_BITS), name=f"operand{k}") for k in range(READS)]
         second_data = Signal(signed(REG_BITS))
         second_addr = Signal(range(REGISTERS))
@@ -201,15 +202,16 @@ class DecoderEngine(wiring.Component):
         new_second_en = Signal()
         first_data = Signal(signed(REG_BITS))
         first_en = Signal()
-        for port, operand, fetched, own in zip(reg_rd, operands, sources(fields), sources(ins)):
-            addr = Mux(load, fetched, own)
-            m.d.comb += port.addr.eq(addr)
-            named = addr < REGISTERS  # r1 + 1 of R63 names no register: no result goes there
+        addresses = (fields.r1, fields.r1 + 1, fields.r2, fields.r2 + 1, fields.r3)
+        for port, operand, fetched in zip(reg_rd, operands, addresses):
+            m.d.comb += port.addr.eq(fetched)
+            named = fetched < REGISTERS  # r1 + 1 of R63 names no register: no result goes there
             value = Mux(second_en & named & (port.addr == second_addr) & (second_addr != 0), second_data, port.data)
             value = Mux(reg_wr.en & (port.addr == reg_wr.addr), reg_wr.data, value)  # written this cycle
             value = Mux(new_second_en & named & (port.addr == new_second_addr) & (new_second_addr != 0),
                         new_second_data, value)
-            m.d.sync += operand.eq(value)
+            with m.If(load | ~self.busy):
+                m.d.sync += operand.eq(value)
         with m.If(~self.busy):
             m.d.comb += reg_rd[0].addr.eq(self.reg_rd_addr)
         m.d.comb += self.reg_rd_data.eq(operands[0])
@@ -294,7 +296,7 @@ class DecoderEngine(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [fetch.eq(0), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
+                    m.d.sync += [fetch.eq(0), fetch_next.eq(1), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
                                  self.cycles_fetch.eq(0),
                                  *(counter.eq(0) for counter in counters)]
                     m.next = "DECODE"

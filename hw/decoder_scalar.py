@@ -5,8 +5,8 @@ the unit is small and sequential: one adder, one priority encoder with its barre
 contract's ``factor``), one unsigned 16 x 16 multiplier, and the existing ``Recip16`` and
 ``RsqrtFactor``; a short state machine walks each op through them.
 
-Cycle contract (from ``start`` to ``done``, inclusive of the start cycle): MOVI, ADD, SUB, MAX and
-NSHIFT 1 cycle; FACTOR 3; FMUL 4; RSQRT ``RsqrtFactor.LATENCY + 2``; QFACTOR ``Recip16.ITERATIONS + 4``;
+Cycle contract (from ``start`` to ``done``, inclusive of the start cycle): MOVI, ADD, SUB and MAX
+1 cycle; NSHIFT 2 (its operand's bit length is registered first); FACTOR 3; FMUL 4; RSQRT ``RsqrtFactor.LATENCY + 2``; QFACTOR ``Recip16.ITERATIONS + 4``;
 EPS ``Recip16.ITERATIONS + 9`` (measured by sim_tests/test_decoder_scalar.py): contract/decoder.py's
 `scalar_cycles(op)`. Each normalization (``factor``) takes a cycle for the bit length of its value,
 registered, and one for the shift and the exponent (`NORMALIZE_CYCLES`): in one cycle the two were
@@ -30,7 +30,7 @@ assert NORMALIZE_CYCLES == 1, "contract/decoder.py's cycles: `_Step.NORMALIZE` i
 
 
 PAIR_RESULT = frozenset({Op.FACTOR, Op.FMUL, Op.RSQRT, Op.QFACTOR})
-# MOVI, ADD, SUB, MAX, NSHIFT: the contract's one-cycle scalar ops (one adder, comparator or bit length)
+# MOVI, ADD, SUB, MAX: the contract's one-cycle scalar ops (one adder or comparator)
 ALU_OPS = tuple(sorted(op for op in SCALAR_OPS if scalar_cycles(op) == 1))
 
 
@@ -48,6 +48,7 @@ class _Step(enum.Enum, shape=4):
     EPS_TERM = 10  # EPS: t is ready
     EPS_SHIFT = 11 # EPS: the saturating shift
     NORMALIZE = 12 # `value` was just set: its bit length is registered, then `after`
+    NSHIFT = 13    # x1's bit length is registered: the shift
 
 
 class ScalarUnit(wiring.Component):
@@ -120,8 +121,11 @@ class ScalarUnit(wiring.Component):
 
         # the one-cycle ops (ALU_OPS): computed from the operands, registered as w0 at start
         alu = Signal(signed(REG_BITS))
+        # NSHIFT's bit length of x1, registered every cycle (the operands hold while an op runs)
+        x1_length = Signal(range(REG_BITS + 1))
+        m.d.sync += x1_length.eq(_bit_length(self.x1.as_unsigned()))
         bits = Signal(signed(REG_BITS))
-        m.d.comb += bits.eq(_bit_length(self.x1.as_unsigned()) - (self.imm - 1))
+        m.d.comb += bits.eq(x1_length - (self.imm - 1))
         with m.Switch(self.op):
             with m.Case(Op.MOVI):
                 m.d.comb += alu.eq(self.imm)
@@ -131,8 +135,6 @@ class ScalarUnit(wiring.Component):
                 m.d.comb += alu.eq(self.x1 - self.x2 + self.imm)
             with m.Case(Op.MAX):
                 m.d.comb += alu.eq(Mux(self.x1 > self.x2, self.x1, self.x2))
-            with m.Case(Op.NSHIFT):
-                m.d.comb += alu.eq(Mux(bits > 0, bits, 0))
 
         with m.Switch(step):
             with m.Case(_Step.IDLE):
@@ -140,6 +142,8 @@ class ScalarUnit(wiring.Component):
                     with m.Switch(self.op):
                         with m.Case(*ALU_OPS):
                             finish(alu)
+                        with m.Case(Op.NSHIFT):
+                            m.d.sync += step.eq(_Step.NSHIFT)
                         with m.Case(Op.FACTOR):
                             m.d.sync += [base.eq(self.x2), *normalize(self.x1, _Step.FACTOR)]
                         with m.Case(Op.FMUL):
@@ -158,6 +162,8 @@ class ScalarUnit(wiring.Component):
                                          shift.eq(self.x3), step.eq(_Step.EPS_RECIP)]
             with m.Case(_Step.NORMALIZE):
                 m.d.sync += step.eq(after)
+            with m.Case(_Step.NSHIFT):
+                finish(Mux(bits > 0, bits, 0))
             with m.Case(_Step.MUL):
                 m.d.sync += normalize(product, _Step.FACTOR)
             with m.Case(_Step.FACTOR):
