@@ -224,17 +224,10 @@ class DecoderEngine(wiring.Component):
         addresses = [Signal(range(REGISTERS + 1), name=f"read_addr{k}") for k in range(READS)]
         m.d.sync += [addr.eq(field) for addr, field in zip(addresses, (fields.r1, fields.r1 + 1, fields.r2,
                                                                         fields.r2 + 1, fields.r3))]
-        # The register file's write, registered (`written_*`): its address and enable reach every copy of
-        # the file (five read ports of 48 bits of LUT RAM), too far to follow a unit's done in the same
-        # cycle (the routed top's critical path once the reads were registered); reads forward it meanwhile.
-        written_en, written_addr = Signal(), Signal(range(REGISTERS))
-        written_data = Signal(signed(REG_BITS))
-        m.d.comb += [reg_wr.en.eq(written_en), reg_wr.addr.eq(written_addr), reg_wr.data.eq(written_data)]
         for port, operand, fetched in zip(reg_rd, operands, addresses):
             m.d.comb += port.addr.eq(fetched)
             named = fetched < REGISTERS  # r1 + 1 of R63 names no register: no result goes there
-            value = Mux(written_en & (port.addr == written_addr), written_data, port.data)
-            value = Mux(second_en & named & (port.addr == second_addr) & (second_addr != 0), second_data, value)
+            value = Mux(second_en & named & (port.addr == second_addr) & (second_addr != 0), second_data, port.data)
             value = Mux(forwarding & result_en & (port.addr == ins.r0[:len(port.addr)]) & (ins.r0 != 0),
                         result_data, value)
             value = Mux(forwarding & result2_en & named & (port.addr == result2_addr) & (result2_addr != 0),
@@ -245,14 +238,13 @@ class DecoderEngine(wiring.Component):
             m.d.comb += reg_rd[0].addr.eq(self.reg_rd_addr)
         m.d.comb += self.reg_rd_data.eq(operands[0])
         x = operands  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
-        m.d.sync += written_en.eq(0)
         with m.If(first_en):
-            m.d.sync += [written_addr.eq(ins.r0), written_data.eq(result_data), written_en.eq(ins.r0 != 0)]
+            m.d.comb += [reg_wr.addr.eq(ins.r0), reg_wr.data.eq(result_data), reg_wr.en.eq(ins.r0 != 0)]
             with m.If(ins.r0 == second_addr):  # a newer value of the waiting register
                 m.d.sync += second_en.eq(0)
         with m.Elif(second_en):
-            m.d.sync += [written_addr.eq(second_addr), written_data.eq(second_data), written_en.eq(second_addr != 0),
-                         second_en.eq(0)]
+            m.d.comb += [reg_wr.addr.eq(second_addr), reg_wr.data.eq(second_data), reg_wr.en.eq(second_addr != 0)]
+            m.d.sync += second_en.eq(0)
 
         # operands: the same five values go to every unit
         m.d.comb += [
