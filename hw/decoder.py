@@ -183,8 +183,8 @@ class DecoderEngine(wiring.Component):
             m.d.sync += [ins.eq(prog_rd.data), fetch.eq(fetch_next), fetch_next.eq(fetch_next + 1)]
 
         # Registers. The operands of an instruction are read in the cycle it is loaded (from the fetched
-        # word's fields, registered below: the read address never waits for `load`, which comes from the
-        # units' done signals) and registered (`operands`, held until the next load) with what the register file
+        # word's fields: the read address never waits for `load`, which comes from the units' done
+        # signals) and registered (`operands`, held until the next load) with what the register file
         # will hold: an instruction's first result R[r0] is written in the
         # cycle it retires; its second (R[r0 + 1] of a pair, VNORM's R[r2]) is latched in `second_*` and
         # written in a cycle in which the port is free (the next instruction's issue cycle unless that
@@ -217,13 +217,7 @@ class DecoderEngine(wiring.Component):
             with m.Case(Op.ATTEND):
                 m.d.comb += [result_data.eq(eu), result_en.eq(1)]
         first_en = retiring & result_en
-        # The fetched word's register addresses, registered: the program memory's output comes late in
-        # the cycle (5.8 ns on the ECP5, the routed ULX3S top's critical path into a 48-bit LUT-RAM read).
-        # The word is at prog_rd.data from the cycle after a load (IDLE reads word 0), and the earliest
-        # next load is a cycle later (an instruction's issue cycle comes first), so they are in time.
-        addresses = [Signal(range(REGISTERS + 1), name=f"read_addr{k}") for k in range(READS)]
-        m.d.sync += [addr.eq(field) for addr, field in zip(addresses, (fields.r1, fields.r1 + 1, fields.r2,
-                                                                        fields.r2 + 1, fields.r3))]
+        addresses = (fields.r1, fields.r1 + 1, fields.r2, fields.r2 + 1, fields.r3)
         for port, operand, fetched in zip(reg_rd, operands, addresses):
             m.d.comb += port.addr.eq(fetched)
             named = fetched < REGISTERS  # r1 + 1 of R63 names no register: no result goes there
