@@ -191,41 +191,25 @@ class DecoderEngine(wiring.Component):
         # retires at once and writes). So a read takes, newest first, a second result latched this cycle,
         # the first result written this cycle, the waiting second result, then the port's data; the
         # units see registers only (no forwarding select after the register: that was the ULX3S core's
-        # critical path). The forwarding selects use what the loaded instruction writes when it retires
-        # (`result_*`, from its op), not `retire`'s enables: operands are only taken in a retiring cycle
-        # (or while idle, without forwarding), and so no path runs from a unit's done into their data.
+        # critical path).
         fields = prog_rd.data
         operands = [Signal(signed(REG_BITS), name=f"operand{k}") for k in range(READS)]
         second_data = Signal(signed(REG_BITS))
         second_addr = Signal(range(REGISTERS))
         second_en = Signal()
-        retiring = Signal()  # `retire`: the instruction is done, the next is loaded
-        forwarding = Signal()  # `ins` is an instruction that can retire (not a stale one in DECODE)
-        eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
-        with m.If(attention.o.valid & attention.o.ready):
-            m.d.sync += eu.eq(attention.o.payload.exponent)
-        # what the instruction writes when it retires: R[r0] (first), a second result at second_addr
-        result_data, result_en = Signal(signed(REG_BITS)), Signal()
-        result2_data, result2_en, result2_addr = Signal(signed(REG_BITS)), Signal(), Signal(range(REGISTERS))
-        with m.Switch(op):
-            with m.Case(*SCALAR_OPS):
-                m.d.comb += [result_data.eq(scalar.w0), result_en.eq(1), result2_data.eq(scalar.w1),
-                             result2_en.eq(Cat(*(op == o for o in PAIR_RESULT)).any()), result2_addr.eq(ins.r0 + 1)]
-            with m.Case(*VECTOR_OPS):
-                m.d.comb += [result_data.eq(vector.y0), result_en.eq(Cat(*(op == o for o in VECTOR_RESULT)).any()),
-                             result2_data.eq(vector.y2), result2_en.eq(op == Op.VNORM), result2_addr.eq(ins.r2)]
-            with m.Case(Op.ATTEND):
-                m.d.comb += [result_data.eq(eu), result_en.eq(1)]
-        first_en = retiring & result_en
+        new_second_data = Signal(signed(REG_BITS))  # a second result latched this cycle (`retire`)
+        new_second_addr = Signal(range(REGISTERS))
+        new_second_en = Signal()
+        first_data = Signal(signed(REG_BITS))
+        first_en = Signal()
         addresses = (fields.r1, fields.r1 + 1, fields.r2, fields.r2 + 1, fields.r3)
         for port, operand, fetched in zip(reg_rd, operands, addresses):
             m.d.comb += port.addr.eq(fetched)
             named = fetched < REGISTERS  # r1 + 1 of R63 names no register: no result goes there
             value = Mux(second_en & named & (port.addr == second_addr) & (second_addr != 0), second_data, port.data)
-            value = Mux(forwarding & result_en & (port.addr == ins.r0[:len(port.addr)]) & (ins.r0 != 0),
-                        result_data, value)
-            value = Mux(forwarding & result2_en & named & (port.addr == result2_addr) & (result2_addr != 0),
-                        result2_data, value)
+            value = Mux(reg_wr.en & (port.addr == reg_wr.addr), reg_wr.data, value)  # written this cycle
+            value = Mux(new_second_en & named & (port.addr == new_second_addr) & (new_second_addr != 0),
+                        new_second_data, value)
             with m.If(load | ~self.busy):
                 m.d.sync += operand.eq(value)
         with m.If(~self.busy):
@@ -233,7 +217,7 @@ class DecoderEngine(wiring.Component):
         m.d.comb += self.reg_rd_data.eq(operands[0])
         x = operands  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
         with m.If(first_en):
-            m.d.comb += [reg_wr.addr.eq(ins.r0), reg_wr.data.eq(result_data), reg_wr.en.eq(ins.r0 != 0)]
+            m.d.comb += [reg_wr.addr.eq(ins.r0), reg_wr.data.eq(first_data), reg_wr.en.eq(ins.r0 != 0)]
             with m.If(ins.r0 == second_addr):  # a newer value of the waiting register
                 m.d.sync += second_en.eq(0)
         with m.Elif(second_en):
@@ -273,6 +257,9 @@ class DecoderEngine(wiring.Component):
                 kv_store.element_valid.eq(attention.i.valid & attention.i.ready & (op == Op.KVAPPEND)),
                 kv_store.element.eq(attention.i.payload),
             ]
+        eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
+        with m.If(attention.o.valid & attention.o.ready):
+            m.d.sync += eu.eq(attention.o.payload.exponent)
         m.d.sync += [self.done.eq(0), self.fetch_start.eq(0)]  # a pulse, seen by WAIT (done may follow at once)
 
         # Cycle counters: every cycle of a run to `cycles`, and the cycles an instruction waits for its
@@ -291,11 +278,16 @@ class DecoderEngine(wiring.Component):
                 with m.If(counted[k]):
                     m.d.sync += counter.eq(counter + 1)
 
-        def retire():
-            """The instruction is done: write its results (`result_*`), load the next (fetched while it ran)."""
-            m.d.comb += [retiring.eq(1), load.eq(1)]
-            with m.If(result2_en):
-                m.d.sync += [second_data.eq(result2_data), second_en.eq(1), second_addr.eq(result2_addr)]
+        def retire(first=None, second=None, second_addr_value=None):
+            """The instruction is done: write its results, load the next (fetched while it ran)."""
+            if first is not None:
+                m.d.comb += [first_data.eq(first[0]), first_en.eq(first[1])]
+            if second is not None:
+                m.d.comb += [new_second_data.eq(second[0]), new_second_en.eq(second[1]),
+                             new_second_addr.eq(second_addr_value)]
+                with m.If(second[1]):
+                    m.d.sync += [second_data.eq(second[0]), second_en.eq(1), second_addr.eq(second_addr_value)]
+            m.d.comb += load.eq(1)
             m.d.sync += unit.eq(0)
             m.next = "EXECUTE"
 
@@ -348,14 +340,16 @@ class DecoderEngine(wiring.Component):
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
             with m.State("WAIT"):
-                m.d.comb += [counted.eq(unit), forwarding.eq(1)]
+                m.d.comb += counted.eq(unit)
                 with m.Switch(op):
                     with m.Case(*SCALAR_OPS):
                         with m.If(scalar.done):
-                            retire()
+                            pair = Cat(*(op == o for o in PAIR_RESULT)).any()
+                            retire((scalar.w0, 1), (scalar.w1, pair), ins.r0 + 1)
                     with m.Case(*VECTOR_OPS):
                         with m.If(vector.done):
-                            retire()
+                            writes_r0 = Cat(*(op == o for o in VECTOR_RESULT)).any()
+                            retire((vector.y0, writes_r0), (vector.y2, op == Op.VNORM), ins.r2)
                     with m.Case(Op.KVAPPEND):
                         with m.If(vector.done):
                             if kv_store is None:
@@ -368,7 +362,7 @@ class DecoderEngine(wiring.Component):
                                     retire()
                     with m.Case(Op.ATTEND):
                         with m.If(vector.done):
-                            retire()
+                            retire((eu, 1))
                     with m.Case(Op.TRUN):
                         with m.If(self.core_done):
                             retire()
@@ -380,7 +374,7 @@ class DecoderEngine(wiring.Component):
                             with m.If(kv_load.done):
                                 retire()
             with m.State("STORE"):  # KVAPPEND's store draining
-                m.d.comb += [counted.eq(unit), forwarding.eq(1)]
+                m.d.comb += counted.eq(unit)
                 if kv_store is not None:
                     with m.If(~kv_store.busy):
                         retire()
