@@ -5,12 +5,12 @@ the unit is small and sequential: one adder, one priority encoder with its barre
 contract's ``factor``), one unsigned 16 x 16 multiplier, and the existing ``Recip16`` and
 ``RsqrtFactor``; a short state machine walks each op through them.
 
-Cycle contract (from ``start`` to ``done``, inclusive of the start cycle): MOVI, ADD, SUB and MAX
-1 cycle; NSHIFT 2 (its operand's bit length is registered first); FACTOR 3; FMUL 4; RSQRT
-``RsqrtFactor.LATENCY + 2``; QFACTOR ``Recip16.ITERATIONS + 4``; EPS ``Recip16.ITERATIONS + 9`` (measured by sim_tests/test_decoder_scalar.py): contract/decoder.py's
-`scalar_cycles(op)`. Each normalization (``factor``) takes a cycle for the bit length of its value,
-registered, and one for the shift and the exponent (`NORMALIZE_CYCLES`): in one cycle the two were
-the ULX3S core's critical path once the register file's read was registered.
+Cycle contract (from ``start`` to ``done``, inclusive of the start cycle): MOVI, ADD, SUB, MAX 1 cycle;
+NSHIFT 2 (its operand's bit length is registered first); FACTOR 3; FMUL 4; RSQRT ``RsqrtFactor.LATENCY + 2``;
+QFACTOR ``Recip16.ITERATIONS + 4``; EPS ``Recip16.ITERATIONS + 9`` (measured by sim_tests/test_decoder_scalar.py):
+contract/decoder.py's `scalar_cycles(op)`. Each normalization (``factor``) takes a cycle for the bit length of
+its value, registered, and one for the shift and the exponent (`NORMALIZE_CYCLES`): in one cycle the two
+were the ULX3S core's critical path once the register file's read was registered.
 """
 
 from amaranth import Module, Mux, Signal, signed
