@@ -182,11 +182,11 @@ class DecoderEngine(wiring.Component):
         with m.If(load):
             m.d.sync += [ins.eq(prog_rd.data), fetch.eq(fetch_next), fetch_next.eq(fetch_next + 1)]
 
-        # Registers. The operands of an instruction are read in the cycle it is loaded (from the fetched
-        # word's fields: the read address never waits for `load`, which comes from the units' done
-        # signals) and registered (`operands`, held until the next load) with what the register file
-        # will hold: an instruction's first result R[r0] is written in the
-        # cycle it retires; its second (R[r0 + 1] of a pair, VNORM's R[r2]) is latched in `second_*` and
+        # Registers. The operands of an instruction are read in the cycle it is loaded, at the fetched
+        # word's register numbers (the read address never waits for `load`, which comes from the units'
+        # done signals), and registered (`operands`, held until the next load) with what the register
+        # file will hold: an instruction's first result R[r0] is written in the cycle it retires; its
+        # second (R[r0 + 1] of a pair, VNORM's R[r2]) is latched in `second_*` and
         # written in a cycle in which the port is free (the next instruction's issue cycle unless that
         # retires at once and writes). So a read takes, newest first, a second result latched this cycle,
         # the first result written this cycle, the waiting second result, then the port's data; the

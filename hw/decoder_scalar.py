@@ -57,7 +57,7 @@ class ScalarUnit(wiring.Component):
     Members
     -------
     start : ``In(1)``
-        One-cycle pulse while idle; samples ``op``, ``imm`` and the operands.
+        One-cycle pulse while idle; samples ``op`` and the operands (``imm``: held until ``done``).
     op : ``In(8)``
         The ``Op``.
     imm : ``In(signed(32))``
@@ -121,7 +121,7 @@ class ScalarUnit(wiring.Component):
 
         # the one-cycle ops (ALU_OPS): computed from the operands, registered as w0 at start
         alu = Signal(signed(REG_BITS))
-        # NSHIFT's bit length of x1, registered every cycle (the operands hold while an op runs)
+        # NSHIFT's bit length of x1, registered every cycle; its second cycle subtracts the held imm
         x1_length = Signal(range(REG_BITS + 1))
         m.d.sync += x1_length.eq(_bit_length(self.x1.as_unsigned()))
         bits = Signal(signed(REG_BITS))
