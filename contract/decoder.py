@@ -602,7 +602,7 @@ class DecoderMachine:
 # units are built to these numbers and their sim tests measure them), used by the functional model
 # (a DECODE's `cycles`, sw/model_device.py) and bench/decoder_bench.py.
 
-START_CYCLES = 2          # a DECODE's first cycles: instruction 0 (read while idle) is registered, then loaded
+START_CYCLES = 1          # a DECODE's first cycle: the engine loads instruction 0 (read while idle)
 ISSUE_CYCLES = 1          # an instruction's cycle that starts its unit
 VECTOR_STAGES = 11        # the vector unit's pipeline for one lane: start + words + 11 is done
 STREAM_CYCLES = 6         # a stream op (KVAPPEND, ATTEND's query) past its n / P beats of P elements, one a cycle

@@ -165,8 +165,6 @@ def ecp5_pll_instance(clocks: Ecp5Clocks, clki, outputs: Sequence[Signal], locke
 
 # ---------------------------------------------------------------- boards
 
-CORE_CLOCK_NET = "logic.clk"  # the `sync` clock's net in the flattened netlist (BoardTop's submodule `logic`)
-
 @dataclass(frozen=True, kw_only=True)
 class Board(BoardFacts):
     """A board's facts (contract/config.py) and what building gateware for it needs."""
@@ -178,28 +176,8 @@ class Board(BoardFacts):
     # nextpnr's placement seed: one from which this board's top routes (the ULX3S top routes from some
     # placements only: README "ULX3S timing")
     seed: int = 1
-    # nextpnr's target for the core clock where it places and routes for less than `core.clock_hz`: the
-    # ULX3S top does not route with its 45 MHz as the target (router2 still had thousands of wires
-    # overused after 28 minutes, README "ULX3S timing"), but does for 30 MHz at a fmax above 45 MHz.
-    # `bitlane hw build` checks the routed fmax against the clock the PLL makes, not against this target.
-    place_hz: int = 0
     programmer: str  # command that loads a bitstream over USB
     install_hint: str
-
-    @property
-    def top_name(self) -> str:
-        """The build's name: its files are <top_name>.il, .json, .bit (or .bin), ..."""
-        return f"bitlane_{self.name}"
-
-    @property
-    def preferences(self) -> str:
-        """Constraints the board adds to amaranth's (its `add_preferences`): the placement target. It names
-        the net as yosys names it in the flattened netlist (BoardLogic's clock port); nextpnr does not
-        resolve the PLL output's other names (`pll_clk`), and `bitlane hw build` fails if the target is
-        not in its report."""
-        if not self.place_hz:
-            return ""
-        return f'FREQUENCY NET "{CORE_CLOCK_NET}" {self.place_hz} HZ;'
 
     @property
     def divisor(self) -> int:
@@ -243,7 +221,7 @@ BOARDS: dict[str, Board] = {
         **BOARD_FACTS["ulx3s"].facts(), make_platform=_ulx3s, reset_button="button_pwr",
         # router2 routes the decoder in minutes; router1 still had ~91,000 arcs queued when router2 was
         # done (README "ULX3S timing")
-        synth_opts="", pnr_opts=("--router", "router2"), seed=5, place_hz=30_000_000, programmer="openFPGALoader",
+        synth_opts="", pnr_opts=("--router", "router2"), seed=5, programmer="openFPGALoader",
         install_hint="openFPGALoader: apt install openfpgaloader, or build it from "
                      "https://github.com/trabucayre/openFPGALoader"),
 }
@@ -345,8 +323,7 @@ class BoardTop(Elaboratable):
                 m.submodules.pll = ecp5_pll_instance(clocks, osc.i, [pll_clk], locked)
         else:
             raise BoardError(f"{spec.name}: no PLL for family {spec.family!r}")
-        # No clock constraint on pll_clk: nextpnr derives the PLL outputs' from the oscillator's (and
-        # `Board.preferences` overrides the core's with a placement target).
+        # No clock constraint on pll_clk: nextpnr derives the PLL output's from the oscillator's.
 
         # Reset: until the PLL locks, a power-on delay after that, or while the button is held.
         m.domains.por = ClockDomain("por", reset_less=True, local=True)

@@ -7,11 +7,8 @@ tools through environment variables ($YOSYS, $NEXTPNR_ICE40, ...), which we
 point at the yowasp executables.
 
 The report (`report.json` and `report.md` next to the bitstream) gives the
-utilization of every cell type nextpnr placed, fmax per clock against the clock
-the board runs it at, whether timing is met, and the build time. nextpnr's
-constraint is that clock, except where the board places for less
-(`Board.place_hz`): the timing analysis of the routed design holds for any
-clock up to its fmax, so the check is the same.
+utilization of every cell type nextpnr placed, fmax per clock against its
+constraint, whether timing is met, and the build time.
 
     bitlane hw build --board icebreaker [--baud 3000000] [--build-dir build/icebreaker]
     bitlane hw program --board icebreaker
@@ -65,12 +62,12 @@ class BuildReport:
     baud: int
     bitstream: Path
     utilization: dict[str, tuple[int, int]]  # resource name -> (used, available)
-    fmax_mhz: dict[str, tuple[float, float, float]]  # clock net -> (achieved, nextpnr's constraint, required)
+    fmax_mhz: dict[str, tuple[float, float]]  # clock net -> (achieved, constraint)
     seconds: float
 
     @property
     def timing_met(self) -> bool:
-        return bool(self.fmax_mhz) and all(got >= want for got, _, want in self.fmax_mhz.values())
+        return bool(self.fmax_mhz) and all(got >= want for got, want in self.fmax_mhz.values())
 
     def to_json(self) -> dict:
         return {
@@ -78,8 +75,8 @@ class BuildReport:
             "bitstream": str(self.bitstream), "seconds": round(self.seconds, 1),
             "timing_met": self.timing_met,
             "utilization": {k: {"used": u, "available": a} for k, (u, a) in self.utilization.items()},
-            "fmax_mhz": {k: {"achieved": round(g, 2), "constraint": round(c, 2), "required": round(r, 2)}
-                         for k, (g, c, r) in self.fmax_mhz.items()},
+            "fmax_mhz": {k: {"achieved": round(g, 2), "constraint": round(c, 2)}
+                         for k, (g, c) in self.fmax_mhz.items()},
         }
 
     def markdown(self) -> str:
@@ -88,10 +85,9 @@ class BuildReport:
                  "| resource | used | available | % |", "| --- | ---: | ---: | ---: |"]
         for name, (used, available) in self.utilization.items():
             lines.append(f"| {name} | {used} | {available} | {100 * used / max(available, 1):.0f} |")
-        lines += ["", "| clock | fmax (MHz) | clocked at (MHz) | nextpnr's target (MHz) | met |",
-                  "| --- | ---: | ---: | ---: | --- |"]
-        for net, (got, target, want) in self.fmax_mhz.items():
-            lines.append(f"| {net} | {got:.1f} | {want:.1f} | {target:.1f} | {'yes' if got >= want else 'NO'} |")
+        lines += ["", "| clock | fmax (MHz) | constraint (MHz) | met |", "| --- | ---: | ---: | --- |"]
+        for net, (got, want) in self.fmax_mhz.items():
+            lines.append(f"| {net} | {got:.1f} | {want:.1f} | {'yes' if got >= want else 'NO'} |")
         lines += ["", f"timing {'met' if self.timing_met else 'NOT met'}; "
                       f"build took {self.seconds:.0f} s; bitstream `{self.bitstream}`", ""]
         return "\n".join(lines)
@@ -125,32 +121,16 @@ def parse_nextpnr_report(path: Path, family: str) -> tuple[dict, dict]:
     return utilization, fmax
 
 
-def required_fmax(spec: Board, fmax: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float, float]]:
-    """(achieved, constraint, required) per clock net: required is nextpnr's constraint, but the core clock
-    (`spec.core.clock_hz`) for the one net constrained to the board's placement target (`spec.place_hz`)."""
-    if not spec.place_hz:
-        return {net: (got, want, want) for net, (got, want) in fmax.items()}
-    target_mhz = spec.place_hz / 1e6
-    placed = [net for net, (_, want) in fmax.items() if abs(want - target_mhz) < 1e-3 * target_mhz]
-    if len(placed) != 1:
-        raise BuildError(f"{spec.name}: expected one clock net constrained to the placement target of "
-                         f"{target_mhz:g} MHz in nextpnr's report, found {placed or 'none'} among {sorted(fmax)}")
-    return {net: (got, want, spec.core.clock_hz / 1e6 if net in placed else want)
-            for net, (got, want) in fmax.items()}
-
-
 def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbose: bool = False) -> BuildReport:
     """Synthesize, place and route `spec` (from nextpnr seed `seed`, by default the board's); write the
     bitstream and report into `build_dir`."""
     seed = spec.seed if seed is None else seed
     os.environ.update(yowasp_environment())
-    name = spec.top_name
+    name = f"bitlane_{spec.name}"
     platform = spec.make_platform()
     # Timing failures are reported, not fatal, so that the report says by how much.
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed), *spec.pnr_opts]
     overrides = {"nextpnr_opts": nextpnr_opts, "synth_opts": spec.synth_opts}
-    if spec.preferences:
-        overrides["add_preferences"] = spec.preferences
     if spec.family == "ecp5":
         # amaranth-boards' ULX3S adds --compress; keep it.
         overrides["ecppack_opts"] = "--compress"
@@ -165,14 +145,14 @@ def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbos
     utilization, fmax = parse_nextpnr_report(build_dir / "report.json", spec.family)
     bitstream = build_dir / (f"{name}.bin" if spec.family == "ice40" else f"{name}.bit")
     report = BuildReport(spec.name, f"{platform.device}-{platform.package}", spec.core.clock_hz, spec.baud,
-                         bitstream, utilization, required_fmax(spec, fmax), seconds)
+                         bitstream, utilization, fmax, seconds)
     (build_dir / "summary.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     (build_dir / "report.md").write_text(report.markdown())
     return report
 
 
 def program_board(spec: Board, build_dir: Path) -> None:
-    name = spec.top_name
+    name = f"bitlane_{spec.name}"
     bitstream = build_dir / (f"{name}.bin" if spec.family == "ice40" else f"{name}.bit")
     if not bitstream.is_file():
         raise BuildError(f"{bitstream} does not exist; run `bitlane hw build --board {spec.name}` first")

@@ -153,14 +153,8 @@ class DecoderEngine(wiring.Component):
         reg_rd = [registers.read_port(domain="comb") for _ in range(READS)]
 
         ins = Signal(InstructionLayout)
-        # the program word at `fetch`: read from the memory a cycle ahead and registered (`word`), so that
-        # an instruction is decoded (`load`) in the cycle its predecessor retires, at register numbers
-        # that come from flip-flops (the block RAM's output takes 5.8 ns on the ECP5, and the register
-        # numbers drive the read addresses of every copy of the register file: the ULX3S's critical
-        # path). An instruction retires two cycles after its load at the earliest, when the next word
-        # is in `word`; the first word takes a cycle more (START_CYCLES).
-        word = Signal(InstructionLayout)
-        m.d.sync += word.eq(prog_rd.data)
+        # the program word at prog_rd.data: it is read a cycle ahead, so that an instruction is
+        # decoded (`load`) in the cycle its predecessor retires
         fetch = Signal(range(shape.program_depth + 1))
         fetch_next = Signal.like(fetch)  # fetch + 1, registered: the read address waits only for `load`'s select
         load = Signal()  # this cycle: ins <= the word at `fetch`, its registers are read
@@ -186,7 +180,7 @@ class DecoderEngine(wiring.Component):
             attention.o.ready.eq(vector.att_i.ready),
         ]
         with m.If(load):
-            m.d.sync += [ins.eq(word), fetch.eq(fetch_next), fetch_next.eq(fetch_next + 1)]
+            m.d.sync += [ins.eq(prog_rd.data), fetch.eq(fetch_next), fetch_next.eq(fetch_next + 1)]
 
         # Registers. The operands of an instruction are read in the cycle it is loaded, at the fetched
         # word's register numbers (the read address never waits for `load`, which comes from the units'
@@ -198,7 +192,7 @@ class DecoderEngine(wiring.Component):
         # the first result written this cycle, the waiting second result, then the port's data; the
         # units see registers only (no forwarding select after the register: that was the ULX3S core's
         # critical path).
-        fields = word
+        fields = prog_rd.data
         operands = [Signal(signed(REG_BITS), name=f"operand{k}") for k in range(READS)]
         second_data = Signal(signed(REG_BITS))
         second_addr = Signal(range(REGISTERS))
@@ -305,10 +299,8 @@ class DecoderEngine(wiring.Component):
                     m.d.sync += [fetch.eq(0), fetch_next.eq(1), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
                                  self.cycles_fetch.eq(0),
                                  *(counter.eq(0) for counter in counters)]
-                    m.next = "FETCH"
-            with m.State("FETCH"):  # word 0 is at prog_rd.data
-                m.next = "DECODE"
-            with m.State("DECODE"):  # word 0 is in `word`
+                    m.next = "DECODE"
+            with m.State("DECODE"):  # word 0 is at prog_rd.data
                 m.d.comb += load.eq(1)
                 m.next = "EXECUTE"
             with m.State("EXECUTE"):
