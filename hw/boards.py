@@ -180,6 +180,11 @@ class Board(BoardFacts):
     install_hint: str
 
     @property
+    def top_name(self) -> str:
+        """The build's name: its files are <top_name>.il, .json, .bit (or .bin), ..."""
+        return f"bitlane_{self.name}"
+
+    @property
     def divisor(self) -> int:
         return baud_divisor(self.core.clock_hz, self.baud)
 

@@ -8,7 +8,9 @@ point at the yowasp executables.
 
 The report (`report.json` and `report.md` next to the bitstream) gives the
 utilization of every cell type nextpnr placed, fmax per clock against its
-constraint, whether timing is met, and the build time.
+constraint, whether timing is met, the build time, and per clock the registers
+whose inputs arrive within 5% of its critical path (hw/timing.py, from
+nextpnr's detailed timing report).
 
     bitlane hw build --board icebreaker [--baud 3000000] [--build-dir build/icebreaker]
     bitlane hw program --board icebreaker
@@ -22,9 +24,10 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import timing
 from .boards import BOARDS, Board, BoardError, BoardTop, board
 from .uart import UartConfigError
 
@@ -64,6 +67,7 @@ class BuildReport:
     utilization: dict[str, tuple[int, int]]  # resource name -> (used, available)
     fmax_mhz: dict[str, tuple[float, float]]  # clock net -> (achieved, constraint)
     seconds: float
+    slowest: dict[str, str] = field(default_factory=dict)  # clock net -> hw/timing.py's markdown section
 
     @property
     def timing_met(self) -> bool:
@@ -90,6 +94,8 @@ class BuildReport:
             lines.append(f"| {net} | {got:.1f} | {want:.1f} | {'yes' if got >= want else 'NO'} |")
         lines += ["", f"timing {'met' if self.timing_met else 'NOT met'}; "
                       f"build took {self.seconds:.0f} s; bitstream `{self.bitstream}`", ""]
+        for net, section in self.slowest.items():
+            lines += [f"## {net}: the slowest registers", "", section]
         return "\n".join(lines)
 
 
@@ -126,10 +132,11 @@ def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbos
     bitstream and report into `build_dir`."""
     seed = spec.seed if seed is None else seed
     os.environ.update(yowasp_environment())
-    name = f"bitlane_{spec.name}"
+    name = spec.top_name
     platform = spec.make_platform()
     # Timing failures are reported, not fatal, so that the report says by how much.
-    nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed), *spec.pnr_opts]
+    nextpnr_opts = ["--report", "report.json", "--detailed-timing-report", "--timing-allow-fail", "--seed", str(seed),
+                    *spec.pnr_opts]
     overrides = {"nextpnr_opts": nextpnr_opts, "synth_opts": spec.synth_opts}
     if spec.family == "ecp5":
         # amaranth-boards' ULX3S adds --compress; keep it.
@@ -143,16 +150,23 @@ def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbos
                          f"see {build_dir / (name + '.rpt')} (yosys) and {log} (nextpnr)") from None
     seconds = time.monotonic() - started
     utilization, fmax = parse_nextpnr_report(build_dir / "report.json", spec.family)
+    try:
+        detailed = timing.load_report(build_dir / "report.json")
+    except timing.TimingReportError as exc:
+        raise BuildError(str(exc)) from None
+    # the registers within 5% of each clock's critical path: where the next MHz would come from
+    slowest = {net: timing.markdown(detailed, net.removeprefix("$glbnet$"), 0.95e3 / got)
+               for net, (got, _) in fmax.items()}
     bitstream = build_dir / (f"{name}.bin" if spec.family == "ice40" else f"{name}.bit")
     report = BuildReport(spec.name, f"{platform.device}-{platform.package}", spec.core.clock_hz, spec.baud,
-                         bitstream, utilization, fmax, seconds)
+                         bitstream, utilization, fmax, seconds, slowest)
     (build_dir / "summary.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     (build_dir / "report.md").write_text(report.markdown())
     return report
 
 
 def program_board(spec: Board, build_dir: Path) -> None:
-    name = f"bitlane_{spec.name}"
+    name = spec.top_name
     bitstream = build_dir / (f"{name}.bin" if spec.family == "ice40" else f"{name}.bit")
     if not bitstream.is_file():
         raise BuildError(f"{bitstream} does not exist; run `bitlane hw build --board {spec.name}` first")

