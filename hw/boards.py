@@ -185,6 +185,11 @@ class Board(BoardFacts):
         return f"bitlane_{self.name}"
 
     @property
+    def bitstream_name(self) -> str:
+        """The bitstream's file name: icepack writes .bin, ecppack .bit."""
+        return f"{self.top_name}.{'bin' if self.family == 'ice40' else 'bit'}"
+
+    @property
     def divisor(self) -> int:
         return baud_divisor(self.core.clock_hz, self.baud)
 

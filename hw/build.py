@@ -161,7 +161,7 @@ def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbos
     utilization, fmax = nextpnr_summary(report_json, spec.family)
     slowest = {clock: timing.markdown(report_json, clock, timing.default_threshold_ns(report_json, clock))
                for clock in timing.clocks(report_json)}
-    bitstream = build_dir / (f"{name}.bin" if spec.family == "ice40" else f"{name}.bit")
+    bitstream = build_dir / spec.bitstream_name
     report = BuildReport(spec.name, f"{platform.device}-{platform.package}", spec.core.clock_hz, spec.baud,
                          bitstream, utilization, fmax, seconds, slowest)
     (build_dir / "summary.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
@@ -170,8 +170,7 @@ def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbos
 
 
 def program_board(spec: Board, build_dir: Path) -> None:
-    name = spec.top_name
-    bitstream = build_dir / (f"{name}.bin" if spec.family == "ice40" else f"{name}.bit")
+    bitstream = build_dir / spec.bitstream_name
     if not bitstream.is_file():
         raise BuildError(f"{bitstream} does not exist; run `bitlane hw build --board {spec.name}` first")
     tool = shutil.which(spec.programmer)
