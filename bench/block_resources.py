@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 from bitlane.hw.blocks import BOARD_ROWS, NetlistError, block_resources, markdown, tally
-from bitlane.hw.boards import Board, BoardTop, board
-from bitlane.hw.build import BuildError, yowasp_environment
+from bitlane.hw.boards import Board, board
+from bitlane.hw.build import BuildError, board_plan, yowasp_environment
 from bitlane.hw.synth import SynthError, run_tool
 
 
@@ -31,9 +31,7 @@ def synthesize(spec: Board, work: Path) -> Path:
     the netlist's path."""
     yosys = yowasp_environment()["YOSYS"]  # the yosys `bitlane hw build` runs; first, as it fails fast
     name = spec.top_name
-    # Only the build plan: nextpnr's and ecppack's options do not change its yosys script.
-    plan = spec.make_platform().build(BoardTop(spec), name=name, do_build=False, synth_opts=spec.synth_opts)
-    plan.extract(work)
+    board_plan(spec).extract(work)  # the build's files; only its yosys script runs here
     # The yosys command line of amaranth's build script.
     run_tool([yosys, "-q", "-l", f"{name}.rpt", f"{name}.ys"], work, "yosys.log")
     return work / f"{name}.json"

@@ -5,12 +5,12 @@
 1. The UART-level ULX3S (hw/sim/uart_sim.py: the board logic driven bit by bit at its serial
    pins at 3 Mbaud, the SDRAM controller in its 100 MHz domain with the checking SDRAM model on
    its pins): sw/sdram.py's `load_blob` of a random blob (MEM_CRC, MEM_WRITE frames, MEM_CRC).
-   The device's own cycle counter (COUNTERS, 30 MHz) gives the time a board takes, the UART's
+   The device's own cycle counter (COUNTERS, at the `ulx3s` preset's clock) gives the time a board takes, the UART's
    wire time included; the USB-UART bridge's latency is not simulated, so `frames x latency` is
    added for the projection (one frame in flight on a serial link). Printed: bytes/s and the
    projected load time of a 20 MB model.
 2. sim://ulx3s: MEM_CRC over `crc-words` words: device cycles per word (the CRC takes a word
-   per core cycle while the SDRAM keeps up: 16 bits x 30 MHz = 60 MB/s against the SDRAM's 200).
+   per core cycle while the SDRAM keeps up: 16 bits x 45 MHz = 90 MB/s against the SDRAM's 100).
 3. The loader's wall-clock rate on model://ulx3s and sim://ulx3s (host and simulator speed, not
    a board's).
 4. With --sim-speed: what the SDRAM domain costs the simulator: core cycles per second of the

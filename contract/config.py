@@ -177,11 +177,13 @@ PRESETS: dict[str, CoreConfig] = {
     # EBRs) nextpnr's routers never resolved the congestion (router2: 26,394 wires still overused after 4
     # iterations); with 4 lanes and 16 multipliers (~25k LUT4 + 4.8k CCU2C, 199 EBRs) router2 routes it in
     # 72 iterations. The SDRAM runs at 50 MHz, which it closes with margin (65-86 MHz routed, 54 MHz placed at
-    # 100); h128's weights are in block RAM, but its KV rows come at the SDRAM's pace (41 core cycles a row,
-    # 25 at 100 MHz). README "ULX3S timing" has the runs.
+    # 100); h128's weights are in block RAM, but its KV rows come at the SDRAM's pace (61 core cycles a row,
+    # 31 with the SDRAM at 100 MHz). The core runs at 45 MHz, the next clock beside the SDRAM's 50 MHz that
+    # one VCO (450 MHz) makes with an exact 3 Mbaud (15 cycles a bit); nextpnr's static placer routes it at
+    # 45 from some seeds (hw/boards.py). README "ULX3S timing" has the runs.
     # `python bench/decoder_bench.py` and the README's synthesis table measure it.
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
-                        out_depth=512, max_k=8192, max_payload=1024, clock_hz=30_000_000,
+                        out_depth=512, max_k=8192, max_payload=1024, clock_hz=45_000_000,
                         sdram_words=1 << 24, sdram_clock_hz=50_000_000,
                         decoder=DecoderShape(layers=1, kv_heads=1, head_dim=64, context=256, main_depth=1536,
                                              const_depth=3584, copy_depth=1024, program_depth=1024,

@@ -63,7 +63,7 @@ def unpack_rows(words: np.ndarray, head_dim: int, row_words: int) -> tuple[np.nd
 # Like a WFETCH, a KVLOAD's duration depends on the SDRAM (refresh, open rows, the clock crossing), so a
 # DECODE's cycles count its issue cycle only and this estimate is for projections. Its rows go through
 # the attention unit's append path, a beat of vector_lanes mantissas a cycle (`append_cycles`), which is
-# faster than the SDRAM delivers them on the ULX3S (a 68-word row in 41 cycles of the 30 MHz core at a
+# faster than the SDRAM delivers them on the ULX3S (a 68-word row in 61 cycles of the 45 MHz core at a
 # 50 MHz SDRAM clock), so there the SDRAM sets the pace.
 def kv_load_cycles_estimate(rows: int, head_dim: int, config: CoreConfig) -> int:
     """Core cycles a KVLOAD of `rows` positions takes, estimated: each row through the append path or as

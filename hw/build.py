@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from amaranth.build.run import BuildPlan
+
 from . import timing
 from .boards import BOARDS, Board, BoardError, BoardTop, board
 from .uart import UartConfigError
@@ -132,13 +134,11 @@ def nextpnr_summary(report: dict, family: str) -> tuple[dict, dict]:
     return utilization, fmax
 
 
-def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbose: bool = False) -> BuildReport:
-    """Synthesize, place and route `spec` (from nextpnr seed `seed`, by default the board's); write the
-    bitstream and report into `build_dir`."""
+def board_plan(spec: Board, *, seed: int | None = None, verbose: bool = False) -> BuildPlan:
+    """amaranth's build plan of `spec`'s board top, as `bitlane hw build` runs it: the board's synthesis
+    options, and nextpnr from seed `seed` (by default the board's) with the board's options, writing the
+    reports that `build_board` reads. Its files are named after `spec.top_name`."""
     seed = spec.seed if seed is None else seed
-    os.environ.update(yowasp_environment())
-    name = spec.top_name
-    platform = spec.make_platform()
     # Timing failures are reported, not fatal, so that the report says by how much.
     nextpnr_opts = ["--report", "report.json", "--detailed-timing-report", "--timing-allow-fail", "--seed", str(seed),
                     *spec.pnr_opts]
@@ -146,9 +146,19 @@ def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbos
     if spec.family == "ecp5":
         # amaranth-boards' ULX3S adds --compress; keep it.
         overrides["ecppack_opts"] = "--compress"
+    return spec.make_platform().build(BoardTop(spec), name=spec.top_name, do_build=False, verbose=verbose,
+                                      **overrides)
+
+
+def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbose: bool = False) -> BuildReport:
+    """Synthesize, place and route `spec` (from nextpnr seed `seed`, by default the board's); write the
+    bitstream and report into `build_dir`."""
+    os.environ.update(yowasp_environment())
+    name = spec.top_name
+    plan = board_plan(spec, seed=seed, verbose=verbose)
     started = time.monotonic()
     try:
-        platform.build(BoardTop(spec), name=name, build_dir=str(build_dir), verbose=verbose, **overrides)
+        plan.execute_local(str(build_dir))
     except subprocess.CalledProcessError as exc:
         log = build_dir / f"{name}.tim"
         raise BuildError(f"{spec.name}: toolchain step failed (exit {exc.returncode}); "
@@ -162,6 +172,7 @@ def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbos
     slowest = {clock: timing.markdown(report_json, clock, timing.default_threshold_ns(report_json, clock))
                for clock in timing.clocks(report_json)}
     bitstream = build_dir / spec.bitstream_name
+    platform = spec.make_platform()
     report = BuildReport(spec.name, f"{platform.device}-{platform.package}", spec.core.clock_hz, spec.baud,
                          bitstream, utilization, fmax, seconds, slowest)
     (build_dir / "summary.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -11,7 +11,7 @@ attention unit as the APPEND command of position j with the row's exponent (word
 (words KV_MANT_WORD.. of the row, which start on a port word) in beats of W = `vector_lanes`, W / R port
 words a beat; the zeros and the padding are dropped a port word a cycle. The attention unit takes a
 command only when idle (`append_cycles(head_dim, W)` = head_dim / W + 2 cycles an APPEND), so a row
-goes as fast as the SDRAM streams it on the ULX3S (68 words in 41 cycles of the 30 MHz core at a 50 MHz
+goes as fast as the SDRAM streams it on the ULX3S (68 words in 61 cycles of the 45 MHz core at a 50 MHz
 SDRAM clock; it was one mantissa a cycle, 66, before the beats). Appending in position order rebuilds
 the running maxima.
 

@@ -17,7 +17,7 @@ request/response port (`mem_port_signature`):
 - `r_data`: the words of read requests, in order; the consumer may stall at will.
 
 A port word is `ratio` SDRAM words (16 bits each, the lowest first), so a core clocked slower
-than the SDRAM can still take its whole bandwidth: 16 bits at 50 MHz is 27 bits at 30 MHz.
+than the SDRAM can still take its whole bandwidth: 16 bits at 50 MHz is 17.8 bits at the ULX3S's 45 MHz.
 
 With `fetch_ratio`, a second, read-only port `fetch` of `fetch_ratio` SDRAM words a port word
 (`read_port_signature`) sits beside `mem`: the decoder engine's weight stream (hw/weight_fetch.py)

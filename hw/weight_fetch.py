@@ -6,8 +6,8 @@
 
 A weight word lies in SDRAM as `spw` consecutive 16-bit words, the lowest bits first
 (contract/weight_stream.py). `WeightFetch` reads them through the SDRAM port's read-only `fetch`
-port, R = `fetch_ratio(config)` SDRAM words a port word (4 on the ULX3S: 64 bits a 30 MHz cycle
-outrun the SDRAM's 16 bits at 100 MHz, so the SDRAM sets the rate), in requests of at most 65,536
+port, R = `fetch_ratio(config)` SDRAM words a port word (2 on the ULX3S: 32 bits a 45 MHz cycle
+outrun the SDRAM's 16 bits at 50 MHz, so the SDRAM sets the rate), in requests of at most 65,536
 SDRAM words (the controller's count). It assembles each weight word from spw / R port words and
 writes it into weight memory the cycle its last part arrives; it pulses `done` once the last word
 is written. It takes every read word as it comes (`r_data.ready` high while it runs).

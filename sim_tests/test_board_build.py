@@ -44,11 +44,17 @@ def test_ecp5_pll_matches_ecppll(out_mhz: int, tmp_path) -> None:
 
 def test_ecp5_pll_clocks_match_ecppll(tmp_path) -> None:
     """The ULX3S's three clocks (SDRAM controller, SDRAM chip board_capture's phase behind, core): every
-    divider and phase parameter as ecppll writes them."""
+    divider and phase parameter as ecppll writes them, with the core at 30 MHz. ecppll takes the VCO
+    nearest 600 MHz and rounds the other outputs: for the shipped core clock of 45 MHz it makes 46.15 MHz
+    (VCO 600 / 13), where ecp5_pll_clocks takes the exact 450 MHz VCO; so the shipped clocks are checked for
+    exactness, and the parameters' conventions against ecppll where both are exact."""
     from bitlane.hw.sdram_port import board_capture
     spec = board("ulx3s")
-    sdram_hz, core_hz = spec.core.sdram_clock_hz, spec.core.clock_hz
+    sdram_hz, core_hz = spec.core.sdram_clock_hz, 30_000_000
     phase = board_capture(sdram_hz).phase_deg
+    shipped = ecp5_pll_clocks(spec.osc_hz, [(sdram_hz, 0), (sdram_hz, phase), (spec.core.clock_hz, 0)])
+    vco_hz = spec.osc_hz * shipped.clkfb_div // shipped.clki_div * shipped.outputs[0].div
+    assert [vco_hz / out.div for out in shipped.outputs] == [sdram_hz, sdram_hz, spec.core.clock_hz]
     subprocess.run([tool("yowasp-ecppll"), "-i", str(spec.osc_hz / 1e6), "-o", str(sdram_hz / 1e6),
                     "--clkout1", str(sdram_hz / 1e6), "--phase1", str(phase), "--clkout2", str(core_hz / 1e6),
                     "-f", "pll.v"], capture_output=True, text=True, check=True, cwd=tmp_path)

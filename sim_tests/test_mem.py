@@ -1,6 +1,7 @@
 """The MEM_* commands through BitlaneTop with SDRAM: host frames in, the SDRAM port
 (hw/sdram_port.py: async FIFOs, controller in its own 100 MHz domain) out to the checking
-SDRAM model (sim_tests/sdram_model.py, with its C++ twin), the core at 30 MHz as on the ULX3S.
+SDRAM model (sim_tests/sdram_model.py, with its C++ twin), the core at 30 MHz (the ULX3S's core clock
+until it went to 45 MHz).
 
 Regions written with MEM_WRITE are read back with MEM_READ and checked with MEM_CRC against
 zlib; the model's own memory must equal the reference word for word; regions past the end of
