@@ -44,7 +44,7 @@ CORE_FACING = frozenset({"act_wr_addr", "act_wr_data", "act_wr_en", "out_rd_addr
 # it answers every WFETCH at once), and the cycles the last run waited for them (not in `cycles`)
 FETCH_FACING = frozenset({"fetch_start", "fetch_sdram_addr", "fetch_w_addr", "fetch_words", "fetch_done",
                           "cycles_fetch"})
-READS = 5             # registers read per instruction (one port each): r1, r1 | 1, r2, r2 | 1, r3
+READS = 5             # registers read per instruction (one port each): r1, r1 + 1, r2, r2 + 1, r3
 COUNTER_BITS = 32
 # ops that write R[r0] from the vector unit's y0 (VNORM also writes R[r2] from y2)
 VECTOR_RESULT = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2, Op.VMUL})
@@ -153,14 +153,8 @@ class DecoderEngine(wiring.Component):
         reg_rd = [registers.read_port(domain="comb") for _ in range(READS)]
 
         ins = Signal(InstructionLayout)
-        # the program word at `fetch`: read from the memory a cycle ahead and registered (`word`), so that
-        # an instruction is decoded (`load`) in the cycle its predecessor retires, at register numbers
-        # that come from flip-flops (the block RAM's output takes 5.8 ns on the ECP5, and the register
-        # numbers drive the read addresses of every copy of the register file: the ULX3S's critical
-        # path). An instruction retires two cycles after its load at the earliest, when the next word
-        # is in `word`; the first word takes a cycle more (START_CYCLES).
-        word = Signal(InstructionLayout)
-        m.d.sync += word.eq(prog_rd.data)
+        # the program word at prog_rd.data: it is read a cycle ahead, so that an instruction is
+        # decoded (`load`) in the cycle its predecessor retires
         fetch = Signal(range(shape.program_depth + 1))
         fetch_next = Signal.like(fetch)  # fetch + 1, registered: the read address waits only for `load`'s select
         load = Signal()  # this cycle: ins <= the word at `fetch`, its registers are read
@@ -186,19 +180,19 @@ class DecoderEngine(wiring.Component):
             attention.o.ready.eq(vector.att_i.ready),
         ]
         with m.If(load):
-            m.d.sync += [ins.eq(word), fetch.eq(fetch_next), fetch_next.eq(fetch_next + 1)]
+            m.d.sync += [ins.eq(prog_rd.data), fetch.eq(fetch_next), fetch_next.eq(fetch_next + 1)]
 
         # Registers. The operands of an instruction are read in the cycle it is loaded, at the fetched
         # word's register numbers (the read address never waits for `load`, which comes from the units'
         # done signals), and registered (`operands`, held until the next load) with what the register
         # file will hold: an instruction's first result R[r0] is written in the cycle it retires; its
-        # second (R[r0 | 1] of a pair, VNORM's R[r2]) is latched in `second_*` and
+        # second (R[r0 + 1] of a pair, VNORM's R[r2]) is latched in `second_*` and
         # written in a cycle in which the port is free (the next instruction's issue cycle unless that
         # retires at once and writes). So a read takes, newest first, a second result latched this cycle,
         # the first result written this cycle, the waiting second result, then the port's data; the
         # units see registers only (no forwarding select after the register: that was the ULX3S core's
         # critical path).
-        fields = word
+        fields = prog_rd.data
         operands = [Signal(signed(REG_BITS), name=f"operand{k}") for k in range(READS)]
         second_data = Signal(signed(REG_BITS))
         second_addr = Signal(range(REGISTERS))
@@ -208,14 +202,13 @@ class DecoderEngine(wiring.Component):
         new_second_en = Signal()
         first_data = Signal(signed(REG_BITS))
         first_en = Signal()
-        # A pair's second register is r | 1 (pairs are aligned, contract/decoder.py): no adder between the
-        # program memory's output and the read addresses.
-        addresses = (fields.r1, fields.r1 | 1, fields.r2, fields.r2 | 1, fields.r3)
+        addresses = (fields.r1, fields.r1 + 1, fields.r2, fields.r2 + 1, fields.r3)
         for port, operand, fetched in zip(reg_rd, operands, addresses):
             m.d.comb += port.addr.eq(fetched)
-            value = Mux(second_en & (port.addr == second_addr) & (second_addr != 0), second_data, port.data)
+            named = fetched < REGISTERS  # r1 + 1 of R63 names no register: no result goes there
+            value = Mux(second_en & named & (port.addr == second_addr) & (second_addr != 0), second_data, port.data)
             value = Mux(reg_wr.en & (port.addr == reg_wr.addr), reg_wr.data, value)  # written this cycle
-            value = Mux(new_second_en & (port.addr == new_second_addr) & (new_second_addr != 0),
+            value = Mux(new_second_en & named & (port.addr == new_second_addr) & (new_second_addr != 0),
                         new_second_data, value)
             with m.If(load | ~self.busy):
                 m.d.sync += operand.eq(value)
@@ -306,10 +299,8 @@ class DecoderEngine(wiring.Component):
                     m.d.sync += [fetch.eq(0), fetch_next.eq(1), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
                                  self.cycles_fetch.eq(0),
                                  *(counter.eq(0) for counter in counters)]
-                    m.next = "FETCH"
-            with m.State("FETCH"):  # word 0 is at prog_rd.data
-                m.next = "DECODE"
-            with m.State("DECODE"):  # word 0 is in `word`
+                    m.next = "DECODE"
+            with m.State("DECODE"):  # word 0 is at prog_rd.data
                 m.d.comb += load.eq(1)
                 m.next = "EXECUTE"
             with m.State("EXECUTE"):
@@ -354,7 +345,7 @@ class DecoderEngine(wiring.Component):
                     with m.Case(*SCALAR_OPS):
                         with m.If(scalar.done):
                             pair = Cat(*(op == o for o in PAIR_RESULT)).any()
-                            retire((scalar.w0, 1), (scalar.w1, pair), ins.r0 | 1)
+                            retire((scalar.w0, 1), (scalar.w1, pair), ins.r0 + 1)
                     with m.Case(*VECTOR_OPS):
                         with m.If(vector.done):
                             writes_r0 = Cat(*(op == o for o in VECTOR_RESULT)).any()

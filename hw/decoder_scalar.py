@@ -62,11 +62,11 @@ class ScalarUnit(wiring.Component):
         The ``Op``.
     imm : ``In(signed(32))``
     x1, x1b, x2, x2b, x3 : ``In(signed(48))``
-        ``R[r1], R[r1 | 1], R[r2], R[r2 | 1], R[r3]`` (pairs are UF factors: mantissa, exponent).
+        ``R[r1], R[r1 + 1], R[r2], R[r2 + 1], R[r3]`` (pairs are UF factors: mantissa, exponent).
     done : ``Out(1)``
         One-cycle pulse with the result.
     w0, w1 : ``Out(signed(48))``
-        ``R[r0]`` and, for a pair result (``PAIR_RESULT``), ``R[r0 | 1]``; valid with ``done``.
+        ``R[r0]`` and, for a pair result (``PAIR_RESULT``), ``R[r0 + 1]``; valid with ``done``.
     """
 
     start: In(1)
@@ -151,9 +151,7 @@ class ScalarUnit(wiring.Component):
                                          step.eq(_Step.MUL)]
                         with m.Case(Op.RSQRT):
                             m.d.sync += [rsqrt.i.valid.eq(1),
-                                         # x1 > 0 from its sign and an OR tree, not a 48-bit subtraction
-                                         rsqrt.i.payload.eq(Mux(~self.x1[-1] & self.x1.any(), self.x1, 1)),
-                                         step.eq(_Step.RSQRT)]
+                                         rsqrt.i.payload.eq(Mux(self.x1 > 0, self.x1, 1)), step.eq(_Step.RSQRT)]
                         with m.Case(Op.QFACTOR):
                             m.d.sync += [base.eq(0), *normalize(self.x1, _Step.QUANT)]
                         with m.Case(Op.EPS):
@@ -185,11 +183,9 @@ class ScalarUnit(wiring.Component):
                     m.d.sync += [inv_m.eq(recip.o.payload), mul_a.eq(eps_m), mul_b.eq(recip.o.payload),
                                  base.eq(eps_e + inv_e), step.eq(_Step.EPS_MUL1)]
             with m.Case(_Step.EPS_MUL1):
-                # inv_e is added to the base here, so that EPS_MUL2's norm_e + inv_e is one addition
-                m.d.sync += [base.eq(base + inv_e), *normalize(product, _Step.EPS_MUL2)]
+                m.d.sync += normalize(product, _Step.EPS_MUL2)
             with m.Case(_Step.EPS_MUL2):
-                m.d.sync += [mul_a.eq(norm_m), mul_b.eq(inv_m), base.eq(Mux(value == 0, inv_e, base + s)),
-                             step.eq(_Step.EPS_MUL3)]
+                m.d.sync += [mul_a.eq(norm_m), mul_b.eq(inv_m), base.eq(norm_e + inv_e), step.eq(_Step.EPS_MUL3)]
             with m.Case(_Step.EPS_MUL3):
                 m.d.sync += normalize(product, _Step.EPS_TERM)
             with m.Case(_Step.EPS_TERM):
