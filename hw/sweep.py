@@ -107,9 +107,9 @@ def required_fmax(spec: Board, fmax: dict[str, tuple[float, float]],
             for net, (got, want) in fmax.items()}
 
 
-def run_seed(spec: Board, seed: int, netlist: Path, work: Path, env: dict[str, str], timeout_s: float,
-             target_mhz: float | None) -> SeedResult:
-    """Place and route `netlist` from `seed` in work/seed<seed> with the build's own nextpnr command."""
+def prepare_seed(spec: Board, seed: int, netlist: Path, work: Path, target_mhz: float | None) -> Path:
+    """work/seed<seed> with the build's files for `seed` and the netlist; its build script's path. Not from
+    several threads at once: amaranth's BuildPlan.extract changes the process's working directory."""
     folder = work / f"seed{seed}"
     plan = board_plan(spec, seed=seed, preferences=target_preferences(spec, target_mhz))
     plan.extract(str(folder))
@@ -119,9 +119,16 @@ def run_seed(spec: Board, seed: int, netlist: Path, work: Path, env: dict[str, s
         os.link(netlist, placed)  # nextpnr refuses a symbolic link out of its folder
     except OSError:
         placed.write_bytes(netlist.read_bytes())
+    return folder / f"{plan.script}.sh"
+
+
+def run_seed(spec: Board, seed: int, script: Path, env: dict[str, str], timeout_s: float,
+             target_mhz: float | None) -> SeedResult:
+    """Place and route from `seed` with the build's own nextpnr command (`script`, `prepare_seed`'s)."""
+    folder = script.parent
     started = time.monotonic()
     with (folder / "sweep.log").open("w") as out:
-        process = subprocess.Popen(["sh", f"{plan.script}.sh"], cwd=folder, env=env, stdout=out,
+        process = subprocess.Popen(["sh", script.name], cwd=folder, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
             process.wait(timeout=timeout_s)
@@ -149,12 +156,15 @@ def sweep_board(spec: Board, seeds: Sequence[int], work: Path, *, jobs: int, tim
     time; `progress` sees each result as it ends. The results in seed order."""
     target_preferences(spec, target_mhz)  # refuse a bad target before minutes of synthesis
     os.environ.update(yowasp_environment())
+    work = work.resolve()
     netlist = synthesize_board(spec, work / "synth")
+    scripts = {seed: prepare_seed(spec, seed, netlist, work, target_mhz) for seed in seeds}  # one thread
     # the build script's synthesis and bitstream steps do nothing: the netlist is made, no bitstream wanted
     env = {**os.environ, "YOSYS": "true", "ICEPACK": "true", "ECPPACK": "true"}
     results = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        pending = [pool.submit(run_seed, spec, seed, netlist, work, env, timeout_s, target_mhz) for seed in seeds]
+        pending = [pool.submit(run_seed, spec, seed, script, env, timeout_s, target_mhz)
+                   for seed, script in scripts.items()]
         for done in as_completed(pending):
             results.append(done.result())
             progress(results[-1])

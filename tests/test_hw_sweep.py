@@ -5,6 +5,7 @@ sim_tests/test_board_build.py (`make hw-check`)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -58,10 +59,13 @@ def fake_flow(tmp_path, monkeypatch):
 
 def test_every_seed_gets_its_verdict(fake_flow):
     seen = []
-    started = time.monotonic()
+    started, cwd = time.monotonic(), os.getcwd()
     results = sweep.sweep_board(board("icebreaker"), [1, 2, 3, 4], fake_flow, jobs=4, timeout_s=3,
                                 progress=seen.append)
     assert time.monotonic() - started < 30  # seed 3 was stopped, not waited for
+    # amaranth's BuildPlan.extract changes directory: extracting from the worker threads once left the
+    # process in a seed's folder (and the tests after it without their relative paths)
+    assert os.getcwd() == cwd
     assert sorted(r.seed for r in seen) == [1, 2, 3, 4] and [r.seed for r in results] == [1, 2, 3, 4]
     met, slow, stopped, failed = results
     assert met.timing_met and met.fmax_mhz == {"$glbnet$clk": (25.3, 18.0)} and met.iterations == 7
