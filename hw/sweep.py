@@ -1,10 +1,11 @@
 """`bitlane hw sweep`: place and route a board top from several nextpnr seeds at once.
 
 Whether the ULX3S top routes, and how fast, depends on the placement as much as on the netlist (README
-"ULX3S timing": 40.7-46.6 MHz over five seeds of one netlist), so a change of the gateware is judged
-over several seeds. The sweep synthesizes the top once, as `bitlane hw build` does, then runs the
-build's own nextpnr command (amaranth's build script, its synthesis and bitstream steps skipped) for
-each seed in its own folder, `--jobs` at a time, and prints a line per seed as it ends and a table:
+"ULX3S timing": one netlist routed at 40.1-46.1 MHz from four seeds and not at all from a fifth), so a
+change of the gateware is judged over several seeds. The sweep synthesizes the top once, as `bitlane hw
+build` does, then runs the build's own nextpnr command (amaranth's build script, its synthesis and
+bitstream steps skipped) for each seed in its own folder, `--jobs` at a time, and prints a line per seed
+as it ends and a table:
 
     bitlane hw sweep --board ulx3s --seeds 1-8 [--jobs 4] [--timeout-min 30] [--target-mhz 50] [--work-dir DIR]
 
