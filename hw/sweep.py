@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .boards import BOARDS, CORE_CLOCK_NET, Board, BoardError, board
-from .build import BuildError, board_plan, nextpnr_summary, synthesize_board, yowasp_environment
-from .timing import TimingReportError, load_report
+from .build import BuildError, board_plan, parse_nextpnr_report, synthesize_board, yowasp_environment
+from .timing import clock_name
 
 __all__ = ["SeedResult", "parse_seeds", "router_progress", "sweep_board", "markdown", "main"]
 
@@ -104,7 +104,7 @@ def required_fmax(spec: Board, fmax: dict[str, tuple[float, float]],
     """(achieved, required) per clock net: nextpnr's constraint, but the board's core clock for the net
     constrained to `target_mhz`."""
     core_mhz = spec.core.clock_hz / 1e6
-    return {net: (got, core_mhz if target_mhz is not None and net.endswith(CORE_CLOCK_NET) else want)
+    return {net: (got, core_mhz if target_mhz is not None and clock_name(net) == CORE_CLOCK_NET else want)
             for net, (got, want) in fmax.items()}
 
 
@@ -144,9 +144,9 @@ def run_seed(spec: Board, seed: int, script: Path, env: dict[str, str], timeout_
     fmax: dict[str, tuple[float, float]] = {}
     if not stopped and process.returncode == 0:
         try:
-            _, fmax = nextpnr_summary(load_report(folder / "report.json"), spec.family)
-        except TimingReportError:
-            fmax = {}
+            _, fmax = parse_nextpnr_report(folder / "report.json", spec.family)
+        except BuildError:  # no readable report: not routed
+            pass
     return SeedResult(seed, required_fmax(spec, fmax, target_mhz), iterations, overused, seconds, stopped, log)
 
 

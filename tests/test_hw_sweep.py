@@ -120,8 +120,11 @@ def test_cli_refuses_bad_arguments(capsys):
 
 
 def test_report_json_is_what_the_sweep_reads(tmp_path):
-    """The stand-in report above has the fields hw/timing.py's loader requires of a real one."""
+    """The stand-in report above has the fields that the sweep's reader (hw/build.py's parse_nextpnr_report)
+    and hw/timing.py's loader require of a real one."""
+    from bitlane.hw.build import parse_nextpnr_report
     from bitlane.hw.timing import load_report
     path = tmp_path / "report.json"
     path.write_text(json.dumps({"fmax": {}, "detailed_net_timings": []}))
     assert load_report(path)["fmax"] == {}
+    assert parse_nextpnr_report(path, "ice40") == ({}, {})
