@@ -39,8 +39,10 @@ multiple of k_per_cycle. VROPE needs P to divide n/2; KVAPPEND and ATTEND stream
 in beats of P elements, so P divides their n. The model refuses other programs (ProgramError).
 
 Registers: `REGISTERS` signed 48-bit registers; R0 reads 0 and ignores writes. A UF factor occupies
-a register pair (mantissa in r, exponent in r + 1). `POS`, the token's position, is set by the
-DECODE request and read by VPHASE, KVAPPEND and ATTEND.
+an aligned register pair: mantissa in an even r, exponent in r + 1 = r | 1. The engine finds a pair's
+second register by setting bit 0 of r, not by adding 1 (an adder in its register file's read address
+was on the ULX3S's critical path), so the model refuses a pair at an odd r (ProgramError). `POS`, the
+token's position, is set by the DECODE request and read by VPHASE, KVAPPEND and ATTEND.
 
 Every op's semantics is one method of `DecoderMachine` (`_op_<name>`), with the widths the hardware
 has; a value leaving its width raises `WidthError` naming the instruction, as golden.integer does.
@@ -108,7 +110,7 @@ class Op(IntEnum):
     FMUL = 22      # pair r0 = factor_mul(pair r1, pair r2)
     RSQRT = 23     # pair r0 = rsqrt_factor(max(R[r1], 1))
     QFACTOR = 24   # quantize_int8's per-vector constants from M = R[r1]: (Mu, eM) = factor(M);
-                   # R[r0] = 127 * recip16(max(Mu, 2^15)) >> 7, R[r0 + 1] = eM + 1
+                   # pair r0 = (127 * recip16(max(Mu, 2^15)) >> 7, eM + 1)
     EPS = 25       # R[r0] = RMSNorm's eps term: t = pair r2 (x) inv (x) inv with inv = 1 / pair r1
                    # (recip16), then min(round(t 2^(-2 R[r3])), 2^46)
     # -- ternary core and attention unit
@@ -379,10 +381,18 @@ class DecoderMachine:
             raise ProgramError(f"no register {r}")
         return int(self.regs[r])
 
+    @staticmethod
+    def _aligned_pair(r: int) -> int:
+        if r % 2:
+            raise ProgramError(f"register pair at an odd register {r} (a pair is R[2i], R[2i + 1])")
+        return r
+
     def _pair(self, r: int) -> tuple[np.int64, np.int64]:
+        r = self._aligned_pair(r)
         return np.int64(self._reg(r)), np.int64(self._reg(r + 1))
 
     def _set_pair(self, r: int, pair) -> None:
+        r = self._aligned_pair(r)
         self._set(r, pair[0])
         self._set(r + 1, pair[1])
 
@@ -505,8 +515,7 @@ class DecoderMachine:
     def _op_qfactor(self, ins: Instruction) -> None:
         mu, em = factor(np.int64(self._reg(ins.r1)))
         c = (Q_MAX * recip16(np.maximum(mu, FACTOR_ONE))) >> (RECIP_SHIFT - Q_SHIFT - 1)
-        self._set(ins.r0, c)
-        self._set(ins.r0 + 1, em + 1)
+        self._set_pair(ins.r0, (c, em + 1))
 
     def _op_eps(self, ins: Instruction) -> None:
         scale_m, scale_e = self._pair(ins.r1)
@@ -602,7 +611,7 @@ class DecoderMachine:
 # units are built to these numbers and their sim tests measure them), used by the functional model
 # (a DECODE's `cycles`, sw/model_device.py) and bench/decoder_bench.py.
 
-START_CYCLES = 1          # a DECODE's first cycle: the engine loads instruction 0 (read while idle)
+START_CYCLES = 1          # a DECODE's first cycle: the engine loads instruction 0 (read and registered while idle)
 ISSUE_CYCLES = 1          # an instruction's cycle that starts its unit
 VECTOR_STAGES = 11        # the vector unit's pipeline for one lane: start + words + 11 is done
 STREAM_CYCLES = 6         # a stream op (KVAPPEND, ATTEND's query) past its n / P beats of P elements, one a cycle

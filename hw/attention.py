@@ -332,10 +332,26 @@ class AttentionUnit(wiring.Component):
         ov1, ov2, ol1, ol2 = Signal(), Signal(), Signal(), Signal()
         selected = Signal(signed(WIDE_BITS))
         am = Signal(signed(MANT_BITS))
+        # `advance` moves the output pipeline; it is a flip-flop's (`skid_valid`), not `o.ready`, so that no
+        # path runs from the consumer's ready into the enables of the accumulator ring (3,072 flip-flops
+        # for h128: that path limited the ULX3S's clock). When `o` is held, the value the pipeline
+        # finishes waits in the skid register and the pipeline stops after it; with `o.ready` high the
+        # skid stays empty and the timing is as if `o.ready` drove the pipeline.
+        skid_valid, skid_last = Signal(), Signal()
+        skid_value = Signal.like(self.o.payload.value)
+        finished_value = (am * recip) >> MANT_BITS
         m.d.comb += [
-            advance.eq(~self.o.valid | self.o.ready),
+            advance.eq(~skid_valid),
             self.o.payload.exponent.eq(eu),
         ]
+        with m.If(~self.o.valid | self.o.ready):
+            with m.If(skid_valid):
+                m.d.sync += [self.o.valid.eq(1), self.o.payload.last.eq(skid_last), self.o.payload.value.eq(skid_value),
+                             skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.valid.eq(ov2), self.o.payload.last.eq(ol2), self.o.payload.value.eq(finished_value)]
+        with m.Elif(advance & ov2):
+            m.d.sync += [skid_valid.eq(1), skid_last.eq(ol2), skid_value.eq(finished_value)]
         # group 0's first lane leaves directly, the others through a shift register (no macs-way mux)
         later = [Signal(signed(WIDE_BITS), name=f"later{k}") for k in range(macs - 1)]
         first_lane = out_lane == 0
@@ -344,8 +360,6 @@ class AttentionUnit(wiring.Component):
             m.d.sync += [
                 ov1.eq(source), ol1.eq(out_count == d - 1), selected.eq(lanes),
                 ov2.eq(ov1), ol2.eq(ol1), am.eq(selected >> ea),
-                self.o.valid.eq(ov2), self.o.payload.last.eq(ol2),
-                self.o.payload.value.eq((am * recip) >> MANT_BITS),
             ]
         out_take = source & advance
 

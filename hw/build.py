@@ -30,7 +30,7 @@ from pathlib import Path
 from amaranth.build.run import BuildPlan
 
 from . import timing
-from .boards import BOARDS, Board, BoardError, BoardTop, board
+from .boards import BOARDS, Board, BoardError, BoardTop, board, core_frequency_preference
 from .uart import UartConfigError
 
 __all__ = ["BuildError", "BuildReport", "board_plan", "synthesize_board", "build_board", "main"]
@@ -139,8 +139,11 @@ def board_plan(spec: Board, *, seed: int | None = None, verbose: bool = False,
     """amaranth's build plan of `spec`'s board top, as `bitlane hw build` runs it: the board's synthesis
     options, and nextpnr from seed `seed` (by default the board's) with the board's options, writing the
     reports that `build_board` reads. Its files are named after `spec.top_name`. `preferences`: lines
-    added to an ECP5 board's LPF (e.g. a FREQUENCY constraint above the PLL's, `bitlane hw sweep`)."""
+    added to an ECP5 board's LPF (e.g. a FREQUENCY constraint above the PLL's, `bitlane hw sweep`); by
+    default the board's `core_target_mhz`."""
     seed = spec.seed if seed is None else seed
+    if preferences is None and spec.core_target_mhz is not None:
+        preferences = core_frequency_preference(spec.core_target_mhz)
     # Timing failures are reported, not fatal, so that the report says by how much.
     nextpnr_opts = ["--report", "report.json", "--detailed-timing-report", "--timing-allow-fail", "--seed", str(seed),
                     *spec.pnr_opts]

@@ -375,6 +375,9 @@ class CommandProcessor(wiring.Component):
         out_lane = Signal(range(cfg.lanes))
         out_byte = Signal(range(RESULT_BYTES))
         remaining = Signal(16)  # results still to send
+        # the result being sent, registered from the output memory's word (a lanes-to-1 select after the
+        # block RAM's slow output, then a byte select, did not fit the ULX3S's clock in one cycle)
+        result = Signal(8 * RESULT_BYTES)
         m.d.comb += core.o_rd_addr.eq(out_word)
 
         with m.FSM():
@@ -564,15 +567,19 @@ class CommandProcessor(wiring.Component):
                         with m.If(last):
                             m.next = "FINISH"
             with m.State("READ_LOAD"):  # o_rd_data follows out_word one cycle later
+                m.next = "READ_LATCH"
+            with m.State("READ_LATCH"):  # the lane's result into `result`
+                m.d.sync += result.eq(core.o_rd_data.word_select(out_lane, 8 * RESULT_BYTES))
                 m.next = "READ_SEND"
             with m.State("READ_SEND"):
                 last = (remaining == 1) & (out_byte == RESULT_BYTES - 1)
                 m.d.comb += [body.valid.eq(1), body.payload.last.eq(last),
-                             body.payload.data.eq(core.o_rd_data.word_select(out_lane * RESULT_BYTES + out_byte, 8))]
+                             body.payload.data.eq(result.word_select(out_byte, 8))]
                 with m.If(body.ready):
                     m.d.sync += out_byte.eq(out_byte + 1)
                     with m.If(out_byte == RESULT_BYTES - 1):
                         m.d.sync += [out_byte.eq(0), remaining.eq(remaining - 1), out_lane.eq(out_lane + 1)]
+                        m.next = "READ_LATCH"  # the next lane of the same word (the read port holds it)
                         with m.If(last):
                             m.next = "FINISH"
                         with m.Elif(out_lane == cfg.lanes - 1):

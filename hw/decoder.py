@@ -10,9 +10,11 @@ ternary core (the instruction set and its model are contract/decoder.py).
 One instruction at a time: the engine is a sequencer, not a pipeline. What costs cycles is the
 vector elements (`vector_lanes` per cycle), the ternary products and attention, which the units
 stream. An instruction's word is fetched while its predecessor runs and is loaded (its registers
-read) in the cycle that one retires; it then starts its unit in one issue cycle and retires in the
-unit's `done` cycle, writing R[r0] (a second result waits for a free cycle of the register file's
-write port, forwarded meanwhile). Even an ALU op (MOVI, ADD, SUB, MAX) retires the cycle
+read) in the cycle that one retires; it then starts its unit in one issue cycle, in which it is also
+decoded into registered flags (which done signal it waits for, which results it writes), and retires
+in the unit's `done` cycle. Its results are latched then and written to the register file from
+registers (R[r0] in the next cycle; a second result in the first free cycle of the write port),
+forwarded to the operands meanwhile. Even an ALU op (MOVI, ADD, SUB, MAX) retires the cycle
 after its issue: its result is registered in the scalar unit, so that no path runs from a register
 read through the adder into the register file's write port in one cycle (that path limited the
 ULX3S's clock). contract/decoder.py `instruction_cycles` is the
@@ -44,7 +46,7 @@ CORE_FACING = frozenset({"act_wr_addr", "act_wr_data", "act_wr_en", "out_rd_addr
 # it answers every WFETCH at once), and the cycles the last run waited for them (not in `cycles`)
 FETCH_FACING = frozenset({"fetch_start", "fetch_sdram_addr", "fetch_w_addr", "fetch_words", "fetch_done",
                           "cycles_fetch"})
-READS = 5             # registers read per instruction (one port each): r1, r1 + 1, r2, r2 + 1, r3
+READS = 5             # registers read per instruction (one port each): r1, r1 | 1, r2, r2 | 1, r3
 COUNTER_BITS = 32
 # ops that write R[r0] from the vector unit's y0 (VNORM also writes R[r2] from y2)
 VECTOR_RESULT = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VSCALE, Op.VROPE, Op.VRESID, Op.VRELU2, Op.VMUL})
@@ -153,8 +155,22 @@ class DecoderEngine(wiring.Component):
         reg_rd = [registers.read_port(domain="comb") for _ in range(READS)]
 
         ins = Signal(InstructionLayout)
-        # the program word at prog_rd.data: it is read a cycle ahead, so that an instruction is
-        # decoded (`load`) in the cycle its predecessor retires
+        # the program word at `fetch`: read from the memory a cycle ahead and registered (`word`), so that
+        # an instruction is decoded (`load`) in the cycle its predecessor retires, at register numbers
+        # that come from flip-flops (the block RAM's output takes 5.8 ns on the ECP5, and the register
+        # numbers drive the read addresses of every copy of the register file: the ULX3S's critical
+        # path). An instruction retires two cycles after its load at the earliest, when the next word
+        # is in `word`. While idle the engine reads word 0 every cycle, so a DECODE loads it at once;
+        # `settle` counts down the cycles until `word` holds what a program write put there (a start
+        # that comes sooner waits in FETCH, cycles not counted: the contract's count is unchanged).
+        word = Signal(InstructionLayout)
+        m.d.sync += word.eq(prog_rd.data)
+        settle = Signal(range(3))
+        with m.If(prog_wr.en):
+            m.d.sync += settle.eq(2)
+        with m.Elif(settle != 0):
+            m.d.sync += settle.eq(settle - 1)
+        word_ready = (settle <= 1) & ~prog_wr.en  # `word` holds word 0 as written, from the next cycle
         fetch = Signal(range(shape.program_depth + 1))
         fetch_next = Signal.like(fetch)  # fetch + 1, registered: the read address waits only for `load`'s select
         load = Signal()  # this cycle: ins <= the word at `fetch`, its registers are read
@@ -180,49 +196,75 @@ class DecoderEngine(wiring.Component):
             attention.o.ready.eq(vector.att_i.ready),
         ]
         with m.If(load):
-            m.d.sync += [ins.eq(prog_rd.data), fetch.eq(fetch_next), fetch_next.eq(fetch_next + 1)]
+            m.d.sync += [ins.eq(word), fetch.eq(fetch_next), fetch_next.eq(fetch_next + 1)]
+
+        eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
+        with m.If(attention.o.valid & attention.o.ready):
+            m.d.sync += eu.eq(attention.o.payload.exponent)
 
         # Registers. The operands of an instruction are read in the cycle it is loaded, at the fetched
         # word's register numbers (the read address never waits for `load`, which comes from the units'
         # done signals), and registered (`operands`, held until the next load) with what the register
-        # file will hold: an instruction's first result R[r0] is written in the cycle it retires; its
-        # second (R[r0 + 1] of a pair, VNORM's R[r2]) is latched in `second_*` and
-        # written in a cycle in which the port is free (the next instruction's issue cycle unless that
-        # retires at once and writes). So a read takes, newest first, a second result latched this cycle,
-        # the first result written this cycle, the waiting second result, then the port's data; the
-        # units see registers only (no forwarding select after the register: that was the ULX3S core's
-        # critical path).
-        fields = prog_rd.data
+        # file will hold. An instruction's results are latched in the cycle it retires and written from
+        # registers, so that no path runs from a unit's done signal into the write port of every LUT-RAM
+        # copy (that path limited the ULX3S's clock): the first, R[r0], in `wb_*` and written in the next
+        # cycle (the next instruction's issue cycle); the second (R[r0 | 1] of a pair, VNORM's R[r2]) in
+        # `second_*`, written in the first cycle after that in which the port is free (at the latest the
+        # next retire, two cycles on: a retire never finds `wb_en`). So a read takes, newest first, a
+        # second and a first result retiring this cycle, the waiting second result, the first result
+        # being written, then the port's data; the units see registers only (no forwarding select after
+        # the register: that was the ULX3S core's critical path).
+        fields = word
         operands = [Signal(signed(REG_BITS), name=f"operand{k}") for k in range(READS)]
+        wb_data = Signal(signed(REG_BITS))
+        wb_addr = Signal(range(REGISTERS))
+        wb_en = Signal()
         second_data = Signal(signed(REG_BITS))
         second_addr = Signal(range(REGISTERS))
         second_en = Signal()
-        new_second_data = Signal(signed(REG_BITS))  # a second result latched this cycle (`retire`)
-        new_second_addr = Signal(range(REGISTERS))
+        # what the instruction writes when it retires, decoded in its issue cycle (registered, so that the
+        # retire cycle's selects come from flip-flops): R[r0] from the scalar unit's w0, the vector unit's
+        # y0 or ATTEND's exponent; the second result from w1 or y2, at `second_target`
+        first_from = Signal(3)
+        second_from = Signal(2)
+        second_target = Signal(range(REGISTERS))
+        retiring = Signal()  # this cycle: the instruction is done, its results are latched
+        first_en = Signal()
         new_second_en = Signal()
         first_data = Signal(signed(REG_BITS))
-        first_en = Signal()
-        addresses = (fields.r1, fields.r1 + 1, fields.r2, fields.r2 + 1, fields.r3)
+        new_second_data = Signal(signed(REG_BITS))
+        m.d.comb += [
+            first_en.eq(retiring & first_from.any() & (ins.r0 != 0)),
+            new_second_en.eq(retiring & second_from.any() & (second_target != 0)),
+            first_data.eq(Mux(first_from[0], scalar.w0, Mux(first_from[1], vector.y0, eu))),
+            new_second_data.eq(Mux(second_from[0], scalar.w1, vector.y2)),
+        ]
+        # A pair's second register is r | 1 (pairs are aligned, contract/decoder.py): no adder between the
+        # program word and the read addresses.
+        addresses = (fields.r1, fields.r1 | 1, fields.r2, fields.r2 | 1, fields.r3)
         for port, operand, fetched in zip(reg_rd, operands, addresses):
             m.d.comb += port.addr.eq(fetched)
-            named = fetched < REGISTERS  # r1 + 1 of R63 names no register: no result goes there
-            value = Mux(second_en & named & (port.addr == second_addr) & (second_addr != 0), second_data, port.data)
-            value = Mux(reg_wr.en & (port.addr == reg_wr.addr), reg_wr.data, value)  # written this cycle
-            value = Mux(new_second_en & named & (port.addr == new_second_addr) & (new_second_addr != 0),
-                        new_second_data, value)
+            value = Mux(wb_en & (port.addr == wb_addr), wb_data, port.data)
+            value = Mux(second_en & (port.addr == second_addr), second_data, value)
+            value = Mux(first_en & (port.addr == ins.r0), first_data, value)
+            value = Mux(new_second_en & (port.addr == second_target), new_second_data, value)
             with m.If(load | ~self.busy):
                 m.d.sync += operand.eq(value)
         with m.If(~self.busy):
             m.d.comb += reg_rd[0].addr.eq(self.reg_rd_addr)
         m.d.comb += self.reg_rd_data.eq(operands[0])
-        x = operands  # R[r1], R[r1+1], R[r2], R[r2+1], R[r3]
+        x = operands  # R[r1], R[r1 | 1], R[r2], R[r2 | 1], R[r3]
+        m.d.sync += wb_en.eq(first_en)
         with m.If(first_en):
-            m.d.comb += [reg_wr.addr.eq(ins.r0), reg_wr.data.eq(first_data), reg_wr.en.eq(ins.r0 != 0)]
-            with m.If(ins.r0 == second_addr):  # a newer value of the waiting register
-                m.d.sync += second_en.eq(0)
+            m.d.sync += [wb_addr.eq(ins.r0), wb_data.eq(first_data)]
+        with m.If(new_second_en):
+            m.d.sync += [second_addr.eq(second_target), second_data.eq(new_second_data), second_en.eq(1)]
+        with m.If(wb_en):
+            m.d.comb += [reg_wr.addr.eq(wb_addr), reg_wr.data.eq(wb_data), reg_wr.en.eq(1)]
         with m.Elif(second_en):
-            m.d.comb += [reg_wr.addr.eq(second_addr), reg_wr.data.eq(second_data), reg_wr.en.eq(second_addr != 0)]
-            m.d.sync += second_en.eq(0)
+            m.d.comb += [reg_wr.addr.eq(second_addr), reg_wr.data.eq(second_data), reg_wr.en.eq(1)]
+            with m.If(~new_second_en):
+                m.d.sync += second_en.eq(0)
 
         # operands: the same five values go to every unit
         m.d.comb += [
@@ -257,9 +299,6 @@ class DecoderEngine(wiring.Component):
                 kv_store.element_valid.eq(attention.i.valid & attention.i.ready & (op == Op.KVAPPEND)),
                 kv_store.element.eq(attention.i.payload),
             ]
-        eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
-        with m.If(attention.o.valid & attention.o.ready):
-            m.d.sync += eu.eq(attention.o.payload.exponent)
         m.d.sync += [self.done.eq(0), self.fetch_start.eq(0)]  # a pulse, seen by WAIT (done may follow at once)
 
         # Cycle counters: every cycle of a run to `cycles`, and the cycles an instruction waits for its
@@ -269,110 +308,100 @@ class DecoderEngine(wiring.Component):
         # DECODE's cycles leave it out (contract/decoder.py WFETCH).
         unit = Signal(5)   # the waiting instruction's unit: core, attention, vector, scalar, weight fetch
         counted = Signal(4)
+        fetching = Signal()  # the FETCH state: a start right after a program write waits for `word`
         counters = [self.cycles_core, self.cycles_attention, self.cycles_vector, self.cycles_scalar]
         with m.If(self.busy & unit[4]):
             m.d.sync += self.cycles_fetch.eq(self.cycles_fetch + 1)
-        with m.Elif(self.busy):
+        with m.Elif(self.busy & ~fetching):
             m.d.sync += self.cycles.eq(self.cycles + 1)
             for k, counter in enumerate(counters):
                 with m.If(counted[k]):
                     m.d.sync += counter.eq(counter + 1)
 
-        def retire(first=None, second=None, second_addr_value=None):
-            """The instruction is done: write its results, load the next (fetched while it ran)."""
-            if first is not None:
-                m.d.comb += [first_data.eq(first[0]), first_en.eq(first[1])]
-            if second is not None:
-                m.d.comb += [new_second_data.eq(second[0]), new_second_en.eq(second[1]),
-                             new_second_addr.eq(second_addr_value)]
-                with m.If(second[1]):
-                    m.d.sync += [second_data.eq(second[0]), second_en.eq(1), second_addr.eq(second_addr_value)]
-            m.d.comb += load.eq(1)
+        def retire():
+            """The instruction is done: latch its results, load the next (fetched while it ran)."""
+            m.d.comb += [retiring.eq(1), load.eq(1)]
             m.d.sync += unit.eq(0)
             m.next = "EXECUTE"
 
+        def issue(waits_for: int, first=0, second=0, target=0) -> None:
+            """The issue cycle's decode: the unit bit it waits for (`unit`), which results it writes."""
+            m.d.sync += [unit.eq(waits_for), first_from.eq(first), second_from.eq(second), second_target.eq(target)]
+            m.next = "WAIT"
+
         stream_op = (op == Op.KVAPPEND) | (op == Op.ATTEND)
         executing = Signal()  # the EXECUTE state: the instruction's issue cycle(s)
+        kv_loading = Signal()  # the instruction waiting with unit bit 4 is a KVLOAD, not a WFETCH
+        storing = Signal()     # the instruction waiting is a KVAPPEND whose row goes to SDRAM
+        # the waiting instruction's unit is done: every term a flip-flop (`unit`) and a done signal
+        finished = Signal()
+        m.d.comb += finished.eq((unit[3] & scalar.done) | ((unit[2] | unit[1]) & vector.done)
+                                | (unit[0] & self.core_done)
+                                | (unit[4] & Mux(kv_loading, kv_load.done if kv_load else 0, self.fetch_done)))
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [fetch.eq(0), fetch_next.eq(1), pos.eq(self.pos), self.busy.eq(1), self.cycles.eq(0),
                                  self.cycles_fetch.eq(0),
                                  *(counter.eq(0) for counter in counters)]
+                    with m.If(word_ready):
+                        m.next = "DECODE"
+                    with m.Else():
+                        m.next = "FETCH"
+            with m.State("FETCH"):  # word 0 written less than two cycles ago: wait for `word` (not counted)
+                m.d.comb += fetching.eq(1)
+                with m.If(settle <= 1):
                     m.next = "DECODE"
-            with m.State("DECODE"):  # word 0 is at prog_rd.data
+            with m.State("DECODE"):  # word 0 is in `word`
                 m.d.comb += load.eq(1)
                 m.next = "EXECUTE"
             with m.State("EXECUTE"):
                 m.d.comb += executing.eq(1)
+                m.d.sync += [kv_loading.eq(0), storing.eq(0)]
                 with m.Switch(op):
                     with m.Case(Op.HALT):
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
                     with m.Case(*SCALAR_OPS):
                         m.d.comb += scalar.start.eq(1)
-                        m.d.sync += unit.eq(0b1000)
-                        m.next = "WAIT"
+                        pair = Cat(*(op == o for o in PAIR_RESULT)).any()
+                        issue(0b1000, first=0b001, second=Cat(pair, 0), target=ins.r0 | 1)
                     with m.Case(*VECTOR_OPS):
                         m.d.comb += vector.start.eq(1)
-                        m.d.sync += unit.eq(0b0100)
-                        m.next = "WAIT"
+                        writes_r0 = Cat(*(op == o for o in VECTOR_RESULT)).any()
+                        issue(0b0100, first=Cat(0, writes_r0, 0), second=Cat(0, op == Op.VNORM), target=ins.r2)
                     with m.Case(Op.KVAPPEND, Op.ATTEND):
                         with m.If(attention.cmd.ready):
                             m.d.comb += vector.start.eq(1)
                             if kv_store is not None:  # KVAPPEND's store: the row to SDRAM as it passes
                                 m.d.comb += kv_store.start.eq((op == Op.KVAPPEND) & ins.imm[1])
-                            m.d.sync += unit.eq(0b0010)
-                            m.next = "WAIT"
+                                m.d.sync += storing.eq(op == Op.KVAPPEND)
+                            issue(0b0010, first=Cat(0, 0, op == Op.ATTEND))
                     with m.Case(Op.TRUN):
                         m.d.comb += self.core_start.eq(1)
-                        m.d.sync += unit.eq(0b0001)
-                        m.next = "WAIT"
+                        issue(0b0001)
                     with m.Case(Op.WFETCH):
-                        m.d.sync += [self.fetch_start.eq(1), unit.eq(0b10000)]
-                        m.next = "WAIT"
+                        m.d.sync += self.fetch_start.eq(1)
+                        issue(0b10000)
                     if kv_load is not None:
                         with m.Case(Op.KVLOAD):
                             m.d.comb += kv_load.start.eq(1)
-                            m.d.sync += unit.eq(0b10000)
-                            m.next = "WAIT"
+                            m.d.sync += kv_loading.eq(1)
+                            issue(0b10000)
                     with m.Default():  # an unknown op stops the program (the host's program is checked)
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
             with m.State("WAIT"):
                 m.d.comb += counted.eq(unit)
-                with m.Switch(op):
-                    with m.Case(*SCALAR_OPS):
-                        with m.If(scalar.done):
-                            pair = Cat(*(op == o for o in PAIR_RESULT)).any()
-                            retire((scalar.w0, 1), (scalar.w1, pair), ins.r0 + 1)
-                    with m.Case(*VECTOR_OPS):
-                        with m.If(vector.done):
-                            writes_r0 = Cat(*(op == o for o in VECTOR_RESULT)).any()
-                            retire((vector.y0, writes_r0), (vector.y2, op == Op.VNORM), ins.r2)
-                    with m.Case(Op.KVAPPEND):
-                        with m.If(vector.done):
-                            if kv_store is None:
-                                retire()
-                            else:  # a store still draining into the SDRAM port: wait, counted as SDRAM time
-                                with m.If(kv_store.busy):
-                                    m.d.sync += unit.eq(0b10000)
-                                    m.next = "STORE"
-                                with m.Else():
-                                    retire()
-                    with m.Case(Op.ATTEND):
-                        with m.If(vector.done):
-                            retire((eu, 1))
-                    with m.Case(Op.TRUN):
-                        with m.If(self.core_done):
+                with m.If(finished):
+                    if kv_store is None:
+                        retire()
+                    else:  # a store still draining into the SDRAM port: wait, counted as SDRAM time
+                        with m.If(storing & kv_store.busy):
+                            m.d.sync += unit.eq(0b10000)
+                            m.next = "STORE"
+                        with m.Else():
                             retire()
-                    with m.Case(Op.WFETCH):
-                        with m.If(self.fetch_done):
-                            retire()
-                    if kv_load is not None:
-                        with m.Case(Op.KVLOAD):
-                            with m.If(kv_load.done):
-                                retire()
             with m.State("STORE"):  # KVAPPEND's store draining
                 m.d.comb += counted.eq(unit)
                 if kv_store is not None:

@@ -62,11 +62,11 @@ class ScalarUnit(wiring.Component):
         The ``Op``.
     imm : ``In(signed(32))``
     x1, x1b, x2, x2b, x3 : ``In(signed(48))``
-        ``R[r1], R[r1 + 1], R[r2], R[r2 + 1], R[r3]`` (pairs are UF factors: mantissa, exponent).
+        ``R[r1], R[r1 | 1], R[r2], R[r2 | 1], R[r3]`` (pairs are UF factors: mantissa, exponent).
     done : ``Out(1)``
         One-cycle pulse with the result.
     w0, w1 : ``Out(signed(48))``
-        ``R[r0]`` and, for a pair result (``PAIR_RESULT``), ``R[r0 + 1]``; valid with ``done``.
+        ``R[r0]`` and, for a pair result (``PAIR_RESULT``), ``R[r0 | 1]``; valid with ``done``.
     """
 
     start: In(1)
@@ -151,7 +151,9 @@ class ScalarUnit(wiring.Component):
                                          step.eq(_Step.MUL)]
                         with m.Case(Op.RSQRT):
                             m.d.sync += [rsqrt.i.valid.eq(1),
-                                         rsqrt.i.payload.eq(Mux(self.x1 > 0, self.x1, 1)), step.eq(_Step.RSQRT)]
+                                         # x1 > 0 from its sign and an OR tree, not a 48-bit subtraction
+                                         rsqrt.i.payload.eq(Mux(~self.x1[-1] & self.x1.any(), self.x1, 1)),
+                                         step.eq(_Step.RSQRT)]
                         with m.Case(Op.QFACTOR):
                             m.d.sync += [base.eq(0), *normalize(self.x1, _Step.QUANT)]
                         with m.Case(Op.EPS):
@@ -183,19 +185,29 @@ class ScalarUnit(wiring.Component):
                     m.d.sync += [inv_m.eq(recip.o.payload), mul_a.eq(eps_m), mul_b.eq(recip.o.payload),
                                  base.eq(eps_e + inv_e), step.eq(_Step.EPS_MUL1)]
             with m.Case(_Step.EPS_MUL1):
-                m.d.sync += normalize(product, _Step.EPS_MUL2)
+                # inv_e is added to the base here, so that EPS_MUL2's norm_e + inv_e is one addition
+                m.d.sync += [base.eq(base + inv_e), *normalize(product, _Step.EPS_MUL2)]
             with m.Case(_Step.EPS_MUL2):
-                m.d.sync += [mul_a.eq(norm_m), mul_b.eq(inv_m), base.eq(norm_e + inv_e), step.eq(_Step.EPS_MUL3)]
+                m.d.sync += [mul_a.eq(norm_m), mul_b.eq(inv_m), base.eq(Mux(value == 0, inv_e, base + s)),
+                             step.eq(_Step.EPS_MUL3)]
             with m.Case(_Step.EPS_MUL3):
                 m.d.sync += normalize(product, _Step.EPS_TERM)
             with m.Case(_Step.EPS_TERM):
                 m.d.sync += [t_m.eq(norm_m), t_e.eq(norm_e - 2 * shift), step.eq(_Step.EPS_SHIFT)]
             with m.Case(_Step.EPS_SHIFT):
-                # scale_saturating(t_m, c, 2^46) with c = t.e - 2s, round half up; t_m is 0 or 16 bits
+                # scale_saturating(t_m, c, 2^46) with c = t.e - 2s, round half up; t_m is 0 or 16 bits.
+                # c's ranges are told from its bits (OR and AND trees), not by 48-bit comparisons, whose
+                # carry chains before the shifter and the limit's comparison after it were the ULX3S
+                # core's critical path: c >= 0 shifts left by c < 2^SMALL (beyond, a non-zero t_m is
+                # over the limit); -2^SMALL <= c < 0 shifts right by -c, clamped at MANT_BITS + 1.
                 c = t_e
-                over = (t_m != 0) & (MANT_BITS + c > EPS_SAT_BITS)
-                left = (t_m << Mux(c > EPS_SAT_BITS, EPS_SAT_BITS, c).as_unsigned()[:6])[:EPS_SAT_BITS + 1]
-                down = Mux(-c > MANT_BITS + 1, MANT_BITS + 1, -c).as_unsigned()[:5]
+                small = (EPS_SAT_BITS - MANT_BITS + 1).bit_length() - 1  # 2^small - 1 = 31: t_m << 31 < 2^47
+                negative = c[-1]
+                over = (t_m != 0) & ~negative & c[small:].any()  # MANT_BITS + c > EPS_SAT_BITS: c >= 2^small
+                left = (t_m << c[:small])[:EPS_SAT_BITS]
+                near = c[small:].all()  # -2^small <= c < 0: -c from the low bits
+                minus_c = (-c[:small + 1])[:small + 1]
+                down = Mux(near & (minus_c <= MANT_BITS + 1), minus_c, MANT_BITS + 1)[:5]
                 right = ((t_m >> (down - 1).as_unsigned()[:5]) + 1) >> 1  # == (t_m + 2^(down-1)) >> down
-                finish(Mux(over, EPS_LIMIT, Mux(c >= 0, Mux(left > EPS_LIMIT, EPS_LIMIT, left), right)))
+                finish(Mux(over, EPS_LIMIT, Mux(~negative, Mux(left > EPS_LIMIT, EPS_LIMIT, left), right)))
         return m

@@ -13,9 +13,11 @@ router2 does not give up on a placement it cannot route (its overuse climbs for 
 so a seed still routing after `--timeout-min` is stopped and reported with its last iteration.
 `--target-mhz` (ECP5) places and routes the core clock for more than the board runs it at (a FREQUENCY
 line in the LPF overrides the constraint nextpnr derives from the PLL); a seed that routes so is
-checked against the board's own clock, not the target. Each seed's folder keeps nextpnr's log
-(<top>.tim) and report.json: `python -m bitlane.hw.timing DIR/seed3/report.json` tells where its
-time goes. Exit status 0 when some seed meets timing, 2 when none does.
+checked against the board's own clock, not the target. Without it a seed is placed as the build places
+it: for the board's `core_target_mhz` where it has one (the ULX3S: 50), checked against that. Each
+seed's folder keeps nextpnr's log (<top>.tim) and report.json: `python -m bitlane.hw.timing
+DIR/seed3/report.json` tells where its time goes. Exit status 0 when some seed meets timing, 2 when
+none does.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from .boards import BOARDS, CORE_CLOCK_NET, Board, BoardError, board
+from .boards import BOARDS, CORE_CLOCK_NET, Board, BoardError, board, core_frequency_preference
 from .build import BuildError, board_plan, parse_nextpnr_report, synthesize_board, yowasp_environment
 from .timing import clock_name
 
@@ -96,7 +98,7 @@ def target_preferences(spec: Board, target_mhz: float | None) -> str | None:
     if spec.family != "ecp5":
         raise BuildError(f"{spec.name}: --target-mhz is for ECP5 boards (an LPF FREQUENCY line); this is "
                          f"{spec.family}")
-    return f'FREQUENCY NET "{CORE_CLOCK_NET}" {target_mhz:g} MHZ;'
+    return core_frequency_preference(target_mhz)
 
 
 def required_fmax(spec: Board, fmax: dict[str, tuple[float, float]],
@@ -199,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout-min", type=float, default=30.0,
                         help="stop a seed still running after this many minutes (default: 30)")
     parser.add_argument("--target-mhz", type=float,
-                        help="ECP5: place and route the core clock for this frequency instead of the board's")
+                        help="ECP5: place and route the core clock for this frequency (default: the board's "
+                             "build target, `Board.core_target_mhz`, else the clock the PLL makes); a seed that "
+                             "routes is checked against the board's clock")
     parser.add_argument("--work-dir", type=Path, help="default: build/sweep-<board>")
     args = parser.parse_args(argv)
 

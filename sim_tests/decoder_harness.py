@@ -11,7 +11,7 @@ import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge, SimTimeoutError, with_timeout
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.decoder import Bank, DecoderMachine, MachineShape
+from bitlane.contract.decoder import Bank, DecoderMachine, Instruction, MachineShape, Op
 from bitlane.contract.packing import pack_weights
 from bitlane.golden.integer import IntegerModel
 from bitlane.sw.decoder_program import DecoderImage, compile_decoder
@@ -103,10 +103,21 @@ class DecoderHarness:
         await self._leave_readonly()
         return value
 
-    async def decode(self, token: int, pos: int, limit: int = 10_000_000) -> tuple[np.ndarray, int, TokenCycles]:
-        """Run one token: embedding row in, (y mantissas, exponent, cycles) out."""
+    async def decode(self, token: int, pos: int, limit: int = 10_000_000,
+                     rewrite_first: bool = False) -> tuple[np.ndarray, int, TokenCycles]:
+        """Run one token: embedding row in, (y mantissas, exponent, cycles) out. With `rewrite_first`,
+        instruction 0 is overwritten with a HALT and then written again in the two cycles before the
+        start: the engine, which reads word 0 ahead while idle, must run the word written last (and
+        count the same cycles)."""
         dut, image = self.dut, self.image
         await self.write_bank(Bank.MAIN, image.emb_addr, self.model.embedding[token])
+        if rewrite_first:
+            for ins in (Instruction(op=int(Op.HALT)), image.program[0]):
+                dut.engine_prog_wr_addr.value = 0
+                dut.engine_prog_wr_data.value = int.from_bytes(ins.pack(), "little")
+                dut.engine_prog_wr_en.value = 1
+                await self.tick()
+            dut.engine_prog_wr_en.value = 0
         dut.engine_pos.value = pos
         dut.engine_start.value = 1
         await self.tick()

@@ -120,6 +120,23 @@ def test_machine_enforces_alignment(h128):
             machine.run(0)
 
 
+def test_machine_refuses_pairs_at_odd_registers(h128):
+    """A pair is R[2i], R[2i + 1]: the engine reads and writes its second register at r | 1, so a pair
+    operand or result at an odd register is refused, naming the instruction; the compiled program's
+    pairs are all aligned (test_h128_program_equals_the_reference runs it)."""
+    machine = DecoderMachine(shape_for(h128), lambda *args: None)
+    bad = [Instruction(op=int(Op.FMUL), r0=4, r1=3, r2=6),   # operand pair r1
+           Instruction(op=int(Op.EPS), r0=4, r1=2, r2=7),    # operand pair r2
+           Instruction(op=int(Op.RSQRT), r0=5, r1=2),         # result pair
+           Instruction(op=int(Op.QFACTOR), r0=9, r1=2)]       # result pair (R[r0], R[r0 | 1])
+    for ins in bad:
+        machine.load([ins, Instruction(op=int(Op.HALT))])
+        with pytest.raises(ProgramError, match=r"instruction 0 .*register pair at an odd register"):
+            machine.run(0)
+    machine.load([Instruction(op=int(Op.RSQRT), r0=4, r1=2), Instruction(op=int(Op.HALT))])
+    machine.run(0)  # an aligned pair: no error
+
+
 def test_fit_errors_name_what_does_not_fit(h128):
     shape = shape_for(h128)
     with pytest.raises(DecoderFitError, match=r"bank CONST: the model needs \d+ words, the engine has 100"):

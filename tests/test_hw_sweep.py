@@ -13,7 +13,7 @@ import pytest
 
 from bitlane.hw import sweep
 from bitlane.hw.boards import board
-from bitlane.hw.build import BuildError
+from bitlane.hw.build import BuildError, board_plan
 
 # nextpnr as far as the sweep sees it: seed 1 routes and meets 18 MHz, seed 2 routes at 10 MHz, seed 3
 # never finishes routing (router2 overuse lines until stopped), seed 4 fails outright.
@@ -95,6 +95,18 @@ def test_a_target_above_the_clock_is_checked_against_the_clock():
     assert sweep.required_fmax(ulx3s, fmax, None) == fmax
     with pytest.raises(BuildError, match="icebreaker: --target-mhz is for ECP5 boards"):
         sweep.target_preferences(board("icebreaker"), 30)
+
+
+def test_the_ulx3s_build_places_the_core_for_its_target():
+    """The ULX3S's core runs at 45 MHz and is placed and routed for `core_target_mhz` (50): its build's LPF
+    says so, a sweep's own target replaces it, and the iCEBreaker's LPF-less build has no target."""
+    ulx3s = board("ulx3s")
+    assert ulx3s.core.clock_hz == 45_000_000 and ulx3s.core_target_mhz == 50
+    lpf = board_plan(ulx3s).files["bitlane_ulx3s.lpf"]
+    assert lpf.count("FREQUENCY NET") == 1 and 'FREQUENCY NET "logic.clk" 50 MHZ;' in lpf
+    lpf = board_plan(ulx3s, preferences=sweep.target_preferences(ulx3s, 55)).files["bitlane_ulx3s.lpf"]
+    assert lpf.count("FREQUENCY NET") == 1 and 'FREQUENCY NET "logic.clk" 55 MHZ;' in lpf
+    assert board("icebreaker").core_target_mhz is None
 
 
 def test_seed_lists():
