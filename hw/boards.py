@@ -173,6 +173,7 @@ def core_frequency_preference(mhz: float) -> str:
     nextpnr derives from the PLL."""
     return f'FREQUENCY NET "{CORE_CLOCK_NET}" {mhz:g} MHZ;'
 
+
 @dataclass(frozen=True, kw_only=True)
 class Board(BoardFacts):
     """A board's facts (contract/config.py) and what building gateware for it needs."""

@@ -61,13 +61,18 @@ class DecoderHarness:
                 dut.w_wr_en.value = 1
                 await self.tick()
         dut.w_wr_en.value = 0
-        for pc, ins in enumerate(image.program):
+        await self.write_program(enumerate(image.program))
+        await self.write_bank(Bank.CONST, 0, image.const)
+
+    async def write_program(self, words) -> None:
+        """Write (address, Instruction) pairs into the engine's program memory, one a cycle."""
+        dut = self.dut
+        for pc, ins in words:
             dut.engine_prog_wr_addr.value = pc
             dut.engine_prog_wr_data.value = int.from_bytes(ins.pack(), "little")
             dut.engine_prog_wr_en.value = 1
             await self.tick()
         dut.engine_prog_wr_en.value = 0
-        await self.write_bank(Bank.CONST, 0, image.const)
 
     async def write_bank(self, bank: Bank, addr: int, values) -> None:
         dut = self.dut
@@ -112,12 +117,7 @@ class DecoderHarness:
         dut, image = self.dut, self.image
         await self.write_bank(Bank.MAIN, image.emb_addr, self.model.embedding[token])
         if rewrite_first:
-            for ins in (Instruction(op=int(Op.HALT)), image.program[0]):
-                dut.engine_prog_wr_addr.value = 0
-                dut.engine_prog_wr_data.value = int.from_bytes(ins.pack(), "little")
-                dut.engine_prog_wr_en.value = 1
-                await self.tick()
-            dut.engine_prog_wr_en.value = 0
+            await self.write_program([(0, Instruction(op=int(Op.HALT))), (0, image.program[0])])
         dut.engine_pos.value = pos
         dut.engine_start.value = 1
         await self.tick()
