@@ -175,19 +175,20 @@ PRESETS: dict[str, CoreConfig] = {
     # h128 runs its full context of 256 at the price of reading its KV rows back every token.
     # Sized to route: with 8 vector lanes and 32 attention multipliers (~35k LUT4 + 6.4k CCU2C, 207 of 208
     # EBRs) nextpnr's routers never resolved the congestion (router2: 26,394 wires still overused after 4
-    # iterations); with 4 lanes and 16 multipliers (~25k LUT4 + 4.8k CCU2C, 199 EBRs) router2 routes it in
-    # 72 iterations. The SDRAM runs at 50 MHz, which it closes with margin (65-86 MHz routed, 54 MHz placed at
-    # 100); h128's weights are in block RAM, but its KV rows come at the SDRAM's pace (61 core cycles a row,
-    # 31 with the SDRAM at 100 MHz). The core runs at 45 MHz, the next clock beside the SDRAM's 50 MHz that
-    # one VCO (450 MHz) makes with an exact 3 Mbaud (15 cycles a bit); nextpnr's static placer routes it at
-    # 45 from some seeds (hw/boards.py). README "ULX3S timing" has the runs.
+    # iterations); 4 lanes and 32 multipliers (~28.6k LUT4 + 5.8k CCU2C, 199 EBRs) route from 4 of 10 seeds
+    # and meet the core's 50 MHz target from seed 7 (README "ULX3S timing"); 8 lanes and 16 multipliers
+    # (207 EBRs) routed from none of 4 in 26 minutes. The SDRAM runs at 50 MHz, which it closes with margin
+    # (65-86 MHz routed, 54 MHz placed at 100); h128's weights are in block RAM, but its KV rows come at the
+    # SDRAM's pace (61 core cycles a row, 31 with the SDRAM at 100 MHz). The core runs at 45 MHz, the next
+    # clock beside the SDRAM's 50 MHz that one VCO (450 MHz) makes with an exact 3 Mbaud (15 cycles a bit);
+    # the build places and routes it for 50 MHz (hw/boards.py `core_target_mhz`).
     # `python bench/decoder_bench.py` and the README's synthesis table measure it.
     "ulx3s": CoreConfig("ulx3s", lanes=16, k_per_cycle=16, weight_depth=4096, act_depth=1024,
                         out_depth=512, max_k=8192, max_payload=1024, clock_hz=45_000_000,
                         sdram_words=1 << 24, sdram_clock_hz=50_000_000,
                         decoder=DecoderShape(layers=1, kv_heads=1, head_dim=64, context=256, main_depth=1536,
                                              const_depth=3584, copy_depth=1024, program_depth=1024,
-                                             vector_lanes=4, attention_macs=16, kv_sdram=True)),
+                                             vector_lanes=4, attention_macs=32, kv_sdram=True)),
 }
 # The ULX3S's core, clocks, SDRAM and link with an engine grown for the SDRAM-sized models: h512-english
 # (7 layers, 8 KV heads; banks of 4320 / 22048 / 2112 words, 2,859 instructions) and issue 13's ~18M
@@ -195,8 +196,8 @@ PRESETS: dict[str, CoreConfig] = {
 # 1,024 words (32 EBRs rather than `ulx3s`'s 128: every matrix of these models is streamed anyway, the
 # larger ones in parts), their KV caches in SDRAM through one slot of 256 positions (as on `ulx3s`), and
 # frames that carry a hidden state of 512 (1,029 bytes). yosys fits it on the ECP5-85F (188 of 208 EBRs,
-# 25.5k LUT4 + 4.9k CCU2C); no board spec builds it (it has not been placed and routed), and it runs as
-# sim://ulx3s-large.
+# 25.5k LUT4 + 4.9k CCU2C with 16 attention multipliers; ~3k LUT4 more with `ulx3s`'s 32); no board spec
+# builds it (it has not been placed and routed), and it runs as sim://ulx3s-large.
 PRESETS["ulx3s-large"] = PRESETS["ulx3s"].with_(
     name="ulx3s-large", weight_depth=1024, max_payload=2048,
     decoder=replace(PRESETS["ulx3s"].decoder, main_depth=4352, const_depth=22528, copy_depth=2176,
