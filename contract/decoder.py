@@ -679,7 +679,7 @@ def attend_cycles(p: int, head_dim: int, macs: int, in_lanes: int = 1) -> int:
     query elements a beat:
 
         d + d / W + (2 p + 1) G + T + 18 + max(2 G + 5, SOFTMAX_ROW_LATENCY)
-                                            (8 p + 125 for d 64, macs 16, W 4; 8 p + 173 for W 1)
+                                            (4 p + 124 for d 64, macs 32, W 4; macs 16: 8 p + 125)
 
     Step by step as the gateware runs it (cycle 0 takes the command):"""
     d, G, T = head_dim, head_dim // macs, tree_levels(macs)

@@ -112,7 +112,7 @@ class AttentionUnit(wiring.Component):
 
     Cycle contract: with W = ``in_lanes``, an APPEND occupies the unit ``append_cycles(d, W) = d / W + 2``
     cycles, an ATTEND at ``p`` ``attend_cycles(p, d, macs, W)`` cycles (with no input gaps and
-    ``o.ready`` high; about ``2 (p + 1) G + d + d / W + 40``: 8 p + 125 for d = 64, macs = 16, W = 4;
+    ``o.ready`` high; about ``2 (p + 1) G + d + d / W + 40``: 4 p + 124 for d = 64, macs = 32, W = 4;
     the function spells out each step), counted from the cycle the command is taken to the cycle the
     next one can be. The query is taken from the second cycle after the command; outputs leave one per cycle. Input
     gaps and output backpressure only add their own cycles; ``i.ready`` and ``cmd.ready`` are
