@@ -2,6 +2,7 @@
 
     python bench/decoder_bench.py [--positions 1 64 128 255]                 the contract's cycle model
     python bench/decoder_bench.py --gateware [--tokens 256] [--positions ...]   the Verilated gateware
+    python bench/decoder_bench.py --vector-lanes 8 --attention-macs 32           another engine size (model)
 
 By default the table comes from contract/decoder.py `decode_cycles`, the engine's cycle model, for the
 program that sw/decoder_program.py compiles for h128 on the `ulx3s` preset's engine (with the KV cache
@@ -11,7 +12,8 @@ token's counters against it. `--gateware` runs the Verilated DecoderCore through
 integer for integer, its counters with the model, and the table is the engine's counters. Columns:
 the ternary core's BitLinear products, attention (KV appends, scores, softmax, weighted V sums), the
 vector unit, the scalar unit (ALU ops included), and the engine's issue cycles; then the compute-only
-tokens/s at the ULX3S clock.
+tokens/s at the ULX3S clock. `--vector-lanes` and `--attention-macs` give the model's table for another
+engine size (whether it fits and routes on the ECP5-85F is README "ULX3S timing").
 """
 from __future__ import annotations
 
@@ -20,20 +22,21 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from bitlane.contract.config import CoreConfig
 from bitlane.contract.decoder import CYCLE_CLASSES, MachineShape, decode_cycles
 
 COLUMNS = ("total", *CYCLE_CLASSES)
 
 
-def model_rows(positions: list[int]) -> dict[int, dict[str, int]]:
-    """Each position's cycles by the contract's model, for the build that the gateware test decodes."""
+def model_rows(config: CoreConfig, positions: list[int]) -> dict[int, dict[str, int]]:
+    """Each position's cycles by the contract's model for h128 on `config`'s engine."""
     from bitlane.golden.integer import IntegerModel
     from bitlane.sw.decoder_program import compile_decoder
-    from sim_tests.test_decoder import BUILDS, H128
+    from sim_tests.test_decoder import H128
 
-    config, _ = BUILDS["h128"]()
     shape = MachineShape.from_config(config)
     program = compile_decoder(IntegerModel.load(H128), shape).program
     rows = {}
@@ -64,12 +67,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="--gateware: tokens to decode from position 0 (default 256)")
     parser.add_argument("--positions", type=int, nargs="+", default=[1, 64, 128, 255],
                         help="positions to print (default 1 64 128 255)")
+    parser.add_argument("--vector-lanes", type=int, metavar="P",
+                        help="the model's table with P vector lanes (default: the ulx3s preset's)")
+    parser.add_argument("--attention-macs", type=int, metavar="M",
+                        help="the model's table with M attention multipliers (default: the ulx3s preset's)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from sim_tests.test_decoder import BUILDS
 
     config, _ = BUILDS["h128"]()
     context = config.decoder.context
+    sizes = {k: v for k, v in (("vector_lanes", args.vector_lanes), ("attention_macs", args.attention_macs)) if v}
+    if sizes:
+        if args.gateware:
+            parser.error("--vector-lanes and --attention-macs size the model's table, not the gateware's build")
+        try:
+            config = config.with_(decoder=replace(config.decoder, **sizes))
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.gateware:
         if not 1 <= args.tokens <= context:
             parser.error(f"--tokens must be 1 to {context} (h128's context)")
@@ -80,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         source = f"{args.tokens} tokens decoded bit-exact on the gateware in {seconds:.0f} s of simulation"
     else:
         shown = [p for p in args.positions if 0 <= p < context]
-        rows = model_rows(shown)
+        rows = model_rows(config, shown)
         source = "contract/decoder.py's cycle model (equal to the gateware's counters: sim_tests/test_decoder.py)"
     clock = config.clock_hz
     d = config.decoder
     kv_wait = kv_rows_wait()
+    resized = " (resized: not the shipped engine)" if sizes else ""
     print(f"h128 on the ulx3s core ({config.lanes} lanes x {config.k_per_cycle}, decoder engine: "
-          f"{d.vector_lanes} vector lanes, {d.attention_macs} attention multipliers), {source}; the last two "
+          f"{d.vector_lanes} vector lanes, {d.attention_macs} attention multipliers{resized}), {source}; the last two "
           "columns: the shipped ulx3s's wait for the KV rows from SDRAM (an estimate, not in the engine's "
           "cycles) and the tokens/s with it")
     print("| position | " + " | ".join(COLUMNS) + f" | tokens/s at {clock / 1e6:.0f} MHz (compute only) | "
