@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
     config, _ = BUILDS["h128"]()
     context = config.decoder.context
-    sizes = {k: v for k, v in (("vector_lanes", args.vector_lanes), ("attention_macs", args.attention_macs)) if v}
+    sizes = {k: v for k, v in (("vector_lanes", args.vector_lanes), ("attention_macs", args.attention_macs))
+             if v is not None}
     if sizes:
+        if min(sizes.values()) < 1:
+            parser.error(f"engine sizes must be at least 1, got {sizes}")
         if args.gateware:
             parser.error("--vector-lanes and --attention-macs size the model's table, not the gateware's build")
         try:
