@@ -12,8 +12,10 @@ token's counters against it. `--gateware` runs the Verilated DecoderCore through
 integer for integer, its counters with the model, and the table is the engine's counters. Columns:
 the ternary core's BitLinear products, attention (KV appends, scores, softmax, weighted V sums), the
 vector unit, the scalar unit (ALU ops included), and the engine's issue cycles; then the compute-only
-tokens/s at the ULX3S clock. `--vector-lanes` and `--attention-macs` give the model's table for another
-engine size (whether it fits and routes on the ECP5-85F is README "ULX3S timing").
+tokens/s at the ULX3S clock; last, the overlap bound (contract/decoder.py `dependence_bound`): the fewest
+cycles any engine with these units could run the program in, however it overlapped them.
+`--vector-lanes` and `--attention-macs` give the model's table for another engine size (whether it fits
+and routes on the ECP5-85F is README "ULX3S timing").
 """
 from __future__ import annotations
 
@@ -26,19 +28,24 @@ from dataclasses import replace
 from pathlib import Path
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.decoder import CYCLE_CLASSES, MachineShape, decode_cycles
+from bitlane.contract.decoder import CYCLE_CLASSES, MachineShape, decode_cycles, dependence_bound
 
 COLUMNS = ("total", *CYCLE_CLASSES)
 
 
-def model_rows(config: CoreConfig, positions: list[int]) -> dict[int, dict[str, int]]:
-    """Each position's cycles by the contract's model for h128 on `config`'s engine."""
+def h128_program(config: CoreConfig) -> tuple[MachineShape, list]:
+    """The engine of `config` and the program sw/decoder_program.py compiles for h128 on it."""
     from bitlane.golden.integer import IntegerModel
     from bitlane.sw.decoder_program import compile_decoder
     from sim_tests.test_decoder import H128
 
     shape = MachineShape.from_config(config)
-    program = compile_decoder(IntegerModel.load(H128), shape).program
+    return shape, compile_decoder(IntegerModel.load(H128), shape).program
+
+
+def model_rows(config: CoreConfig, positions: list[int]) -> dict[int, dict[str, int]]:
+    """Each position's cycles by the contract's model for h128 on `config`'s engine."""
+    shape, program = h128_program(config)
     rows = {}
     for p in positions:
         cycles = decode_cycles(program, p, shape, config.run_overhead)
@@ -103,18 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     clock = config.clock_hz
     d = config.decoder
     kv_wait = kv_rows_wait()
+    shape, program = h128_program(config)
     resized = " (resized: not the shipped engine)" if sizes else ""
     print(f"h128 on the ulx3s core ({config.lanes} lanes x {config.k_per_cycle}, decoder engine: "
           f"{d.vector_lanes} vector lanes, {d.attention_macs} attention multipliers{resized}), {source}; the last two "
           "columns: the shipped ulx3s's wait for the KV rows from SDRAM (an estimate, not in the engine's "
-          "cycles) and the tokens/s with it")
+          "cycles) and the tokens/s with it. 'overlap bound': the fewest cycles any engine with these units "
+          "could take for this program, however it overlapped them (contract/decoder.py dependence_bound)")
     print("| position | " + " | ".join(COLUMNS) + f" | tokens/s at {clock / 1e6:.0f} MHz (compute only) | "
-          "KV rows from SDRAM | tokens/s with them |")
-    print("| ---: |" + " ---: |" * (len(COLUMNS) + 3))
+          "KV rows from SDRAM | tokens/s with them | overlap bound |")
+    print("| ---: |" + " ---: |" * (len(COLUMNS) + 4))
     for p in shown:
         row = rows[p]
         print(f"| {p} | " + " | ".join(f"{row[c]:,}" for c in COLUMNS) + f" | {clock / row['total']:,.0f} | "
-              f"{kv_wait(p):,} | {clock / (row['total'] + kv_wait(p)):,.0f} |")
+              f"{kv_wait(p):,} | {clock / (row['total'] + kv_wait(p)):,.0f} | "
+              f"{dependence_bound(program, p, shape, config.run_overhead):,} |")
     return 0
 
 

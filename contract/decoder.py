@@ -757,9 +757,111 @@ def decode_cycles(program: Sequence[Instruction], pos: int, shape: MachineShape,
     return total
 
 
+
+# ----------------------------------------------------------------------------- what an instruction touches
+#
+# The locations an instruction reads and writes, for reasoning about which instructions could overlap (the
+# dependence bound below; an engine that issues while a unit runs needs the same hazards). A location is a
+# tuple: (bank, element) for an element of a bank (OUT and ACT per element, as their ops address them),
+# ("R", r) for a register (R0 is a constant and is left out), ("KV", layer, kv head, K 0 / V 1) for one
+# cache slot (all its positions and exponents), ("WEIGHTS",) for the core's weight memory and ("SDRAM",)
+# for the device's SDRAM (coarse: any two of their accesses are taken to overlap).
+# tests/test_decoder_program.py checks each op on the model: it changes nothing outside its writes, and
+# what it writes does not depend on anything outside its reads.
+
+Location = tuple
+
+# the vector operands each op reads, n elements each (VROPE's pairs: n / 2)
+_VECTOR_READS = {Op.VMAXABS: "a", Op.VSHIFT: "a", Op.VNORM: "ab", Op.VQUANT: "a", Op.VSCALE: "a", Op.VROPE: "abc",
+                 Op.VRESID: "ab", Op.VRELU2: "a", Op.VMUL: "ab", Op.VPHASE: "c", Op.KVAPPEND: "a", Op.ATTEND: "a"}
+# the register fields each op reads and writes; "r1:" names the aligned pair r1, r1 | 1
+_REG_READS = {Op.VSHIFT: "r1", Op.VNORM: "r1", Op.VQUANT: "r1 r2", Op.VSCALE: "r1 r2", Op.VROPE: "r1",
+              Op.VRESID: "r1 r2 r3", Op.VRELU2: "r1", Op.VMUL: "r1 r2", Op.ADD: "r1 r2", Op.SUB: "r1 r2",
+              Op.MAX: "r1 r2", Op.NSHIFT: "r1", Op.FACTOR: "r1 r2", Op.FMUL: "r1: r2:", Op.RSQRT: "r1",
+              Op.QFACTOR: "r1", Op.EPS: "r1: r2: r3", Op.KVAPPEND: "r1", Op.ATTEND: "r1"}
+_REG_WRITES = {Op.VMAXABS: "r0", Op.VSHIFT: "r0", Op.VNORM: "r0 r2", Op.VSCALE: "r0", Op.VROPE: "r0",
+               Op.VRESID: "r0", Op.VRELU2: "r0", Op.VMUL: "r0", Op.MOVI: "r0", Op.ADD: "r0", Op.SUB: "r0",
+               Op.MAX: "r0", Op.NSHIFT: "r0", Op.FACTOR: "r0:", Op.FMUL: "r0:", Op.RSQRT: "r0:", Op.QFACTOR: "r0:",
+               Op.EPS: "r0", Op.ATTEND: "r0"}
+
+
+def _registers(ins: Instruction, fields: str) -> set[Location]:
+    found = set()
+    for name in fields.split():
+        r = getattr(ins, name.rstrip(":"))
+        found |= {("R", x) for x in ((r, r | 1) if name.endswith(":") else (r,)) if x}
+    return found
+
+
+def _elements(bank: int, addr: int, n: int) -> set[Location]:
+    return {(Bank(bank), e) for e in range(addr, addr + n)}
+
+
+def effects(ins: Instruction, shape: MachineShape) -> tuple[frozenset[Location], frozenset[Location]]:
+    """The locations `ins` reads and the locations it writes on an engine of `shape` (see above)."""
+    op = Op(ins.op)
+    reads, writes = _registers(ins, _REG_READS.get(op, "")), _registers(ins, _REG_WRITES.get(op, ""))
+    for name in _VECTOR_READS.get(op, ""):
+        n = ins.n // 2 if op == Op.VROPE and name == "c" else ins.n
+        reads |= _elements(getattr(ins, f"{name}_bank"), getattr(ins, f"{name}_addr"), n)
+    if op in VECTOR_OPS - {Op.VMAXABS} or op == Op.ATTEND:
+        writes |= _elements(ins.d_bank, ins.d_addr, ins.n)
+    if op == Op.TRUN:
+        reads |= _elements(Bank.ACT, ins.a_addr * shape.k_per_cycle, ins.b_addr) | {("WEIGHTS",)}
+        writes |= _elements(Bank.OUT, ins.d_addr * shape.lanes, ins.n)
+    elif op == Op.KVAPPEND:
+        writes.add(("KV", ins.r2, ins.r3, ins.imm & KV_V))
+        if ins.imm & KV_STORE:
+            writes.add(("SDRAM",))
+    elif op == Op.ATTEND:
+        reads |= {("KV", ins.r2, ins.r3, 0), ("KV", ins.r2, ins.r3, 1)}
+    elif op == Op.KVLOAD:
+        reads.add(("SDRAM",))
+        writes.add(("KV", ins.r2, ins.r3, ins.imm & KV_V))
+    elif op == Op.WFETCH:
+        reads.add(("SDRAM",))
+        writes.add(("WEIGHTS",))
+    return frozenset(reads), frozenset(writes)
+
+
+def unit_of(op: int) -> str:
+    """The unit that runs `op`: one of CYCLE_CLASSES but "issue" (HALT), or "sdram" (WFETCH, KVLOAD)."""
+    op = Op(op)
+    if op in VECTOR_OPS:
+        return "vector"
+    if op in SCALAR_OPS:
+        return "scalar"
+    return {Op.TRUN: "core", Op.KVAPPEND: "attention", Op.ATTEND: "attention", Op.WFETCH: "sdram",
+            Op.KVLOAD: "sdram"}.get(op, "issue")
+
+
+def dependence_bound(program: Sequence[Instruction], pos: int, shape: MachineShape, run_overhead: int) -> int:
+    """The fewest cycles in which any engine with these units could run `program`'s DECODE at `pos`, however
+    it issued: each instruction takes its `instruction_cycles` (issue cycle included) and starts once every
+    earlier instruction that writes what it reads has finished and its unit has finished the unit's previous
+    instruction. Only true dependences count (as if every value had its own register and buffer), so it is
+    a bound for the program's order of each unit's work, not a schedule of this engine, which runs one
+    instruction at a time (`decode_cycles`). KVAPPEND and ATTEND count on the attention unit only (their
+    beats through the vector unit are left out, so the bound stays a bound)."""
+    ready: dict[Location, int] = {}
+    unit_free: dict[str, int] = {}
+    end = START_CYCLES
+    for ins in program:
+        if ins.op == Op.HALT:
+            break
+        reads, writes = effects(ins, shape)
+        unit = unit_of(ins.op)
+        start = max([START_CYCLES, unit_free.get(unit, 0)] + [ready.get(x, 0) for x in reads])
+        finish = start + instruction_cycles(ins, pos, shape, run_overhead).total
+        unit_free[unit] = finish
+        ready.update(dict.fromkeys(writes, finish))
+        end = max(end, finish)
+    return end + ISSUE_CYCLES  # HALT
+
 __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "ProgramError", "attend_head",
            "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "WRITABLE_BANKS",
            "TernaryRun", "DecodeCycles", "decode_cycles", "instruction_cycles", "vector_cycles", "vector_latency",
            "scalar_cycles", "attend_cycles", "append_cycles", "tree_levels", "tree_stages", "run_cycles",
            "CYCLE_CLASSES", "SCALAR_OPS"]
 __all__ += ["WeightFetch", "Sdram"]  # the device's callbacks: WFETCH, the KV cache in SDRAM
+__all__ += ["Location", "effects", "unit_of", "dependence_bound"]  # hazards, for the overlap bound

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bitlane.contract.decoder import Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError
+from bitlane.contract.decoder import (GENERAL_BANKS, Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError,
+                                      decode_cycles, dependence_bound, effects)
 from bitlane.golden.integer import IntegerModel, convert
 from bitlane.sw.decoder_program import DecoderFitError, compile_decoder
 from tests.test_integer import random_model
@@ -17,7 +18,8 @@ H128 = "models/bitnet-kjv-h128"
 def shape_for(model: IntegerModel, lanes: int = 16, k_per_cycle: int = 16, vector_lanes: int = 16,
               **changes) -> MachineShape:
     cfg = model.int_config
-    fields = dict(bank_depth=(6 * cfg.hidden + 2 * cfg.intermediate + 4 * cfg.head_dim, 4096 * 8, 4 * cfg.intermediate + cfg.hidden),
+    fields = dict(bank_depth=(6 * cfg.hidden + 2 * cfg.intermediate + 4 * cfg.head_dim, 4096 * 8,
+                              4 * cfg.intermediate + cfg.hidden),
                   lanes=lanes, k_per_cycle=k_per_cycle, out_depth=1024, act_depth=1024, layers=cfg.layers,
                   kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, context=cfg.max_positions, program_depth=4096,
                   vector_lanes=vector_lanes)
@@ -151,3 +153,97 @@ def test_machine_refuses_positions_past_its_context(h128):
     machine, _ = machine_for(h128, shape_for(h128))
     with pytest.raises(ProgramError, match="position 256 outside the context of 256"):
         machine.run(256)
+
+
+# the machine's state as a list of arrays, and where a location (contract.decoder.effects) lies in it
+_ARRAYS = [*GENERAL_BANKS, Bank.OUT, Bank.ACT, "R", "KV", "KV exponents"]
+
+
+def _state(m: DecoderMachine) -> list[np.ndarray]:
+    return [a.copy() for a in (*m.banks, m.out, m.act, m.regs, m.kv, m.kv_exp)]
+
+
+def _restore(m: DecoderMachine, state: list[np.ndarray]) -> None:
+    state = [a.copy() for a in state]
+    m.banks, (m.out, m.act, m.regs, m.kv, m.kv_exp) = state[:3], state[3:]
+
+
+def _cells(location) -> list[tuple[int, tuple]]:
+    """(array, index) of each cell of `location` in `_state`'s list (none for the external memories)."""
+    if location[0] == "KV":
+        return [(_ARRAYS.index(name), location[1:]) for name in ("KV", "KV exponents")]
+    if location[0] == "R":
+        return [(_ARRAYS.index("R"), (location[1],))]
+    if location[0] in ("WEIGHTS", "SDRAM"):
+        return []
+    return [(_ARRAYS.index(location[0]), (location[1],))]
+
+
+def _changed(before: list[np.ndarray], after: list[np.ndarray]) -> set:
+    found = set()
+    for i, (b, a) in enumerate(zip(before, after)):
+        for index in zip(*np.nonzero(b != a)):
+            name = _ARRAYS[i]
+            found.add((name, int(index[0])) if name != "KV" and name != "KV exponents" else
+                      ("KV", *map(int, index[:3])))
+    return {("R", x[1]) if x[0] == "R" else x for x in found}
+
+
+def test_effects_name_everything_an_instruction_reads_and_writes(h128):
+    """contract.decoder.effects on every instruction of the h128 program (every op but the SDRAM's
+    WFETCH and KVLOAD), one at a time on the model in the middle of a decode: the instruction changes
+    nothing outside its writes, and its writes come out the same when everything outside its reads
+    holds another token's values (but the cache slot a KVAPPEND writes one position of)."""
+    shape = shape_for(h128, vector_lanes=4)
+    machine, image = machine_for(h128, shape)
+    halt = Instruction(op=int(Op.HALT))
+    states = {}
+    for pos, token in enumerate([5, 17, 9]):
+        machine.load(image.program)
+        machine.write(Bank.MAIN, image.emb_addr, h128.embedding[token])
+        states[pos] = []
+        for ins in image.program:  # one instruction at a time, keeping the state before each
+            states[pos].append(_state(machine))
+            if ins.op == Op.HALT:
+                break
+            machine.load([ins, halt])
+            machine.run(pos)
+    seen = set()
+    for i, ins in enumerate(image.program[:len(states[2]) - 1]):
+        reads, writes = effects(ins, shape)
+        before, other = states[2][i], states[1][i]
+        _restore(machine, before)
+        machine.load([ins, halt])
+        machine.run(2)
+        after = _state(machine)
+        assert _changed(before, after) <= writes, f"instruction {i} ({ins}) writes outside its effects"
+        mixed = [a.copy() for a in other]  # another token's state, with this one's reads
+        for location in reads | {w for w in writes if w[0] == "KV"}:
+            for array, index in _cells(location):
+                mixed[array][index] = before[array][index]
+        _restore(machine, mixed)
+        machine.run(2)
+        again = _state(machine)
+        for location in writes:
+            for array, index in _cells(location):
+                np.testing.assert_array_equal(again[array][index], after[array][index],
+                                              err_msg=f"instruction {i} ({ins}): {location} reads outside its effects")
+        seen.add(Op(ins.op))
+    assert seen == set(Op) - {Op.HALT, Op.WFETCH, Op.KVLOAD}
+
+
+def test_dependence_bound_lies_between_the_critical_chain_and_the_engine(h128):
+    """The bound is at most the one-at-a-time engine's cycles, equal to it for a chain in which each
+    instruction reads the one before, and less where units could overlap (the h128 program)."""
+    shape = shape_for(h128, vector_lanes=4)
+    image = compile_decoder(h128, shape)
+    engine, bound = decode_cycles(image.program, 128, shape, 10).total, dependence_bound(image.program, 128, shape, 10)
+    assert bound < engine
+    chain = [Instruction(op=int(Op.MOVI), r0=2, imm=1), Instruction(op=int(Op.NSHIFT), r0=3, r1=2, imm=16),
+             Instruction(op=int(Op.VSHIFT), r0=4, r1=3, n=64, d_addr=64),
+             Instruction(op=int(Op.TRUN), a_addr=0, b_addr=64, d_addr=0, n=64),
+             Instruction(op=int(Op.HALT))]
+    chain.insert(3, Instruction(op=int(Op.VQUANT), r1=4, a_addr=64, d_bank=int(Bank.ACT), n=64))
+    assert dependence_bound(chain, 0, shape, 10) == decode_cycles(chain, 0, shape, 10).total
+    independent = [chain[0], Instruction(op=int(Op.VMAXABS), r0=5, n=64), chain[-1]]
+    assert dependence_bound(independent, 0, shape, 10) < decode_cycles(independent, 0, shape, 10).total
