@@ -49,6 +49,7 @@ has; a value leaving its width raises `WidthError` naming the instruction, as go
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from enum import IntEnum
@@ -760,12 +761,12 @@ def decode_cycles(program: Sequence[Instruction], pos: int, shape: MachineShape,
 
 # ----------------------------------------------------------------------------- what an instruction touches
 #
-# The locations an instruction reads and writes, for reasoning about which instructions could overlap (the
-# dependence bound below; an engine that issues while a unit runs needs the same hazards). A location is a
-# tuple: (bank, element) for an element of a bank (OUT and ACT per element, as their ops address them),
-# ("R", r) for a register (R0 is a constant and is left out), ("KV", layer, kv head, K 0 / V 1) for one
-# cache slot (all its positions and exponents), ("WEIGHTS",) for the core's weight memory and ("SDRAM",)
-# for the device's SDRAM (coarse: any two of their accesses are taken to overlap).
+# The locations an instruction reads and writes in a DECODE at position POS, for reasoning about which
+# instructions could overlap (the bound below; an engine that issues while a unit runs needs the same
+# hazards). A location is a tuple: (bank, element) for an element of a bank (OUT and ACT per element, as
+# their ops address them), ("R", r) for a register (R0 is a constant and is left out), ("KV", layer,
+# kv head, K 0 / V 1, position) for one cached row (its mantissas and exponent), ("WEIGHTS", word) for a
+# word of the core's weight memory and ("SDRAM", word) for a word of the device's SDRAM.
 # tests/test_decoder_program.py checks each op on the model: it changes nothing outside its writes, and
 # what it writes does not depend on anything outside its reads.
 
@@ -793,34 +794,39 @@ def _registers(ins: Instruction, fields: str) -> set[Location]:
     return found
 
 
-def _elements(bank: int, addr: int, n: int) -> set[Location]:
-    return {(Bank(bank), e) for e in range(addr, addr + n)}
+def _span(space: object, start: int, n: int) -> set[Location]:
+    return {(space, e) for e in range(start, start + n)}
 
 
-def effects(ins: Instruction, shape: MachineShape) -> tuple[frozenset[Location], frozenset[Location]]:
-    """The locations `ins` reads and the locations it writes on an engine of `shape` (see above)."""
+def effects(ins: Instruction, shape: MachineShape, pos: int) -> tuple[frozenset[Location], frozenset[Location]]:
+    """The locations `ins` reads and the locations it writes in a DECODE at `pos` on an engine of `shape`
+    (see above)."""
     op = Op(ins.op)
     reads, writes = _registers(ins, _REG_READS.get(op, "")), _registers(ins, _REG_WRITES.get(op, ""))
     for name in _VECTOR_READS.get(op, ""):
         n = ins.n // 2 if op == Op.VROPE and name == "c" else ins.n
-        reads |= _elements(getattr(ins, f"{name}_bank"), getattr(ins, f"{name}_addr"), n)
+        reads |= _span(Bank(getattr(ins, f"{name}_bank")), getattr(ins, f"{name}_addr"), n)
     if op in VECTOR_OPS - {Op.VMAXABS} or op == Op.ATTEND:
-        writes |= _elements(ins.d_bank, ins.d_addr, ins.n)
+        writes |= _span(Bank(ins.d_bank), ins.d_addr, ins.n)
+    row_words = kv_row_words(shape.head_dim)
+    slot = ("KV", ins.r2, ins.r3, ins.imm & KV_V)
     if op == Op.TRUN:
-        reads |= _elements(Bank.ACT, ins.a_addr * shape.k_per_cycle, ins.b_addr) | {("WEIGHTS",)}
-        writes |= _elements(Bank.OUT, ins.d_addr * shape.lanes, ins.n)
+        row_tiles, k_steps = tiles(ins.n, ins.b_addr, shape.lanes, shape.k_per_cycle)
+        reads |= _span(Bank.ACT, ins.a_addr * shape.k_per_cycle, ins.b_addr)
+        reads |= _span("WEIGHTS", ins.imm, row_tiles * k_steps)
+        writes |= _span(Bank.OUT, ins.d_addr * shape.lanes, ins.n)
     elif op == Op.KVAPPEND:
-        writes.add(("KV", ins.r2, ins.r3, ins.imm & KV_V))
+        writes.add((*slot, pos))
         if ins.imm & KV_STORE:
-            writes.add(("SDRAM",))
+            writes |= _span("SDRAM", region_address(ins.imm) + pos * row_words, row_words)
     elif op == Op.ATTEND:
-        reads |= {("KV", ins.r2, ins.r3, 0), ("KV", ins.r2, ins.r3, 1)}
+        reads |= {("KV", ins.r2, ins.r3, kv, p) for kv in (0, 1) for p in range(pos + 1)}
     elif op == Op.KVLOAD:
-        reads.add(("SDRAM",))
-        writes.add(("KV", ins.r2, ins.r3, ins.imm & KV_V))
+        reads |= _span("SDRAM", region_address(ins.imm), pos * row_words)
+        writes |= {(*slot, p) for p in range(pos)}
     elif op == Op.WFETCH:
-        reads.add(("SDRAM",))
-        writes.add(("WEIGHTS",))
+        reads |= _span("SDRAM", ins.imm, ins.n)
+        writes |= _span("WEIGHTS", ins.d_addr, ins.n)
     return frozenset(reads), frozenset(writes)
 
 
@@ -836,27 +842,80 @@ def unit_of(op: int) -> str:
 
 
 def dependence_bound(program: Sequence[Instruction], pos: int, shape: MachineShape, run_overhead: int) -> int:
-    """The fewest cycles in which any engine with these units could run `program`'s DECODE at `pos`, however
-    it issued: each instruction takes its `instruction_cycles` (issue cycle included) and starts once every
-    earlier instruction that writes what it reads has finished and its unit has finished the unit's previous
-    instruction. Only true dependences count (as if every value had its own register and buffer), so it is
-    a bound for the program's order of each unit's work, not a schedule of this engine, which runs one
-    instruction at a time (`decode_cycles`). KVAPPEND and ATTEND count on the attention unit only (their
-    beats through the vector unit are left out, so the bound stays a bound)."""
+    """A lower bound on the cycles of `program`'s DECODE at `pos` on any engine built from these units,
+    however it ordered and overlapped their work: the larger of the longest chain of true dependences
+    (an instruction reads what an earlier one wrote, `effects`) and the busiest unit's cycles (a unit
+    runs one instruction at a time). Each instruction takes its `instruction_cycles` as on this engine,
+    issue cycle included, and, as there, a DECODE's first cycle and its HALT's issue cycle count. This
+    engine, which runs one instruction at a time, takes `decode_cycles`: the bound is equal to it for a
+    program that is one chain."""
     ready: dict[Location, int] = {}
-    unit_free: dict[str, int] = {}
-    end = START_CYCLES
+    busy: dict[str, int] = {}
+    chain = 0
     for ins in program:
         if ins.op == Op.HALT:
             break
-        reads, writes = effects(ins, shape)
-        unit = unit_of(ins.op)
-        start = max([START_CYCLES, unit_free.get(unit, 0)] + [ready.get(x, 0) for x in reads])
-        finish = start + instruction_cycles(ins, pos, shape, run_overhead).total
-        unit_free[unit] = finish
+        reads, writes = effects(ins, shape, pos)
+        cycles = instruction_cycles(ins, pos, shape, run_overhead).total
+        finish = max([0] + [ready.get(x, 0) for x in reads]) + cycles
         ready.update(dict.fromkeys(writes, finish))
-        end = max(end, finish)
-    return end + ISSUE_CYCLES  # HALT
+        chain = max(chain, finish)
+        busy[unit_of(ins.op)] = busy.get(unit_of(ins.op), 0) + cycles
+    return START_CYCLES + max(chain, *busy.values()) + ISSUE_CYCLES  # the HALT
+
+
+def overlap_schedule(program: Sequence[Instruction], pos: int, shape: MachineShape,
+                     run_overhead: int) -> tuple[int, list[int]]:
+    """A schedule of `program`'s DECODE at `pos` for an engine that issues one instruction a cycle to
+    whichever unit is free, in any order that keeps the program's meaning: the cycles it takes and each
+    instruction's start cycle up to the HALT (counted from the cycle after the DECODE's first). An
+    instruction starts once every earlier one it depends on has finished (it reads what that one
+    writes, or writes what that one reads or writes: the program's registers and buffers as compiled)
+    and its unit has finished its previous instruction; it takes its `instruction_cycles`. Of the
+    instructions that could start, the one with the longest chain of dependents after it goes first.
+    The cycles are the DECODE's first, the last finish and the HALT's issue cycle (at least
+    `dependence_bound`)."""
+    body = list(itertools.takewhile(lambda ins: ins.op != Op.HALT, program))
+    cycles = [instruction_cycles(ins, pos, shape, run_overhead).total for ins in body]
+    units = [unit_of(ins.op) for ins in body]
+    after: list[list[int]] = [[] for _ in body]  # the instructions that wait for each
+    waits = [0] * len(body)
+    writer: dict[Location, int] = {}
+    readers: dict[Location, list[int]] = {}
+    for i, ins in enumerate(body):
+        reads, writes = effects(ins, shape, pos)
+        deps = {writer[x] for x in reads | writes if x in writer}
+        deps.update(j for x in writes for j in readers.get(x, ()))
+        for j in deps:
+            after[j].append(i)
+        waits[i] = len(deps)
+        for x in reads:
+            readers.setdefault(x, []).append(i)
+        for x in writes:
+            writer[x], readers[x] = i, []
+    tail = cycles[:]  # each instruction's cycles plus its longest chain of dependents
+    for i in reversed(range(len(body))):
+        tail[i] += max((tail[k] for k in after[i]), default=0)
+    start = [0] * len(body)
+    earliest = [0] * len(body)  # when the dependences of an instruction have all finished
+    unit_free: dict[str, int] = {}
+    released = [i for i, n in enumerate(waits) if n == 0]  # every dependence started
+    t = 0
+    while released:
+        startable = [i for i in released if max(earliest[i], unit_free.get(units[i], 0)) <= t]
+        if not startable:
+            t = min(max(earliest[i], unit_free.get(units[i], 0)) for i in released)
+            continue
+        i = max(startable, key=lambda i: (tail[i], -i))
+        released.remove(i)
+        start[i], unit_free[units[i]] = t, t + cycles[i]
+        for k in after[i]:
+            earliest[k] = max(earliest[k], t + cycles[i])
+            waits[k] -= 1
+            if waits[k] == 0:
+                released.append(k)
+        t += 1
+    return START_CYCLES + max(unit_free.values(), default=0) + ISSUE_CYCLES, start
 
 __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "ProgramError", "attend_head",
            "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "WRITABLE_BANKS",
@@ -864,4 +923,4 @@ __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "Progr
            "scalar_cycles", "attend_cycles", "append_cycles", "tree_levels", "tree_stages", "run_cycles",
            "CYCLE_CLASSES", "SCALAR_OPS"]
 __all__ += ["WeightFetch", "Sdram"]  # the device's callbacks: WFETCH, the KV cache in SDRAM
-__all__ += ["Location", "effects", "unit_of", "dependence_bound"]  # hazards, for the overlap bound
+__all__ += ["Location", "effects", "unit_of", "dependence_bound", "overlap_schedule"]  # hazards, for the overlap bound

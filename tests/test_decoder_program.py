@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bitlane.contract.decoder import (GENERAL_BANKS, Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError,
-                                      decode_cycles, dependence_bound, effects)
+                                      decode_cycles, dependence_bound, effects, overlap_schedule, unit_of)
+from bitlane.contract.kv_stream import KV_STORE, KV_V, kv_row_words
 from bitlane.golden.integer import IntegerModel, convert
 from bitlane.sw.decoder_program import DecoderFitError, compile_decoder
 from tests.test_integer import random_model
@@ -168,12 +169,19 @@ def _restore(m: DecoderMachine, state: list[np.ndarray]) -> None:
     m.banks, (m.out, m.act, m.regs, m.kv, m.kv_exp) = state[:3], state[3:]
 
 
+def _random_state(like: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Random values of each array's width: int32 banks, int8 ACT, int48 registers, the cache's int16."""
+    bits = [32, 32, 32, 32, 8, 48, 16, 8]
+    state = [rng.integers(-(1 << (b - 1)), 1 << (b - 1), size=a.shape, dtype=np.int64) for a, b in zip(like, bits)]
+    state[_ARRAYS.index("R")][0] = 0  # R0 is the constant 0, not a location
+    return state
+
+
 def _cells(location) -> list[tuple[int, tuple]]:
-    """(array, index) of each cell of `location` in `_state`'s list (none for the external memories)."""
+    """(array, index) of each cell of `location` in `_state`'s list (none for WEIGHTS and SDRAM, which the
+    model keeps outside)."""
     if location[0] == "KV":
         return [(_ARRAYS.index(name), location[1:]) for name in ("KV", "KV exponents")]
-    if location[0] == "R":
-        return [(_ARRAYS.index("R"), (location[1],))]
     if location[0] in ("WEIGHTS", "SDRAM"):
         return []
     return [(_ARRAYS.index(location[0]), (location[1],))]
@@ -182,68 +190,112 @@ def _cells(location) -> list[tuple[int, tuple]]:
 def _changed(before: list[np.ndarray], after: list[np.ndarray]) -> set:
     found = set()
     for i, (b, a) in enumerate(zip(before, after)):
+        name = _ARRAYS[i]
         for index in zip(*np.nonzero(b != a)):
-            name = _ARRAYS[i]
-            found.add((name, int(index[0])) if name != "KV" and name != "KV exponents" else
-                      ("KV", *map(int, index[:3])))
-    return {("R", x[1]) if x[0] == "R" else x for x in found}
+            found.add(("KV", *map(int, index[:4])) if name in ("KV", "KV exponents") else (name, int(index[0])))
+    return found
 
 
 def test_effects_name_everything_an_instruction_reads_and_writes(h128):
-    """contract.decoder.effects on every instruction of the h128 program (every op but the SDRAM's
-    WFETCH and KVLOAD), one at a time on the model in the middle of a decode: the instruction changes
-    nothing outside its writes, and its writes come out the same when everything outside its reads
-    holds another token's values (but the cache slot a KVAPPEND writes one position of)."""
+    """contract.decoder.effects on every instruction of the h128 program (every op but the SDRAM's,
+    pinned below), one at a time on the model in the middle of a decode: the instruction changes nothing
+    outside its writes, and its writes come out the same when everything outside its reads holds random
+    values."""
     shape = shape_for(h128, vector_lanes=4)
     machine, image = machine_for(h128, shape)
     halt = Instruction(op=int(Op.HALT))
-    states = {}
-    for pos, token in enumerate([5, 17, 9]):
-        machine.load(image.program)
+    rng = np.random.default_rng(5)
+    pos = 2
+    for p, token in enumerate([5, 17]):
         machine.write(Bank.MAIN, image.emb_addr, h128.embedding[token])
-        states[pos] = []
-        for ins in image.program:  # one instruction at a time, keeping the state before each
-            states[pos].append(_state(machine))
-            if ins.op == Op.HALT:
-                break
-            machine.load([ins, halt])
-            machine.run(pos)
+        machine.run(p)
+    machine.write(Bank.MAIN, image.emb_addr, h128.embedding[9])
     seen = set()
-    for i, ins in enumerate(image.program[:len(states[2]) - 1]):
-        reads, writes = effects(ins, shape)
-        before, other = states[2][i], states[1][i]
-        _restore(machine, before)
+    for i, ins in enumerate(image.program):
+        if ins.op == Op.HALT:
+            break
+        reads, writes = effects(ins, shape, pos)
+        before = _state(machine)
         machine.load([ins, halt])
-        machine.run(2)
+        machine.run(pos)
         after = _state(machine)
         assert _changed(before, after) <= writes, f"instruction {i} ({ins}) writes outside its effects"
-        mixed = [a.copy() for a in other]  # another token's state, with this one's reads
-        for location in reads | {w for w in writes if w[0] == "KV"}:
+        mixed = _random_state(before, rng)  # random values but where it reads
+        for location in reads:
             for array, index in _cells(location):
                 mixed[array][index] = before[array][index]
         _restore(machine, mixed)
-        machine.run(2)
+        machine.run(pos)
         again = _state(machine)
         for location in writes:
             for array, index in _cells(location):
                 np.testing.assert_array_equal(again[array][index], after[array][index],
                                               err_msg=f"instruction {i} ({ins}): {location} reads outside its effects")
+        _restore(machine, after)
         seen.add(Op(ins.op))
     assert seen == set(Op) - {Op.HALT, Op.WFETCH, Op.KVLOAD}
 
 
-def test_dependence_bound_lies_between_the_critical_chain_and_the_engine(h128):
-    """The bound is at most the one-at-a-time engine's cycles, equal to it for a chain in which each
-    instruction reads the one before, and less where units could overlap (the h128 program)."""
+def test_effects_of_hand_built_instructions():
+    """The exact sets for the cases the model check above cannot pin: reads that would only be too many
+    (they make the bound too high), the core's ACT and weight words, and the SDRAM's ops."""
+    shape = MachineShape((64, 64, 64), 16, 16, 8, 8, 2, 2, 64, 16, 16, vector_lanes=4, kv_sdram=True)
+    span = lambda space, start, n: {(space, e) for e in range(start, start + n)}  # noqa: E731
+    rw = kv_row_words(64)
+    cases = [
+        (Instruction(op=int(Op.VMAXABS), r0=5, r1=7, r2=8, r3=9, a_bank=int(Bank.OUT), a_addr=32,
+                     b_bank=int(Bank.CONST), c_bank=int(Bank.COPY), n=3),
+         span(Bank.OUT, 32, 3), {("R", 5)}),
+        (Instruction(op=int(Op.VROPE), r0=6, r1=7, r2=8, b_bank=int(Bank.COPY), c_bank=int(Bank.CONST), c_addr=8,
+                     d_addr=16, n=4),
+         span(Bank.MAIN, 0, 4) | span(Bank.COPY, 0, 4) | span(Bank.CONST, 8, 2) | {("R", 7)},
+         span(Bank.MAIN, 16, 4) | {("R", 6)}),
+        (Instruction(op=int(Op.EPS), r0=3, r1=4, r2=6, r3=9), {("R", r) for r in (4, 5, 6, 7, 9)}, {("R", 3)}),
+        (Instruction(op=int(Op.TRUN), a_addr=2, b_addr=20, d_addr=1, n=17, imm=100),
+         span(Bank.ACT, 32, 20) | span("WEIGHTS", 100, 4), span(Bank.OUT, 16, 17)),
+        (Instruction(op=int(Op.WFETCH), d_addr=7, n=3, imm=1000), span("SDRAM", 1000, 3), span("WEIGHTS", 7, 3)),
+        (Instruction(op=int(Op.KVLOAD), r2=1, n=64, imm=4096 | KV_V), span("SDRAM", 4096, 2 * rw),
+         {("KV", 1, 0, 1, 0), ("KV", 1, 0, 1, 1)}),
+        (Instruction(op=int(Op.KVAPPEND), r1=9, r2=1, r3=1, n=64, imm=4096 | KV_STORE),
+         span(Bank.MAIN, 0, 64) | {("R", 9)}, {("KV", 1, 1, 0, 2)} | span("SDRAM", 4096 + 2 * rw, rw)),
+        (Instruction(op=int(Op.ATTEND), r0=2, r1=9, r2=1, n=64, d_addr=64),
+         span(Bank.MAIN, 0, 64) | {("R", 9)} | {("KV", 1, 0, kv, p) for kv in (0, 1) for p in range(3)},
+         span(Bank.MAIN, 64, 64) | {("R", 2)}),
+    ]
+    for ins, reads, writes in cases:
+        assert effects(ins, shape, 2) == (reads, writes), str(ins)
+
+
+def test_dependence_bound_and_overlap_schedule(h128):
+    """The bound equals the one-at-a-time engine's cycles for a chain and for one unit's independent work,
+    and is less where units could overlap; the overlapped schedule of the h128 program keeps every
+    dependence and runs each unit one instruction at a time, one start a cycle, and lies between the
+    bound and the engine."""
     shape = shape_for(h128, vector_lanes=4)
-    image = compile_decoder(h128, shape)
-    engine, bound = decode_cycles(image.program, 128, shape, 10).total, dependence_bound(image.program, 128, shape, 10)
-    assert bound < engine
     chain = [Instruction(op=int(Op.MOVI), r0=2, imm=1), Instruction(op=int(Op.NSHIFT), r0=3, r1=2, imm=16),
              Instruction(op=int(Op.VSHIFT), r0=4, r1=3, n=64, d_addr=64),
-             Instruction(op=int(Op.TRUN), a_addr=0, b_addr=64, d_addr=0, n=64),
-             Instruction(op=int(Op.HALT))]
-    chain.insert(3, Instruction(op=int(Op.VQUANT), r1=4, a_addr=64, d_bank=int(Bank.ACT), n=64))
-    assert dependence_bound(chain, 0, shape, 10) == decode_cycles(chain, 0, shape, 10).total
-    independent = [chain[0], Instruction(op=int(Op.VMAXABS), r0=5, n=64), chain[-1]]
-    assert dependence_bound(independent, 0, shape, 10) < decode_cycles(independent, 0, shape, 10).total
+             Instruction(op=int(Op.VQUANT), r1=4, a_addr=64, d_bank=int(Bank.ACT), n=64),
+             Instruction(op=int(Op.TRUN), a_addr=0, b_addr=64, d_addr=0, n=64), Instruction(op=int(Op.HALT))]
+    one_unit = [Instruction(op=int(Op.VMAXABS), r0=5, n=64), Instruction(op=int(Op.VMAXABS), r0=6, n=64), chain[-1]]
+    two_units = [chain[0], one_unit[0], chain[-1]]
+    for program in (chain, one_unit):
+        assert dependence_bound(program, 0, shape, 10) == decode_cycles(program, 0, shape, 10).total
+    assert dependence_bound(two_units, 0, shape, 10) < decode_cycles(two_units, 0, shape, 10).total
+
+    program = [ins for ins in compile_decoder(h128, shape).program if ins.op != Op.HALT]
+    pos = 128
+    total, start = overlap_schedule(program, pos, shape, 10)
+    cycles = [decode_cycles([ins], pos, shape, 10).total - 1 for ins in program]  # less the DECODE's first cycle
+    finish = [s + c for s, c in zip(start, cycles)]
+    assert len(set(start)) == len(start)  # one start a cycle
+    effect = [effects(ins, shape, pos) for ins in program]
+    for i, (reads, writes) in enumerate(effect):
+        for j in range(i):
+            r, w = effect[j]
+            if w & (reads | writes) or r & writes:
+                assert start[i] >= finish[j], f"instruction {i} starts before {j}, which it depends on, finishes"
+    for unit in {unit_of(ins.op) for ins in program}:
+        spans = sorted((start[i], finish[i]) for i, ins in enumerate(program) if unit_of(ins.op) == unit)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"the {unit} unit runs two at once"
+    assert total == 1 + max(finish) + 1
+    assert dependence_bound(program, pos, shape, 10) <= total < decode_cycles(program, pos, shape, 10).total
