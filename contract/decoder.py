@@ -8,7 +8,8 @@ the model. The engine (bitlane.hw.decoder) fetches them one at a time and hands 
                    up to three memories, write one, reduce max|y| or sum(x^2) into registers
     scalar ops     per-vector arithmetic on 48-bit registers: priority encoder, factor product,
                    reciprocal, rsqrt, the quantizer's factor, RMSNorm's eps term
-    TRUN           one ternary product on the existing core (activation and output memories shared)
+    TRUN           one ternary product on the existing core (activation and output memories shared),
+                   which runs on while the engine issues the instructions after it (below)
     KVAPPEND /     the attention unit: write K or V of the current position into the cache; one head's
     ATTEND         scores, softmax and weighted V sum
     WFETCH         weight words from the device's SDRAM into the core's weight memory, for models whose
@@ -38,6 +39,12 @@ multiple of P; the length n may be anything (the last word is partial). An ACT d
 multiple of k_per_cycle. VROPE needs P to divide n/2; KVAPPEND and ATTEND stream A to the attention unit
 in beats of P elements, so P divides their n. The model refuses other programs (ProgramError).
 
+The core runs beside the engine: a TRUN starts it and retires in its second cycle. An instruction with
+`flags & WAIT_CORE`, and every TRUN, WFETCH and HALT (they use the core or its weight memory, or end the
+DECODE), waits until the core has finished. Any other instruction that reads what a running TRUN writes
+or writes what it reads (`effects`: OUT and ACT words) is refused (ProgramError): the compiler flags it
+(sw/decoder_program.py, which also orders the program so that the core's work overlaps the rest).
+
 Registers: `REGISTERS` signed 48-bit registers; R0 reads 0 and ignores writes. A UF factor occupies
 an aligned register pair: mantissa in an even r, exponent in r + 1 = r | 1. The engine finds a pair's
 second register by setting bit 0 of r, not by adding 1 (an adder in its register file's read address
@@ -65,6 +72,7 @@ from .packing import tiles
 from .protocol import Capabilities, Feature, WireRecord, wire, wire_record
 
 REGISTERS = 64         # scalar registers (R0 reads 0)
+WAIT_CORE = 1          # Instruction.flags: wait until the ternary core has finished its TRUN
 REG_BITS = WIDE_BITS   # each register is a signed 48-bit integer
 WORD_BITS = 32         # words of the general banks, signed
 
@@ -133,6 +141,10 @@ VECTOR_OPS = frozenset({Op.VMAXABS, Op.VSHIFT, Op.VNORM, Op.VQUANT, Op.VSCALE, O
 ALIGNED_OPS = VECTOR_OPS | {Op.KVAPPEND, Op.ATTEND}  # the vector unit's: operands at multiples of vector_lanes
 
 
+CORE_WAIT_OPS = frozenset({Op.TRUN, Op.WFETCH, Op.HALT})  # wait for the core without WAIT_CORE: they use it
+# or its weight memory, or end the DECODE
+
+
 @wire_record("decoder instruction")
 class Instruction(WireRecord):
     """One instruction word (program memory word; `LOAD_PROGRAM` carries them in this byte order)."""
@@ -146,7 +158,7 @@ class Instruction(WireRecord):
     b_bank: int = wire(8, 0)
     c_bank: int = wire(8, 0)
     d_bank: int = wire(8, 0)
-    spare: int = wire(8, 0)
+    flags: int = wire(8, 0)  # WAIT_CORE
     a_addr: int = wire(16, 0)
     b_addr: int = wire(16, 0)
     c_addr: int = wire(16, 0)
@@ -158,12 +170,17 @@ class Instruction(WireRecord):
     def imm_signed(self) -> int:
         return self.imm - (1 << 32) if self.imm & (1 << 31) else self.imm
 
+    @property
+    def waits_for_core(self) -> bool:
+        """Whether the engine waits for the core to finish before issuing it (see the module docstring)."""
+        return bool(self.flags & WAIT_CORE) or self.op in CORE_WAIT_OPS
+
     def __str__(self) -> str:
         name = Op(self.op).name
         return (f"{name} r0={self.r0} r1={self.r1} r2={self.r2} r3={self.r3} "
                 f"a={Bank(self.a_bank).name}:{self.a_addr} b={Bank(self.b_bank).name}:{self.b_addr} "
                 f"c={Bank(self.c_bank).name}:{self.c_addr} d={Bank(self.d_bank).name}:{self.d_addr} "
-                f"n={self.n} imm={self.imm_signed}")
+                f"n={self.n} imm={self.imm_signed}" + (" wait_core" if self.flags & WAIT_CORE else ""))
 
 
 @dataclass(frozen=True)
@@ -292,6 +309,7 @@ class DecoderMachine:
         if not 0 <= pos < self.shape.context:
             raise ProgramError(f"position {pos} outside the context of {self.shape.context}")
         self.pos = pos
+        running = None  # the TRUN the core runs: (its instruction's index, its reads, its writes)
         for pc, ins in enumerate(self.program):
             if ins.op == Op.HALT:
                 return
@@ -301,9 +319,16 @@ class DecoderMachine:
                 raise ProgramError(f"instruction {pc}: unknown op {ins.op}") from None
             self.executed[op] = self.executed.get(op, 0) + 1
             try:
+                if ins.waits_for_core:
+                    running = None
+                elif running is not None and conflicts(ins, self.shape, pos, running[1:]):
+                    raise ProgramError(f"touches what the TRUN at instruction {running[0]}, still running, "
+                                       "reads or writes: it needs WAIT_CORE")
                 if op in ALIGNED_OPS:
                     self._aligned(op, ins)
                 getattr(self, f"_op_{op.name.lower()}")(ins)
+                if op == Op.TRUN:
+                    running = (pc, *effects(ins, self.shape, pos))
             except (WidthError, ProgramError) as error:
                 raise type(error)(f"instruction {pc} ({ins}): {error}") from None
         raise ProgramError("program ran off its end without HALT")
@@ -526,12 +551,16 @@ class DecoderMachine:
 
     # -- core and attention
     def _op_trun(self, ins: Instruction) -> None:
+        """The core reads whole ACT words and writes whole OUT words: the rows past n of its last word
+        are 0 (the weight tiles' padding rows are zero trits)."""
         rows, cols, k, lanes = ins.n, ins.b_addr, self.shape.k_per_cycle, self.shape.lanes
-        self._range(Bank.ACT, ins.a_addr * k, cols, "TRUN input")
-        self._range(Bank.OUT, ins.d_addr * lanes, rows, "TRUN output")
+        row_tiles, k_steps = tiles(rows, cols, lanes, k)
+        self._range(Bank.ACT, ins.a_addr * k, k_steps * k, "TRUN input")
+        self._range(Bank.OUT, ins.d_addr * lanes, row_tiles * lanes, "TRUN output")
         q = self.act[ins.a_addr * k:ins.a_addr * k + cols]
         acc = np.asarray(self.ternary(ins.imm, rows, cols, q), dtype=np.int64)
-        self.out[ins.d_addr * lanes:ins.d_addr * lanes + rows] = acc
+        out = self.out[ins.d_addr * lanes:(ins.d_addr + row_tiles) * lanes]
+        out[:], out[:rows] = 0, acc
 
     def _cache_index(self, ins: Instruction) -> tuple[int, int]:
         if not (0 <= ins.r2 < self.shape.layers and 0 <= ins.r3 < self.shape.kv_heads):
@@ -699,8 +728,9 @@ CYCLE_CLASSES = ("core", "attention", "vector", "scalar", "issue")
 @dataclass
 class DecodeCycles:
     """One DECODE token's engine cycles, split as the engine's counters split them: the ternary core's
-    TRUNs (`runs` of them its RUNs' own cycles), the attention unit's KVAPPEND and ATTEND, the vector and
-    scalar units, and the engine's issue cycles."""
+    (a TRUN's second cycle, and the cycles an instruction waits for the core to finish), the attention
+    unit's KVAPPEND and ATTEND, the vector and scalar units, and the engine's issue cycles. `runs` is the
+    RUNs' own cycles, which overlap the rest and are not part of the total."""
 
     core: int = 0
     attention: int = 0
@@ -711,7 +741,7 @@ class DecodeCycles:
 
     @property
     def total(self) -> int:
-        return self.core + self.attention + self.vector + self.scalar + self.issue
+        return sum(getattr(self, name) for name in CYCLE_CLASSES)
 
     def __add__(self, other: "DecodeCycles") -> "DecodeCycles":
         return DecodeCycles(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -725,10 +755,11 @@ def run_cycles(rows: int, cols: int, lanes: int, k_per_cycle: int, run_overhead:
 
 def instruction_cycles(ins: Instruction, pos: int, shape: MachineShape, run_overhead: int) -> DecodeCycles:
     """Engine cycles of one instruction of a DECODE at position `pos` on an engine of `shape` whose core
-    stalls `run_overhead` cycles per RUN (hw/decoder.py): an instruction is loaded in the cycle its
-    predecessor retires; then every instruction takes an issue cycle, in which its unit starts, and the
-    cycles from there to its unit's done, in which it retires (the engine counts them to the unit); HALT
-    takes its issue cycle."""
+    stalls `run_overhead` cycles per RUN (hw/decoder.py), were the engine to wait for its unit: an
+    instruction is loaded in the cycle its predecessor retires; then every instruction takes an issue
+    cycle, in which its unit starts, and the cycles from there to its unit's done, in which it retires
+    (the engine counts them to the unit); HALT takes its issue cycle. A TRUN's are its RUN's (`runs`
+    too); the engine retires it after one (`decode_cycles`)."""
     op = Op(ins.op)
     cycles = DecodeCycles(issue=ISSUE_CYCLES)
     if op in VECTOR_OPS or op == Op.KVAPPEND:  # done in the cycle before the unit can start again
@@ -747,12 +778,27 @@ def instruction_cycles(ins: Instruction, pos: int, shape: MachineShape, run_over
     return cycles
 
 
+TRUN_RETIRE = 1  # a TRUN's cycles after its issue cycle: the engine retires it while the core runs on
+
+
 def decode_cycles(program: Sequence[Instruction], pos: int, shape: MachineShape, run_overhead: int) -> DecodeCycles:
     """Engine cycles of one DECODE token at position `pos`: the program up to and including its first HALT
-    (what the gateware's counters give, for the programs of sw/decoder_program.py)."""
+    (what the gateware's counters give, for the programs of sw/decoder_program.py). Each instruction
+    takes its `instruction_cycles` but a TRUN, which takes its issue cycle and TRUN_RETIRE while its RUN
+    goes on; one that waits for the core (`Instruction.waits_for_core`) first waits, counted to the core,
+    until the cycle after the RUN's last."""
     total = DecodeCycles(issue=START_CYCLES)
+    t, core_idle = START_CYCLES, 0  # this instruction's issue cycle; the first cycle the core is idle
     for ins in program:
-        total = total + instruction_cycles(ins, pos, shape, run_overhead)
+        if ins.waits_for_core and core_idle > t:
+            total.core += core_idle - t
+            t = core_idle
+        cycles = instruction_cycles(ins, pos, shape, run_overhead)
+        if ins.op == Op.TRUN:
+            core_idle = t + ISSUE_CYCLES + cycles.runs
+            cycles = DecodeCycles(issue=ISSUE_CYCLES, core=TRUN_RETIRE, runs=cycles.runs)
+        total = total + cycles
+        t += cycles.total
         if ins.op == Op.HALT:
             break
     return total
@@ -811,10 +857,10 @@ def effects(ins: Instruction, shape: MachineShape, pos: int) -> tuple[frozenset[
     row_words = kv_row_words(shape.head_dim)
     slot = ("KV", ins.r2, ins.r3, ins.imm & KV_V)
     if op == Op.TRUN:
-        row_tiles, k_steps = tiles(ins.n, ins.b_addr, shape.lanes, shape.k_per_cycle)
-        reads |= _span(Bank.ACT, ins.a_addr * shape.k_per_cycle, ins.b_addr)
+        row_tiles, k_steps = tiles(ins.n, ins.b_addr, shape.lanes, shape.k_per_cycle)  # whole words (_op_trun)
+        reads |= _span(Bank.ACT, ins.a_addr * shape.k_per_cycle, k_steps * shape.k_per_cycle)
         reads |= _span("WEIGHTS", ins.imm, row_tiles * k_steps)
-        writes |= _span(Bank.OUT, ins.d_addr * shape.lanes, ins.n)
+        writes |= _span(Bank.OUT, ins.d_addr * shape.lanes, row_tiles * shape.lanes)
     elif op == Op.KVAPPEND:
         writes.add((*slot, pos))
         if ins.imm & KV_STORE:
@@ -828,6 +874,14 @@ def effects(ins: Instruction, shape: MachineShape, pos: int) -> tuple[frozenset[
         reads |= _span("SDRAM", ins.imm, ins.n)
         writes |= _span("WEIGHTS", ins.d_addr, ins.n)
     return frozenset(reads), frozenset(writes)
+
+
+def conflicts(ins: Instruction, shape: MachineShape, pos: int,
+              running: tuple[frozenset[Location], frozenset[Location]]) -> bool:
+    """Whether `ins` reads what an instruction still running (its reads and writes: `running`) writes, or
+    writes what it reads or writes."""
+    reads, writes = effects(ins, shape, pos)
+    return bool(reads & running[1] or writes & (running[0] | running[1]))
 
 
 def unit_of(op: int) -> str:
@@ -864,8 +918,8 @@ def dependence_bound(program: Sequence[Instruction], pos: int, shape: MachineSha
     return START_CYCLES + max(chain, *busy.values()) + ISSUE_CYCLES  # the HALT
 
 
-def overlap_schedule(program: Sequence[Instruction], pos: int, shape: MachineShape,
-                     run_overhead: int) -> tuple[int, list[int]]:
+def overlap_schedule(program: Sequence[Instruction], pos: int, shape: MachineShape, run_overhead: int,
+                     unit: Callable[[int], str] = unit_of) -> tuple[int, list[int]]:
     """A schedule of `program`'s DECODE at `pos` for an engine that issues one instruction a cycle to
     whichever unit is free, in any order that keeps the program's meaning: the cycles it takes and each
     instruction's start cycle up to the HALT (counted from the cycle after the DECODE's first). An
@@ -874,10 +928,10 @@ def overlap_schedule(program: Sequence[Instruction], pos: int, shape: MachineSha
     and its unit has finished its previous instruction; it takes its `instruction_cycles`. Of the
     instructions that could start, the one with the longest chain of dependents after it goes first.
     The cycles are the DECODE's first, the last finish and the HALT's issue cycle (at least
-    `dependence_bound`)."""
+    `dependence_bound`). `unit` names each op's unit: ops of one name run one at a time."""
     body = list(itertools.takewhile(lambda ins: ins.op != Op.HALT, program))
     cycles = [instruction_cycles(ins, pos, shape, run_overhead).total for ins in body]
-    units = [unit_of(ins.op) for ins in body]
+    units = [unit(ins.op) for ins in body]
     after: list[list[int]] = [[] for _ in body]  # the instructions that wait for each
     waits = [0] * len(body)
     writer: dict[Location, int] = {}
@@ -921,6 +975,7 @@ __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "Progr
            "REGISTERS", "REG_BITS", "WORD_BITS", "VECTOR_OPS", "ALIGNED_OPS", "GENERAL_BANKS", "WRITABLE_BANKS",
            "TernaryRun", "DecodeCycles", "decode_cycles", "instruction_cycles", "vector_cycles", "vector_latency",
            "scalar_cycles", "attend_cycles", "append_cycles", "tree_levels", "tree_stages", "run_cycles",
-           "CYCLE_CLASSES", "SCALAR_OPS"]
+           "CYCLE_CLASSES", "SCALAR_OPS", "WAIT_CORE", "TRUN_RETIRE", "CORE_WAIT_OPS"]
 __all__ += ["WeightFetch", "Sdram"]  # the device's callbacks: WFETCH, the KV cache in SDRAM
-__all__ += ["Location", "effects", "unit_of", "dependence_bound", "overlap_schedule"]  # hazards, for the overlap bound
+# hazards: the core beside the engine, the overlap bound and schedule
+__all__ += ["Location", "effects", "conflicts", "unit_of", "dependence_bound", "overlap_schedule"]

@@ -7,12 +7,14 @@ ternary core (the instruction set and its model are contract/decoder.py).
                                                                     |- AttentionUnit  (hw/attention.py; owns the KV cache)
                                                                     '- TernaryCore    (a RUN through `core_*`)
 
-One instruction at a time: the engine is a sequencer, not a pipeline. What costs cycles is the
-vector elements (`vector_lanes` per cycle), the ternary products and attention, which the units
-stream. An instruction's word is fetched while its predecessor runs and is loaded (its registers
-read) in the cycle that one retires; it then starts its unit in one issue cycle, in which it is also
-decoded into registered flags (which done signal it waits for, which results it writes), and retires
-in the unit's `done` cycle. Its results are latched then and written to the register file from
+One instruction at a time, but for the ternary core: the engine is a sequencer, not a pipeline. What
+costs cycles is the vector elements (`vector_lanes` per cycle), the ternary products and attention,
+which the units stream. An instruction's word is fetched while its predecessor runs and is loaded (its
+registers read) in the cycle that one retires; it then starts its unit in one issue cycle, in which it
+is also decoded into registered flags (which done signal it waits for, which results it writes), and
+retires in the unit's `done` cycle. A TRUN retires in the cycle after its issue while the core runs on;
+an instruction that waits for the core (WAIT_CORE, TRUN, WFETCH, HALT: contract/decoder.py) stays in
+its issue cycle until the core is idle. Its results are latched then and written to the register file from
 registers (R[r0] in the next cycle; a second result in the first free cycle of the write port),
 forwarded to the operands meanwhile. Even an ALU op (MOVI, ADD, SUB, MAX) retires the cycle
 after its issue: its result is registered in the scalar unit, so that no path runs from a register
@@ -26,8 +28,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from bitlane.contract.config import CoreConfig
-from bitlane.contract.decoder import (REG_BITS, REGISTERS, SCALAR_OPS, VECTOR_OPS, Instruction, MachineShape,
-                                      Op)
+from bitlane.contract.decoder import (CORE_WAIT_OPS, REG_BITS, REGISTERS, SCALAR_OPS, VECTOR_OPS, WAIT_CORE,
+                                      Instruction, MachineShape, Op)
 from bitlane.contract.kv_stream import kv_row_words, region_address
 from bitlane.hw.attention import AttentionOp, AttentionUnit
 from bitlane.hw.core import TernaryCore, core_signature
@@ -197,6 +199,17 @@ class DecoderEngine(wiring.Component):
         ]
         with m.If(load):
             m.d.sync += [ins.eq(word), fetch.eq(fetch_next), fetch_next.eq(fetch_next + 1)]
+        # The core runs beside the engine: `core_running` from a TRUN's start to its RUN's done. Whether
+        # an instruction waits for the core is decoded from its word as it is loaded (`wait_core`), so
+        # that the issue cycle's stall is two flip-flops.
+        core_running, wait_core, stall = Signal(), Signal(), Signal()
+        with m.If(self.core_start):
+            m.d.sync += core_running.eq(1)
+        with m.Elif(self.core_done):
+            m.d.sync += core_running.eq(0)
+        with m.If(load):
+            m.d.sync += wait_core.eq((word.flags & WAIT_CORE).any() | Cat(*(word.op == o for o in CORE_WAIT_OPS)).any())
+        m.d.comb += stall.eq(wait_core & core_running)
 
         eu = Signal(signed(REG_BITS))  # ATTEND's exponent, on every output element
         with m.If(attention.o.valid & attention.o.ready):
@@ -336,7 +349,7 @@ class DecoderEngine(wiring.Component):
         # the waiting instruction's unit is done: every term a flip-flop (`unit`) and a done signal
         finished = Signal()
         m.d.comb += finished.eq((unit[3] & scalar.done) | ((unit[2] | unit[1]) & vector.done)
-                                | (unit[0] & self.core_done)
+                                | unit[0]  # a TRUN: the core runs on
                                 | (unit[4] & Mux(kv_loading, kv_load.done if kv_load else 0, self.fetch_done)))
         with m.FSM():
             with m.State("IDLE"):
@@ -356,41 +369,44 @@ class DecoderEngine(wiring.Component):
                 m.d.comb += load.eq(1)
                 m.next = "EXECUTE"
             with m.State("EXECUTE"):
-                m.d.comb += executing.eq(1)
-                m.d.sync += [kv_loading.eq(0), storing.eq(0)]
-                with m.Switch(op):
-                    with m.Case(Op.HALT):
-                        m.d.sync += [self.busy.eq(0), self.done.eq(1)]
-                        m.next = "IDLE"
-                    with m.Case(*SCALAR_OPS):
-                        m.d.comb += scalar.start.eq(1)
-                        pair = Cat(*(op == o for o in PAIR_RESULT)).any()
-                        issue(0b1000, first=0b001, second=Cat(pair, 0), target=ins.r0 | 1)
-                    with m.Case(*VECTOR_OPS):
-                        m.d.comb += vector.start.eq(1)
-                        writes_r0 = Cat(*(op == o for o in VECTOR_RESULT)).any()
-                        issue(0b0100, first=Cat(0, writes_r0, 0), second=Cat(0, op == Op.VNORM), target=ins.r2)
-                    with m.Case(Op.KVAPPEND, Op.ATTEND):
-                        with m.If(attention.cmd.ready):
+                with m.If(stall):  # waiting for the core, counted to it
+                    m.d.comb += counted.eq(0b0001)
+                with m.Else():
+                    m.d.comb += executing.eq(1)
+                    m.d.sync += [kv_loading.eq(0), storing.eq(0)]
+                    with m.Switch(op):
+                        with m.Case(Op.HALT):
+                            m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+                            m.next = "IDLE"
+                        with m.Case(*SCALAR_OPS):
+                            m.d.comb += scalar.start.eq(1)
+                            pair = Cat(*(op == o for o in PAIR_RESULT)).any()
+                            issue(0b1000, first=0b001, second=Cat(pair, 0), target=ins.r0 | 1)
+                        with m.Case(*VECTOR_OPS):
                             m.d.comb += vector.start.eq(1)
-                            if kv_store is not None:  # KVAPPEND's store: the row to SDRAM as it passes
-                                m.d.comb += kv_store.start.eq((op == Op.KVAPPEND) & ins.imm[1])
-                                m.d.sync += storing.eq(op == Op.KVAPPEND)
-                            issue(0b0010, first=Cat(0, 0, op == Op.ATTEND))
-                    with m.Case(Op.TRUN):
-                        m.d.comb += self.core_start.eq(1)
-                        issue(0b0001)
-                    with m.Case(Op.WFETCH):
-                        m.d.sync += self.fetch_start.eq(1)
-                        issue(0b10000)
-                    if kv_load is not None:
-                        with m.Case(Op.KVLOAD):
-                            m.d.comb += kv_load.start.eq(1)
-                            m.d.sync += kv_loading.eq(1)
+                            writes_r0 = Cat(*(op == o for o in VECTOR_RESULT)).any()
+                            issue(0b0100, first=Cat(0, writes_r0, 0), second=Cat(0, op == Op.VNORM), target=ins.r2)
+                        with m.Case(Op.KVAPPEND, Op.ATTEND):
+                            with m.If(attention.cmd.ready):
+                                m.d.comb += vector.start.eq(1)
+                                if kv_store is not None:  # KVAPPEND's store: the row to SDRAM as it passes
+                                    m.d.comb += kv_store.start.eq((op == Op.KVAPPEND) & ins.imm[1])
+                                    m.d.sync += storing.eq(op == Op.KVAPPEND)
+                                issue(0b0010, first=Cat(0, 0, op == Op.ATTEND))
+                        with m.Case(Op.TRUN):
+                            m.d.comb += self.core_start.eq(1)
+                            issue(0b0001)
+                        with m.Case(Op.WFETCH):
+                            m.d.sync += self.fetch_start.eq(1)
                             issue(0b10000)
-                    with m.Default():  # an unknown op stops the program (the host's program is checked)
-                        m.d.sync += [self.busy.eq(0), self.done.eq(1)]
-                        m.next = "IDLE"
+                        if kv_load is not None:
+                            with m.Case(Op.KVLOAD):
+                                m.d.comb += kv_load.start.eq(1)
+                                m.d.sync += kv_loading.eq(1)
+                                issue(0b10000)
+                        with m.Default():  # an unknown op stops the program (the host's program is checked)
+                            m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+                            m.next = "IDLE"
             with m.State("WAIT"):
                 m.d.comb += counted.eq(unit)
                 with m.If(finished):

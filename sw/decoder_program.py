@@ -18,11 +18,12 @@ final hidden state and the KV cache with the reference, integer for integer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from bitlane.contract.decoder import Bank, Instruction, MachineShape, Op, REGISTERS
+from bitlane.contract.decoder import (REGISTERS, WAIT_CORE, Bank, Instruction, MachineShape, Op, conflicts, effects,
+                                      overlap_schedule)
 from bitlane.contract.intmath import FACTOR_ONE, MANT_BITS, TRIG_FRAC
 from bitlane.contract.kv_stream import KV_ALIGN, KV_STORE, KV_V, kv_row_words
 from bitlane.contract.packing import tiles
@@ -154,6 +155,29 @@ def _ins(op: Op, *, r0=0, r1=0, r2=0, r3=0, a=(0, 0), b=(0, 0), c=(0, 0), d=(0, 
     return Instruction(op=int(op), r0=r0, r1=r1, r2=r2, r3=r3, a_bank=int(a[0]), b_bank=int(b[0]),
                        c_bank=int(c[0]), d_bank=int(d[0]), a_addr=a[1], b_addr=b[1], c_addr=c[1], d_addr=d[1],
                        n=n, imm=imm & 0xFFFFFFFF)
+
+
+def overlap_core(program: list[Instruction], shape: MachineShape) -> list[Instruction]:
+    """`program` (ending in HALT) reordered so that the ternary core's RUNs overlap the engine's other
+    work, and WAIT_CORE set where an instruction touches what a running TRUN reads or writes
+    (contract/decoder.py). The order is contract.decoder.overlap_schedule's for an engine that runs one
+    instruction at a time beside the core; it keeps every dependence of the program, so that its results
+    are the program's at every position from 1 on (where a KVLOAD writes rows that an ATTEND reads) and
+    at 0. (The schedule's cycles are those of position 1 without the core's fill and drain: the order
+    depends on them little, and the counted cycles are `decode_cycles`.)"""
+    body, halt = program[:-1], program[-1]
+    pos = min(1, shape.context - 1)
+    _, start = overlap_schedule(body, pos, shape, 0, unit=lambda op: "core" if op == Op.TRUN else "engine")
+    ordered, running = [], None
+    for ins in [body[i] for i in sorted(range(len(body)), key=lambda i: (start[i], i))] + [halt]:
+        if ins.waits_for_core:
+            running = None
+        elif running is not None and conflicts(ins, shape, pos, running):  # (a TRUN's effects: any position)
+            ins, running = replace(ins, flags=ins.flags | WAIT_CORE), None
+        ordered.append(ins)
+        if ins.op == Op.TRUN:
+            running = effects(ins, shape, pos)
+    return ordered
 
 
 def compile_decoder(model: IntegerModel, shape: MachineShape, weight_depth: int | None = None,
@@ -420,6 +444,7 @@ def compile_decoder(model: IntegerModel, shape: MachineShape, weight_depth: int 
     emit(_ins(Op.ADD, r0=rEy, r1=rEx, r2=rSt))
     emit(_ins(Op.ADD, r0=rEy, r1=rEy, r2=f + 1))
     emit(_ins(Op.HALT))
+    prog = overlap_core(prog, shape)
 
     # ---- fit checks, naming what does not fit
     used = (main.used, const.used, copy.used)

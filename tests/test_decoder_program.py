@@ -3,11 +3,13 @@ integer reference (golden/integer.py): every token's final hidden state and the 
 for integer, for the shipped h128 model and for random models of awkward shapes."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from bitlane.contract.decoder import (GENERAL_BANKS, Bank, DecoderMachine, Instruction, MachineShape, Op, ProgramError,
-                                      decode_cycles, dependence_bound, effects, overlap_schedule, unit_of)
+from bitlane.contract.decoder import (GENERAL_BANKS, WAIT_CORE, Bank, DecoderMachine, Instruction, MachineShape, Op,
+                                      ProgramError, decode_cycles, dependence_bound, effects, overlap_schedule, unit_of)
 from bitlane.contract.kv_stream import KV_STORE, KV_V, kv_row_words
 from bitlane.golden.integer import IntegerModel, convert
 from bitlane.sw.decoder_program import DecoderFitError, compile_decoder
@@ -238,7 +240,8 @@ def test_effects_name_everything_an_instruction_reads_and_writes(h128):
 
 def test_effects_of_hand_built_instructions():
     """The exact sets for the cases the model check above cannot pin: reads that would only be too many
-    (they make the bound too high), the core's ACT and weight words, and the SDRAM's ops."""
+    (they make the bound too high), the core's ACT, OUT and weight words (whole words, as the core reads
+    and writes them), and the SDRAM's ops."""
     shape = MachineShape((64, 64, 64), 16, 16, 8, 8, 2, 2, 64, 16, 16, vector_lanes=4, kv_sdram=True)
     span = lambda space, start, n: {(space, e) for e in range(start, start + n)}  # noqa: E731
     rw = kv_row_words(64)
@@ -252,7 +255,7 @@ def test_effects_of_hand_built_instructions():
          span(Bank.MAIN, 16, 4) | {("R", 6)}),
         (Instruction(op=int(Op.EPS), r0=3, r1=4, r2=6, r3=9), {("R", r) for r in (4, 5, 6, 7, 9)}, {("R", 3)}),
         (Instruction(op=int(Op.TRUN), a_addr=2, b_addr=20, d_addr=1, n=17, imm=100),
-         span(Bank.ACT, 32, 20) | span("WEIGHTS", 100, 4), span(Bank.OUT, 16, 17)),
+         span(Bank.ACT, 32, 32) | span("WEIGHTS", 100, 4), span(Bank.OUT, 16, 32)),  # whole words
         (Instruction(op=int(Op.WFETCH), d_addr=7, n=3, imm=1000), span("SDRAM", 1000, 3), span("WEIGHTS", 7, 3)),
         (Instruction(op=int(Op.KVLOAD), r2=1, n=64, imm=4096 | KV_V), span("SDRAM", 4096, 2 * rw),
          {("KV", 1, 0, 1, 0), ("KV", 1, 0, 1, 1)}),
@@ -299,3 +302,40 @@ def test_dependence_bound_and_overlap_schedule(h128):
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"the {unit} unit runs two at once"
     assert total == 1 + max(finish) + 1
     assert dependence_bound(program, pos, shape, 10) <= total < decode_cycles(program, pos, shape, 10).total
+
+
+def test_the_core_runs_beside_the_engine(h128):
+    """A TRUN's RUN overlaps what follows it: an instruction that reads its OUT or writes its ACT without
+    WAIT_CORE is refused, naming both; with it, or touching neither, it runs; decode_cycles counts the
+    overlap. The compiled program needs its flags: without them the model refuses it."""
+    shape = shape_for(h128, vector_lanes=4)
+    halt = Instruction(op=int(Op.HALT))
+    trun = Instruction(op=int(Op.TRUN), a_addr=0, b_addr=16, d_addr=0, n=16)
+    reads_out = Instruction(op=int(Op.VMAXABS), r0=2, a_bank=int(Bank.OUT), n=16)
+    writes_act = Instruction(op=int(Op.VQUANT), a_addr=0, d_bank=int(Bank.ACT), d_addr=0, n=16)
+    independent = [Instruction(op=int(Op.MOVI), r0=3, imm=5), Instruction(op=int(Op.VMAXABS), r0=4, n=16)]
+    machine = DecoderMachine(shape, lambda w, rows, cols, q: np.arange(rows))
+    for bad in (reads_out, writes_act):
+        machine.load([trun, *independent, bad, halt])
+        with pytest.raises(ProgramError, match=r"instruction 3 .*the TRUN at instruction 0, still running.*WAIT_CORE"):
+            machine.run(0)
+        machine.load([trun, *independent, replace(bad, flags=WAIT_CORE), halt])
+        machine.run(0)
+    assert list(machine.out[:16]) == list(range(16)) and machine.regs[2] == 15
+
+    run = decode_cycles([trun, halt], 0, shape, 10).runs
+    alone = decode_cycles([trun, halt], 0, shape, 10).total
+    assert alone == 1 + (1 + run) + 1  # the first cycle, the TRUN's issue and RUN, the HALT
+    program = [trun, independent[0], replace(reads_out, flags=WAIT_CORE), halt]
+    cycles = decode_cycles(program, 0, shape, 10)
+    # the MOVI's 2 cycles hide in the RUN: the VMAXABS issues in the cycle after the RUN's last
+    assert cycles.total == alone + decode_cycles([reads_out, halt], 0, shape, 10).total - 2
+    assert cycles.core == run - 2 and cycles.issue == 1 + 4  # its retire cycle and the wait: the RUN less the MOVI
+
+    image = compile_decoder(h128, shape)
+    flagged = [i for i, ins in enumerate(image.program) if ins.flags & WAIT_CORE]
+    assert flagged
+    machine, _ = machine_for(h128, shape)
+    machine.load([replace(ins, flags=0) for ins in image.program])
+    with pytest.raises(ProgramError, match=f"instruction {flagged[0]} .*WAIT_CORE"):
+        machine.run(1)
