@@ -175,8 +175,8 @@ PRESETS: dict[str, CoreConfig] = {
     # h128 runs its full context of 256 at the price of reading its KV rows back every token.
     # Sized to route: with 8 vector lanes and 32 attention multipliers (~35k LUT4 + 6.4k CCU2C, 207 of 208
     # EBRs) nextpnr's routers never resolved the congestion (router2: 26,394 wires still overused after 4
-    # iterations); 4 lanes and 32 multipliers (~28.6k LUT4 + 5.8k CCU2C, 199 EBRs) route from 4 of 10 seeds
-    # and meet the core's 50 MHz target from seed 7 (README "ULX3S timing"); 8 lanes and 16 multipliers
+    # iterations); 4 lanes and 32 multipliers (~28.6k LUT4 + 5.8k CCU2C, 199 EBRs) route from 9 of 15 seeds
+    # and meet the core's 50 MHz target from 2 (seed 8: 53.3 MHz; README "ULX3S timing"); 8 lanes and 16 multipliers
     # (207 EBRs) routed from none of 4 in 26 minutes. The SDRAM runs at 50 MHz, which it closes with margin
     # (65-86 MHz routed, 54 MHz placed at 100); h128's weights are in block RAM, but its KV rows come at the
     # SDRAM's pace (61 core cycles a row, 31 with the SDRAM at 100 MHz). The core runs at 45 MHz, the next

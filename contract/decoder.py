@@ -40,9 +40,11 @@ multiple of k_per_cycle. VROPE needs P to divide n/2; KVAPPEND and ATTEND stream
 in beats of P elements, so P divides their n. The model refuses other programs (ProgramError).
 
 The core runs beside the engine: a TRUN starts it and retires in its second cycle. An instruction with
-`flags & WAIT_CORE`, and every TRUN, WFETCH and HALT (they use the core or its weight memory, or end the
-DECODE), waits until the core has finished. Any other instruction that reads what a running TRUN writes
-or writes what it reads (`effects`: OUT and ACT words) is refused (ProgramError): the compiler flags it
+`flags & WAIT_CORE`, and every TRUN, WFETCH and HALT (`CORE_WAIT_OPS`: they use the core or its weight
+memory, or end the DECODE), waits until the core has finished. Any other instruction that reads what a
+running TRUN writes or writes what it reads (`effects`: OUT and ACT words), and a KVLOAD or a KVAPPEND
+that stores (whose waits for the SDRAM a DECODE's cycles leave out, so the core must not run through
+them), is refused (ProgramError) without WAIT_CORE (`needs_wait_core`): the compiler flags it
 (sw/decoder_program.py, which also orders the program so that the core's work overlaps the rest).
 
 Registers: `REGISTERS` signed 48-bit registers; R0 reads 0 and ignores writes. A UF factor occupies
@@ -321,9 +323,10 @@ class DecoderMachine:
             try:
                 if ins.waits_for_core:
                     running = None
-                elif running is not None and conflicts(ins, self.shape, pos, running[1:]):
-                    raise ProgramError(f"touches what the TRUN at instruction {running[0]}, still running, "
-                                       "reads or writes: it needs WAIT_CORE")
+                elif running is not None and needs_wait_core(ins, self.shape, pos, running[1:]):
+                    raise ProgramError(f"issued while the TRUN at instruction {running[0]} still runs, it "
+                                       "needs WAIT_CORE (it touches what that reads or writes, or waits for the "
+                                       "SDRAM: KVLOAD, KVAPPEND's store)")
                 if op in ALIGNED_OPS:
                     self._aligned(op, ins)
                 getattr(self, f"_op_{op.name.lower()}")(ins)
@@ -811,8 +814,10 @@ def decode_cycles(program: Sequence[Instruction], pos: int, shape: MachineShape,
 # instructions could overlap (the bound below; an engine that issues while a unit runs needs the same
 # hazards). A location is a tuple: (bank, element) for an element of a bank (OUT and ACT per element, as
 # their ops address them), ("R", r) for a register (R0 is a constant and is left out), ("KV", layer,
-# kv head, K 0 / V 1, position) for one cached row (its mantissas and exponent), ("WEIGHTS", word) for a
-# word of the core's weight memory and ("SDRAM", word) for a word of the device's SDRAM.
+# kv head, K 0 / V 1, position) for one cached row (its mantissas and exponent), ("KV max", layer, kv head,
+# K 0 / V 1) for the attention unit's running max of a slot's exponents (hw/attention.py: an append at
+# position 0 sets it, a later one raises it; ATTEND reads it), ("WEIGHTS", word) for a word of the core's
+# weight memory and ("SDRAM", word) for a word of the device's SDRAM.
 # tests/test_decoder_program.py checks each op on the model: it changes nothing outside its writes, and
 # what it writes does not depend on anything outside its reads.
 
@@ -862,14 +867,17 @@ def effects(ins: Instruction, shape: MachineShape, pos: int) -> tuple[frozenset[
         reads |= _span("WEIGHTS", ins.imm, row_tiles * k_steps)
         writes |= _span(Bank.OUT, ins.d_addr * shape.lanes, row_tiles * shape.lanes)
     elif op == Op.KVAPPEND:
-        writes.add((*slot, pos))
+        writes |= {(*slot, pos), ("KV max", *slot[1:])}
+        if pos:
+            reads.add(("KV max", *slot[1:]))
         if ins.imm & KV_STORE:
             writes |= _span("SDRAM", region_address(ins.imm) + pos * row_words, row_words)
     elif op == Op.ATTEND:
         reads |= {("KV", ins.r2, ins.r3, kv, p) for kv in (0, 1) for p in range(pos + 1)}
+        reads |= {("KV max", ins.r2, ins.r3, kv) for kv in (0, 1)}
     elif op == Op.KVLOAD:
         reads |= _span("SDRAM", region_address(ins.imm), pos * row_words)
-        writes |= {(*slot, p) for p in range(pos)}
+        writes |= {(*slot, p) for p in range(pos)} | ({("KV max", *slot[1:])} if pos else set())
     elif op == Op.WFETCH:
         reads |= _span("SDRAM", ins.imm, ins.n)
         writes |= _span("WEIGHTS", ins.d_addr, ins.n)
@@ -882,6 +890,15 @@ def conflicts(ins: Instruction, shape: MachineShape, pos: int,
     writes what it reads or writes."""
     reads, writes = effects(ins, shape, pos)
     return bool(reads & running[1] or writes & (running[0] | running[1]))
+
+
+def needs_wait_core(ins: Instruction, shape: MachineShape, pos: int,
+                    running: tuple[frozenset[Location], frozenset[Location]]) -> bool:
+    """Whether `ins`, issued while the core runs a TRUN whose effects are `running`, must wait for it:
+    a data hazard (`conflicts`), or a wait for the SDRAM (KVLOAD, KVAPPEND's store; see the module
+    docstring)."""
+    waits_for_sdram = ins.op == Op.KVLOAD or (ins.op == Op.KVAPPEND and bool(ins.imm & KV_STORE))
+    return waits_for_sdram or conflicts(ins, shape, pos, running)
 
 
 def unit_of(op: int) -> str:
@@ -978,4 +995,4 @@ __all__ = ["Bank", "Op", "Instruction", "MachineShape", "DecoderMachine", "Progr
            "CYCLE_CLASSES", "SCALAR_OPS", "WAIT_CORE", "TRUN_RETIRE", "CORE_WAIT_OPS"]
 __all__ += ["WeightFetch", "Sdram"]  # the device's callbacks: WFETCH, the KV cache in SDRAM
 # hazards: the core beside the engine, the overlap bound and schedule
-__all__ += ["Location", "effects", "conflicts", "unit_of", "dependence_bound", "overlap_schedule"]
+__all__ += ["Location", "effects", "conflicts", "needs_wait_core", "unit_of", "dependence_bound", "overlap_schedule"]

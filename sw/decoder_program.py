@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from bitlane.contract.decoder import (REGISTERS, WAIT_CORE, Bank, Instruction, MachineShape, Op, conflicts, effects,
-                                      overlap_schedule)
+from bitlane.contract.decoder import (REGISTERS, WAIT_CORE, Bank, Instruction, MachineShape, Op, effects,
+                                      needs_wait_core, overlap_schedule)
 from bitlane.contract.intmath import FACTOR_ONE, MANT_BITS, TRIG_FRAC
 from bitlane.contract.kv_stream import KV_ALIGN, KV_STORE, KV_V, kv_row_words
 from bitlane.contract.packing import tiles
@@ -172,7 +172,7 @@ def overlap_core(program: list[Instruction], shape: MachineShape) -> list[Instru
     for ins in [body[i] for i in sorted(range(len(body)), key=lambda i: (start[i], i))] + [halt]:
         if ins.waits_for_core:
             running = None
-        elif running is not None and conflicts(ins, shape, pos, running):  # (a TRUN's effects: any position)
+        elif running is not None and needs_wait_core(ins, shape, pos, running):  # (a TRUN's effects: any position)
             ins, running = replace(ins, flags=ins.flags | WAIT_CORE), None
         ordered.append(ins)
         if ins.op == Op.TRUN:

@@ -180,11 +180,11 @@ def _random_state(like: list[np.ndarray], rng: np.random.Generator) -> list[np.n
 
 
 def _cells(location) -> list[tuple[int, tuple]]:
-    """(array, index) of each cell of `location` in `_state`'s list (none for WEIGHTS and SDRAM, which the
-    model keeps outside)."""
+    """(array, index) of each cell of `location` in `_state`'s list (none for WEIGHTS, SDRAM and the
+    attention unit's running maxima, which the model keeps outside or does not keep)."""
     if location[0] == "KV":
         return [(_ARRAYS.index(name), location[1:]) for name in ("KV", "KV exponents")]
-    if location[0] in ("WEIGHTS", "SDRAM"):
+    if location[0] in ("WEIGHTS", "SDRAM", "KV max"):
         return []
     return [(_ARRAYS.index(location[0]), (location[1],))]
 
@@ -258,11 +258,13 @@ def test_effects_of_hand_built_instructions():
          span(Bank.ACT, 32, 32) | span("WEIGHTS", 100, 4), span(Bank.OUT, 16, 32)),  # whole words
         (Instruction(op=int(Op.WFETCH), d_addr=7, n=3, imm=1000), span("SDRAM", 1000, 3), span("WEIGHTS", 7, 3)),
         (Instruction(op=int(Op.KVLOAD), r2=1, n=64, imm=4096 | KV_V), span("SDRAM", 4096, 2 * rw),
-         {("KV", 1, 0, 1, 0), ("KV", 1, 0, 1, 1)}),
+         {("KV", 1, 0, 1, 0), ("KV", 1, 0, 1, 1), ("KV max", 1, 0, 1)}),
         (Instruction(op=int(Op.KVAPPEND), r1=9, r2=1, r3=1, n=64, imm=4096 | KV_STORE),
-         span(Bank.MAIN, 0, 64) | {("R", 9)}, {("KV", 1, 1, 0, 2)} | span("SDRAM", 4096 + 2 * rw, rw)),
+         span(Bank.MAIN, 0, 64) | {("R", 9), ("KV max", 1, 1, 0)},
+         {("KV", 1, 1, 0, 2), ("KV max", 1, 1, 0)} | span("SDRAM", 4096 + 2 * rw, rw)),
         (Instruction(op=int(Op.ATTEND), r0=2, r1=9, r2=1, n=64, d_addr=64),
-         span(Bank.MAIN, 0, 64) | {("R", 9)} | {("KV", 1, 0, kv, p) for kv in (0, 1) for p in range(3)},
+         span(Bank.MAIN, 0, 64) | {("R", 9), ("KV max", 1, 0, 0), ("KV max", 1, 0, 1)}
+         | {("KV", 1, 0, kv, p) for kv in (0, 1) for p in range(3)},
          span(Bank.MAIN, 64, 64) | {("R", 2)}),
     ]
     for ins, reads, writes in cases:
@@ -305,8 +307,8 @@ def test_dependence_bound_and_overlap_schedule(h128):
 
 
 def test_the_core_runs_beside_the_engine(h128):
-    """A TRUN's RUN overlaps what follows it: an instruction that reads its OUT or writes its ACT without
-    WAIT_CORE is refused, naming both; with it, or touching neither, it runs; decode_cycles counts the
+    """A TRUN's RUN overlaps what follows it: an instruction that reads its OUT or writes its ACT, or a
+    KVLOAD, without WAIT_CORE is refused, naming both; with it, or touching neither, it runs; decode_cycles counts the
     overlap. The compiled program needs its flags: without them the model refuses it."""
     shape = shape_for(h128, vector_lanes=4)
     halt = Instruction(op=int(Op.HALT))
@@ -317,11 +319,14 @@ def test_the_core_runs_beside_the_engine(h128):
     machine = DecoderMachine(shape, lambda w, rows, cols, q: np.arange(rows))
     for bad in (reads_out, writes_act):
         machine.load([trun, *independent, bad, halt])
-        with pytest.raises(ProgramError, match=r"instruction 3 .*the TRUN at instruction 0, still running.*WAIT_CORE"):
+        with pytest.raises(ProgramError, match=r"instruction 3 .*while the TRUN at instruction 0 still runs"):
             machine.run(0)
         machine.load([trun, *independent, replace(bad, flags=WAIT_CORE), halt])
         machine.run(0)
     assert list(machine.out[:16]) == list(range(16)) and machine.regs[2] == 15
+    machine.load([trun, Instruction(op=int(Op.KVLOAD), n=64), halt])  # its SDRAM wait is not the DECODE's
+    with pytest.raises(ProgramError, match=r"instruction 1 .*while the TRUN at instruction 0 still runs.*KVLOAD"):
+        machine.run(1)
 
     run = decode_cycles([trun, halt], 0, shape, 10).runs
     alone = decode_cycles([trun, halt], 0, shape, 10).total
