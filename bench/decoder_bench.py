@@ -45,9 +45,9 @@ def h128_program(config: CoreConfig) -> tuple[MachineShape, list]:
     return shape, compile_decoder(IntegerModel.load(H128), shape).program
 
 
-def model_rows(config: CoreConfig, positions: list[int]) -> dict[int, dict[str, int]]:
-    """Each position's cycles by the contract's model for h128 on `config`'s engine."""
-    shape, program = h128_program(config)
+def model_rows(config: CoreConfig, shape: MachineShape, program: list,
+               positions: list[int]) -> dict[int, dict[str, int]]:
+    """Each position's cycles by the contract's model for h128's `program` on `config`'s engine `shape`."""
     rows = {}
     for p in positions:
         cycles = decode_cycles(program, p, shape, config.run_overhead)
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             config = config.with_(decoder=replace(config.decoder, **sizes))
         except ValueError as exc:
             parser.error(str(exc))
+    shape, program = h128_program(config)
     if args.gateware:
         if not 1 <= args.tokens <= context:
             parser.error(f"--tokens must be 1 to {context} (h128's context)")
@@ -107,12 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         source = f"{args.tokens} tokens decoded bit-exact on the gateware in {seconds:.0f} s of simulation"
     else:
         shown = [p for p in args.positions if 0 <= p < context]
-        rows = model_rows(config, shown)
+        rows = model_rows(config, shape, program, shown)
         source = "contract/decoder.py's cycle model (equal to the gateware's counters: sim_tests/test_decoder.py)"
     clock = config.clock_hz
     d = config.decoder
     kv_wait = kv_rows_wait()
-    shape, program = h128_program(config)
     resized = " (resized: not the shipped engine)" if sizes else ""
     print(f"h128 on the ulx3s core ({config.lanes} lanes x {config.k_per_cycle}, decoder engine: "
           f"{d.vector_lanes} vector lanes, {d.attention_macs} attention multipliers{resized}), {source}; the last two "
